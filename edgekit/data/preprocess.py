@@ -1,0 +1,223 @@
+"""The ONE preprocessing spec: training, evaluation, calibration and the device runner use it.
+
+A spec says how a file on disk becomes a model input: how it is read (raster image via Pillow,
+or a CT DICOM via Hounsfield-unit windows), resized, scaled and normalised, and in which layout
+the tensor is laid out. It serialises to JSON and travels inside checkpoints and bundles.
+
+This module depends only on the standard library, numpy and Pillow (pydicom for DICOM input) so
+that the device runner can reproduce it exactly, without torch.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field, fields, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from edgekit.data.dicom import DEFAULT_CT_WINDOWS, CTWindow, is_dicom, read_hu, stack_windows
+from edgekit.errors import ConfigError, DataError
+
+SPEC_VERSION = 1
+RASTER_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp", ".pgm", ".ppm")
+DICOM_EXTENSIONS = (".dcm", ".dicom")
+_LAYOUTS = ("NCHW", "NHWC")
+_COLORS = ("rgb", "gray")
+
+
+@dataclass(frozen=True)
+class PreprocessSpec:
+    """How an image file becomes a float32 model input.
+
+    Raster images: decode → ``color`` ("rgb": 3 channels, greyscale replicated; "gray": 1
+    channel) → bilinear resize to ``input_size`` → ``* scale`` (1/255 gives [0, 1]) →
+    ``(x - mean) / std`` per channel. CT DICOM (``ct_windows`` set): Hounsfield units → one
+    channel per window in [0, 1] → bilinear resize → ``(x - mean) / std``.
+    """
+
+    input_size: tuple[int, int] = (224, 224)
+    color: str = "rgb"
+    scale: float = 1.0 / 255.0
+    mean: tuple[float, ...] = (0.0, 0.0, 0.0)
+    std: tuple[float, ...] = (1.0, 1.0, 1.0)
+    layout: str = "NCHW"
+    ct_windows: tuple[CTWindow, ...] | None = None
+    version: int = field(default=SPEC_VERSION)
+
+    def __post_init__(self) -> None:
+        size = self.input_size
+        if isinstance(size, int):
+            object.__setattr__(self, "input_size", (size, size))
+        else:
+            object.__setattr__(self, "input_size", tuple(int(s) for s in size))
+        object.__setattr__(self, "mean", tuple(float(m) for m in self.mean))
+        object.__setattr__(self, "std", tuple(float(s) for s in self.std))
+        if self.ct_windows is not None:
+            object.__setattr__(self, "ct_windows", tuple(self.ct_windows))
+        problems = []
+        if len(self.input_size) != 2 or min(self.input_size) < 8:
+            problems.append(f"input_size must be two sizes >= 8, got {self.input_size}")
+        if self.color not in _COLORS:
+            problems.append(f"color must be one of {_COLORS}, got {self.color!r}")
+        if self.layout not in _LAYOUTS:
+            problems.append(f"layout must be one of {_LAYOUTS}, got {self.layout!r}")
+        if len(self.mean) != self.channels or len(self.std) != self.channels:
+            problems.append(
+                f"mean/std need {self.channels} values (one per channel), "
+                f"got {len(self.mean)}/{len(self.std)}"
+            )
+        if any(s == 0 for s in self.std):
+            problems.append("std must not contain 0")
+        if self.version != SPEC_VERSION:
+            problems.append(f"unsupported preprocessing spec version {self.version} (this edgekit reads {SPEC_VERSION})")
+        if problems:
+            raise ConfigError("Invalid preprocessing spec: " + "; ".join(problems))
+
+    # ------------------------------------------------------------------ construction
+    @classmethod
+    def for_ct(cls, input_size: int | tuple[int, int] = 256,
+               windows: tuple[CTWindow, ...] = DEFAULT_CT_WINDOWS) -> PreprocessSpec:
+        """A head-CT spec: one channel per Hounsfield window, no extra normalisation."""
+        n = len(windows)
+        return cls(input_size=input_size, color="rgb" if n == 3 else "gray", scale=1.0,
+                   mean=(0.0,) * n, std=(1.0,) * n, ct_windows=tuple(windows))
+
+    @property
+    def channels(self) -> int:
+        if self.ct_windows is not None:
+            return len(self.ct_windows)
+        return 3 if self.color == "rgb" else 1
+
+    @property
+    def height(self) -> int:
+        return self.input_size[0]
+
+    @property
+    def width(self) -> int:
+        return self.input_size[1]
+
+    def input_shape(self, batch: int = 1) -> tuple[int, int, int, int]:
+        """The model input shape in this spec's layout."""
+        c, (h, w) = self.channels, self.input_size
+        return (batch, c, h, w) if self.layout == "NCHW" else (batch, h, w, c)
+
+    def with_size(self, size: int | tuple[int, int]) -> PreprocessSpec:
+        return replace(self, input_size=size if not isinstance(size, int) else (size, size))
+
+    # ------------------------------------------------------------------ serialisation
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "version": self.version,
+            "input_size": list(self.input_size),
+            "color": self.color,
+            "scale": self.scale,
+            "mean": list(self.mean),
+            "std": list(self.std),
+            "layout": self.layout,
+            "ct_windows": None if self.ct_windows is None else [
+                {"name": w.name, "level": w.level, "width": w.width} for w in self.ct_windows
+            ],
+        }
+
+    def to_json(self, **kw: Any) -> str:
+        return json.dumps(self.to_dict(), **kw)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> PreprocessSpec:
+        if not isinstance(data, dict):
+            raise ConfigError(f"Preprocessing spec must be a JSON object, got {type(data).__name__}")
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise ConfigError(f"Unknown key(s) in preprocessing spec: {', '.join(unknown)} (known: {', '.join(sorted(known))})")
+        kw = dict(data)
+        if kw.get("ct_windows") is not None:
+            try:
+                kw["ct_windows"] = tuple(CTWindow(str(w["name"]), float(w["level"]), float(w["width"]))
+                                         for w in kw["ct_windows"])
+            except (KeyError, TypeError, ValueError) as exc:
+                raise ConfigError(f"Invalid ct_windows in preprocessing spec: {exc}") from exc
+        try:
+            return cls(**kw)
+        except TypeError as exc:
+            raise ConfigError(f"Invalid preprocessing spec: {exc}") from exc
+
+    @classmethod
+    def from_json(cls, text: str) -> PreprocessSpec:
+        try:
+            return cls.from_dict(json.loads(text))
+        except json.JSONDecodeError as exc:
+            raise ConfigError(f"Preprocessing spec is not valid JSON: {exc}") from exc
+
+    # ------------------------------------------------------------------ application
+    def load(self, path: str | Path) -> np.ndarray:
+        """Read one file and return the model input (no batch axis) as float32.
+
+        Raises DataError naming the file if it cannot be decoded or does not fit this spec.
+        """
+        path = Path(path)
+        if not path.is_file():
+            raise DataError(f"{path}: file not found")
+        if self.ct_windows is not None:
+            if not is_dicom(path):
+                raise DataError(f"{path}: this model reads CT DICOM slices (Hounsfield windows), not raster images")
+            return self.from_hu(read_hu(path))
+        if is_dicom(path):
+            raise DataError(f"{path}: a DICOM file, but this model's preprocessing has no CT windows")
+        return self.from_pil(_open_image(path))
+
+    def from_pil(self, image: Any) -> np.ndarray:
+        """Preprocess a decoded PIL image (any mode, any size)."""
+        from PIL import Image
+
+        img = image.convert("RGB" if self.color == "rgb" else "L")
+        if img.size != (self.width, self.height):
+            img = img.resize((self.width, self.height), Image.Resampling.BILINEAR)
+        arr = np.asarray(img, dtype=np.float32)
+        if arr.ndim == 2:
+            arr = arr[:, :, None]
+        arr = arr * np.float32(self.scale)
+        return self._finish(arr)
+
+    def from_hu(self, hu: np.ndarray) -> np.ndarray:
+        """Preprocess a CT slice given in Hounsfield units, shape (H, W)."""
+        if self.ct_windows is None:
+            raise DataError("this preprocessing spec has no CT windows; it cannot read Hounsfield units")
+        chans = stack_windows(hu, self.ct_windows)  # (C, H, W) in [0, 1]
+        arr = np.stack([_resize_float(c, self.width, self.height) for c in chans], axis=-1)
+        return self._finish(arr)
+
+    def _finish(self, hwc: np.ndarray) -> np.ndarray:
+        mean = np.asarray(self.mean, dtype=np.float32)
+        std = np.asarray(self.std, dtype=np.float32)
+        out = (hwc - mean) / std
+        if self.layout == "NCHW":
+            out = out.transpose(2, 0, 1)
+        return np.ascontiguousarray(out, dtype=np.float32)
+
+
+def _open_image(path: Path) -> Any:
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(path) as im:
+            im.load()
+            return im.copy()
+    except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as exc:
+        raise DataError(f"{path}: not a readable image ({type(exc).__name__}: {exc})") from exc
+
+
+def _resize_float(channel: np.ndarray, width: int, height: int) -> np.ndarray:
+    from PIL import Image
+
+    if channel.shape == (height, width):
+        return channel.astype(np.float32)
+    img = Image.fromarray(channel.astype(np.float32))
+    return np.asarray(img.resize((width, height), Image.Resampling.BILINEAR), dtype=np.float32)
+
+
+def is_supported_file(path: str | Path) -> bool:
+    """True for files edgekit tries to read as images (by extension)."""
+    return Path(path).suffix.lower() in RASTER_EXTENSIONS + DICOM_EXTENSIONS
