@@ -1,0 +1,125 @@
+"""Run a torch model over images and score it with ``edgekit.metrics``.
+
+``load_arrays`` is the one place where a dataset is read through its preprocessing spec into
+memory; training, evaluation and (later) calibration and verification share it.
+"""
+
+from __future__ import annotations
+
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from edgekit import metrics
+from edgekit.data.folder import Dataset, scan
+from edgekit.data.preprocess import PreprocessSpec
+from edgekit.errors import DataError
+from edgekit.ui import progress_bar
+
+
+def targets_of(dataset: Dataset) -> np.ndarray:
+    """Class indices (N,) for multiclass, or 0/1 matrix (N, L) for multilabel."""
+    if dataset.task == "multilabel":
+        return np.array([s.target for s in dataset.samples], dtype=np.float32).reshape(len(dataset), -1)
+    return np.array([s.target for s in dataset.samples], dtype=np.int64)
+
+
+def load_arrays(dataset: Dataset, spec: PreprocessSpec, *, dtype: Any = np.float32,
+                on_error: str = "fail",
+                description: str = "Loading images") -> tuple[np.ndarray, np.ndarray]:
+    """Read every sample through ``spec``: ``(inputs (N, *shape), targets)``.
+
+    A file that cannot be decoded raises DataError naming it (``on_error="fail"``), or is
+    dropped from ``dataset`` with a warning naming it (``"skip"``).
+    """
+    n = len(dataset)
+    if n == 0:
+        raise DataError(f"{dataset.root}: no images to load")
+    x = np.empty((n, *spec.input_shape(1)[1:]), dtype=dtype)
+    kept = []
+    with progress_bar(description, n) as bar:
+        for s in dataset.samples:
+            try:
+                x[len(kept)] = spec.load(s.path)
+                kept.append(s)
+            except DataError as exc:
+                if on_error == "fail":
+                    raise
+                warnings.warn(f"skipping {exc}", stacklevel=2)
+                dataset.skipped.append((s.path, str(exc)))
+            bar.advance()
+    if not kept:
+        raise DataError(f"{dataset.root}: none of the {n} images could be read")
+    dataset.samples = kept
+    return x[:len(kept)], targets_of(dataset)
+
+
+def predict(module: Any, x: np.ndarray, *, batch_size: int = 64) -> np.ndarray:
+    """Logits of a torch module on an in-memory batch array, in eval mode, as float32 numpy."""
+    import torch
+
+    module.eval()
+    outs = []
+    with torch.inference_mode():
+        for i in range(0, len(x), batch_size):
+            xb = torch.from_numpy(np.ascontiguousarray(x[i:i + batch_size], dtype=np.float32))
+            outs.append(module(xb).float().numpy())
+    return np.concatenate(outs, axis=0)
+
+
+def score(y: np.ndarray, logits: np.ndarray, *, task: str, class_names: tuple[str, ...],
+          ci: bool = True, seed: int = 0) -> dict[str, Any]:
+    """All metrics for ``logits`` against ``y`` (a JSON-ready dict, see ``edgekit.metrics``)."""
+    kind = "multilabel" if task == "multilabel" else ("binary" if logits.ndim == 1 or logits.shape[1] == 1 else "multiclass")
+    return metrics.evaluate(y, logits, task=kind, class_names=list(class_names),
+                            scores_are="logits", ci=ci, seed=seed)
+
+
+@dataclass
+class Evaluation:
+    """The result of ``evaluate_model``: where, how many, and every metric."""
+
+    data: Path
+    n: int
+    metrics: dict[str, Any]
+    skipped: list[str]
+
+
+def held_out_dataset(loaded: Any, data: str | Path | None = None) -> Dataset:
+    """The validation images recorded in a checkpoint by ``edgekit train`` (never trained on).
+
+    ``data`` overrides the recorded data root (e.g. the same dataset at another path).
+    """
+    split = loaded.metadata.get("split") or {}
+    files = split.get("val_files")
+    if not files:
+        raise DataError(f"{loaded.source}: the checkpoint records no validation split "
+                        "(it was not written by edgekit train)")
+    root = Path(data or split["data_root"])
+    full = scan(root, task=loaded.task, on_error="skip",
+                expected_classes=None if loaded.task == "multilabel" else loaded.class_names)
+    by_rel = {full.relative(s): s for s in full.samples}
+    missing = [f for f in files if f not in by_rel]
+    if missing:
+        raise DataError(f"{root}: {len(missing)} held-out image(s) recorded in the checkpoint "
+                        f"are missing, e.g. {root / missing[0]}")
+    return full.subset([by_rel[f] for f in files])
+
+
+def evaluate_model(loaded: Any, data: str | Path | Dataset, *, on_error: str = "skip",
+                   batch_size: int = 64, seed: int = 0) -> Evaluation:
+    """Score a ``LoadedModel`` on a dataset, or on every image of a folder with its classes."""
+    if isinstance(data, Dataset):
+        dataset = data
+    else:
+        dataset = scan(data, task=loaded.task, on_error=on_error,
+                       expected_classes=None if loaded.task == "multilabel" else loaded.class_names)
+    x, y = load_arrays(dataset, loaded.spec, on_error=on_error, description="Loading images")
+    logits = predict(loaded.module, x, batch_size=batch_size)
+    return Evaluation(dataset.root, len(dataset),
+                      score(y, logits, task=loaded.task, class_names=loaded.class_names,
+                            seed=seed),
+                      [str(p) for p, _ in dataset.skipped])

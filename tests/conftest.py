@@ -1,0 +1,59 @@
+"""Shared fixtures: small synthetic phantom datasets (generated once per session) and helpers."""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def real_data_dir() -> Path | None:
+    """The real Kaggle Training folder: $EDGEKIT_DATA_DIR or ../shared/data, if present."""
+    base = os.environ.get("EDGEKIT_DATA_DIR")
+    candidates = [Path(base)] if base else [REPO.parent / "shared" / "data"]
+    for c in candidates:
+        for p in (c / "brain-tumor-mri" / "Training", c / "Training", c):
+            if p.is_dir() and (p / "glioma").is_dir():
+                return p
+    return None
+
+
+@pytest.fixture(scope="session")
+def real_mri() -> Path:
+    path = real_data_dir()
+    if path is None:
+        pytest.skip("real brain-tumour MRI data not found: set EDGEKIT_DATA_DIR or put it at "
+                    "../shared/data/brain-tumor-mri/Training")
+    return path
+
+
+@pytest.fixture(scope="session")
+def mri_phantoms(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """32 synthetic MRI phantoms per class at 64 px (read-only: copy before modifying)."""
+    from edgekit.data.phantoms import generate_mri_dataset
+
+    out = tmp_path_factory.mktemp("mri") / "data"
+    generate_mri_dataset(out, n_per_class=32, size=64, seed=1)
+    return out
+
+
+@pytest.fixture(scope="session")
+def ct_phantoms(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """48 synthetic head-CT DICOM slices at 64 px with RSNA labels (read-only)."""
+    from edgekit.data.phantoms import generate_ct_dataset
+
+    out = tmp_path_factory.mktemp("ct") / "data"
+    generate_ct_dataset(out, n=48, size=64, seed=1)
+    return out
+
+
+@pytest.fixture
+def mri_copy(mri_phantoms: Path, tmp_path: Path) -> Path:
+    """A private, writable copy of the MRI phantoms (for corrupting files)."""
+    dst = tmp_path / "data"
+    shutil.copytree(mri_phantoms, dst)
+    return dst
