@@ -254,7 +254,7 @@ def train(cfg: TrainConfig) -> TrainResult:
                 if cfg.grad_clip:
                     torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
                 opt.step()
-                running += float(loss)
+                running += float(loss.detach())
                 step += 1
                 bar.advance()
             logits = predict(model, x_val)

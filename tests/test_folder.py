@@ -68,21 +68,24 @@ def test_split_is_seeded_stratified_and_disjoint(mri_phantoms):
         assert 6 <= n <= 10, (cls, n)  # ~25 % of 32, stratified
 
 
-def test_near_duplicates_are_removed_and_similar_images_kept_together(mri_copy):
-    rng = np.random.default_rng(0)
-    src = sorted((mri_copy / "glioma").glob("*.jpg"))[0]
-    img = np.asarray(Image.open(src).convert("L"), dtype=np.float32)
-    # three copies with a contrast change and a little noise: same picture, other bytes
+def test_near_duplicates_are_removed_and_similar_images_kept_together(tmp_path):
+    from edgekit.data.phantoms import generate_mri_dataset
+
+    data = generate_mri_dataset(tmp_path / "d", n_per_class=6, size=192, seed=2)
+    src = sorted((data / "glioma").glob("*.jpg"))[0]
+    img = Image.open(src).convert("L")
+    # three copies as they occur in the wild: rescaled, contrast-changed, re-encoded
     for k in range(3):
-        copy = np.clip(img * (1.0 + 0.05 * k) + rng.normal(0, 1, img.shape), 0, 255)
-        Image.fromarray(copy.astype(np.uint8)).save(mri_copy / "glioma" / f"copy_{k}.png")
-    ds = scan_folder(mri_copy)
-    split = split_dataset(ds, seed=0)
-    assert split.duplicates_removed >= 3
+        side = 224 + 32 * k
+        arr = np.asarray(img.resize((side, side)), dtype=np.float32)
+        copy = np.clip(arr * (1.0 + 0.05 * k), 0, 255).astype(np.uint8)
+        Image.fromarray(copy).save(data / "glioma" / f"copy_{k}.jpg", quality=70 + 10 * k)
+    split = split_dataset(scan_folder(data), seed=0)
+    assert split.duplicates_removed == 3
     kept = {s.path.name for s in split.train.samples + split.val.samples}
-    assert len(kept & {src.name, "copy_0.png", "copy_1.png", "copy_2.png"}) == 1
-    raw = split_dataset(scan_folder(mri_copy), seed=0, dedup=False)
-    assert len(raw.train) + len(raw.val) == 4 * 32 + 3
+    assert len(kept & {src.name, "copy_0.jpg", "copy_1.jpg", "copy_2.jpg"}) == 1
+    raw = split_dataset(scan_folder(data), seed=0, dedup=False)
+    assert len(raw.train) + len(raw.val) == 4 * 6 + 3
 
 
 def test_hash_grouping_is_transitive():

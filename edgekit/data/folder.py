@@ -168,14 +168,17 @@ def scan(root: str | Path, *, task: str = "multiclass", on_error: str = "skip",
 # --------------------------------------------------------------------------- perceptual hashing
 HASH_ROWS = 16  # a 16 × 17 difference hash: 256 bits (64-bit hashes collide on brain MRI slices)
 HASH_BITS = HASH_ROWS * HASH_ROWS
+HASH_MARGIN = 1.0  # grey levels: differences within ±1 count as "not brighter" (JPEG noise, flat areas)
 
 
 def _dhash_gray(img) -> bytes:
+    """dHash computed in float with a small dead zone, so re-encoding and contrast changes of
+    flat regions (black background) do not flip bits."""
     from PIL import Image
 
-    small = np.asarray(img.resize((HASH_ROWS + 1, HASH_ROWS), Image.Resampling.BILINEAR),
-                       dtype=np.int16)
-    return np.packbits(small[:, 1:] > small[:, :-1]).tobytes()
+    small = np.asarray(img.convert("F").resize((HASH_ROWS + 1, HASH_ROWS),
+                                               Image.Resampling.BILINEAR), dtype=np.float32)
+    return np.packbits((small[:, 1:] - small[:, :-1]) > HASH_MARGIN).tobytes()
 
 
 def dhash_file(path: Path) -> bytes:
