@@ -24,10 +24,10 @@ MARKER = ".edgekit-demo"
 class DemoConfig:
     out: Path = Path("edgekit-demo")
     model: str = "dsconv_cbam_gap"
-    images_per_class: int = 120
+    images_per_class: int = 200
     image_size: int = 128
     input_size: int = 96
-    epochs: int = 12
+    epochs: int = 25
     batch_size: int = 32
     lr: float = 3e-3
     seed: int = 0

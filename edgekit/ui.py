@@ -20,7 +20,7 @@ from rich.progress import (
     TimeRemainingColumn,
 )
 
-console = Console(stderr=True, highlight=False)  # status, warnings, progress bars
+console = Console(stderr=True, highlight=False, soft_wrap=True)  # status, warnings, progress bars
 out = Console(highlight=False)  # results (tables) on stdout
 _state = {"quiet": False}
 

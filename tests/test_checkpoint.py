@@ -55,6 +55,7 @@ def test_pickled_module_is_refused(tmp_path):
         load_checkpoint(tmp_path / "full.pt")
 
 
+@pytest.mark.filterwarnings("ignore:Detected pickle protocol")
 def test_malicious_pickle_is_never_executed(tmp_path):
     marker = tmp_path / "pwned"
     with open(tmp_path / "evil.pt", "wb") as fh:

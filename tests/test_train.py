@@ -38,9 +38,12 @@ def test_train_writes_a_complete_checkpoint_and_is_reproducible(mri_phantoms, tm
     assert ev.metrics["accuracy"]["value"] == pytest.approx(acc["value"])
 
 
-def test_training_learns_the_phantoms(mri_phantoms, tmp_path):
-    result = train(_cfg(mri_phantoms, tmp_path / "m.pt", epochs=8, input_size=64))
-    assert result.metrics["accuracy"]["value"] >= 0.5, result.history  # chance is 0.25
+def test_training_learns_the_phantoms(tmp_path):
+    from edgekit.data.phantoms import generate_mri_dataset
+
+    data = generate_mri_dataset(tmp_path / "data", n_per_class=64, size=64, seed=5)
+    result = train(_cfg(data, tmp_path / "m.pt", epochs=25, batch_size=16, input_size=64))
+    assert result.metrics["accuracy"]["value"] >= 0.6, result.history  # chance is 0.25
 
 
 def test_multilabel_training_on_ct(ct_phantoms, tmp_path):

@@ -112,7 +112,9 @@ def create_model(name: str, *, num_classes: int | None = None,
         raise ConfigError(f"num_classes must be >= 1, got {n}")
     if size < 32:
         raise ConfigError(f"input_size must be >= 32 pixels, got {size}")
-    model = cfg.constructor(num_classes=n, input_size=size)
+    from edgekit.zoo.blocks import init_weights
+
+    model = init_weights(cfg.constructor(num_classes=n, input_size=size))
     model.edgekit_name = name  # lets inspect/train record the architecture
     return model
 
