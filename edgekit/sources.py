@@ -21,7 +21,7 @@ from edgekit.zoo import create_model, list_models, model_config
 class LoadedModel:
     """A ready-to-run model plus its identity, classes, task and preprocessing spec."""
 
-    module: Any  # torch.nn.Module, in eval mode
+    module: Any  # torch.nn.Module in eval mode (kind "torch"); None for kind "onnx"
     name: str
     task: str
     class_names: tuple[str, ...]
@@ -29,6 +29,8 @@ class LoadedModel:
     source: str
     metadata: dict[str, Any] = field(default_factory=dict)
     pretrained: bool = False
+    kind: str = "torch"  # "torch" (module) or "onnx" (onnx_path, no module)
+    onnx_path: Path | None = None
 
     @property
     def num_classes(self) -> int:
