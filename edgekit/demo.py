@@ -2,7 +2,8 @@
 
 1. write a small SYNTHETIC brain-MRI phantom dataset to ``OUT/data`` (class-per-folder, the
    layout users have), 2. train a small zoo model briefly into ``OUT/model.pt``, 3. evaluate it on
-   the held-out split and summarise. Later stages (compress, bench) extend this module.
+   the held-out split, 4. compress it with the ``int8`` recipe to ONNX Runtime, OpenVINO and
+   TFLite into ``OUT/bundle`` and verify every artifact. Later stages (bench) extend this module.
 """
 
 from __future__ import annotations
@@ -44,6 +45,7 @@ class DemoResult:
     seconds: dict[str, float]
     best_epoch: int
     val_images: int
+    compressed: Any = None  # edgekit.compress.CompressResult
 
 
 def _prepare_out(out: Path) -> None:
@@ -58,6 +60,7 @@ def _prepare_out(out: Path) -> None:
 
 def run_demo(cfg: DemoConfig) -> DemoResult:
     """Run the demo end to end and return what it produced (also written to OUT/summary.json)."""
+    from edgekit.compress import compress
     from edgekit.data.phantoms import MRI_CLASSES, generate_mri_dataset
     from edgekit.evaluate import evaluate_model, held_out_dataset
     from edgekit.inspect import summarize
@@ -73,14 +76,14 @@ def run_demo(cfg: DemoConfig) -> DemoResult:
     if data.exists():
         shutil.rmtree(data)
     total = cfg.images_per_class * len(MRI_CLASSES)
-    with progress_bar("1/3 Writing synthetic MRI phantoms", total) as bar:
+    with progress_bar("1/4 Writing synthetic MRI phantoms", total) as bar:
         generate_mri_dataset(data, n_per_class=cfg.images_per_class, size=cfg.image_size,
                              seed=cfg.seed, progress=bar.set)
     seconds["data"] = time.perf_counter() - t
-    status(f"1/3 Wrote {total} SYNTHETIC brain-MRI phantoms ({', '.join(MRI_CLASSES)}) to {data}")
+    status(f"1/4 Wrote {total} SYNTHETIC brain-MRI phantoms ({', '.join(MRI_CLASSES)}) to {data}")
 
     t = time.perf_counter()
-    status(f"2/3 Training {cfg.model} at {cfg.input_size}px")
+    status(f"2/4 Training {cfg.model} at {cfg.input_size}px")
     result = train(TrainConfig(model=cfg.model, data=str(data), out=str(out / "model.pt"),
                                epochs=cfg.epochs, input_size=cfg.input_size,
                                batch_size=cfg.batch_size, lr=cfg.lr, seed=cfg.seed,
@@ -92,15 +95,25 @@ def run_demo(cfg: DemoConfig) -> DemoResult:
     evaluation = evaluate_model(model, held_out_dataset(model), seed=cfg.seed)
     summary = summarize(model)
     seconds["evaluate"] = time.perf_counter() - t
+    status(f"3/4 Evaluated the checkpoint on {evaluation.n} held-out images")
+
+    t = time.perf_counter()
+    status("4/4 Compressing to INT8 for ONNX Runtime, OpenVINO and TFLite")
+    compressed = compress(result.checkpoint, data=data, out=out / "bundle", recipe="int8",
+                          overwrite=True, allow_accuracy_drop=True)
+    seconds["compress"] = time.perf_counter() - t
     seconds["total"] = sum(seconds.values())
-    status(f"3/3 Evaluated the checkpoint on {evaluation.n} held-out images")
     demo = DemoResult(out, data, result.checkpoint, evaluation.metrics, summary.params,
-                      summary.macs, seconds, result.best_epoch, evaluation.n)
+                      summary.macs, seconds, result.best_epoch, evaluation.n, compressed)
     (out / "summary.json").write_text(json.dumps({
         "note": "edgekit demo on SYNTHETIC phantoms: numbers say nothing about clinical performance",
         "model": cfg.model, "checkpoint": str(demo.checkpoint), "parameters": demo.params,
         "macs": demo.macs, "input_size": cfg.input_size, "best_epoch": demo.best_epoch,
         "validation_images": demo.val_images, "metrics": demo.metrics,
+        "bundle": str(out / "bundle"), "bundle_status": compressed.manifest["status"],
+        "artifacts": {a.name: {"bytes": a.bytes, "passed": a.passed,
+                               "top1_agreement": a.verification.get("top1_agreement")}
+                      for a in compressed.artifacts},
         "seconds": {k: round(v, 1) for k, v in seconds.items()},
     }, indent=2))
     return demo

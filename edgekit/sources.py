@@ -1,8 +1,15 @@
-"""Load a model source into a ``LoadedModel``: an ``nn.Module`` with everything needed to use it.
+"""Load a model source into a ``LoadedModel``: the model plus everything needed to use it.
 
-Supported here: a zoo name (fresh weights, for inspection and tests), an edgekit checkpoint
-(``model.pt``, whose metadata names the architecture), and ``zoo_name:weights.pt`` for a plain
-state_dict. Checkpoints are read with ``torch.load(weights_only=True)``.
+Sources:
+
+- an edgekit checkpoint (``model.pt``, whose metadata names the architecture, classes and
+  preprocessing), or ``zoo_name:weights.pt`` for a plain state_dict — read with
+  ``torch.load(weights_only=True)``; a pickle that needs code execution is refused;
+- a bare zoo name (fresh weights, for inspection and tests);
+- a ``torch.export`` program (``.pt2``), a TorchScript archive (``.ts``/``.torchscript``, or a
+  ``.pt`` that is one) or an ONNX file (``.onnx``). These carry no class names: they come from
+  the data folder (``with_classes``). Their preprocessing is the default [0, 1] RGB spec at the
+  model's input size (``--input-size`` when the file does not fix it).
 """
 
 from __future__ import annotations
@@ -13,7 +20,7 @@ from typing import Any
 
 from edgekit.checkpoint import load_checkpoint
 from edgekit.data.preprocess import PreprocessSpec
-from edgekit.errors import ConfigError, DataError
+from edgekit.errors import BackendUnavailable, ConfigError, DataError
 from edgekit.zoo import create_model, list_models, model_config
 
 
@@ -36,6 +43,39 @@ class LoadedModel:
     def num_classes(self) -> int:
         return len(self.class_names)
 
+    def with_classes(self, class_names: tuple[str, ...]) -> LoadedModel:
+        """Attach class names (from a data folder) to a source that has none, checking that
+        the model's output width matches."""
+        import dataclasses
+
+        import numpy as np
+
+        if self.class_names:
+            return self
+        width = reference_outputs(self, np.zeros(self.spec.input_shape(1), np.float32)).shape[-1]
+        if width != len(class_names):
+            raise DataError(f"{self.source} has {width} outputs but the data has "
+                            f"{len(class_names)} classes ({', '.join(class_names)})")
+        return dataclasses.replace(self, class_names=tuple(class_names))
+
+
+def reference_outputs(loaded: LoadedModel, x: Any, batch_size: int = 32) -> Any:
+    """The source model's own float32 outputs for a batch: what every artifact is held to."""
+    import numpy as np
+
+    if loaded.kind == "onnx":
+        import onnxruntime as ort
+
+        sess = ort.InferenceSession(str(loaded.onnx_path), providers=["CPUExecutionProvider"])
+        name = sess.get_inputs()[0].name
+        fixed = sess.get_inputs()[0].shape[0] == 1
+        step = 1 if fixed else batch_size
+        return np.concatenate([sess.run(None, {name: np.ascontiguousarray(x[i:i + step])})[0]
+                               for i in range(0, len(x), step)]).astype(np.float32)
+    from edgekit.evaluate import predict
+
+    return predict(loaded.module, x, batch_size=batch_size)
+
 
 def _from_zoo(name: str, *, input_size: int | None, num_classes: int | None) -> LoadedModel:
     cfg = model_config(name)
@@ -48,21 +88,31 @@ def _from_zoo(name: str, *, input_size: int | None, num_classes: int | None) -> 
 
 def load_model(source: str | Path, *, input_size: int | None = None,
                num_classes: int | None = None) -> LoadedModel:
-    """Resolve ``source``: ``ckpt.pt``, ``zoo_name:weights.pt`` or a bare zoo name."""
+    """Resolve ``source``: a checkpoint, ``zoo_name:weights.pt``, ``.pt2``, TorchScript, ``.onnx``
+    or a bare zoo name."""
     text = str(source)
     name, sep, weights = text.partition(":")
     if sep and name in list_models():
-        return _from_checkpoint(Path(weights), text, arch=name)
+        return _from_checkpoint(Path(weights), text, arch=name, input_size=input_size)
     path = Path(text)
+    if path.suffix.lower() == ".onnx":
+        return _from_onnx(path, input_size)
+    if path.suffix.lower() == ".pt2":
+        return _from_exported(path)
+    if path.suffix.lower() in (".ts", ".torchscript") or _is_torchscript(path):
+        return _from_torchscript(path, input_size)
     if path.suffix in (".pt", ".pth") or path.is_file():
-        return _from_checkpoint(path, text, arch=None)
+        return _from_checkpoint(path, text, arch=None, input_size=input_size)
     if text in list_models():
         return _from_zoo(text, input_size=input_size, num_classes=num_classes)
     model_config(text)  # raises ConfigError with the known names and a close match
     raise ConfigError(f"Unknown model source {text!r}")  # pragma: no cover
 
 
-def _from_checkpoint(path: Path, source: str, *, arch: str | None) -> LoadedModel:
+def _from_checkpoint(path: Path, source: str, *, arch: str | None,
+                     input_size: int | None = None) -> LoadedModel:
+    """An edgekit checkpoint (its metadata wins) or a plain state_dict of zoo model ``arch``
+    (default classes; ``input_size`` or the model's published size)."""
     state, meta = load_checkpoint(path)
     arch = arch or meta.get("architecture")
     if not arch:
@@ -71,7 +121,7 @@ def _from_checkpoint(path: Path, source: str, *, arch: str | None) -> LoadedMode
             f"name it as ARCH:{path} with ARCH one of {', '.join(list_models())}")
     cfg = model_config(arch)
     spec = (PreprocessSpec.from_dict(meta["preprocess"]) if "preprocess" in meta
-            else cfg.default_spec())
+            else cfg.default_spec(input_size))
     classes = tuple(meta.get("class_names") or cfg.labels)
     module = create_model(arch, num_classes=len(classes), input_size=spec.height)
     what = f"{arch} with {len(classes)} classes at {spec.height}px"
@@ -86,3 +136,73 @@ def _from_checkpoint(path: Path, source: str, *, arch: str | None) -> LoadedMode
             f"unexpected: {', '.join(unexpected[:3]) or '-'})")
     return LoadedModel(module.eval(), arch, meta.get("task", cfg.task), classes, spec, source,
                        meta, pretrained=True)
+
+
+def _require_file(path: Path) -> None:
+    if not path.is_file():
+        raise DataError(f"Model file not found: {path}")
+
+
+def _plain_spec(shape: list[Any] | None, input_size: int | None, source: Path) -> PreprocessSpec:
+    """[0, 1] RGB NCHW at the size the model fixes, or ``input_size``."""
+    dims = [d for d in (shape or [])[2:] if isinstance(d, int) and d > 0]
+    if len(dims) == 2 and (input_size is None or tuple(dims) == (input_size, input_size)):
+        return PreprocessSpec(input_size=tuple(dims))
+    if len(dims) == 2:
+        raise ConfigError(f"{source} takes {dims[0]}×{dims[1]} inputs, not --input-size {input_size}")
+    if input_size is None:
+        raise ConfigError(f"{source} does not fix its input size: pass --input-size")
+    return PreprocessSpec(input_size=input_size)
+
+
+def _from_onnx(path: Path, input_size: int | None) -> LoadedModel:
+    _require_file(path)
+    try:
+        import onnx
+    except ImportError as exc:
+        raise BackendUnavailable("Reading ONNX sources needs onnx: pip install 'edgekit[torch]'") from exc
+    try:
+        model = onnx.load(str(path), load_external_data=False)
+    except Exception as exc:
+        raise DataError(f"{path}: not a readable ONNX model ({exc})") from exc
+    dims = [d.dim_value if d.HasField("dim_value") else None
+            for d in model.graph.input[0].type.tensor_type.shape.dim]
+    spec = _plain_spec(dims, input_size, path)
+    return LoadedModel(None, path.stem, "multiclass", (), spec, str(path), pretrained=True,
+                       kind="onnx", onnx_path=path)
+
+
+def _from_exported(path: Path) -> LoadedModel:
+    """A ``torch.export`` program: its example input fixes the spec; loaded without pickles."""
+    import torch
+
+    _require_file(path)
+    try:
+        program = torch.export.load(str(path))
+    except Exception as exc:
+        raise DataError(f"{path}: not a readable torch.export program ({exc})") from exc
+    shape = [list(a.shape) for a in program.example_inputs[0]][0] if program.example_inputs else None
+    module = program.module()
+    return LoadedModel(module, path.stem, "multiclass", (), _plain_spec(shape, None, path),
+                       str(path), pretrained=True)
+
+
+def _is_torchscript(path: Path) -> bool:
+    import zipfile
+
+    if not path.is_file() or not zipfile.is_zipfile(path):
+        return False
+    with zipfile.ZipFile(path) as zf:
+        return any(n.split("/", 2)[1:2] == ["code"] for n in zf.namelist())
+
+
+def _from_torchscript(path: Path, input_size: int | None) -> LoadedModel:
+    import torch
+
+    _require_file(path)
+    try:
+        module = torch.jit.load(str(path), map_location="cpu").eval()
+    except Exception as exc:
+        raise DataError(f"{path}: not a readable TorchScript archive ({exc})") from exc
+    return LoadedModel(module, path.stem, "multiclass", (), _plain_spec(None, input_size, path),
+                       str(path), pretrained=True, kind="torchscript")

@@ -54,9 +54,9 @@ def main(quiet: bool) -> None:
 
 
 def _register() -> None:
-    from edgekit.cli import demo, evaluate, inspect, models, phantoms, train
+    from edgekit.cli import compress, demo, evaluate, inspect, models, phantoms, train, verify
 
-    for mod in (models, inspect, phantoms, train, evaluate, demo):
+    for mod in (models, inspect, phantoms, train, evaluate, compress, verify, demo):
         main.add_command(mod.command)
 
 

@@ -6,9 +6,11 @@ from pathlib import Path
 
 import click
 
+from edgekit.cli.compress import verification_table
 from edgekit.cli.inspect import fmt_count
 from edgekit.cli.report import print_metrics
 from edgekit.demo import DemoConfig
+from edgekit.ui import out as stdout
 from edgekit.ui import status
 
 _D = DemoConfig()
@@ -29,17 +31,21 @@ def command(out: Path, model: str, images_per_class: int, epochs: int, input_siz
     """Run edgekit end to end on embedded SYNTHETIC brain-MRI phantoms (no downloads).
 
     Writes a class-per-folder phantom dataset to OUT/data, trains a small zoo model into
-    OUT/model.pt, evaluates it on the held-out split and prints a summary (a few minutes on
-    2 CPU cores). The phantoms are synthetic: the numbers say nothing about clinical accuracy.
+    OUT/model.pt, evaluates it on the held-out split, compresses it to INT8 for ONNX Runtime,
+    OpenVINO and TFLite into OUT/bundle with verification, and prints a summary (a few minutes
+    on 2 CPU cores). The phantoms are synthetic: the numbers say nothing about clinical accuracy.
     """
     from edgekit.demo import run_demo
 
     res = run_demo(DemoConfig(out=out, model=model, images_per_class=images_per_class,
                               epochs=epochs, input_size=input_size, seed=seed))
     print_metrics(res.metrics, title=f"{model} on {res.val_images} held-out SYNTHETIC phantoms")
+    stdout.print(verification_table(res.compressed))
     s = res.seconds
     status(f"Model: {res.checkpoint} — {res.params:,} parameters, {fmt_count(res.macs)}MACs at "
            f"{input_size}px, best epoch {res.best_epoch}")
     status(f"Time: data {s['data']:.0f} s, training {s['train']:.0f} s, evaluation "
-           f"{s['evaluate']:.0f} s, total {s['total']:.0f} s. Summary: {res.out / 'summary.json'}")
-    status(f"Next: edgekit inspect {res.checkpoint}")
+           f"{s['evaluate']:.0f} s, compression {s['compress']:.0f} s, total {s['total']:.0f} s. "
+           f"Summary: {res.out / 'summary.json'}")
+    status(f"Bundle: {res.out / 'bundle'} — try: python -m edgekit.runner {res.out / 'bundle'} "
+           f"{next((res.data / 'glioma').glob('*.jpg'))}")

@@ -69,6 +69,12 @@ class Dataset:
         return sample.path.relative_to(self.root).as_posix()
 
 
+def files_digest(samples: Sequence[Sample], root: Path) -> str:
+    """sha256 over the samples' paths relative to ``root``: records which images were used."""
+    names = "\n".join(s.path.relative_to(root).as_posix() for s in samples)
+    return hashlib.sha256(names.encode()).hexdigest()
+
+
 def _skip_or_fail(path: Path, reason: str, on_error: str, skipped: list[tuple[Path, str]]) -> None:
     if on_error == "fail":
         raise DataError(f"{path}: {reason}")
@@ -275,8 +281,7 @@ class Split:
             "conflicting_label_images_removed": self.conflicting_removed,
             "similar_groups_kept_together": self.similar_groups,
             "skipped_files": [str(p) for p, _ in self.train.skipped],
-            "val_files_sha256": hashlib.sha256(
-                "\n".join(self.val.relative(s) for s in self.val.samples).encode()).hexdigest(),
+            "val_files_sha256": files_digest(self.val.samples, self.val.root),
         }
 
 

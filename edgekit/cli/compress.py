@@ -1,0 +1,105 @@
+"""``edgekit compress MODEL --recipe int8 --data DIR --out BUNDLE``."""
+
+from __future__ import annotations
+
+import json
+import signal
+from pathlib import Path
+from typing import Any
+
+import click
+from rich.table import Table
+
+from edgekit.errors import VerificationFailed
+from edgekit.ui import out as stdout
+from edgekit.ui import status
+
+
+def verification_table(result: Any) -> Table:
+    """One row per artifact: size, agreement, |logit diff|, accuracy delta and gate verdict."""
+    multilabel = result.manifest["task"] == "multilabel"
+    headline = "mean_auroc" if multilabel else "accuracy"
+    src = result.source_metrics[headline]["value"]
+    table = Table(title=f"Verification on {result.data.get('verification_images')} held-out "
+                        f"images (source {headline.replace('_', ' ')} "
+                        f"{src if multilabel else 100 * src:.{3 if multilabel else 1}f}"
+                        f"{'' if multilabel else ' %'})")
+    for col, just in (("artifact", "left"), ("size", "right"), ("top-1 agree", "right"),
+                      ("max |Δlogit|", "right"), (headline.replace("_", " "), "right"),
+                      ("Δ vs source [95 % CI]", "right"), ("gate", "left")):
+        table.add_column(col, justify=just)
+    for a in result.artifacts:
+        v = a.verification
+        value = v["metrics"][headline]["value"]
+        delta = v.get("accuracy_delta")
+        dtxt = (f"{100 * delta['value']:+.1f} [{100 * delta['ci95'][0]:+.1f}, "
+                f"{100 * delta['ci95'][1]:+.1f}]" if delta else f"{value - src:+.4f}")
+        failed = [c["check"] for c in v["checks"] if not c["passed"]]
+        table.add_row(a.name, f"{a.bytes / 1e6:.2f} MB",
+                      f"{v['top1_agreement']:.3f}" if "top1_agreement" in v else "-",
+                      f"{v['max_abs_logit_diff']:.2e}",
+                      f"{value:.4f}" if multilabel else f"{100 * value:.1f} %", dtxt,
+                      "[green]pass[/]" if not failed else "[red]FAIL[/]: " + "; ".join(failed))
+    return table
+
+
+def _terminate(signum: int, frame: Any) -> None:  # SIGTERM behaves like Ctrl-C: clean up
+    raise KeyboardInterrupt
+
+
+@click.command("compress")
+@click.argument("model")
+@click.option("--data", required=True, type=click.Path(path_type=Path),
+              help="Labelled images with the model's classes: calibration and verification "
+                   "images are drawn from it (never the same ones).")
+@click.option("--out", required=True, type=click.Path(file_okay=False, path_type=Path),
+              help="Bundle folder to create (written atomically).")
+@click.option("--recipe", default="int8", show_default=True,
+              help="Built-in recipe (fp32, int8, fp16) or a recipe YAML file.")
+@click.option("--backend", "backends", multiple=True,
+              type=click.Choice(["onnxruntime", "openvino", "litert"]),
+              help="Only these backends (repeatable) [default: the recipe's].")
+@click.option("--calibration-images", type=click.IntRange(1, 100_000), default=None,
+              help="Calibration images [default: the recipe's, 300 for int8].")
+@click.option("--calibration-method", type=click.Choice(["minmax", "percentile", "entropy"]),
+              default=None, help="Range estimation [default: the recipe's].")
+@click.option("--verification-images", type=click.IntRange(1, 1_000_000), default=None,
+              help="Held-out images to verify on [default: the recipe's, 500].")
+@click.option("--int8-io", is_flag=True, default=None,
+              help="TFLite: integer input/output tensors (scale/zero point in the manifest).")
+@click.option("--input-size", type=click.IntRange(8, 4096), default=None,
+              help="Input size for sources that do not fix it (TorchScript).")
+@click.option("--seed", type=int, default=None, help="[default: the recipe's]")
+@click.option("--allow-accuracy-drop", is_flag=True,
+              help="Exit 0 even when an artifact misses the recipe's accuracy gate.")
+@click.option("--overwrite", is_flag=True, help="Replace an existing bundle at --out.")
+@click.option("--on-error", type=click.Choice(["skip", "fail"]), default="skip",
+              show_default=True, help="Corrupt or non-image files: skip with a warning, or fail.")
+@click.option("--json", "as_json", is_flag=True, help="Print the manifest as JSON on stdout.")
+def command(model: str, data: Path, out: Path, recipe: str, backends: tuple[str, ...],
+            as_json: bool, **options: Any) -> None:
+    """Quantize/export MODEL per the recipe, verify every artifact on held-out images and write
+    a bundle (artifacts + manifest.json + README.md).
+
+    MODEL is an edgekit checkpoint (model.pt), ARCH:weights.pt, a torch.export .pt2, a
+    TorchScript file or an .onnx file. Exits 1 when an artifact misses the recipe's accuracy
+    gate (the bundle is still written, marked as failing) unless --allow-accuracy-drop.
+    """
+    from edgekit.compress import compress
+
+    previous = signal.signal(signal.SIGTERM, _terminate)
+    try:
+        result = compress(model, data=data, out=out, recipe=recipe,
+                          backends=list(backends) or None, **options)
+    except VerificationFailed as exc:
+        if getattr(exc, "result", None) is not None:
+            stdout.print(verification_table(exc.result))
+        raise
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+    if as_json:
+        click.echo(json.dumps(result.manifest, indent=2))
+        return
+    stdout.print(verification_table(result))
+    status(f"Bundle: {result.bundle} ({len(result.artifacts)} artifacts, "
+           f"{result.seconds:.0f} s). Check it any time with: edgekit verify {result.bundle}")

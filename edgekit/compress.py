@@ -1,0 +1,266 @@
+"""``compress``: source model → (quantize/export per backend) → verify → bundle.
+
+One function over the pieces: recipes (what), calibrate (which images), backends (how), verify
+(does it still agree) and bundle (atomic folder + manifest). The CLI calls only this.
+"""
+
+from __future__ import annotations
+
+import platform
+import time
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from edgekit import __version__
+from edgekit.backends import Artifact, ExportRequest, QuantOptions, require_backend
+from edgekit.bundle import BundleWriter, package_versions, sha256_file
+from edgekit.calibrate import DataPlan, StreamedImages, plan_data
+from edgekit.errors import ConfigError, VerificationFailed
+from edgekit.evaluate import load_arrays, score
+from edgekit.recipes import Recipe, load_recipe
+from edgekit.sources import LoadedModel, load_model, reference_outputs
+from edgekit.ui import progress_bar, status
+from edgekit.verify import compare
+
+
+@dataclass
+class ArtifactResult:
+    """One exported artifact with its verification and what it cost to make."""
+
+    name: str
+    artifact: Artifact
+    verification: dict[str, Any]
+    export_seconds: float
+    bytes: int
+
+    @property
+    def passed(self) -> bool:
+        return bool(self.verification["passed"])
+
+
+@dataclass
+class CompressResult:
+    bundle: Path
+    recipe: Recipe
+    source_metrics: dict[str, Any]
+    artifacts: list[ArtifactResult]
+    manifest: dict[str, Any]
+    seconds: float
+    data: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def passed(self) -> bool:
+        return all(a.passed for a in self.artifacts)
+
+
+def _check_plan(loaded: LoadedModel, recipe: Recipe) -> list[Any]:
+    """Resolve every backend and refuse impossible combinations before any work starts."""
+    backends = []
+    for name in recipe.backends:
+        backend = require_backend(name)
+        if loaded.kind not in backend.sources:
+            raise ConfigError(
+                f"Backend {name!r} cannot convert a {loaded.kind.upper()} source "
+                f"({loaded.source}). {_SOURCE_HINTS.get((loaded.kind, name), '')}".rstrip())
+        if recipe.precision not in backend.precisions:
+            raise ConfigError(f"Backend {name!r} does not offer {recipe.precision} "
+                              f"(it offers {', '.join(backend.precisions)}); "
+                              f"remove it from the recipe's backends")
+        backends.append(backend)
+    return backends
+
+
+_SOURCE_HINTS = {
+    ("onnx", "litert"): "TFLite artifacts are converted from PyTorch with litert-torch; an ONNX "
+    "file has no PyTorch graph to convert, and edgekit does not use onnx2tf because it downloads "
+    "sample data during conversion. Use the onnxruntime and openvino backends for ONNX sources, "
+    "or compress the PyTorch model (checkpoint or .pt2) to get a TFLite artifact.",
+    ("torchscript", "litert"): "litert-torch needs torch.export; save the model with "
+    "torch.export.save(torch.export.export(model, (example,)), 'model.pt2') and compress that.",
+}
+
+
+def compress(source: str | Path | LoadedModel, *, data: str | Path, out: str | Path,
+             recipe: str | Path | Recipe = "int8", backends: list[str] | None = None,
+             calibration_images: int | None = None, calibration_method: str | None = None,
+             verification_images: int | None = None, int8_io: bool | None = None,
+             seed: int | None = None, input_size: int | None = None,
+             allow_accuracy_drop: bool = False, overwrite: bool = False,
+             on_error: str = "skip") -> CompressResult:
+    """Quantize/export ``source`` per the recipe, verify every artifact, write the bundle.
+
+    Raises VerificationFailed (after writing the bundle, marked as failing) when an artifact
+    misses the recipe's accuracy gate, unless ``allow_accuracy_drop``.
+    """
+    start = time.perf_counter()
+    started = datetime.now(UTC).isoformat(timespec="seconds")
+    rec = recipe if isinstance(recipe, Recipe) else load_recipe(recipe)
+    rec = rec.with_overrides(backends=backends, seed=seed, int8_io=int8_io,
+                             **{"calibration.images": calibration_images,
+                                "calibration.method": calibration_method,
+                                "verification.images": verification_images})
+    loaded = source if isinstance(source, LoadedModel) else load_model(source,
+                                                                          input_size=input_size)
+    if not loaded.class_names:  # .onnx / .pt2 / TorchScript: classes come from the data folder
+        from edgekit.data.folder import scan
+
+        loaded = loaded.with_classes(scan(data, on_error=on_error).classes)
+    plugins = _check_plan(loaded, rec)
+    if not loaded.pretrained:
+        status("[yellow]Note:[/] compressing a zoo model with fresh (untrained) weights")
+
+    plan = plan_data(loaded, data, seed=rec.seed, on_error=on_error,
+                     calibration_images=rec.calibration.images if rec.needs_calibration else 1,
+                     verification_images=rec.verification.images)
+    status(f"Data: {len(plan.verification)} verification images ({plan.origin})"
+           + (f", {len(plan.calibration)} calibration images" if rec.needs_calibration else ""))
+    x, y = load_arrays(plan.dataset.subset(plan.verification), loaded.spec,
+                       description="Loading verification images")
+    ref = reference_outputs(loaded, x)
+    source_metrics = score(y, ref, task=loaded.task, class_names=loaded.class_names, seed=rec.seed)
+
+    results: list[ArtifactResult] = []
+    with BundleWriter(out, overwrite=overwrite) as writer:
+        for backend in plugins:
+            results.append(_export_one(backend, loaded, rec, plan, writer, x, y, ref,
+                                       source_metrics))
+        manifest = _manifest(loaded, rec, plan, source_metrics, results, writer, started,
+                             time.perf_counter() - start)
+        writer.commit(manifest, _readme(manifest))
+    result = CompressResult(Path(out), rec, source_metrics, results, manifest,
+                            time.perf_counter() - start, plan.describe())
+    if not result.passed and not allow_accuracy_drop:
+        failing = ", ".join(a.name for a in results if not a.passed)
+        exc = VerificationFailed(
+            f"{failing} failed the {rec.name!r} recipe's accuracy gate; the bundle was written "
+            f"to {out} and marked as failing. Pass --allow-accuracy-drop to accept it.")
+        exc.result = result  # type: ignore[attr-defined]
+        raise exc
+    return result
+
+
+def _export_one(backend: Any, loaded: LoadedModel, rec: Recipe, plan: DataPlan,
+                writer: BundleWriter, x: np.ndarray, y: np.ndarray, ref: np.ndarray,
+                source_metrics: dict[str, Any]) -> ArtifactResult:
+    name = f"{backend.name}-{rec.precision}"
+    out_dir = writer.artifacts_dir / backend.name
+    out_dir.mkdir(parents=True, exist_ok=True)
+    t0 = time.perf_counter()
+    with progress_bar(f"{name}: calibrating + converting" if rec.needs_calibration
+                      else f"{name}: converting", len(plan.calibration)
+                      if rec.needs_calibration else None) as bar:
+        calib = (StreamedImages(plan.calibration, loaded.spec, progress=bar.set)
+                 if rec.needs_calibration else None)
+        artifact = backend.export(ExportRequest(
+            model=loaded, precision=rec.precision, out_dir=out_dir, stem=f"model-{rec.precision}",
+            calibration=calib,
+            options=QuantOptions(method=rec.calibration.method,
+                                 per_channel=rec.calibration.per_channel,
+                                 int8_io=rec.int8_io, seed=rec.seed)))
+    seconds = time.perf_counter() - t0
+    session = backend.open(artifact.path)
+    outs = []
+    with progress_bar(f"{name}: verifying", len(x)) as bar:
+        for i in range(0, len(x), 16):
+            outs.append(session.run(x[i:i + 16]))
+            bar.advance(len(x[i:i + 16]))
+    verification = compare(ref, np.concatenate(outs), y, task=loaded.task,
+                           class_names=loaded.class_names, precision=rec.precision, recipe=rec,
+                           source_metrics=source_metrics, seed=rec.seed)
+    size = sum(p.stat().st_size for p in artifact.files)
+    status(f"{name}: {size / 1e6:.2f} MB in {seconds:.1f} s — "
+           f"{'[green]passed[/]' if verification['passed'] else '[red]FAILED[/]'} verification")
+    return ArtifactResult(name, artifact, verification, seconds, size)
+
+
+def _manifest(loaded: LoadedModel, rec: Recipe, plan: DataPlan, source_metrics: dict[str, Any],
+              results: list[ArtifactResult], writer: BundleWriter, started: str,
+              seconds: float) -> dict[str, Any]:
+    src_path = Path(str(loaded.source).partition(":")[2] or loaded.source)
+    source = {
+        "source": str(loaded.source),
+        "kind": loaded.kind,
+        "architecture": loaded.name,
+        "sha256": sha256_file(src_path) if src_path.is_file() else None,
+        "trained": loaded.pretrained,
+        "parameters": loaded.metadata.get("parameters"),
+        "data_note": loaded.metadata.get("data_note"),
+    }
+    artifacts = []
+    for r in results:
+        a = r.artifact
+        artifacts.append({
+            "name": r.name,
+            "backend": a.backend,
+            "precision": a.precision,
+            "status": "passed" if r.passed else "failed-gate",
+            "files": [writer.file_entry(p) for p in a.files],
+            "bytes": r.bytes,
+            "input": {"name": a.input_name, "shape": a.input_shape, "dtype": a.input_dtype,
+                      "layout": a.layout},
+            "output": {"dtype": a.output_dtype},
+            "quantization": a.quantization,
+            "notes": a.notes,
+            "export_seconds": round(r.export_seconds, 2),
+            "verification": r.verification,
+        })
+    return {
+        "created": datetime.now(UTC).isoformat(timespec="seconds"),
+        "started": started,
+        "seconds": round(seconds, 1),
+        "status": "passed" if all(r.passed for r in results) else "failed-gate",
+        "source": source,
+        "task": loaded.task,
+        "class_names": list(loaded.class_names),
+        "preprocess": loaded.spec.to_dict(),
+        "recipe": rec.model_dump(),
+        "data": plan.describe(),
+        "source_metrics": source_metrics,
+        "artifacts": artifacts,
+        "environment": {"edgekit": __version__, "python": platform.python_version(),
+                        "machine": platform.machine(), "packages": package_versions()},
+    }
+
+
+def _readme(m: dict[str, Any]) -> str:
+    rows = []
+    for a in m["artifacts"]:
+        v = a["verification"]
+        acc = v["metrics"].get("accuracy") or v["metrics"].get("mean_auroc")
+        rows.append(f"| `{a['files'][0]['path']}` | {a['backend']} | {a['precision']} | "
+                    f"{a['bytes'] / 1e6:.2f} MB | {100 * acc['value']:.1f} % | "
+                    f"{v.get('top1_agreement', float('nan')):.3f} | {a['status']} |")
+    spec = m["preprocess"]
+    metric = "accuracy" if m["task"] != "multilabel" else "mean AUROC"
+    note = m["source"].get("data_note") or ""
+    warn = ("\n> The source model was trained on SYNTHETIC phantoms: these artifacts are for "
+            "trying edgekit, not for clinical use.\n" if "synthetic" in note else "")
+    extras = sorted({a["backend"] for a in m["artifacts"]})
+    return f"""# edgekit bundle: {m['source']['architecture']} ({m['recipe']['name']})
+{warn}
+Made by edgekit {m['environment']['edgekit']} on {m['created']} from `{m['source']['source']}`.
+Status: **{m['status']}**. Every file's sha256 is in `manifest.json`; check them with
+`edgekit verify <this folder>`.
+
+| artifact | runtime | precision | size | {metric} | top-1 agreement | gate |
+|---|---|---|---:|---:|---:|---|
+{chr(10).join(rows)}
+
+Verified on {m['data']['verification_images']} held-out images ({m['data']['origin']}).
+
+## Inputs
+Classes: {', '.join(m['class_names'])} ({m['task']}). One image per call, shape
+{m['artifacts'][0]['input']['shape']} ({spec['layout']}, float32): {'CT DICOM → Hounsfield windows ' + ', '.join(w['name'] for w in spec['ct_windows']) if spec['ct_windows'] else 'RGB, pixel values scaled by ' + format(spec['scale'], '.6g')},
+resized to {spec['input_size'][0]}×{spec['input_size'][1]}, then (x − mean) / std with mean
+{spec['mean']} and std {spec['std']}. The runner below does all of this for you.
+
+## Run it on a device (no torch needed)
+```bash
+pip install 'edgekit[{extras[0]}]'        # or the extra of the runtime you ship: {', '.join(extras)}
+python -m edgekit.runner . image.jpg --artifact {m['artifacts'][0]['name']}
+```
+"""

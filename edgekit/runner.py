@@ -1,0 +1,116 @@
+"""The device runner: classify images with a bundle artifact using numpy, Pillow and ONE runtime.
+
+    python -m edgekit.runner BUNDLE IMAGE [IMAGE ...] [--artifact NAME] [--threads N] [--json]
+
+Never imports torch: it runs on a Raspberry Pi with only ``pip install 'edgekit[litert]'`` (or
+``[onnxruntime]`` / ``[openvino]``). It checks the artifact's sha256 against the manifest,
+applies the manifest's preprocessing spec exactly as training did, and prints predictions.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from edgekit.backends import get_backend
+from edgekit.bundle import read_manifest, sha256_file
+from edgekit.data.preprocess import PreprocessSpec
+from edgekit.errors import BackendUnavailable, ConfigError, DataError, EdgekitError
+
+_PREFERENCE = {"int8": 0, "fp16": 1, "fp32": 2}
+
+
+def choose_artifact(manifest: dict[str, Any], name: str | None = None) -> dict[str, Any]:
+    """The named artifact, or the best installed one: passing, INT8 first, then fp16, fp32."""
+    arts = manifest.get("artifacts", [])
+    if name is not None:
+        for a in arts:
+            if a["name"] == name:
+                return a
+        raise ConfigError(f"No artifact {name!r} in the bundle; it has: "
+                          f"{', '.join(a['name'] for a in arts)}")
+    usable = [a for a in arts if get_backend(a["backend"]).available() is None]
+    if not usable:
+        hints = {a["backend"]: get_backend(a["backend"]).available() for a in arts}
+        raise BackendUnavailable("No runtime for any artifact in this bundle is installed: "
+                                 + "; ".join(f"{b}: {h}" for b, h in hints.items()))
+    return min(usable, key=lambda a: (a["status"] != "passed", _PREFERENCE.get(a["precision"], 9)))
+
+
+class Runner:
+    """An opened bundle artifact plus the bundle's preprocessing: ``predict(paths)``."""
+
+    def __init__(self, bundle: str | Path, artifact: str | None = None,
+                 threads: int | None = None) -> None:
+        self.bundle = Path(bundle)
+        self.manifest = read_manifest(self.bundle)
+        self.artifact = choose_artifact(self.manifest, artifact)
+        for f in self.artifact["files"]:
+            path = self.bundle / f["path"]
+            if not path.is_file() or sha256_file(path) != f["sha256"]:
+                raise DataError(f"{path}: missing or modified (sha256 differs from manifest.json)")
+        self.spec = PreprocessSpec.from_dict(self.manifest["preprocess"])
+        self.classes = list(self.manifest["class_names"])
+        self.task = self.manifest["task"]
+        backend = get_backend(self.artifact["backend"])
+        hint = backend.available()
+        if hint:
+            raise BackendUnavailable(f"{self.artifact['backend']} is not installed: {hint}")
+        self.session = backend.open(self.bundle / self.artifact["files"][0]["path"], threads)
+
+    def logits(self, x: np.ndarray) -> np.ndarray:
+        return self.session.run(x)
+
+    def predict_one(self, path: str | Path) -> dict[str, Any]:
+        logits = self.logits(self.spec.load(path)[None])[0].astype(np.float64)
+        if self.task == "multilabel":
+            probs = 1.0 / (1.0 + np.exp(-logits))
+            return {"image": str(path), "labels": {c: float(p) for c, p in zip(
+                self.classes, probs, strict=True)},
+                "positive": [c for c, p in zip(self.classes, probs, strict=True) if p >= 0.5]}
+        e = np.exp(logits - logits.max())
+        probs = e / e.sum()
+        top = int(probs.argmax())
+        return {"image": str(path), "prediction": self.classes[top],
+                "probability": float(probs[top]),
+                "probabilities": {c: float(p) for c, p in zip(self.classes, probs, strict=True)}}
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m edgekit.runner", description=__doc__.split("\n")[0])
+    ap.add_argument("bundle", help="bundle folder written by `edgekit compress`")
+    ap.add_argument("images", nargs="+", help="image files (or CT DICOM slices)")
+    ap.add_argument("--artifact", help="artifact name from the manifest [default: best installed]")
+    ap.add_argument("--threads", type=int, default=None, help="runtime threads")
+    ap.add_argument("--json", action="store_true", help="print JSON lines")
+    args = ap.parse_args(argv)
+    try:
+        runner = Runner(args.bundle, args.artifact, args.threads)
+    except EdgekitError as exc:
+        print(f"Error: {exc}", file=sys.stderr)
+        return exc.exit_code
+    print(f"{runner.artifact['name']} ({runner.artifact['status']})", file=sys.stderr)
+    failed = 0
+    for path in args.images:
+        try:
+            res = runner.predict_one(path)
+        except DataError as exc:
+            print(f"Error: {exc}", file=sys.stderr)
+            failed += 1
+            continue
+        if args.json:
+            print(json.dumps(res))
+        elif "prediction" in res:
+            print(f"{path}\t{res['prediction']}\t{res['probability']:.3f}")
+        else:
+            print(f"{path}\t{','.join(res['positive']) or 'none'}")
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

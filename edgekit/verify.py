@@ -1,0 +1,69 @@
+"""Parity and accuracy of an exported artifact against its source model, on held-out images.
+
+fp32 artifacts must reproduce the source's logits within the recipe's tolerance (1e-4);
+INT8 and fp16 artifacts are held to the recipe's accuracy gate: top-1 accuracy and every
+class's sensitivity may drop by at most so many points (multi-label: mean AUROC).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from edgekit import metrics
+from edgekit.evaluate import score
+
+
+def _v(m: Any) -> float | None:
+    return m.get("value") if isinstance(m, dict) else m
+
+
+def compare(ref: np.ndarray, out: np.ndarray, y: np.ndarray, *, task: str,
+            class_names: tuple[str, ...], precision: str, recipe: Any,
+            source_metrics: dict[str, Any], seed: int = 0) -> dict[str, Any]:
+    """Everything the bundle records about one artifact's agreement with its source."""
+    diff = np.abs(out.astype(np.float64) - ref.astype(np.float64))
+    kind = "multilabel" if task == "multilabel" else "multiclass"
+    result: dict[str, Any] = {
+        "n": int(len(y)),
+        "max_abs_logit_diff": float(diff.max()),
+        "mean_abs_logit_diff": float(diff.mean()),
+        "metrics": score(y, out, task=task, class_names=class_names, seed=seed),
+    }
+    if kind == "multiclass":
+        result["top1_agreement"] = metrics.top1_agreement(out, ref)
+        delta = metrics.delta_ci("accuracy", y, out, ref, task="multiclass",
+                                 class_names=list(class_names), seed=seed)
+        result["accuracy_delta"] = {"value": delta.value, "ci95": [delta.lo, delta.hi]}
+    checks = []
+    if precision == "fp32":
+        tol = recipe.verification.fp32_tolerance
+        checks.append({"check": "max |logit diff|", "value": result["max_abs_logit_diff"],
+                       "limit": tol, "passed": result["max_abs_logit_diff"] <= tol})
+    gate = recipe.gate
+    am = result["metrics"]
+    if kind == "multilabel":
+        src, art = _v(source_metrics["mean_auroc"]), _v(am["mean_auroc"])
+        if src is not None and art is not None:
+            drop = src - art
+            checks.append({"check": "mean AUROC drop", "value": drop,
+                           "limit": gate.max_auroc_drop,
+                           "passed": precision == "fp32" or drop <= gate.max_auroc_drop})
+    else:
+        drop = 100 * (_v(source_metrics["accuracy"]) - _v(am["accuracy"]))
+        checks.append({"check": "top-1 accuracy drop (points)", "value": drop,
+                       "limit": gate.max_top1_drop,
+                       "passed": precision == "fp32" or drop <= gate.max_top1_drop})
+        for name in class_names:
+            s_src = _v(source_metrics["per_class"][name]["sensitivity"])
+            s_art = _v(am["per_class"][name]["sensitivity"])
+            if s_src is None or s_art is None:
+                continue
+            drop = 100 * (s_src - s_art)
+            checks.append({"check": f"sensitivity drop: {name} (points)", "value": drop,
+                           "limit": gate.max_sensitivity_drop,
+                           "passed": precision == "fp32" or drop <= gate.max_sensitivity_drop})
+    result["checks"] = checks
+    result["passed"] = all(c["passed"] for c in checks)
+    return result

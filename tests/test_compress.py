@@ -1,0 +1,254 @@
+"""`edgekit compress` end to end: real conversions, real runtimes, verification, bundles."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from click.testing import CliRunner
+
+from edgekit.bundle import read_manifest, verify_bundle
+from edgekit.cli import main
+from edgekit.compress import compress
+from edgekit.errors import ConfigError, DataError, UnsafeSourceError, VerificationFailed
+from edgekit.train import TrainConfig, train
+from edgekit.zoo import list_models
+
+SMALL = {"calibration_images": 8, "verification_images": 16}
+
+
+@pytest.fixture(scope="session")
+def trained(mri_phantoms, tmp_path_factory) -> Path:
+    """dsconv_cbam_gap trained for 2 epochs on the 64 px MRI phantoms."""
+    out = tmp_path_factory.mktemp("ckpt") / "model.pt"
+    train(TrainConfig(model="dsconv_cbam_gap", data=str(mri_phantoms), out=str(out), epochs=2,
+                      input_size=64, batch_size=16, lr=3e-3))
+    return out
+
+
+def _cli(*args: str, code: int = 0):
+    res = CliRunner().invoke(main, list(args), catch_exceptions=False)
+    assert res.exit_code == code, (res.stdout, res.stderr)
+    return res
+
+
+def _zoo_checkpoint(name: str, tmp: Path) -> str:
+    """A zoo model with fresh weights saved as ARCH:weights.pt (4 classes, 64 px)."""
+    torch.manual_seed(0)
+    from edgekit.zoo import create_model
+
+    n = 6 if name == "ich_mrf" else 4
+    path = tmp / f"{name}.pt"
+    torch.save(create_model(name, num_classes=n, input_size=64).state_dict(), path)
+    return f"{name}:{path}"
+
+
+@pytest.mark.parametrize("name", [m for m in list_models() if m != "ich_mrf"])
+@pytest.mark.parametrize("precision", ["fp32", "int8"])
+def test_every_zoo_model_every_backend(name, precision, mri_phantoms, tmp_path):
+    loaded = _zoo_checkpoint(name, tmp_path)
+    res = compress(loaded, input_size=64, data=mri_phantoms, out=tmp_path / "bundle", recipe=precision,
+                   allow_accuracy_drop=True, **SMALL)
+    assert [a.artifact.backend for a in res.artifacts] == ["onnxruntime", "openvino", "litert"]
+    for a in res.artifacts:
+        if precision == "fp32":
+            assert a.verification["max_abs_logit_diff"] <= 1e-4, a.name
+            assert a.passed
+    verify_bundle(tmp_path / "bundle")
+    if precision == "int8":
+        fp32 = compress(loaded, input_size=64, data=mri_phantoms, out=tmp_path / "fp32",
+                        recipe="fp32", **SMALL)
+        for q, f in zip(res.artifacts, fp32.artifacts, strict=True):
+            assert q.bytes < f.bytes, f"{q.name} ({q.bytes} B) is not smaller than {f.name}"
+
+
+@pytest.mark.parametrize("precision", ["fp32", "int8"])
+def test_multilabel_ct_model(precision, ct_phantoms, tmp_path):
+    ckpt = tmp_path / "ct.pt"
+    train(TrainConfig(model="ich_mrf", data=str(ct_phantoms), out=str(ckpt), epochs=1,
+                      input_size=64, batch_size=8))
+    res = compress(ckpt, data=ct_phantoms, out=tmp_path / "b", recipe=precision,
+                   allow_accuracy_drop=True, **SMALL)
+    m = read_manifest(tmp_path / "b")
+    assert m["task"] == "multilabel" and m["preprocess"]["ct_windows"]
+    assert len(res.artifacts) == 3
+    assert all("mean_auroc" in a.verification["metrics"] for a in res.artifacts)
+    if precision == "fp32":
+        assert all(a.verification["max_abs_logit_diff"] <= 1e-4 for a in res.artifacts)
+
+
+def test_trained_model_int8_bundle_manifest_and_cli(trained, mri_phantoms, tmp_path):
+    out = tmp_path / "bundle"
+    res = _cli("compress", str(trained), "--recipe", "int8", "--data", str(mri_phantoms),
+               "--out", str(out), "--calibration-images", "8", "--verification-images", "16",
+               "--allow-accuracy-drop")
+    assert "Verification on" in res.stdout and "litert-int8" in res.stdout
+    m = read_manifest(out)
+    assert m["schema_version"] == 1 and m["recipe"]["name"] == "int8"
+    assert m["class_names"] == ["glioma", "meningioma", "notumor", "pituitary"]
+    assert m["source"]["sha256"] and m["preprocess"]["input_size"] == [64, 64]
+    assert m["data"]["origin"].startswith("held-out split recorded in the checkpoint")
+    for a in m["artifacts"]:
+        assert a["files"][0]["sha256"] and a["input"]["dtype"] == "float32"
+        assert "top1_agreement" in a["verification"] and a["verification"]["checks"]
+    assert "python -m edgekit.runner" in (out / "README.md").read_text()
+    assert not list(tmp_path.glob(".bundle.partial-*"))
+    _cli("verify", str(out))
+    # tampering is detected and named
+    art = out / m["artifacts"][0]["files"][0]["path"]
+    art.write_bytes(art.read_bytes() + b"\0")
+    res = _cli("verify", str(out), code=1)
+    assert "sha256 mismatch" in res.stderr and m["artifacts"][0]["files"][0]["path"] in res.stderr
+
+
+def test_same_seed_same_data_gives_identical_artifacts(trained, mri_phantoms, tmp_path):
+    hashes = []
+    for k in range(2):
+        compress(trained, data=mri_phantoms, out=tmp_path / f"b{k}", recipe="int8",
+                 allow_accuracy_drop=True, **SMALL)
+        hashes.append({a["name"]: a["files"][0]["sha256"]
+                       for a in read_manifest(tmp_path / f"b{k}")["artifacts"]})
+    assert hashes[0] == hashes[1]
+
+
+def test_gate_violation_exits_1_and_marks_the_bundle(trained, mri_phantoms, tmp_path,
+                                                     monkeypatch):
+    from edgekit.backends import onnxruntime as ort_backend
+
+    real_open = ort_backend.BACKEND.open
+
+    def noisy_open(path, threads=None):
+        session = real_open(path, threads)
+
+        class Noisy:
+            input_shape = session.input_shape
+
+            def run(self, batch):
+                out = session.run(batch)
+                return out[:, ::-1].copy()  # a broken artifact: classes reversed
+
+        return Noisy()
+
+    monkeypatch.setattr(ort_backend.BACKEND, "open", noisy_open)
+    out = tmp_path / "bundle"
+    res = _cli("compress", str(trained), "--recipe", "fp32", "--backend", "onnxruntime",
+               "--data", str(mri_phantoms), "--out", str(out), "--verification-images", "16",
+               code=1)
+    assert "FAIL" in res.stdout and "failed the 'fp32' recipe's accuracy gate" in res.stderr
+    assert read_manifest(out)["status"] == "failed-gate"
+    with pytest.raises(VerificationFailed):
+        compress(trained, data=mri_phantoms, out=tmp_path / "b2", recipe="fp32",
+                 backends=["onnxruntime"], verification_images=16)
+    ok = compress(trained, data=mri_phantoms, out=tmp_path / "b3", recipe="fp32",
+                  backends=["onnxruntime"], verification_images=16, allow_accuracy_drop=True)
+    assert not ok.passed
+
+
+def test_interrupt_leaves_nothing_behind(trained, mri_phantoms, tmp_path, monkeypatch):
+    from edgekit.backends import openvino as ov_backend
+
+    def interrupted(request):
+        (request.out_dir / "half-written.xml").write_text("<net")
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(ov_backend.BACKEND, "export", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        compress(trained, data=mri_phantoms, out=tmp_path / "bundle", recipe="fp32", **SMALL)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_bad_inputs(trained, mri_copy, tmp_path):
+    with pytest.raises(DataError, match="Data folder not found"):
+        compress(trained, data=tmp_path / "missing", out=tmp_path / "b", recipe="fp32")
+    (mri_copy / "pituitary").rename(mri_copy / "astrocytoma")
+    with pytest.raises(DataError, match="missing: pituitary; unexpected: astrocytoma"):
+        compress(trained, data=mri_copy, out=tmp_path / "b", recipe="fp32")
+    (mri_copy / "astrocytoma").rename(mri_copy / "pituitary")
+    bad = mri_copy / "glioma" / "zz_corrupt.jpg"
+    bad.write_bytes(b"\xff\xd8\xff\xe0 truncated")
+    with pytest.raises(DataError, match="zz_corrupt.jpg: not a readable image"):
+        compress(trained, data=mri_copy, out=tmp_path / "b", recipe="fp32",
+                 on_error="fail", **SMALL)
+    recipe = tmp_path / "mine.yaml"
+    recipe.write_text("name: mine\nprecision: int8\nbackends: [onnxruntime]\n"
+                      "calibration:\n  images: 8\n  methd: minmax\n")
+    res = _cli("compress", str(trained), "--recipe", str(recipe), "--data", str(mri_copy),
+               "--out", str(tmp_path / "b"), code=2)
+    assert "calibration.methd: unknown key" in res.stderr and str(recipe) in res.stderr
+    evil = tmp_path / "evil.pt"
+    torch.save(torch.nn.Linear(2, 2), evil)
+    with pytest.raises(UnsafeSourceError, match="refusing to load"):
+        compress(f"dsconv_cbam_gap:{evil}", data=mri_copy, out=tmp_path / "b", recipe="fp32")
+    assert not (tmp_path / "b").exists()
+
+
+def test_onnx_source(trained, mri_phantoms, tmp_path):
+    from edgekit.sources import load_model
+
+    module = load_model(trained).module
+    onnx_path = tmp_path / "model.onnx"
+    torch.onnx.export(module, (torch.rand(1, 3, 64, 64),), str(onnx_path), dynamo=True,
+                      opset_version=18, external_data=False)
+    with pytest.raises(ConfigError, match="cannot convert a ONNX source.*onnx2tf"):
+        compress(onnx_path, data=mri_phantoms, out=tmp_path / "b", recipe="int8", **SMALL)
+    res = compress(onnx_path, data=mri_phantoms, out=tmp_path / "b", recipe="int8",
+                   backends=["onnxruntime", "openvino"], allow_accuracy_drop=True, **SMALL)
+    assert [a.name for a in res.artifacts] == ["onnxruntime-int8", "openvino-int8"]
+    assert res.manifest["class_names"] == ["glioma", "meningioma", "notumor", "pituitary"]
+    fp32 = compress(onnx_path, data=mri_phantoms, out=tmp_path / "f", recipe="fp32",
+                    backends=["onnxruntime", "openvino"], **SMALL)
+    assert fp32.passed
+
+
+def test_pt2_source(trained, mri_phantoms, tmp_path):
+    from edgekit.sources import load_model
+
+    module = load_model(trained).module
+    path = tmp_path / "model.pt2"
+    torch.export.save(torch.export.export(module, (torch.rand(1, 3, 64, 64),)), str(path))
+    res = compress(path, data=mri_phantoms, out=tmp_path / "b", recipe="fp32", **SMALL)
+    assert res.passed and len(res.artifacts) == 3
+
+
+def test_runner_works_without_torch(trained, mri_phantoms, tmp_path):
+    out = tmp_path / "bundle"
+    compress(trained, data=mri_phantoms, out=out, recipe="int8", allow_accuracy_drop=True,
+             **SMALL)
+    images = sorted((mri_phantoms / "meningioma").glob("*.jpg"))[:2]
+    code = ("import sys; sys.modules['torch'] = None; "
+            "from edgekit.runner import main; sys.exit(main(sys.argv[1:]))")
+    for artifact in ("onnxruntime-int8", "openvino-int8", "litert-int8"):
+        proc = subprocess.run([sys.executable, "-c", code, str(out), *map(str, images),
+                               "--artifact", artifact, "--json"], capture_output=True,
+                              text=True, env={**os.environ, "PYTHONWARNINGS": "ignore"},
+                              timeout=300)
+        assert proc.returncode == 0, proc.stderr
+        rows = [json.loads(line) for line in proc.stdout.splitlines()]
+        assert len(rows) == 2 and rows[0]["prediction"] in read_manifest(out)["class_names"]
+        assert abs(sum(rows[0]["probabilities"].values()) - 1) < 1e-5
+    proc = subprocess.run([sys.executable, "-c", code, str(out), str(tmp_path / "nope.jpg")],
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 1 and "nope.jpg: file not found" in proc.stderr
+
+
+def test_runner_matches_verification(trained, mri_phantoms, tmp_path):
+    from edgekit.runner import Runner
+    from edgekit.sources import load_model
+
+    out = tmp_path / "bundle"
+    compress(trained, data=mri_phantoms, out=out, recipe="fp32", backends=["onnxruntime"],
+             **SMALL)
+    runner = Runner(out)
+    loaded = load_model(trained)
+    img = sorted((mri_phantoms / "glioma").glob("*.jpg"))[0]
+    x = loaded.spec.load(img)[None]
+    with torch.inference_mode():
+        ref = loaded.module(torch.from_numpy(x)).numpy()
+    np.testing.assert_allclose(runner.logits(x), ref, atol=1e-4)
+    assert runner.predict_one(img)["prediction"] == loaded.class_names[int(ref.argmax())]
