@@ -6,7 +6,9 @@ One function over the pieces: recipes (what), calibrate (which images), backends
 
 from __future__ import annotations
 
+import contextlib
 import platform
+import sys
 import time
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -131,6 +133,9 @@ def compress(source: str | Path | LoadedModel, *, data: str | Path, out: str | P
         manifest = _manifest(loaded, rec, plan, source_metrics, results, writer, started,
                              time.perf_counter() - start)
         writer.commit(manifest, _readme(manifest))
+    for r in results:  # point the returned artifacts at their final place in the bundle
+        r.artifact.path = writer.out / r.artifact.path.relative_to(writer.tmp)
+        r.artifact.files = [writer.out / p.relative_to(writer.tmp) for p in r.artifact.files]
     result = CompressResult(Path(out), rec, source_metrics, results, manifest,
                             time.perf_counter() - start, plan.describe())
     if not result.passed and not allow_accuracy_drop:
@@ -155,12 +160,14 @@ def _export_one(backend: Any, loaded: LoadedModel, rec: Recipe, plan: DataPlan,
                       if rec.needs_calibration else None) as bar:
         calib = (StreamedImages(plan.calibration, loaded.spec, progress=bar.set)
                  if rec.needs_calibration else None)
-        artifact = backend.export(ExportRequest(
-            model=loaded, precision=rec.precision, out_dir=out_dir, stem=f"model-{rec.precision}",
-            calibration=calib,
-            options=QuantOptions(method=rec.calibration.method,
-                                 per_channel=rec.calibration.per_channel,
-                                 int8_io=rec.int8_io, seed=rec.seed)))
+        # converters (NNCF, ORT calibrators) print progress on stdout: keep stdout for results
+        with contextlib.redirect_stdout(sys.stderr):
+            artifact = backend.export(ExportRequest(
+                model=loaded, precision=rec.precision, out_dir=out_dir,
+                stem=f"model-{rec.precision}", calibration=calib,
+                options=QuantOptions(method=rec.calibration.method,
+                                     per_channel=rec.calibration.per_channel,
+                                     int8_io=rec.int8_io, seed=rec.seed)))
     seconds = time.perf_counter() - t0
     session = backend.open(artifact.path)
     outs = []

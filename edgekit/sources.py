@@ -182,9 +182,38 @@ def _from_exported(path: Path) -> LoadedModel:
     except Exception as exc:
         raise DataError(f"{path}: not a readable torch.export program ({exc})") from exc
     shape = [list(a.shape) for a in program.example_inputs[0]][0] if program.example_inputs else None
-    module = program.module()
+    module = _ExportedModule(program.module(), shape[0] if shape else None)
     return LoadedModel(module, path.stem, "multiclass", (), _plain_spec(shape, None, path),
                        str(path), pretrained=True)
+
+
+def _exported_module_class() -> type:
+    import torch
+
+    class ExportedModule(torch.nn.Module):
+        """Wraps ``ExportedProgram.module()``, which refuses ``.eval()``/``.train()``: an exported
+        program is already in inference form, so mode switches are recorded, not propagated.
+        A program exported at batch 1 is called row by row for larger batches."""
+
+        def __init__(self, graph_module: Any, batch: int | None) -> None:
+            super().__init__()
+            self.graph_module = graph_module
+            self.batch = batch
+
+        def forward(self, x: Any) -> Any:
+            if self.batch == 1 and x.shape[0] != 1:
+                return torch.cat([self.graph_module(x[i:i + 1]) for i in range(x.shape[0])])
+            return self.graph_module(x)
+
+        def train(self, mode: bool = True) -> ExportedModule:
+            self.training = mode
+            return self
+
+    return ExportedModule
+
+
+def _ExportedModule(graph_module: Any, batch: int | None) -> Any:  # noqa: N802 - built lazily
+    return _exported_module_class()(graph_module, batch)
 
 
 def _is_torchscript(path: Path) -> bool:

@@ -27,7 +27,7 @@ def verification_table(result: Any) -> Table:
     for col, just in (("artifact", "left"), ("size", "right"), ("top-1 agree", "right"),
                       ("max |Δlogit|", "right"), (headline.replace("_", " "), "right"),
                       ("Δ vs source [95 % CI]", "right"), ("gate", "left")):
-        table.add_column(col, justify=just)
+        table.add_column(col, justify=just, no_wrap=col == "artifact")
     for a in result.artifacts:
         v = a.verification
         value = v["metrics"][headline]["value"]

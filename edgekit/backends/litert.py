@@ -1,0 +1,649 @@
+"""LiteRT (TFLite) backend: PyTorch → ``.tflite`` with litert-torch, run with the LiteRT interpreter.
+
+Export (workstation, needs ``edgekit[compress]``):
+
+* ``fp32``: ``litert_torch.convert(module, (sample,))``. The artifact takes the NCHW float32 input
+  the PyTorch model takes; litert-torch inserts the NCHW→NHWC transpose inside the model.
+* ``int8``: PT2E static post-training quantization. ``torch.export`` → ``prepare_pt2e`` with
+  litert-torch's ``PT2EQuantizer`` (per-channel symmetric int8 weights, per-tensor affine int8
+  activations) → one forward pass per calibration image → ``convert_pt2e`` →
+  ``litert_torch.convert(..., quant_config=QuantConfig(pt2e_quantizer=...))``. litert-torch
+  folds the input QUANTIZE and output DEQUANTIZE into the model interface, i.e. it produces
+  *integer* I/O. By default edgekit puts a QUANTIZE op in front of the input and a DEQUANTIZE
+  op behind the output again (a small flatbuffer edit, below), so callers feed float32 and get
+  float32 logits. ``QuantOptions.int8_io=True`` keeps litert-torch's int8 interface and records
+  its scale/zero point in ``Artifact.quantization``.
+* ``fp16``: the fp32 model with float16 weights (ai-edge-quantizer's ``FLOAT_CASTING``
+  weight-only recipe on CONV_2D, DEPTHWISE_CONV_2D, FULLY_CONNECTED, ...): half the weight bytes,
+  fp16 weights followed by DEQUANTIZE ops, the layout TFLite's own float16 quantization writes.
+  litert-torch 0.10's default converter takes no TFLite converter flags (its
+  ``_litert_converter_flags`` only reach the experimental V2 pipeline, which needs a TensorFlow
+  newer than 2.21), hence the post-conversion step.
+
+Runtime (device, ``edgekit[litert]``): ``open`` uses ``ai_edge_litert.interpreter.Interpreter``
+(or ``tflite_runtime``) and numpy only — this module never imports torch or litert-torch outside
+``export``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import logging
+import os
+import re
+import sys
+import tempfile
+import warnings
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from edgekit.backends.base import (
+    CALIBRATION_METHODS,
+    Artifact,
+    ExportRequest,
+    iter_calibration,
+    run_batched,
+)
+from edgekit.errors import (
+    BackendUnavailable,
+    ConfigError,
+    DataError,
+    EdgekitError,
+    ExportError,
+)
+
+RUNTIME_HINT = "pip install 'edgekit[litert]'"
+CONVERTER_HINT = "pip install 'edgekit[compress]'"
+
+# Calibration methods the PT2E observers offer: "minmax" → MinMaxObserver, "percentile" →
+# HistogramObserver (histogram search for the clipping range with the least quantization error,
+# which drops outliers the way percentile calibration does). No KL/entropy observer exists.
+_METHODS = ("minmax", "percentile")
+
+# Loggers that talk during ``import litert_torch`` / conversion; raised to ERROR while exporting.
+_NOISY_LOGGERS = ("torchao", "torch.utils._pytree", "torch._export", "torch.export", "absl",
+                  "ai_edge_quantizer")
+
+_INT_TYPES = (np.int8, np.uint8, np.int16)
+
+
+# ----------------------------------------------------------------------------- runtime side
+def _interpreter_class() -> Any:
+    """The LiteRT interpreter class, or None if no TFLite runtime is installed."""
+    try:
+        from ai_edge_litert.interpreter import Interpreter
+    except ImportError:
+        try:
+            from tflite_runtime.interpreter import Interpreter  # type: ignore[no-redef]
+        except ImportError:
+            return None
+    return Interpreter
+
+
+class LiteRTSession:
+    """An opened ``.tflite`` artifact: float32 batch in, float32 logits (N, K) out.
+
+    Integer-I/O models are handled here: the float input is quantized with the model's own input
+    scale/zero point and integer outputs are dequantized with the output's.
+    """
+
+    def __init__(self, path: Path, threads: int | None = None) -> None:
+        interpreter_cls = _interpreter_class()
+        if interpreter_cls is None:
+            raise BackendUnavailable(f"Backend 'litert' is not installed: {RUNTIME_HINT}")
+        path = Path(path)
+        if not path.is_file():
+            raise DataError(f"{path}: TFLite model not found")
+        try:
+            self._interp = interpreter_cls(model_path=str(path), num_threads=threads)
+            self._interp.allocate_tensors()
+        except (ValueError, RuntimeError) as exc:
+            raise DataError(f"{path}: the LiteRT interpreter cannot load it: {exc}") from exc
+        inputs = self._interp.get_input_details()
+        outputs = self._interp.get_output_details()
+        if len(inputs) != 1 or len(outputs) != 1:
+            raise DataError(f"{path}: edgekit runs classifiers with one input and one output; "
+                            f"this model has {len(inputs)} input(s), {len(outputs)} output(s)")
+        self.path = path
+        self.input_name: str = inputs[0]["name"]
+        self.input_shape: list[int] = [int(s) for s in inputs[0]["shape"]]
+        self._in_index = int(inputs[0]["index"])
+        self._out_index = int(outputs[0]["index"])
+        self.input_dtype = np.dtype(inputs[0]["dtype"])
+        self.output_dtype = np.dtype(outputs[0]["dtype"])
+        self._in_q = self._qparams(inputs[0]) if self.input_dtype.kind in "iu" else None
+        self._out_q = self._qparams(outputs[0]) if self.output_dtype.kind in "iu" else None
+        if self._in_q is not None:
+            info = np.iinfo(self.input_dtype)
+            self._in_lo, self._in_hi = float(info.min), float(info.max)
+            # Multiply by the float32 reciprocal and round half to even, as TFLite's own
+            # QUANTIZE kernels (XNNPACK) do: dividing instead flips ties in the last ulp.
+            self._in_inv_scale = np.float32(1.0) / self._in_q[0]
+            self._scratch = np.empty(self.input_shape, dtype=np.float32)
+            self._qbuf = np.empty(self.input_shape, dtype=self.input_dtype)
+
+    @staticmethod
+    def _qparams(detail: dict[str, Any]) -> tuple[np.float32, np.float32]:
+        scale, zero_point = detail["quantization"]
+        if not scale:
+            raise DataError(f"integer tensor {detail['name']!r} carries no quantization scale")
+        return np.float32(scale), np.float32(zero_point)
+
+    def _run_one(self, row: np.ndarray) -> np.ndarray:
+        if self._in_q is None:
+            self._interp.set_tensor(self._in_index, row)
+        else:  # q = clip(round(x * (1 / scale)) + zero_point), in preallocated buffers
+            inv_scale, zp = self._in_inv_scale, self._in_q[1]
+            np.multiply(row, inv_scale, out=self._scratch)
+            np.rint(self._scratch, out=self._scratch)
+            self._scratch += zp
+            np.clip(self._scratch, self._in_lo, self._in_hi, out=self._scratch)
+            self._qbuf[...] = self._scratch
+            self._interp.set_tensor(self._in_index, self._qbuf)
+        self._interp.invoke()
+        out = self._interp.get_tensor(self._out_index)
+        if self._out_q is not None:
+            scale, zp = self._out_q
+            return (out.astype(np.float32) - zp) * scale
+        return out
+
+    def run(self, batch: np.ndarray) -> np.ndarray:
+        batch = np.ascontiguousarray(batch, dtype=np.float32)
+        if batch.ndim != len(self.input_shape) or list(batch.shape[1:]) != self.input_shape[1:]:
+            raise DataError(f"{self.path.name}: expected a batch of shape "
+                            f"(N, {', '.join(map(str, self.input_shape[1:]))}), "
+                            f"got {tuple(batch.shape)}")
+        return run_batched(self._run_one, batch)
+
+
+# ----------------------------------------------------------------------------- the plugin
+class LiteRTBackend:
+    """TFLite artifacts for CPU edge devices (Raspberry Pi, ARM boards) via litert-torch."""
+
+    name = "litert"
+    extra = "litert"
+    suffix = ".tflite"
+    precisions = ("fp32", "fp16", "int8")
+    sources = ("torch",)
+
+    def available(self) -> str | None:
+        return None if _interpreter_class() is not None else RUNTIME_HINT
+
+    def open(self, path: Path, threads: int | None = None) -> LiteRTSession:
+        return LiteRTSession(Path(path), threads)
+
+    def export(self, request: ExportRequest) -> Artifact:
+        _check_request(request)
+        loaded = request.model
+        out_dir = Path(request.out_dir)
+        out_dir.mkdir(parents=True, exist_ok=True)
+        path = out_dir / f"{request.stem}{self.suffix}"
+        with _quiet():
+            litert_torch, torch = _import_converter()
+            shape = tuple(loaded.spec.input_shape(1))
+            rng = np.random.default_rng(request.options.seed)
+            sample = (torch.from_numpy(rng.random(shape, dtype=np.float32)),)
+            try:
+                with torch.random.fork_rng(devices=[]):
+                    torch.manual_seed(request.options.seed)
+                    content, quant, notes = _convert(litert_torch, torch, loaded.module.eval(),
+                                                     sample, request)
+            except EdgekitError:  # already explained
+                raise
+            except Exception as exc:  # noqa: BLE001 - every converter failure becomes one error
+                raise _conversion_error(exc, loaded, request.precision) from exc
+        path.write_bytes(bytes(content))
+        details = _describe(path)
+        if request.precision == "int8" and request.options.int8_io:
+            quant = {**quant, "input": details["input_q"], "output": details["output_q"]}
+        notes = _notes(request, details) + notes
+        return Artifact(
+            backend=self.name, precision=request.precision, path=path, files=[path],
+            input_name=details["input_name"], input_shape=list(shape),
+            input_dtype=details["input_dtype"], output_dtype=details["output_dtype"],
+            layout=loaded.spec.layout, quantization=quant, notes=notes)
+
+
+BACKEND = LiteRTBackend()
+
+
+# ----------------------------------------------------------------------------- export helpers
+def _check_request(request: ExportRequest) -> None:
+    """Refuse impossible requests before importing anything heavy."""
+    loaded = request.model
+    kind = str(getattr(loaded, "kind", "torch"))
+    source = getattr(loaded, "source", "?")
+    if kind == "onnx":
+        raise ConfigError(
+            f"Backend 'litert' cannot convert the ONNX source ({source}): edgekit converts "
+            "PyTorch models to TFLite with litert-torch, and an ONNX file has no PyTorch graph "
+            "to convert. edgekit deliberately does not use onnx2tf (it downloads sample data at "
+            "conversion time). Use the onnxruntime or openvino backends for ONNX sources, or "
+            "export from the PyTorch checkpoint to get a TFLite artifact.")
+    if kind != "torch" or getattr(loaded, "module", None) is None:
+        raise ConfigError(
+            f"Backend 'litert' cannot convert the {kind} source ({source}): litert-torch "
+            "converts a PyTorch nn.Module through torch.export (a checkpoint or .pt2 source).")
+    if request.precision not in BACKEND.precisions:
+        raise ConfigError(f"Backend 'litert' does not offer precision {request.precision!r} "
+                          f"(it offers {', '.join(BACKEND.precisions)})")
+    opts = request.options
+    if opts.int8_io and request.precision != "int8":
+        raise ConfigError(f"int8_io (integer input/output tensors) needs precision 'int8', "
+                          f"not {request.precision!r}")
+    if request.precision != "int8":
+        return
+    if opts.method not in _METHODS:
+        known = ("" if opts.method in CALIBRATION_METHODS
+                 else f" ({opts.method!r} is not a calibration method edgekit knows)")
+        raise ConfigError(
+            f"Calibration method {opts.method!r} is not supported by backend 'litert'{known}: "
+            "litert-torch's PT2E quantizer offers 'minmax' (MinMaxObserver) and 'percentile' "
+            "(HistogramObserver, a histogram search for the least-error clipping range); it "
+            "has no entropy/KL observer. Use one of: " + ", ".join(_METHODS))
+    if request.calibration is None or len(request.calibration) == 0:
+        raise ConfigError("Backend 'litert' needs calibration data for int8 (static PT2E "
+                          "quantization): pass preprocessed images, e.g. --data DIR")
+
+
+def _import_converter() -> tuple[Any, Any]:
+    """``litert_torch`` and ``torch``; their import-time C++/absl chatter is swallowed."""
+    try:
+        with _capture_stderr() as captured:
+            import litert_torch
+            import torch
+    except ImportError as exc:
+        sys.stderr.write(captured.text())
+        raise BackendUnavailable(
+            f"Exporting TFLite needs litert-torch, which is not installed ({exc}): "
+            f"{CONVERTER_HINT}") from exc
+    return litert_torch, torch
+
+
+def _convert(litert_torch: Any, torch: Any, module: Any, sample: tuple[Any, ...],
+             request: ExportRequest) -> tuple[bytes, dict[str, Any], list[str]]:
+    """The .tflite bytes for ``request.precision``, plus quantization facts and notes."""
+    if request.precision == "int8":
+        return _export_int8(litert_torch, module, sample, request)
+    with torch.no_grad():
+        content = litert_torch.convert(module, sample).model_content()
+    if request.precision == "fp16":
+        return _to_fp16_weights(content), {"weights": "float16"}, []
+    return content, {}, []
+
+
+def _quant_config(method: str, per_channel: bool) -> Any:
+    """litert-torch's symmetric PT2E config with the activation observer for ``method``."""
+    from litert_torch.quantize import pt2e_quantizer
+    from torchao.quantization.pt2e.observer import HistogramObserver, MinMaxObserver
+
+    base = pt2e_quantizer.get_symmetric_quantization_config(is_per_channel=per_channel)
+    observer = MinMaxObserver if method == "minmax" else HistogramObserver
+    act = dataclasses.replace(base.input_activation,
+                              observer_or_fake_quant_ctr=observer.with_args(eps=2 ** -12))
+    return dataclasses.replace(base, input_activation=act, output_activation=act)
+
+
+def pt2e_quantize(module: Any, sample: tuple[Any, ...], calibration: Any, *,
+                  method: str = "minmax", per_channel: bool = True) -> tuple[Any, Any, int]:
+    """PT2E static quantization of ``module`` as the int8 export does it (torch needed).
+
+    Returns ``(converted, quantizer, images)``: the quantize/dequantize ``GraphModule`` (also a
+    torch reference of what the .tflite computes), the quantizer litert-torch must be told
+    about, and how many calibration images were run.
+    """
+    import torch
+    from litert_torch.quantize import pt2e_quantizer
+    from torchao.quantization.pt2e import move_exported_model_to_eval
+    from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_pt2e
+
+    shape = tuple(sample[0].shape)
+    quantizer = pt2e_quantizer.PT2EQuantizer().set_global(_quant_config(method, per_channel))
+    graph = torch.export.export(module, sample, strict=False).module()
+    move_exported_model_to_eval(graph)
+    prepared = prepare_pt2e(graph, quantizer)
+    count = 0
+    with torch.no_grad():
+        for item in iter_calibration(calibration):
+            if tuple(item.shape) != shape:
+                raise DataError(f"calibration item {count} has shape {tuple(item.shape)}; "
+                                f"the model takes {shape}")
+            prepared(torch.from_numpy(item))
+            count += 1
+    if count == 0:
+        raise ConfigError("Backend 'litert' needs calibration data for int8: the calibration "
+                          "set yielded no images")
+    converted = convert_pt2e(prepared, fold_quantize=False)
+    move_exported_model_to_eval(converted)  # dropout/batch norm ops to their eval variants
+    for sub in converted.modules():  # and say so: litert-torch warns on `training` otherwise
+        sub.training = False
+    return converted, quantizer, count
+
+
+def _export_int8(litert_torch: Any, module: Any, sample: tuple[Any, ...],
+                 request: ExportRequest) -> tuple[bytes, dict[str, Any], list[str]]:
+    from litert_torch.quantize import quant_config
+
+    opts = request.options
+    converted, quantizer, count = pt2e_quantize(module, sample, request.calibration,
+                                                method=opts.method, per_channel=opts.per_channel)
+    content = litert_torch.convert(
+        converted, sample,
+        quant_config=quant_config.QuantConfig(pt2e_quantizer=quantizer)).model_content()
+    content = _set_io_types(content, integer=opts.int8_io)
+    weights = "per-channel" if opts.per_channel else "per-tensor"
+    quant = {"scheme": f"PT2E static: int8 weights ({weights} symmetric), int8 activations "
+             "(per-tensor affine)", "method": opts.method, "calibration_images": count}
+    notes = [f"int8: static PT2E quantization calibrated on {count} images "
+             f"({opts.method} activation ranges, {weights} weights)"]
+    if opts.method == "percentile":
+        notes.append("percentile calibration = torchao HistogramObserver: a histogram search "
+                     "for the activation range with the least quantization error (clips "
+                     "outliers like a percentile, without a fixed percentile)")
+    return content, quant, notes
+
+
+def _to_fp16_weights(content: bytes) -> bytes:
+    """Cast conv/FC weights to float16 (ai-edge-quantizer FLOAT_CASTING, weight-only)."""
+    from ai_edge_quantizer import algorithm_manager, qtyping, quantizer
+
+    qt = quantizer.Quantizer(bytearray(content))
+    for op in ("CONV_2D", "DEPTHWISE_CONV_2D", "FULLY_CONNECTED", "CONV_2D_TRANSPOSE",
+               "EMBEDDING_LOOKUP"):
+        qt.add_weight_only_config(regex=".*", operation_name=getattr(qtyping.TFLOperationName, op),
+                                  num_bits=16,
+                                  algorithm_key=algorithm_manager.AlgorithmName.FLOAT_CASTING)
+    result = qt.quantize(enable_progress_bar=False, enable_progress_report=False)
+    return bytes(result.quantized_model)
+
+
+_OP_PATTERNS = (
+    re.compile(r"(?:Lowering not found|no lowering)[^\n]*?\b(aten\.[A-Za-z0-9_]+)", re.I),
+    re.compile(r"\b(aten\.[A-Za-z0-9_]+)(?:\.[A-Za-z0-9_]+)?\b[^\n]*(?:not supported|unsupported)",
+               re.I),
+    re.compile(r"failed to legalize operation '([A-Za-z0-9_.]+)'", re.I),
+    re.compile(r"'([a-z]+\.[A-Za-z0-9_]+)' op[^\n]*(?:not supported|unsupported|failed)", re.I),
+)
+
+
+def _conversion_error(exc: BaseException, loaded: Any, precision: str) -> ExportError:
+    """One ExportError naming the backend and, where the converter says so, the operator."""
+    text = f"{type(exc).__name__}: {exc}"
+    op = next((m.group(1) for p in _OP_PATTERNS if (m := p.search(text))), None)
+    first = next((ln.strip() for ln in str(exc).splitlines() if ln.strip()), type(exc).__name__)
+    what = f"Backend 'litert': converting {getattr(loaded, 'name', 'the model')} to TFLite " \
+           f"({precision}) failed"
+    if op:
+        return ExportError(
+            f"{what}: litert-torch has no TFLite lowering for operator {op} ({first}). Replace "
+            f"it in the model (e.g. nn.AdaptiveMaxPool2d(1) → torch.amax over H and W) or use "
+            f"the onnxruntime/openvino backends.")
+    return ExportError(f"{what}: {first[:500]}")
+
+
+def _describe(path: Path) -> dict[str, Any]:
+    """I/O names, dtypes and quantization read back from the written file."""
+    interpreter_cls = _interpreter_class()
+    interp = interpreter_cls(model_path=str(path))
+    inp = interp.get_input_details()[0]
+    out = interp.get_output_details()[0]
+    try:
+        ops = [d["op_name"] for d in interp._get_ops_details()]  # private but stable listing
+    except Exception:  # noqa: BLE001 - only used for notes
+        ops = []
+
+    def qinfo(d: dict[str, Any]) -> dict[str, Any]:
+        scale, zero_point = d["quantization"]
+        return {"scale": float(scale), "zero_point": int(zero_point),
+                "dtype": np.dtype(d["dtype"]).name}
+
+    return {"input_name": str(inp["name"]), "input_dtype": np.dtype(inp["dtype"]).name,
+            "output_dtype": np.dtype(out["dtype"]).name, "input_q": qinfo(inp),
+            "output_q": qinfo(out), "ops": ops}
+
+
+def _notes(request: ExportRequest, details: dict[str, Any]) -> list[str]:
+    notes = [f"input: {details['input_dtype']} {request.model.spec.layout} "
+             f"{list(request.model.spec.input_shape(1))} as the PyTorch model takes it "
+             "(the NCHW→NHWC transpose is inside the model); batch size 1"]
+    ops = details["ops"]
+    if request.precision == "int8":
+        wrap = 0 if request.options.int8_io else 2
+        islands = max(ops.count("DEQUANTIZE") + ops.count("QUANTIZE") - wrap, 0)
+        if islands:
+            notes.append(f"int8: {islands} QUANTIZE/DEQUANTIZE ops inside the graph: ops the "
+                         "PT2E quantizer does not cover (e.g. sigmoid, mean/amax in attention "
+                         "blocks) run in float between them")
+        if request.options.int8_io:
+            qi, qo = details["input_q"], details["output_q"]
+            notes.append(f"int8 I/O: feed q = clip(round(x / {qi['scale']:.6g}) "
+                         f"{qi['zero_point']:+d}, -128, 127); logits = (y {-qo['zero_point']:+d})"
+                         f" * {qo['scale']:.6g} (edgekit's Session/runner does both)")
+        else:
+            notes.append("int8 with float32 input/output: QUANTIZE/DEQUANTIZE at the model "
+                         "boundary, callers never handle scales")
+        notes.append("ARM: XNNPACK runs the int8 ops. Cortex-A72 (Raspberry Pi 4, ARMv8.0-A) "
+                     "has no SDOT dot-product instructions, so int8 convolutions use NEON "
+                     "multiply-accumulate kernels and gain less over fp32; Cortex-A76 (Pi 5, "
+                     "ARMv8.2-A with dotprod) uses SDOT kernels and gains considerably more. "
+                     "Benchmark on the target.")
+    elif request.precision == "fp16":
+        notes.append("fp16: float16 conv/FC weights with DEQUANTIZE ops (ai-edge-quantizer "
+                     "float casting), about half the fp32 file. LiteRT's default CPU path "
+                     "expands them to fp32 at load time and computes in fp32 (same speed as "
+                     "fp32); fp16 arithmetic needs XNNPACK's force-FP16 mode on an ARMv8.2-A "
+                     "core with FP16 arithmetic (Cortex-A55/A76, Raspberry Pi 5; not the "
+                     "Cortex-A72 of a Pi 4).")
+    return notes
+
+
+# ----------------------------------------------------------------------------- flatbuffer edit
+def _set_io_types(content: bytes, *, integer: bool) -> bytes:
+    """Make the main subgraph's I/O float32 (``integer=False``) or keep/make it integer.
+
+    ``integer=False``: every integer model input gets a float32 twin feeding a QUANTIZE op into
+    the old tensor, every integer output a DEQUANTIZE op into a float32 twin. ``integer=True``:
+    a float32 input consumed only by a QUANTIZE op (or an output made only by a DEQUANTIZE op)
+    is replaced by the integer tensor on the other side. Signature defs follow the change.
+    """
+    from ai_edge_litert import schema_py_generated as fb
+    from ai_edge_litert.tools import flatbuffer_utils
+
+    model = flatbuffer_utils.read_model_from_bytearray(bytearray(content))
+    sg = model.subgraphs[0]
+    ints = (fb.TensorType.INT8, fb.TensorType.UINT8, fb.TensorType.INT16)
+    remap: dict[int, int] = {}
+    changed = False
+    if not integer:
+        head, tail = [], []
+        for role, ids in (("in", sg.inputs), ("out", sg.outputs)):
+            for tid in ids:
+                tensor = sg.tensors[tid]
+                if tensor.type not in ints:
+                    continue
+                twin = fb.TensorT()
+                twin.name, twin.shape, twin.type, twin.buffer = (
+                    tensor.name, list(tensor.shape), fb.TensorType.FLOAT32, 0)
+                twin.shapeSignature, twin.hasRank = tensor.shapeSignature, tensor.hasRank
+                tensor.name = (tensor.name or b"") + b"_int"
+                sg.tensors.append(twin)
+                remap[tid] = len(sg.tensors) - 1
+                op = fb.OperatorT()
+                if role == "in":
+                    op.opcodeIndex = _opcode(model, fb.BuiltinOperator.QUANTIZE)
+                    op.inputs, op.outputs = [remap[tid]], [tid]
+                    op.builtinOptionsType = fb.BuiltinOptions.QuantizeOptions
+                    op.builtinOptions = fb.QuantizeOptionsT()
+                    head.append(op)
+                else:
+                    op.opcodeIndex = _opcode(model, fb.BuiltinOperator.DEQUANTIZE)
+                    op.inputs, op.outputs = [tid], [remap[tid]]
+                    op.builtinOptionsType = fb.BuiltinOptions.DequantizeOptions
+                    op.builtinOptions = fb.DequantizeOptionsT()
+                    tail.append(op)
+        changed = bool(remap)
+        sg.operators = head + list(sg.operators) + tail
+    else:
+        drop: list[Any] = []
+        for role, ids in (("in", sg.inputs), ("out", sg.outputs)):
+            for tid in ids:
+                if sg.tensors[tid].type in ints:
+                    continue
+                op = _io_quant_op(model, sg, tid, role)
+                if op is None:
+                    raise ExportError(
+                        f"Backend 'litert': cannot make {'input' if role == 'in' else 'output'} "
+                        f"{sg.tensors[tid].name.decode(errors='replace')!r} integer: the op "
+                        f"{'after' if role == 'in' else 'before'} it runs in float. Export "
+                        "with float I/O (int8_io off) instead.")
+                other = op.outputs[0] if role == "in" else op.inputs[0]
+                sg.tensors[other].name = sg.tensors[tid].name
+                remap[tid] = other
+                drop.append(op)
+        changed = bool(remap)
+        sg.operators = [op for op in sg.operators if all(op is not d for d in drop)]
+    if not changed:
+        return content
+    sg.inputs = [remap.get(t, t) for t in sg.inputs]
+    sg.outputs = [remap.get(t, t) for t in sg.outputs]
+    for sig in model.signatureDefs or []:
+        if sig.subgraphIndex == 0:
+            for tmap in list(sig.inputs or []) + list(sig.outputs or []):
+                tmap.tensorIndex = remap.get(tmap.tensorIndex, tmap.tensorIndex)
+    return _pack(model)
+
+
+def _io_quant_op(model: Any, sg: Any, tid: int, role: str) -> Any:
+    """The QUANTIZE op that is an input's only consumer / DEQUANTIZE op making an output."""
+    from ai_edge_litert import schema_py_generated as fb
+
+    want = fb.BuiltinOperator.QUANTIZE if role == "in" else fb.BuiltinOperator.DEQUANTIZE
+    if role == "in":
+        users = [op for op in sg.operators if tid in op.inputs]
+        op = users[0] if len(users) == 1 else None
+    else:
+        op = next((op for op in sg.operators if tid in op.outputs), None)
+        if op is not None and any(tid in o.inputs for o in sg.operators):
+            return None
+    if op is None or _builtin(model, op.opcodeIndex) != want:
+        return None
+    return op
+
+
+def _builtin(model: Any, index: int) -> int:
+    code = model.operatorCodes[index]
+    return max(int(code.builtinCode), int(code.deprecatedBuiltinCode))
+
+
+def _opcode(model: Any, builtin: int) -> int:
+    """Index of ``builtin`` in the model's operator codes (added if absent)."""
+    from ai_edge_litert import schema_py_generated as fb
+
+    for i in range(len(model.operatorCodes)):
+        if _builtin(model, i) == builtin:
+            return i
+    code = fb.OperatorCodeT()
+    code.builtinCode, code.deprecatedBuiltinCode, code.version = builtin, min(builtin, 127), 2
+    model.operatorCodes.append(code)
+    return len(model.operatorCodes) - 1
+
+
+def _pack(model: Any) -> bytes:
+    """Serialise a ModelT with constant buffers 16-byte aligned (as the C++ writer does)."""
+    import flatbuffers
+    from ai_edge_litert import schema_py_generated as fb
+
+    class AlignedBuffer(fb.BufferT):
+        def Pack(self, builder: Any) -> int:  # noqa: N802 - flatbuffers API name
+            data = None
+            if self.data is not None:
+                payload = np.asarray(self.data, dtype=np.uint8).tobytes()
+                builder.StartVector(1, len(payload), 16)
+                builder.head = builder.head - len(payload)
+                builder.Bytes[builder.head:builder.head + len(payload)] = payload
+                builder.vectorNumElems = len(payload)
+                data = builder.EndVector()
+            fb.BufferStart(builder)
+            if data is not None:
+                fb.BufferAddData(builder, data)
+            fb.BufferAddOffset(builder, self.offset)
+            fb.BufferAddSize(builder, self.size)
+            return fb.BufferEnd(builder)
+
+    for buf in model.buffers:
+        buf.__class__ = AlignedBuffer
+    builder = flatbuffers.Builder(1024 * 1024)
+    builder.Finish(model.Pack(builder), file_identifier=b"TFL3")
+    return bytes(builder.Output())
+
+
+# ----------------------------------------------------------------------------- quiet please
+@contextlib.contextmanager
+def _quiet() -> Iterator[None]:
+    """Silence converter chatter for the duration of an export, restoring everything after.
+
+    Sets TF_CPP_MIN_LOG_LEVEL=3 and LITERT_TORCH_SHOW_PROGRESS=n (litert-torch prints a progress
+    tree to stdout otherwise), ignores Future/Deprecation warnings and raises the noisy loggers
+    to ERROR. Errors are not hidden: they surface as exceptions.
+    """
+    env = {"TF_CPP_MIN_LOG_LEVEL": "3", "LITERT_TORCH_SHOW_PROGRESS": "n"}
+    saved_env = {k: os.environ.get(k) for k in env}
+    saved_levels = {n: logging.getLogger(n).level for n in _NOISY_LOGGERS}
+    os.environ.update(env)
+    for n in _NOISY_LOGGERS:
+        logging.getLogger(n).setLevel(logging.ERROR)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", FutureWarning)
+            warnings.simplefilter("ignore", DeprecationWarning)
+            warnings.filterwarnings("ignore", message=".*training mode.*")
+            yield
+    finally:
+        for k, v in saved_env.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+        for n, level in saved_levels.items():
+            logging.getLogger(n).setLevel(level)
+
+
+class _Captured:
+    def __init__(self) -> None:
+        self._file = tempfile.TemporaryFile(mode="w+b")
+        self._text = ""
+
+    def text(self) -> str:
+        return self._text
+
+
+@contextlib.contextmanager
+def _capture_stderr() -> Iterator[_Captured]:
+    """Route file descriptor 2 to a temporary file (C++ absl/oneDNN lines at import time).
+
+    Used only around ``import litert_torch``: native libraries log there before any Python
+    setting can reach them. The captured text is kept for error messages.
+    """
+    captured = _Captured()
+    fd = 2  # the C++ side writes to the descriptor, whatever sys.stderr is
+    try:
+        os.fstat(fd)
+    except OSError:  # no stderr at all (daemon): nothing to capture
+        yield captured
+        return
+    sys.stderr.flush()
+    saved = os.dup(fd)
+    os.dup2(captured._file.fileno(), fd)
+    try:
+        yield captured
+    finally:
+        sys.stderr.flush()
+        os.dup2(saved, fd)
+        os.close(saved)
+        captured._file.seek(0)
+        captured._text = captured._file.read().decode(errors="replace")
+        captured._file.close()

@@ -1,0 +1,486 @@
+"""OpenVINO backend: IR (.xml + .bin) in fp32, fp16 (compressed weights) and INT8 (NNCF PTQ).
+
+Export
+    * torch source: ``openvino.convert_model(module, example_input=..., input=[shape])``; the
+      input is renamed ``"input"`` and the output ``"logits"``.
+    * onnx source: ``openvino.convert_model(path)``; the single float32 input must fit
+      ``spec.input_shape(1)``; symbolic dims (a dynamic batch) are fixed to the spec's values
+      with ``Model.reshape``, so every artifact is static batch-1, as with the torch source.
+    * fp32: ``save_model(compress_to_fp16=False)``; fp16: ``compress_to_fp16=True`` (weights
+      stored as fp16, decompressed at load on x86).
+    * int8: ``nncf.quantize`` on the converted fp32 model, calibration items streamed through
+      ``nncf.Dataset`` (``subset_size`` = all of them). Calibration methods: ``minmax`` = NNCF's
+      default range estimators (activations: mean over images of per-image min/max, weights:
+      min/max); ``percentile`` = ``RangeEstimatorParametersSet.MEAN_QUANTILE`` (mean over images
+      of the per-image 0.01 % / 99.99 % quantiles). ``entropy`` (KL) has no NNCF counterpart and
+      is rejected: NNCF's ``HISTOGRAM`` estimator minimises L2 quantization error, which is a
+      different method. NNCF's PTQ has no random component, so ``options.seed`` has nothing to
+      seed; the result is byte-identical for identical inputs.
+
+Determinism: OpenVINO names a model "Model<N>" and every unnamed node "<Type>_<N>" from
+process-wide counters, so two identical exports in one process gave different .xml files. The
+model is named after the artifact stem and auto-named nodes are renamed by their position in
+topological order before saving; the .xml and .bin are then byte-identical.
+
+Open
+    ``Core().compile_model(path, "CPU", config)`` with ``PERFORMANCE_HINT=LATENCY``,
+    ``INFERENCE_NUM_THREADS`` (when given) and an explicit ``INFERENCE_PRECISION_HINT``: f32 for
+    every artifact on x86 (on CPUs with AVX512_BF16 or AMX the CPU plugin otherwise silently
+    computes in bf16: measured max |Δlogit| 0.28 instead of 1e-5 for mobilenetv2 here), and for
+    fp32/int8 artifacts on ARM; fp16 artifacts on ARM keep the plugin's fp16 default. The
+    precision actually used is read back into ``Session.inference_precision``. INT8 artifacts
+    are compiled with ``SNIPPETS_MODE=DISABLE``: with one inference thread, OpenVINO 2026.4 fuses
+    a quantized FC -> ReLU -> FakeQuantize -> FC head into a Snippets subgraph that outputs
+    zeros (found on dsconv_cbam_gap INT8; see ``OpenVINOSession``).
+
+Telemetry: OpenVINO's model converter and NNCF send usage telemetry (Google Analytics) by
+default and ``import openvino`` alone writes ``~/intel/stats``. This module makes
+``openvino_telemetry`` unimportable before OpenVINO is imported, so both fall back to their
+built-in no-op stubs (nothing downloads or uploads at run time).
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import platform
+import re
+import shutil
+import sys
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from edgekit.backends.base import (
+    CALIBRATION_METHODS,
+    Artifact,
+    ExportRequest,
+    iter_calibration,
+    run_batched,
+)
+from edgekit.errors import (
+    BackendUnavailable,
+    ConfigError,
+    DataError,
+    EdgekitError,
+    ExportError,
+)
+
+NAME = "openvino"
+INPUT_NAME = "input"
+OUTPUT_NAME = "logits"
+_PRECISION_KEY = ["edgekit", "precision"]  # rt_info path recording the artifact precision
+_SUPPORTED_METHODS = ("minmax", "percentile")
+_PRESETS = ("performance", "mixed")
+_ARM_MACHINES = ("aarch64", "arm64", "armv7l", "armv8l")
+_INSTALL_HINT = "pip install 'edgekit[openvino]'"
+_EXPORT_HINT = "pip install 'edgekit[torch,openvino]' plus nncf for int8 ('edgekit[compress]')"
+
+
+def disable_telemetry() -> None:
+    """Keep OpenVINO and NNCF from collecting and sending usage telemetry in this process."""
+    if "openvino_telemetry" not in sys.modules:
+        sys.modules["openvino_telemetry"] = None  # type: ignore[assignment]  # → ImportError
+        return
+    if sys.modules["openvino_telemetry"] is None:
+        return
+    # Imported before us (by the user): swap the already-bound objects for the stubs.
+    ovc = sys.modules.get("openvino.tools.ovc.telemetry_utils")
+    if ovc is not None:
+        from openvino.tools.ovc import telemetry_stub
+
+        for module in ("openvino.tools.ovc.telemetry_utils", "openvino.tools.ovc.convert_impl"):
+            if module in sys.modules and hasattr(sys.modules[module], "tm"):
+                sys.modules[module].tm = telemetry_stub
+    for module in ("nncf.telemetry.wrapper", "nncf.telemetry.decorator"):
+        if module in sys.modules:
+            from nncf.telemetry.wrapper import NNCFTelemetryStub
+
+            sys.modules[module].telemetry = NNCFTelemetryStub()
+
+
+def _is_arm() -> bool:
+    return platform.machine().lower() in _ARM_MACHINES
+
+
+# ------------------------------------------------------------------------------------ session
+class OpenVINOSession:
+    """A compiled IR on the CPU plugin with one preallocated infer request."""
+
+    def __init__(self, path: Path, threads: int | None = None) -> None:
+        disable_telemetry()
+        import openvino as ov
+
+        if threads is not None and int(threads) < 1:
+            raise ConfigError(f"threads must be >= 1, got {threads}")
+        core = ov.Core()
+        model = core.read_model(str(path))
+        self.path = Path(path)
+        self.artifact_precision = _artifact_precision(model)
+        wanted = "f16" if (self.artifact_precision == "fp16" and _is_arm()) else "f32"
+        config: dict[str, Any] = {"PERFORMANCE_HINT": "LATENCY",
+                                  "INFERENCE_PRECISION_HINT": wanted}
+        if threads is not None:
+            config["INFERENCE_NUM_THREADS"] = int(threads)
+        self.snippets_disabled = False
+        if self.artifact_precision == "int8":
+            # OpenVINO 2026.4 CPU plugin: with INFERENCE_NUM_THREADS=1 it fuses a quantized
+            # FC -> ReLU -> FakeQuantize -> FC head into one Snippets "MLP sequence" subgraph
+            # that returns all zeros (dsconv_cbam_gap INT8). Without Snippets the zoo's INT8
+            # latencies measured the same within noise, except mobilenetv2 at 128 px
+            # (0.96 -> 1.16 ms, 1 thread), so INT8 artifacts compile without Snippets.
+            try:
+                self._compiled = core.compile_model(model, "CPU",
+                                                    {**config, "SNIPPETS_MODE": "DISABLE"})
+                self.snippets_disabled = True
+            except RuntimeError:  # a plugin build without the (internal) property
+                self._compiled = core.compile_model(model, "CPU", config)
+        else:
+            self._compiled = core.compile_model(model, "CPU", config)
+        used = self._compiled.get_property("INFERENCE_PRECISION_HINT")
+        self.inference_precision: str = getattr(used, "get_type_name", lambda: str(used))()
+        self.threads: int = int(self._compiled.get_property("INFERENCE_NUM_THREADS"))
+        port = self._compiled.inputs[0]
+        self.input_name: str = port.get_any_name() if port.get_names() else "0"
+        self.input_shape: list[int] = [
+            d.get_length() if d.is_static else (1 if i == 0 else -1)
+            for i, d in enumerate(port.get_partial_shape())]
+        self._request = self._compiled.create_infer_request()
+
+    def _run_one(self, x: np.ndarray) -> np.ndarray:
+        outputs = self._request.infer({0: x})
+        return np.array(outputs[0], dtype=np.float32, copy=True)
+
+    def run(self, batch: np.ndarray) -> np.ndarray:
+        batch = np.ascontiguousarray(batch, dtype=np.float32)
+        expected = self.input_shape[1:]
+        if batch.ndim != len(self.input_shape) or any(
+                e > 0 and e != s for e, s in zip(expected, batch.shape[1:], strict=True)):
+            raise DataError(f"{self.path.name}: input batch of shape {tuple(batch.shape)} does not "
+                            f"fit the artifact's input {self.input_shape} (N first)")
+        return run_batched(self._run_one, batch)
+
+
+def _artifact_precision(model: Any) -> str:
+    if model.has_rt_info(_PRECISION_KEY):
+        value = model.get_rt_info(_PRECISION_KEY)
+        return str(value.astype(str) if hasattr(value, "astype") else value)
+    types = {op.get_output_element_type(0).get_type_name()
+             for op in model.get_ops() if op.get_type_name() == "Const"}
+    if "i8" in types or "u8" in types:
+        return "int8"
+    return "fp16" if "f16" in types else "fp32"
+
+
+# ------------------------------------------------------------------------------------ backend
+@dataclass(frozen=True)
+class OpenVINOBackend:
+    """OpenVINO plugin. ``BACKEND`` is the default instance; variants via
+    ``dataclasses.replace(BACKEND, preset="mixed")``.
+
+    ``preset="performance"`` (NNCF's default for CNNs): symmetric weights and activations;
+    ``"mixed"`` keeps activations asymmetric (better for non-ReLU activations such as
+    sigmoid/h-swish outputs). NNCF's default overflow fix (first layer quantized with half the
+    range on non-VNNI x86) is kept. ``ignored_types`` keeps whole op types (e.g. ``"Sigmoid"``)
+    in float via ``nncf.IgnoredScope``.
+    """
+
+    name: str = NAME
+    extra: str = "openvino"
+    suffix: str = ".xml"
+    precisions: tuple[str, ...] = ("fp32", "fp16", "int8")
+    sources: tuple[str, ...] = ("torch", "torchscript", "onnx")
+    preset: str = "performance"
+    ignored_types: tuple[str, ...] = ()
+
+    # --------------------------------------------------------------------------- protocol
+    def available(self) -> str | None:
+        if importlib.util.find_spec("openvino") is None:
+            return _INSTALL_HINT
+        return None
+
+    def open(self, path: Path, threads: int | None = None) -> OpenVINOSession:
+        if importlib.util.find_spec("openvino") is None:
+            raise BackendUnavailable(f"openvino is not installed: {_INSTALL_HINT}")
+        path = Path(path)
+        if not path.is_file() or not path.with_suffix(".bin").is_file():
+            raise DataError(f"{path}: OpenVINO IR needs both {path.name} and "
+                            f"{path.with_suffix('.bin').name}")
+        return OpenVINOSession(path, threads)
+
+    def export(self, request: ExportRequest) -> Artifact:
+        self._validate(request)
+        disable_telemetry()
+        import openvino as ov
+
+        model = request.model
+        out_dir = Path(request.out_dir)
+        out_dir.mkdir(parents=True, exist_ok=True)
+        xml = out_dir / f"{request.stem}{self.suffix}"
+        binary = xml.with_suffix(".bin")
+        notes: list[str] = []
+        quantization: dict[str, Any] = {}
+        if model.kind in ("torch", "torchscript"):
+            ov_model = self._from_torch(model)
+        else:
+            ov_model = self._from_onnx(model, notes)
+        shape = tuple(model.spec.input_shape(1))
+        if request.precision == "int8":
+            ov_model, quantization = self._quantize(ov_model, request)
+        ov_model.set_friendly_name(request.stem)
+        _canonical_names(ov_model)
+        ov_model.set_rt_info(request.precision, _PRECISION_KEY)
+        input_name = ov_model.inputs[0].get_any_name()
+        with tempfile.TemporaryDirectory(prefix="edgekit-ov-") as tmp_name:
+            tmp_xml = Path(tmp_name) / "model.xml"
+            try:
+                ov.save_model(ov_model, str(tmp_xml),
+                              compress_to_fp16=request.precision == "fp16")
+            except Exception as exc:
+                raise ExportError(f"openvino: saving the IR of {model.name} failed: "
+                                  f"{_first_line(exc)}") from exc
+            try:
+                shutil.copyfile(tmp_xml, xml)
+                shutil.copyfile(tmp_xml.with_suffix(".bin"), binary)
+            except BaseException:
+                xml.unlink(missing_ok=True)
+                binary.unlink(missing_ok=True)
+                raise
+        notes += self._notes(request.precision)
+        return Artifact(backend=self.name, precision=request.precision, path=xml,
+                        files=[xml, binary], input_name=input_name, input_shape=list(shape),
+                        input_dtype="float32", output_dtype="float32",
+                        layout=model.spec.layout, quantization=quantization, notes=notes)
+
+    # ------------------------------------------------------------------------- validation
+    def _validate(self, request: ExportRequest) -> None:
+        if request.precision not in self.precisions:
+            raise ConfigError(f"Backend {self.name!r} does not export precision "
+                              f"{request.precision!r}; supported: {', '.join(self.precisions)}")
+        kind = getattr(request.model, "kind", None)
+        if kind not in self.sources:
+            raise ConfigError(f"Backend {self.name!r} cannot export a {kind!r} model; "
+                              f"supported sources: {', '.join(self.sources)}")
+        if request.options.int8_io:
+            raise ConfigError(f"Backend {self.name!r} has float32 input/output only; int8_io is "
+                              "a TFLite option")
+        if self.preset not in _PRESETS:
+            raise ConfigError(f"Backend {self.name!r}: preset must be one of "
+                              f"{', '.join(_PRESETS)}, got {self.preset!r}")
+        if request.precision == "int8":
+            method = request.options.method
+            if method not in _SUPPORTED_METHODS:
+                why = (" (NNCF has no KL-divergence range estimator; its HISTOGRAM estimator "
+                       "minimises L2 error instead)" if method == "entropy" else "")
+                raise ConfigError(f"Calibration method {method!r} is not supported by backend "
+                                  f"{self.name!r}{why}; supported: "
+                                  f"{', '.join(_SUPPORTED_METHODS)} (edgekit knows "
+                                  f"{', '.join(CALIBRATION_METHODS)})")
+            if request.calibration is None or len(request.calibration) == 0:
+                raise ConfigError(f"int8 export with backend {self.name!r} needs calibration "
+                                  "data (representative preprocessed images); none was given")
+        missing = [m for m in ("openvino",) if importlib.util.find_spec(m) is None]
+        if kind in ("torch", "torchscript"):
+            missing += [m for m in ("torch",) if importlib.util.find_spec(m) is None]
+        if request.precision == "int8" and importlib.util.find_spec("nncf") is None:
+            missing.append("nncf")
+        if missing:
+            raise BackendUnavailable(f"Exporting with {self.name!r} needs {', '.join(missing)}: "
+                                     f"{_EXPORT_HINT}")
+
+    # ---------------------------------------------------------------------------- sources
+    def _from_torch(self, model: Any) -> Any:
+        import openvino as ov
+        import torch
+
+        shape = tuple(model.spec.input_shape(1))
+        module = model.module
+        was_training = module.training
+        module.eval()
+        try:
+            with torch.no_grad():
+                ov_model = ov.convert_model(module, example_input=torch.zeros(shape),
+                                            input=[shape])
+        except Exception as exc:
+            raise ExportError(_describe_conversion_failure(exc, model.name)) from exc
+        finally:
+            module.train(was_training)
+        _check_io(ov_model, model.name)
+        ov_model.inputs[0].get_tensor().set_names({INPUT_NAME})
+        ov_model.get_parameters()[0].set_friendly_name(INPUT_NAME)
+        ov_model.outputs[0].get_tensor().set_names({OUTPUT_NAME})
+        return ov_model
+
+    def _from_onnx(self, model: Any, notes: list[str]) -> Any:
+        import openvino as ov
+
+        source = Path(model.onnx_path) if model.onnx_path else None
+        if source is None or not source.is_file():
+            raise DataError(f"ONNX model file not found: {source}")
+        try:
+            ov_model = ov.convert_model(str(source))
+        except Exception as exc:
+            raise ExportError(_describe_conversion_failure(exc, str(source))) from exc
+        _check_io(ov_model, str(source))
+        port = ov_model.inputs[0]
+        expected = tuple(model.spec.input_shape(1))
+        if port.get_element_type().get_type_name() != "f32":
+            raise ConfigError(f"{source}: input {port.get_any_name()!r} must be float32, got "
+                              f"{port.get_element_type().get_type_name()}")
+        partial = port.get_partial_shape()
+        if partial.rank.is_dynamic or partial.rank.get_length() != len(expected):
+            raise ConfigError(f"{source}: input {port.get_any_name()!r} has shape {partial}; the "
+                              f"preprocessing spec gives {list(expected)}")
+        dynamic = []
+        for i, (dim, want) in enumerate(zip(partial, expected, strict=True)):
+            if dim.is_static and dim.get_length() != want:
+                raise ConfigError(f"{source}: input {port.get_any_name()!r} has shape {partial}, "
+                                  f"which does not fit the preprocessing spec's {list(expected)} "
+                                  "(check the spec's input size and layout)")
+            if dim.is_dynamic:
+                dynamic.append(i)
+        if dynamic:
+            try:
+                ov_model.reshape({port: ov.PartialShape(list(expected))})
+            except Exception as exc:
+                raise ExportError(f"openvino: cannot fix the dynamic input of {source} to "
+                                  f"{list(expected)}: {_first_line(exc)}") from exc
+            notes.append(f"The source's dynamic input dims {dynamic} (0 = batch) were fixed to "
+                         f"{list(expected)} (static batch-1 artifact).")
+        return ov_model
+
+    # ------------------------------------------------------------------------------- int8
+    def _quantize(self, ov_model: Any, request: ExportRequest) -> tuple[Any, dict[str, Any]]:
+        import nncf
+        from nncf.quantization.advanced_parameters import (
+            AdvancedQuantizationParameters,
+            QuantizationParameters,
+        )
+        from nncf.quantization.range_estimator import RangeEstimatorParametersSet
+
+        disable_telemetry()  # nncf may have been imported (with telemetry) by someone else
+        calibration = request.calibration
+        assert calibration is not None
+        options = request.options
+        advanced = AdvancedQuantizationParameters()
+        if options.method == "percentile":
+            advanced.activations_range_estimator_params = RangeEstimatorParametersSet.MEAN_QUANTILE
+        if not options.per_channel:
+            advanced.weights_quantization_params = QuantizationParameters(per_channel=False)
+        preset = (nncf.QuantizationPreset.PERFORMANCE if self.preset == "performance"
+                  else nncf.QuantizationPreset.MIXED)
+        ignored = (nncf.IgnoredScope(types=list(self.ignored_types), validate=False)
+                   if self.ignored_types else None)
+        dataset = nncf.Dataset(_Stream(calibration))
+        try:
+            quantized = nncf.quantize(ov_model, dataset, subset_size=len(calibration),
+                                      fast_bias_correction=options.fast_bias_correction,
+                                      preset=preset, ignored_scope=ignored,
+                                      advanced_parameters=advanced)
+        except EdgekitError:  # e.g. a DataError from the calibration stream
+            raise
+        except Exception as exc:
+            raise ExportError(f"openvino: NNCF INT8 quantization of {request.model.name} "
+                              f"failed: {_first_line(exc)}") from exc
+        return quantized, {
+            "tool": f"nncf {nncf.__version__}",
+            "preset": self.preset,
+            "calibration_method": options.method,
+            "range_estimator": ("MEAN_QUANTILE" if options.method == "percentile"
+                                else "NNCF default (activations MEAN_MINMAX, weights MINMAX)"),
+            "per_channel": bool(options.per_channel),
+            "fast_bias_correction": bool(options.fast_bias_correction),
+            "calibration_images": len(calibration),
+            "ignored_types": list(self.ignored_types),
+        }
+
+    @staticmethod
+    def _notes(precision: str) -> list[str]:
+        notes = ["Open with INFERENCE_PRECISION_HINT=f32 on x86: on CPUs with AVX512_BF16/AMX "
+                 "the CPU plugin otherwise computes in bf16 and fp32 parity breaks."]
+        if precision == "fp16":
+            notes.append("fp16 = weights stored in fp16 (compress_to_fp16=True); x86 "
+                         "decompresses them and computes in f32. OpenVINO on ARM computes in "
+                         "fp16 by default (INFERENCE_PRECISION_HINT=f16).")
+        if precision == "int8":
+            notes.append("INT8 via NNCF FakeQuantize: on x86 the CPU plugin runs int8 kernels "
+                         "(VNNI/AMX where present); OpenVINO on ARM runs INT8 models as fp16 "
+                         "(no int8 speed-up there). The IR's .xml grows with every FakeQuantize, "
+                         "so for very small models xml+bin can exceed the fp32 IR.")
+            notes.append("Compile INT8 IRs with SNIPPETS_MODE=DISABLE (edgekit's session does): "
+                         "OpenVINO 2026.4 with INFERENCE_NUM_THREADS=1 can fuse a quantized "
+                         "FC-ReLU-FakeQuantize-FC head into a Snippets subgraph that outputs "
+                         "zeros.")
+        return notes
+
+
+class _Stream:
+    """Re-iterable, sized view of CalibrationData yielding contiguous float32 arrays."""
+
+    def __init__(self, data: Any) -> None:
+        self._data = data
+
+    def __iter__(self) -> Any:
+        return iter_calibration(self._data)
+
+    def __len__(self) -> int:
+        return len(self._data)
+
+
+# ------------------------------------------------------------------------------------ helpers
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip() or type(exc).__name__
+    lines = [ln for ln in text.splitlines() if ln.strip()]
+    return (lines[0] if lines else text)[:500]
+
+
+_AUTO_NAME = re.compile(r"\b([A-Z][A-Za-z0-9]*)_(\d+)\b")
+
+
+def _canonical_names(ov_model: Any) -> None:
+    """Renumber counter-based name tokens ("Constant_208", "Multiply_62895/fq_weights_1").
+
+    OpenVINO names unnamed nodes "<Type>_<N>" from a process-wide counter, and transformations
+    and NNCF copy such names into derived ones. Every such token is renumbered by its first
+    appearance in topological order, so identical exports in one process give identical IR.
+    """
+    mapping: dict[str, str] = {}
+
+    def renumber(match: re.Match[str]) -> str:
+        token = match.group(0)
+        if token not in mapping:
+            mapping[token] = f"{match.group(1)}_{len(mapping)}"
+        return mapping[token]
+
+    for op in ov_model.get_ordered_ops():
+        name = op.get_friendly_name()
+        new = _AUTO_NAME.sub(renumber, name)
+        if new != name:
+            op.set_friendly_name(new)
+
+
+def _check_io(ov_model: Any, what: str) -> None:
+    if len(ov_model.inputs) != 1 or len(ov_model.outputs) != 1:
+        raise ConfigError(f"{what}: edgekit exports single-input, single-output classifiers; "
+                          f"this model has {len(ov_model.inputs)} inputs and "
+                          f"{len(ov_model.outputs)} outputs")
+
+
+def _describe_conversion_failure(exc: BaseException, what: str) -> str:
+    text = str(exc)
+    match = re.search(r"No conversion rule found for operations:\s*([^\n]+)", text)
+    ops = match.group(1).strip() if match else None
+    if ops is None:
+        match = re.search(r"Failed operations detailed log:\s*\n--\s*(\S+)", text)
+        ops = match.group(1) if match else None
+    if ops:
+        return (f"openvino: operator(s) {ops} in {what} cannot be converted to OpenVINO IR "
+                "(no conversion rule in this OpenVINO version)")
+    detail = next((ln.strip() for ln in text.splitlines()
+                   if ln.strip() and not ln.startswith("Check ")), type(exc).__name__)
+    return f"openvino: converting {what} failed: {detail[:400]}"
+
+
+BACKEND = OpenVINOBackend()
