@@ -35,6 +35,13 @@ def test_models_lists_the_zoo(cli):
     assert {"prudensnet", "dsconv_cbam", "dsconv_cbam_gap", "ich_mrf", "mobilenetv2"} <= names
 
 
+def test_backends_lists_runtimes(cli):
+    data = {b["name"]: b for b in json.loads(cli("backends", "--json").stdout)}
+    assert set(data) == {"onnxruntime", "openvino", "litert"}
+    assert all(b["installed"] for b in data.values())  # the setup script installs all three
+    assert data["litert"]["sources"] == ["torch"]
+
+
 def test_inspect_json_counts(cli):
     data = json.loads(cli("inspect", "dsconv_cbam", "--input-size", "224", "--json").stdout)
     assert data["params"] == 12_860_227

@@ -54,9 +54,19 @@ def main(quiet: bool) -> None:
 
 
 def _register() -> None:
-    from edgekit.cli import compress, demo, evaluate, inspect, models, phantoms, train, verify
+    from edgekit.cli import (
+        backends,
+        compress,
+        demo,
+        evaluate,
+        inspect,
+        models,
+        phantoms,
+        train,
+        verify,
+    )
 
-    for mod in (models, inspect, phantoms, train, evaluate, compress, verify, demo):
+    for mod in (models, backends, inspect, phantoms, train, evaluate, compress, verify, demo):
         main.add_command(mod.command)
 
 
