@@ -32,17 +32,22 @@ def main() -> None:
     ap.add_argument("--calibration-images", type=int, default=None)
     ap.add_argument("--verification-images", type=int, default=100_000,
                     help="held-out images to verify on (default: all of them)")
+    ap.add_argument("--calibration-method", default=None,
+                    choices=["minmax", "percentile", "entropy"])
+    ap.add_argument("--backend", action="append", default=None, help="only these backends")
     ap.add_argument("--name", default=None, help="results file stem")
     args = ap.parse_args()
     data = real_data_dir()
     if data is None:
         sys.exit("real data not found: set EDGEKIT_DATA_DIR or put it at ../shared/data")
     loaded = load_model(args.source, input_size=args.input_size)
-    name = args.name or f"compress_real_{loaded.name}_{loaded.spec.height}_{args.recipe}"
+    name = args.name or f"compress_real_{loaded.name}_{loaded.spec.height}_{args.recipe}" + (
+        f"_{args.calibration_method}" if args.calibration_method else "")
     with tempfile.TemporaryDirectory() as tmp:
         t = time.perf_counter()
         res = compress(loaded, data=data, out=Path(tmp) / "bundle", recipe=args.recipe,
-                       calibration_images=args.calibration_images,
+                       calibration_images=args.calibration_images, backends=args.backend,
+                       calibration_method=args.calibration_method,
                        verification_images=args.verification_images, allow_accuracy_drop=True)
         wall = time.perf_counter() - t
     peak_gb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024 ** 2
@@ -55,7 +60,9 @@ def main() -> None:
                      "accuracy_delta_points": 100 * (v["metrics"]["accuracy"]["value"] - src_acc),
                      "accuracy_delta_ci95": [100 * x for x in v["accuracy_delta"]["ci95"]],
                      "top1_agreement": v["top1_agreement"],
-                     "max_abs_logit_diff": v["max_abs_logit_diff"], "passed": a.passed})
+                     "max_abs_logit_diff": v["max_abs_logit_diff"], "passed": a.passed,
+                     "failed_checks": [f"{c['check']} {c['value']:+.2f} > {c['limit']}"
+                                       for c in v["checks"] if not c["passed"]]})
     md = [f"# compress {args.source} ({loaded.spec.height}², recipe {args.recipe}) on the real "
           "Kaggle MRI Training folder", "",
           f"- source: {'trained checkpoint' if loaded.pretrained else 'fresh zoo weights'}; "
@@ -71,7 +78,7 @@ def main() -> None:
                   f"{100 * r['accuracy']:.2f} % | {r['accuracy_delta_points']:+.2f} "
                   f"[{r['accuracy_delta_ci95'][0]:+.2f}, {r['accuracy_delta_ci95'][1]:+.2f}] | "
                   f"{r['top1_agreement']:.4f} | {r['max_abs_logit_diff']:.2e} | "
-                  f"{'pass' if r['passed'] else 'FAIL'} |")
+                  f"{'pass' if r['passed'] else 'FAIL: ' + '; '.join(r['failed_checks'])} |")
     write_results(name, {"environment": environment(), "source": args.source,
                          "recipe": args.recipe, "input_size": loaded.spec.height,
                          "wall_seconds": wall, "peak_rss_gb": peak_gb,

@@ -117,3 +117,21 @@ def iter_calibration(data: Iterable[np.ndarray]) -> Iterator[np.ndarray]:
     """Items of a CalibrationData as contiguous float32 arrays."""
     for item in data:
         yield np.ascontiguousarray(item, dtype=np.float32)
+
+
+def check_request(backend: Backend, request: ExportRequest) -> None:
+    """The checks every backend makes first: a precision it offers, a source kind it converts,
+    calibration data for int8. ConfigError naming the backend otherwise."""
+    from edgekit.errors import ConfigError
+
+    if request.precision not in backend.precisions:
+        raise ConfigError(f"Backend {backend.name!r} does not export precision "
+                          f"{request.precision!r}; supported: {', '.join(backend.precisions)}")
+    kind = getattr(request.model, "kind", None)
+    if kind not in backend.sources:
+        raise ConfigError(f"Backend {backend.name!r} cannot export a {kind!r} model; "
+                          f"supported sources: {', '.join(backend.sources)}")
+    if request.precision == "int8" and (request.calibration is None
+                                        or len(request.calibration) == 0):
+        raise ConfigError(f"int8 export with backend {backend.name!r} needs calibration data "
+                          "(representative preprocessed images); none was given")

@@ -43,6 +43,7 @@ from edgekit.backends.base import (
     Artifact,
     CalibrationData,
     ExportRequest,
+    check_request,
     iter_calibration,
     run_batched,
 )
@@ -246,13 +247,8 @@ class OnnxRuntimeBackend:
 
     # ------------------------------------------------------------------------- validation
     def _validate(self, request: ExportRequest) -> None:
-        if request.precision not in self.precisions:
-            raise ConfigError(f"Backend {self.name!r} does not export precision "
-                              f"{request.precision!r}; supported: {', '.join(self.precisions)}")
-        kind = getattr(request.model, "kind", None)
-        if kind not in self.sources:
-            raise ConfigError(f"Backend {self.name!r} cannot export a {kind!r} model; "
-                              f"supported sources: {', '.join(self.sources)}")
+        check_request(self, request)
+        kind = request.model.kind
         if self.activation_type not in _ACTIVATION_TYPES:
             raise ConfigError(f"Backend {self.name!r}: activation_type must be one of "
                               f"{', '.join(_ACTIVATION_TYPES)}, got {self.activation_type!r}")
@@ -272,10 +268,6 @@ class OnnxRuntimeBackend:
             raise ConfigError(f"Calibration method {method!r} is not supported by backend "
                               f"{self.name!r}; supported: {', '.join(_METHODS)} "
                               f"(edgekit knows {', '.join(CALIBRATION_METHODS)})")
-        calibration = request.calibration
-        if calibration is None or len(calibration) == 0:
-            raise ConfigError(f"int8 export with backend {self.name!r} needs calibration data "
-                              "(representative preprocessed images); none was given")
         return _METHODS[method]
 
     # ----------------------------------------------------------------------- fp32 sources

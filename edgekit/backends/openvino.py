@@ -57,6 +57,7 @@ from edgekit.backends.base import (
     CALIBRATION_METHODS,
     Artifact,
     ExportRequest,
+    check_request,
     iter_calibration,
     run_batched,
 )
@@ -256,13 +257,8 @@ class OpenVINOBackend:
 
     # ------------------------------------------------------------------------- validation
     def _validate(self, request: ExportRequest) -> None:
-        if request.precision not in self.precisions:
-            raise ConfigError(f"Backend {self.name!r} does not export precision "
-                              f"{request.precision!r}; supported: {', '.join(self.precisions)}")
-        kind = getattr(request.model, "kind", None)
-        if kind not in self.sources:
-            raise ConfigError(f"Backend {self.name!r} cannot export a {kind!r} model; "
-                              f"supported sources: {', '.join(self.sources)}")
+        check_request(self, request)
+        kind = request.model.kind
         if request.options.int8_io:
             raise ConfigError(f"Backend {self.name!r} has float32 input/output only; int8_io is "
                               "a TFLite option")
@@ -278,9 +274,6 @@ class OpenVINOBackend:
                                   f"{self.name!r}{why}; supported: "
                                   f"{', '.join(_SUPPORTED_METHODS)} (edgekit knows "
                                   f"{', '.join(CALIBRATION_METHODS)})")
-            if request.calibration is None or len(request.calibration) == 0:
-                raise ConfigError(f"int8 export with backend {self.name!r} needs calibration "
-                                  "data (representative preprocessed images); none was given")
         missing = [m for m in ("openvino",) if importlib.util.find_spec(m) is None]
         if kind in ("torch", "torchscript"):
             missing += [m for m in ("torch",) if importlib.util.find_spec(m) is None]
