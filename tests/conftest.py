@@ -57,3 +57,21 @@ def mri_copy(mri_phantoms: Path, tmp_path: Path) -> Path:
     dst = tmp_path / "data"
     shutil.copytree(mri_phantoms, dst)
     return dst
+
+
+@pytest.fixture(scope="module")
+def single_torch_thread():
+    """One torch thread for a module (backend tests run next to runtime thread pools)."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def phantom_files(mri_phantoms: Path, ct_phantoms: Path) -> dict[str, list[Path]]:
+    """A few phantom files per modality: every MRI class interleaved, all CT slices."""
+    return {"mri": sorted(mri_phantoms.rglob("*.jpg"))[::4],
+            "ct": sorted(ct_phantoms.glob("*.dcm"))}

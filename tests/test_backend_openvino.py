@@ -23,84 +23,30 @@ import pytest
 ov = pytest.importorskip("openvino", reason="pip install 'edgekit[openvino]'")
 torch = pytest.importorskip("torch", reason="pip install 'edgekit[torch]'")
 
+from backend_support import (  # noqa: E402
+    N_CALIB,
+    N_EVAL,
+    REPO,
+    SIZE,
+    assert_int8_sound,
+    calibration_for,
+    cosine,
+    eager,
+    eval_batch,
+    zoo_model,
+)
+
 from edgekit.backends import ExportRequest, QuantOptions, get_backend  # noqa: E402
 from edgekit.backends.openvino import BACKEND  # noqa: E402
 from edgekit.data.preprocess import PreprocessSpec  # noqa: E402
 from edgekit.errors import ConfigError, DataError, ExportError  # noqa: E402
-from edgekit.sources import LoadedModel, load_model  # noqa: E402
+from edgekit.sources import LoadedModel  # noqa: E402
 from edgekit.zoo import list_models, model_config  # noqa: E402
 
-SIZE = 64
-N_CALIB = 8
-N_EVAL = 8
-REPO = Path(__file__).resolve().parents[1]
+pytestmark = pytest.mark.usefixtures("single_torch_thread")
 ON_ARM = platform.machine().lower() in ("aarch64", "arm64", "armv7l", "armv8l")
 needs_nncf = pytest.mark.skipif(importlib.util.find_spec("nncf") is None,
                                 reason="pip install nncf (edgekit[compress])")
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _single_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
-class LazyImages:
-    """CalibrationData the way edgekit's data layer provides it: files read on iteration."""
-
-    def __init__(self, files: list[Path], spec: PreprocessSpec) -> None:
-        self.files, self.spec = list(files), spec
-        self.passes = 0
-        self.loaded = 0
-
-    def __iter__(self):
-        self.passes += 1
-        for f in self.files:
-            self.loaded += 1
-            yield self.spec.load(f)[None]
-
-    def __len__(self) -> int:
-        return len(self.files)
-
-
-def zoo_model(name: str) -> LoadedModel:
-    torch.manual_seed(0)
-    return load_model(name, input_size=SIZE)
-
-
-@pytest.fixture(scope="module")
-def phantom_files(mri_phantoms: Path, ct_phantoms: Path) -> dict[str, list[Path]]:
-    return {"mri": sorted(mri_phantoms.rglob("*.jpg"))[::4],  # every class, interleaved
-            "ct": sorted(ct_phantoms.glob("*.dcm"))}
-
-
-def calibration_for(name: str, files: dict[str, list[Path]], spec: PreprocessSpec) -> LazyImages:
-    return LazyImages(files[model_config(name).modality][:N_CALIB], spec)
-
-
-def eval_batch(name: str, files: dict[str, list[Path]], spec: PreprocessSpec) -> np.ndarray:
-    chosen = files[model_config(name).modality][N_CALIB:N_CALIB + N_EVAL]
-    return np.stack([spec.load(f) for f in chosen]).astype(np.float32)
-
-
-def eager(model: LoadedModel, batch: np.ndarray) -> np.ndarray:
-    with torch.no_grad():
-        return model.module(torch.from_numpy(batch)).numpy()
-
-
-def cosine(a: np.ndarray, b: np.ndarray) -> float:
-    a, b = a.ravel().astype(np.float64), b.ravel().astype(np.float64)
-    return float(a @ b / (np.linalg.norm(a) * np.linalg.norm(b)))
-
-
-def assert_int8_sound(fp32: np.ndarray, int8: np.ndarray) -> None:
-    assert int8.shape == fp32.shape
-    assert np.isfinite(int8).all()
-    assert cosine(fp32, int8) > 0.9
-    assert np.linalg.norm(int8 - fp32) < 0.3 * np.linalg.norm(fp32)
-    assert int8.std(axis=0).max() > 0, "int8 logits do not depend on the input"
 
 
 def total_size(artifact) -> int:
