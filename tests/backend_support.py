@@ -6,6 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+import pytest
 import torch
 
 from edgekit.data.preprocess import PreprocessSpec
@@ -66,3 +67,16 @@ def assert_int8_sound(fp32: np.ndarray, int8: np.ndarray) -> None:
     assert cosine(fp32, int8) > 0.9
     assert np.linalg.norm(int8 - fp32) < 0.3 * np.linalg.norm(fp32)
     assert int8.std(axis=0).max() > 0, "int8 logits do not depend on the input"
+
+
+def onnx_source(model: LoadedModel, path: Path, *, dynamic_batch: bool) -> LoadedModel:
+    """Export ``model`` to ``path`` the way a user would and wrap it as an "onnx" source."""
+    pytest.importorskip("onnxscript", reason="pip install 'edgekit[torch]'")
+    kwargs = {}
+    if dynamic_batch:
+        kwargs["dynamic_shapes"] = ({0: torch.export.Dim("batch", min=1, max=64)},)
+    torch.onnx.export(model.module, (torch.zeros(model.spec.input_shape(1)),), str(path),
+                      dynamo=True, opset_version=18, external_data=False, verbose=False,
+                      input_names=["pixels"], output_names=["scores"], **kwargs)
+    return LoadedModel(None, model.name, model.task, model.class_names, model.spec, str(path),
+                       kind="onnx", onnx_path=path)

@@ -33,6 +33,7 @@ from backend_support import (  # noqa: E402
     cosine,
     eager,
     eval_batch,
+    onnx_source,
     zoo_model,
 )
 
@@ -57,19 +58,6 @@ def export(model: LoadedModel, precision: str, out: Path, stem: str, calibration
            backend=BACKEND, **options):
     return backend.export(ExportRequest(model, precision, out, stem, calibration,
                                         QuantOptions(**options)))
-
-
-def onnx_source(model: LoadedModel, path: Path, *, dynamic_batch: bool) -> LoadedModel:
-    """Export ``model`` to ``path`` the way a user would and wrap it as an "onnx" source."""
-    pytest.importorskip("onnxscript", reason="pip install 'edgekit[torch]'")
-    kwargs = {}
-    if dynamic_batch:
-        kwargs["dynamic_shapes"] = ({0: torch.export.Dim("batch", min=1, max=64)},)
-    torch.onnx.export(model.module, (torch.zeros(model.spec.input_shape(1)),), str(path),
-                      dynamo=True, opset_version=18, external_data=False, verbose=False,
-                      input_names=["pixels"], output_names=["scores"], **kwargs)
-    return LoadedModel(None, model.name, model.task, model.class_names, model.spec, str(path),
-                       kind="onnx", onnx_path=path)
 
 
 # --- every zoo model ---------------------------------------------------------------------------
