@@ -139,9 +139,10 @@ def plan_data(loaded: Any, data: str | Path, *, calibration_images: int, verific
         raise DataError(f"{dataset.root}: no images left for verification")
     calibration = stratified_sample(calib_pool, calibration_images, seed)
     verification = stratified_sample(verify_pool, verification_images, seed + 1)
-    calibration, bad1 = _check_readable(calibration, loaded.spec, on_error, "calibration")
-    verification, bad2 = _check_readable(verification, loaded.spec, on_error, "verification")
+    # Calibration images are decoded once here so a corrupt file fails before any conversion;
+    # verification images are checked when compress loads them (load_arrays), not twice.
+    calibration, bad = _check_readable(calibration, loaded.spec, on_error, "calibration")
     if not calibration or not verification:
         raise DataError(f"{dataset.root}: no readable images for calibration/verification")
     return DataPlan(dataset, calibration, verification, origin,
-                    [str(p) for p, _ in dataset.skipped] + bad1 + bad2)
+                    [str(p) for p, _ in dataset.skipped] + bad)

@@ -19,9 +19,10 @@ import numpy as np
 
 from edgekit import __version__
 from edgekit.backends import Artifact, ExportRequest, QuantOptions, require_backend
+from edgekit.backends.base import check_supported
 from edgekit.bundle import BundleWriter, package_versions, sha256_file
 from edgekit.calibrate import DataPlan, StreamedImages, plan_data
-from edgekit.errors import ConfigError, VerificationFailed
+from edgekit.errors import VerificationFailed
 from edgekit.evaluate import load_arrays, score
 from edgekit.recipes import Recipe, load_recipe
 from edgekit.sources import LoadedModel, load_model, reference_outputs
@@ -64,14 +65,8 @@ def _check_plan(loaded: LoadedModel, recipe: Recipe) -> list[Any]:
     backends = []
     for name in recipe.backends:
         backend = require_backend(name)
-        if loaded.kind not in backend.sources:
-            raise ConfigError(
-                f"Backend {name!r} cannot convert a {loaded.kind.upper()} source "
-                f"({loaded.source}). {_SOURCE_HINTS.get((loaded.kind, name), '')}".rstrip())
-        if recipe.precision not in backend.precisions:
-            raise ConfigError(f"Backend {name!r} does not offer {recipe.precision} "
-                              f"(it offers {', '.join(backend.precisions)}); "
-                              f"remove it from the recipe's backends")
+        check_supported(backend, recipe.precision, loaded.kind,
+                        hint=f"({loaded.source}). {_SOURCE_HINTS.get((loaded.kind, name), '')}")
         backends.append(backend)
     return backends
 
@@ -120,8 +115,11 @@ def compress(source: str | Path | LoadedModel, *, data: str | Path, out: str | P
                      verification_images=rec.verification.images)
     status(f"Data: {len(plan.verification)} verification images ({plan.origin})"
            + (f", {len(plan.calibration)} calibration images" if rec.needs_calibration else ""))
-    x, y = load_arrays(plan.dataset.subset(plan.verification), loaded.spec,
+    verify_set = plan.dataset.subset(plan.verification)
+    x, y = load_arrays(verify_set, loaded.spec, on_error=on_error,
                        description="Loading verification images")
+    plan.skipped += [str(p) for p, _ in verify_set.skipped]
+    plan.verification = verify_set.samples  # minus any file that could not be decoded
     ref = reference_outputs(loaded, x)
     source_metrics = score(y, ref, task=loaded.task, class_names=loaded.class_names, seed=rec.seed)
 

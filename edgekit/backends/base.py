@@ -119,18 +119,24 @@ def iter_calibration(data: Iterable[np.ndarray]) -> Iterator[np.ndarray]:
         yield np.ascontiguousarray(item, dtype=np.float32)
 
 
+def check_supported(backend: Backend, precision: str, kind: str | None, hint: str = "") -> None:
+    """ConfigError naming the backend unless it offers ``precision`` for a ``kind`` source."""
+    from edgekit.errors import ConfigError
+
+    if precision not in backend.precisions:
+        raise ConfigError(f"Backend {backend.name!r} does not export precision "
+                          f"{precision!r}; supported: {', '.join(backend.precisions)}")
+    if kind not in backend.sources:
+        raise ConfigError(f"Backend {backend.name!r} cannot convert a {str(kind).upper()} source; "
+                          f"supported sources: {', '.join(backend.sources)} {hint}".rstrip())
+
+
 def check_request(backend: Backend, request: ExportRequest) -> None:
     """The checks every backend makes first: a precision it offers, a source kind it converts,
     calibration data for int8. ConfigError naming the backend otherwise."""
     from edgekit.errors import ConfigError
 
-    if request.precision not in backend.precisions:
-        raise ConfigError(f"Backend {backend.name!r} does not export precision "
-                          f"{request.precision!r}; supported: {', '.join(backend.precisions)}")
-    kind = getattr(request.model, "kind", None)
-    if kind not in backend.sources:
-        raise ConfigError(f"Backend {backend.name!r} cannot export a {kind!r} model; "
-                          f"supported sources: {', '.join(backend.sources)}")
+    check_supported(backend, request.precision, getattr(request.model, "kind", None))
     if request.precision == "int8" and (request.calibration is None
                                         or len(request.calibration) == 0):
         raise ConfigError(f"int8 export with backend {backend.name!r} needs calibration data "
