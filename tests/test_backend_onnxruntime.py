@@ -330,3 +330,21 @@ def test_streaming_reader_rewinds_and_ranges() -> None:
     assert [int(d["input"].max()) for d in reader] == [2, 3]
     assert Source.iterations == 3
     assert [_chunk_stride(n, 16) for n in (8, 16, 20, 32, 97)] == [8, 16, 10, 16, 1]
+
+
+@pytest.mark.parametrize("count", [32, 33])
+def test_minmax_ranges_cover_every_calibration_image(count: int, tmp_path: Path) -> None:
+    """Every calibration image shapes the ranges, in every chunk (ORT's own chunked MinMax
+    drops all full chunks: only the last ``count % 16`` images counted, none at 32)."""
+    model = zoo_model("dsconv_cbam_gap")
+    rng = np.random.default_rng(0)
+    shape = model.spec.input_shape(1)
+    calibration = [rng.uniform(-1, 1, shape).astype(np.float32) for _ in range(count)]
+    calibration[0] *= 50.0  # the widest input range is in the FIRST chunk only
+    art = export(model, "int8", tmp_path, "m", calibration)
+    graph = onnx.load(str(art.path)).graph
+    inits = {i.name: onnx.numpy_helper.to_array(i) for i in graph.initializer}
+    (q,) = [n for n in graph.node
+            if n.op_type == "QuantizeLinear" and n.input[0] == graph.input[0].name]
+    scale = float(inits[q.input[1]])
+    assert scale * 255 >= 0.9 * 100.0, f"input range {scale * 255:.2f} misses the first chunk"

@@ -31,7 +31,7 @@ import io
 import re
 import shutil
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -67,13 +67,25 @@ _EXPORT_HINT = "pip install 'edgekit[torch,onnxruntime]' (torch, onnx, onnxscrip
 
 
 # ------------------------------------------------------------------------------------ session
+def _bad_option(key: str, value: Any) -> Any:
+    raise ConfigError(f"onnxruntime: runtime option {key}={value!r} is not valid; use one of "
+                      "ORT_DISABLE_ALL, ORT_ENABLE_BASIC, ORT_ENABLE_EXTENDED, ORT_ENABLE_ALL")
+
+
 class OnnxRuntimeSession:
     """An opened .onnx artifact on the CPU execution provider; ``run`` loops batch-1 calls."""
 
-    def __init__(self, path: Path, threads: int | None = None) -> None:
+    def __init__(self, path: Path, threads: int | None = None,
+                 runtime_options: dict[str, Any] | None = None) -> None:
         import onnxruntime as ort
 
         options = ort.SessionOptions()
+        for key, value in (runtime_options or {}).items():
+            if key == "graph_optimization_level":
+                options.graph_optimization_level = getattr(
+                    ort.GraphOptimizationLevel, str(value), None) or _bad_option(key, value)
+            else:  # ORT session config entries, e.g. session.intra_op.allow_spinning=0
+                options.add_session_config_entry(str(key), str(value))
         if threads is not None:
             if int(threads) < 1:
                 raise ConfigError(f"threads must be >= 1, got {threads}")
@@ -93,6 +105,11 @@ class OnnxRuntimeSession:
 
     def _run_one(self, x: np.ndarray) -> np.ndarray:
         return self._session.run([self.output_name], {self.input_name: x})[0]
+
+    def bind(self, x: np.ndarray) -> Callable[[], Any]:
+        """The bare inference call on a fixed input (the timing protocol's timed call)."""
+        run, names, feed = self._session.run, [self.output_name], {self.input_name: x}
+        return lambda: run(names, feed)
 
     def run(self, batch: np.ndarray) -> np.ndarray:
         batch = np.ascontiguousarray(batch, dtype=np.float32)
@@ -203,13 +220,14 @@ class OnnxRuntimeBackend:
             return _INSTALL_HINT
         return None
 
-    def open(self, path: Path, threads: int | None = None) -> OnnxRuntimeSession:
+    def open(self, path: Path, threads: int | None = None,
+             options: dict[str, Any] | None = None) -> OnnxRuntimeSession:
         if importlib.util.find_spec("onnxruntime") is None:
             raise BackendUnavailable(f"onnxruntime is not installed: {_INSTALL_HINT}")
         path = Path(path)
         if not path.is_file():
             raise DataError(f"{path}: no such ONNX artifact")
-        return OnnxRuntimeSession(path, threads)
+        return OnnxRuntimeSession(path, threads, options)
 
     def export(self, request: ExportRequest) -> Artifact:
         self._validate(request)
@@ -348,13 +366,15 @@ class OnnxRuntimeBackend:
         count = len(calibration)
         reader = StreamingCalibrationReader(calibration, input_name)
         extra: dict[str, Any] = {}
-        if ort_method == "MinMax":
-            extra["CalibMaxIntermediateOutputs"] = CALIBRATION_CHUNK  # same ranges, bounded RAM
-        else:
+        if ort_method != "MinMax":
             extra["CalibPercentile"] = float(self.percentile)
-            stride = _chunk_stride(count, CALIBRATION_CHUNK)
-            if stride < count:
-                extra["CalibStridedMinMax"] = stride  # histogram methods: collect chunk by chunk
+        # Collect chunk by chunk (bounded RAM); ranges/histograms are merged after each chunk.
+        # Not CalibMaxIntermediateOutputs: ORT 1.31's MinMaxCalibrater drops every full chunk
+        # without computing its ranges (only the last count % chunk images counted, and
+        # "No data is collected" when count is a multiple of the chunk).
+        stride = _chunk_stride(count, CALIBRATION_CHUNK)
+        if stride < count:
+            extra["CalibStridedMinMax"] = stride
         excluded = list(self.exclude_nodes)
         if self.exclude_op_types:
             graph = onnx.load(str(pre)).graph
