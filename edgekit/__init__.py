@@ -25,6 +25,10 @@ _API = {
     "held_out_dataset": "edgekit.evaluate",
     "summarize": "edgekit.inspect",
     "DemoConfig": "edgekit.demo",
+    "bench": "edgekit.bench.run",
+    "Protocol": "edgekit.bench.protocol",
+    "load_target": "edgekit.targets",
+    "write_report": "edgekit.report",
     "run_demo": "edgekit.demo",
 }
 

@@ -1,6 +1,12 @@
 """The device runner: classify images with a bundle artifact using numpy, Pillow and ONE runtime.
 
     python -m edgekit.runner BUNDLE IMAGE [IMAGE ...] [--artifact NAME] [--threads N] [--json]
+    python -m edgekit.runner BUNDLE --bench [--artifact NAME] [--threads N] [--quick]
+    python -m edgekit.runner BUNDLE --image-list FILES.txt --save-logits OUT.npy
+
+``--bench`` times the artifact with edgekit's protocol (``edgekit.bench.protocol``) and prints
+one JSON object; ``--save-logits`` writes the raw outputs for every listed image (one path per
+line) so metrics are computed from exactly what the device computes.
 
 Never imports torch: it runs on a Raspberry Pi with only ``pip install 'edgekit[litert]'`` (or
 ``[onnxruntime]`` / ``[openvino]``). It checks the artifact's sha256 against the manifest,
@@ -46,7 +52,8 @@ class Runner:
     """An opened bundle artifact plus the bundle's preprocessing: ``predict(paths)``."""
 
     def __init__(self, bundle: str | Path, artifact: str | None = None,
-                 threads: int | None = None) -> None:
+                 threads: int | None = None, options: dict[str, Any] | None = None,
+                 *, open_session: bool = True) -> None:
         self.bundle = Path(bundle)
         self.manifest = read_manifest(self.bundle)
         self.artifact = choose_artifact(self.manifest, artifact)
@@ -57,11 +64,36 @@ class Runner:
         self.spec = PreprocessSpec.from_dict(self.manifest["preprocess"])
         self.classes = list(self.manifest["class_names"])
         self.task = self.manifest["task"]
-        backend = get_backend(self.artifact["backend"])
-        hint = backend.available()
+        self.backend = get_backend(self.artifact["backend"])
+        hint = self.backend.available()
         if hint:
             raise BackendUnavailable(f"{self.artifact['backend']} is not installed: {hint}")
-        self.session = backend.open(self.bundle / self.artifact["files"][0]["path"], threads)
+        self.threads, self.options = threads, options
+        self.session = self.open() if open_session else None
+
+    def open(self) -> Any:
+        return self.backend.open(self.bundle / self.artifact["files"][0]["path"], self.threads,
+                                 options=self.options)
+
+    def bench(self, protocol: Any) -> dict[str, Any]:
+        """Time this artifact (load included) with the timing protocol: one result row."""
+        from edgekit.bench.protocol import time_session
+
+        row = time_session(self.open, self.spec.input_shape(1), backend=self.artifact["backend"],
+                           threads=self.threads, protocol=protocol)
+        return {"artifact": self.artifact["name"], **row}
+
+    def save_logits(self, paths: list[str], out: str | Path) -> list[str]:
+        """Raw outputs for every image into ``out`` (.npy, rows in ``paths`` order).
+
+        An unreadable image stops the run with a DataError naming it: metrics over a silently
+        shortened list would not line up with the caller's labels.
+        """
+        rows = [self.logits(self.spec.load(p)[None])[0] for p in paths]
+        tmp = Path(f"{out}.tmp.npy")
+        np.save(tmp, np.stack(rows).astype(np.float32) if rows else np.zeros((0, 0), np.float32))
+        tmp.replace(out)
+        return paths
 
     def logits(self, x: np.ndarray) -> np.ndarray:
         return self.session.run(x)
@@ -81,14 +113,59 @@ class Runner:
                 "probabilities": {c: float(p) for c, p in zip(self.classes, probs, strict=True)}}
 
 
-def main(argv: list[str] | None = None) -> int:
+def _parser() -> argparse.ArgumentParser:
+    from edgekit.bench.protocol import add_protocol_args
+
     ap = argparse.ArgumentParser(prog="python -m edgekit.runner", description=__doc__.split("\n")[0])
     ap.add_argument("bundle", help="bundle folder written by `edgekit compress`")
-    ap.add_argument("images", nargs="+", help="image files (or CT DICOM slices)")
+    ap.add_argument("images", nargs="*", help="image files (or CT DICOM slices)")
     ap.add_argument("--artifact", help="artifact name from the manifest [default: best installed]")
-    ap.add_argument("--threads", type=int, default=None, help="runtime threads")
     ap.add_argument("--json", action="store_true", help="print JSON lines")
+    ap.add_argument("--bench", action="store_true", help="time the artifact; print one JSON object")
+    ap.add_argument("--image-list", type=Path, help="file with one image path per line")
+    ap.add_argument("--save-logits", type=Path, help="write the raw outputs to this .npy file")
+    add_protocol_args(ap)
+    return ap
+
+
+def _special(args: argparse.Namespace, ap: argparse.ArgumentParser) -> int | None:
+    """--bench and --save-logits modes; None when neither was asked for."""
+    from edgekit.bench.protocol import one_line, options_from_args, protocol_from_args
+
+    if not (args.bench or args.save_logits):
+        return None
+    try:
+        protocol = protocol_from_args(args)
+        options = options_from_args(args.option)
+    except ValueError as exc:
+        ap.error(str(exc))
+    try:
+        runner = Runner(args.bundle, args.artifact, args.threads, options, open_session=False)
+        if args.bench:
+            print(json.dumps(runner.bench(protocol)))
+            return 0
+        if args.image_list is None:
+            ap.error("--save-logits needs --image-list")
+        runner.session = runner.open()
+        paths = [ln.strip() for ln in args.image_list.read_text().splitlines() if ln.strip()]
+        runner.save_logits(paths, args.save_logits)
+        return 0
+    except EdgekitError as exc:
+        print(f"Error: {exc}", file=sys.stderr)
+        return exc.exit_code
+    except (OSError, ValueError, RuntimeError) as exc:  # runtime failures: one clear line
+        print(f"Error: {type(exc).__name__}: {one_line(exc)}", file=sys.stderr)
+        return 1
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = _parser()
     args = ap.parse_args(argv)
+    special = _special(args, ap)
+    if special is not None:
+        return special
+    if not args.images:
+        ap.error("give image files to classify (or --bench / --image-list with --save-logits)")
     try:
         runner = Runner(args.bundle, args.artifact, args.threads)
     except EdgekitError as exc:

@@ -75,3 +75,14 @@ def phantom_files(mri_phantoms: Path, ct_phantoms: Path) -> dict[str, list[Path]
     """A few phantom files per modality: every MRI class interleaved, all CT slices."""
     return {"mri": sorted(mri_phantoms.rglob("*.jpg"))[::4],
             "ct": sorted(ct_phantoms.glob("*.dcm"))}
+
+
+@pytest.fixture(scope="session")
+def trained(mri_phantoms, tmp_path_factory) -> Path:
+    """dsconv_cbam_gap trained for 2 epochs on the 64 px MRI phantoms (an edgekit checkpoint)."""
+    from edgekit.train import TrainConfig, train
+
+    out = tmp_path_factory.mktemp("ckpt") / "model.pt"
+    train(TrainConfig(model="dsconv_cbam_gap", data=str(mri_phantoms), out=str(out), epochs=2,
+                      input_size=64, batch_size=16, lr=3e-3))
+    return out

@@ -23,15 +23,6 @@ from edgekit.zoo import list_models
 SMALL = {"calibration_images": 8, "verification_images": 16}
 
 
-@pytest.fixture(scope="session")
-def trained(mri_phantoms, tmp_path_factory) -> Path:
-    """dsconv_cbam_gap trained for 2 epochs on the 64 px MRI phantoms."""
-    out = tmp_path_factory.mktemp("ckpt") / "model.pt"
-    train(TrainConfig(model="dsconv_cbam_gap", data=str(mri_phantoms), out=str(out), epochs=2,
-                      input_size=64, batch_size=16, lr=3e-3))
-    return out
-
-
 def _cli(*args: str, code: int = 0):
     res = CliRunner().invoke(main, list(args), catch_exceptions=False)
     assert res.exit_code == code, (res.stdout, res.stderr)

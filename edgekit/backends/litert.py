@@ -35,7 +35,7 @@ import re
 import sys
 import tempfile
 import warnings
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -151,6 +151,11 @@ class LiteRTSession:
             return (out.astype(np.float32) - zp) * scale
         return out
 
+    def bind(self, x: np.ndarray) -> Callable[[], Any]:
+        """The bare ``invoke`` on an input set once (inputs are not overwritten by invoke)."""
+        self._run_one(np.ascontiguousarray(x, dtype=np.float32))
+        return self._interp.invoke
+
     def run(self, batch: np.ndarray) -> np.ndarray:
         batch = np.ascontiguousarray(batch, dtype=np.float32)
         if batch.ndim != len(self.input_shape) or list(batch.shape[1:]) != self.input_shape[1:]:
@@ -173,7 +178,11 @@ class LiteRTBackend:
     def available(self) -> str | None:
         return None if _interpreter_class() is not None else RUNTIME_HINT
 
-    def open(self, path: Path, threads: int | None = None) -> LiteRTSession:
+    def open(self, path: Path, threads: int | None = None,
+             options: dict[str, Any] | None = None) -> LiteRTSession:
+        if options:
+            raise ConfigError(f"litert: runtime options are not supported (got "
+                              f"{', '.join(map(str, options))}); LiteRT takes only a thread count")
         return LiteRTSession(Path(path), threads)
 
     def export(self, request: ExportRequest) -> Artifact:

@@ -47,6 +47,7 @@ import re
 import shutil
 import sys
 import tempfile
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -110,7 +111,8 @@ def _is_arm() -> bool:
 class OpenVINOSession:
     """A compiled IR on the CPU plugin with one preallocated infer request."""
 
-    def __init__(self, path: Path, threads: int | None = None) -> None:
+    def __init__(self, path: Path, threads: int | None = None,
+                 options: dict[str, Any] | None = None) -> None:
         disable_telemetry()
         import openvino as ov
 
@@ -125,6 +127,7 @@ class OpenVINOSession:
                                   "INFERENCE_PRECISION_HINT": wanted}
         if threads is not None:
             config["INFERENCE_NUM_THREADS"] = int(threads)
+        config.update({str(k): v for k, v in (options or {}).items()})  # a target's options win
         self.snippets_disabled = False
         if self.artifact_precision == "int8":
             # OpenVINO 2026.4 CPU plugin: with INFERENCE_NUM_THREADS=1 it fuses a quantized
@@ -153,6 +156,14 @@ class OpenVINOSession:
     def _run_one(self, x: np.ndarray) -> np.ndarray:
         outputs = self._request.infer({0: x})
         return np.array(outputs[0], dtype=np.float32, copy=True)
+
+    def bind(self, x: np.ndarray) -> Callable[[], Any]:
+        """The bare inference call on a fixed input shared with the request (no copies)."""
+        import openvino as ov
+
+        self._bound = x  # the tensor shares x's memory: keep x alive
+        self._request.set_input_tensor(ov.Tensor(x, shared_memory=True))
+        return self._request.infer
 
     def run(self, batch: np.ndarray) -> np.ndarray:
         batch = np.ascontiguousarray(batch, dtype=np.float32)
@@ -202,14 +213,15 @@ class OpenVINOBackend:
             return _INSTALL_HINT
         return None
 
-    def open(self, path: Path, threads: int | None = None) -> OpenVINOSession:
+    def open(self, path: Path, threads: int | None = None,
+             options: dict[str, Any] | None = None) -> OpenVINOSession:
         if importlib.util.find_spec("openvino") is None:
             raise BackendUnavailable(f"openvino is not installed: {_INSTALL_HINT}")
         path = Path(path)
         if not path.is_file() or not path.with_suffix(".bin").is_file():
             raise DataError(f"{path}: OpenVINO IR needs both {path.name} and "
                             f"{path.with_suffix('.bin').name}")
-        return OpenVINOSession(path, threads)
+        return OpenVINOSession(path, threads, options)
 
     def export(self, request: ExportRequest) -> Artifact:
         self._validate(request)

@@ -56,17 +56,21 @@ def main(quiet: bool) -> None:
 def _register() -> None:
     from edgekit.cli import (
         backends,
+        bench,
         compress,
         demo,
         evaluate,
         inspect,
         models,
         phantoms,
+        report,
+        targets,
         train,
         verify,
     )
 
-    for mod in (models, backends, inspect, phantoms, train, evaluate, compress, verify, demo):
+    for mod in (models, backends, targets, inspect, phantoms, train, evaluate, compress, verify,
+                bench, report, demo):
         main.add_command(mod.command)
 
 

@@ -7,8 +7,8 @@ from pathlib import Path
 import click
 
 from edgekit.cli.compress import verification_table
+from edgekit.cli.display import print_metrics
 from edgekit.cli.inspect import fmt_count
-from edgekit.cli.report import print_metrics
 from edgekit.demo import DemoConfig
 from edgekit.ui import out as stdout
 from edgekit.ui import status

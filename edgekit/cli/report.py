@@ -1,71 +1,75 @@
-"""Terminal tables for the metric dicts of ``edgekit.metrics.evaluate``."""
+"""``edgekit report RUN_DIR``: regenerate a bench run's report files and print the verdict."""
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
 from typing import Any
 
+import click
+from rich import box
 from rich.table import Table
+from rich.text import Text
 
 from edgekit.ui import out
 
 
-def _value(m: Any) -> float | None:
-    return m.get("value") if isinstance(m, dict) else m
+def print_summary(report: dict[str, Any]) -> None:
+    """A table of the rows (artifact, threads, p50, p90, accuracy [CI], Δ, gate) on stdout,
+    then the recommendation and its flags. ``report`` is a results dict, with or without its
+    ``recommendation`` (computed when missing)."""
+    from edgekit import report as rp
 
-
-def fmt_metric(m: Any, pct: bool = True) -> str:
-    """``0.953 [0.931, 0.970]`` (or percentages) from ``{"value", "ci95"}`` or a bare number."""
-    v = _value(m)
-    if v is None:
-        return "n/a"
-    f = (lambda x: f"{100 * x:.1f}%") if pct else (lambda x: f"{x:.3f}")
-    ci = m.get("ci95") if isinstance(m, dict) else None
-    return f"{f(v)} [{f(ci[0])}, {f(ci[1])}]" if ci else f(v)
-
-
-def print_metrics(metrics: dict[str, Any], *, title: str) -> None:
-    """Headline metrics, then a per-class (or per-label) table, then the confusion matrix."""
-    head = Table(title=title, show_header=True)
-    head.add_column("metric")
-    head.add_column("value [95 % CI]", justify="right")
-    if metrics["task"] == "multilabel":
-        head.add_row("mean AUROC", fmt_metric(metrics["mean_auroc"], pct=False))
-        head.add_row("macro sensitivity @0.5", fmt_metric(metrics["macro_sensitivity"]))
-        head.add_row("macro specificity @0.5", fmt_metric(metrics["macro_specificity"]))
-    else:
-        for key, label, pct in (("accuracy", "accuracy", True), ("auroc", "AUROC", False),
-                                ("macro_f1", "macro-F1", False), ("kappa", "Cohen's kappa", False),
-                                ("balanced_accuracy", "balanced accuracy", True),
-                                ("ece", "calibration error (ECE)", False)):
-            if key in metrics:
-                head.add_row(label, fmt_metric(metrics[key], pct))
-    out.print(head)
-
-    per = metrics.get("per_label") or metrics.get("per_class") or {}
-    table = Table(show_header=True)
-    if metrics["task"] == "multilabel":
-        for col in ("label", "positives", "AUROC [95 % CI]", "sensitivity", "specificity"):
-            table.add_column(col, justify="left" if col == "label" else "right")
-        for name, m in per.items():
-            undefined = _value(m.get("auroc")) is None
-            auroc = (m.get("auroc_undefined") or "n/a") if undefined else fmt_metric(m["auroc"], pct=False)
-            table.add_row(name, str(m["n_positive"]), auroc, fmt_metric(m["sensitivity"]),
-                          fmt_metric(m["specificity"]))
-    else:
-        for col in ("class", "n", "sensitivity [95 % CI]", "specificity [95 % CI]", "F1"):
-            table.add_column(col, justify="left" if col == "class" else "right")
-        for name, m in per.items():
-            table.add_row(name, str(m["support"]), fmt_metric(m["sensitivity"]),
-                          fmt_metric(m["specificity"]), fmt_metric(m["f1"], pct=False))
+    rec = report.get("recommendation") or rp.recommend(report)
+    arts = {a["id"]: a for a in report["artifacts"]}
+    one_bundle = len({i.split("/")[0] for i in arts}) == 1
+    names = {i: (a.get("name") or i) if one_bundle else i for i, a in arts.items()}
+    labels = [f"{names[r['artifact']]} ×{r.get('threads')}" for r in report["rows"]]
+    table = Table(title=f"bench on {rec['target']}", box=box.SIMPLE_HEAD, pad_edge=False,
+                  collapse_padding=True)
+    table.add_column("artifact × threads", min_width=min(max(map(len, labels), default=8), 40))
+    for col in ("p50 ms", "p90 ms", rp.score_header(report), "Δ"):
+        table.add_column(col, justify="right", no_wrap=True)
+    table.add_column("gate")
+    for row, label in zip(report["rows"], labels, strict=True):
+        art = arts[row["artifact"]]
+        lat = row.get("latency_ms") or {}
+        score = rp.artifact_score(art)
+        gate = rp.gate_text(row, art).replace(" (points)", "").replace("accuracy drop", "drop")
+        delta = rp.fmt_delta(rp.artifact_delta(art), ci=False).replace(" points", " pt")
+        star = (row["artifact"], row.get("threads")) == (rec["artifact"], rec["threads"])
+        table.add_row(
+            label, rp.fmt_ms(lat.get("p50")), rp.fmt_ms(lat.get("p90")),
+            score.fmt() if score else "not measured",
+            "—" if art.get("kind") == "source" else delta,
+            Text(gate, style="red" if gate.startswith(("FAIL", "error")) else None),
+            style="bold" if star else None)
     out.print(table)
+    out.print(Text(rec["text"], style="bold" if rec["artifact"] else "bold red"))
+    for flag in rec["flags"]:
+        out.print(Text.assemble(("  ! ", "yellow"), flag))
 
-    cm = metrics.get("confusion_matrix")
-    if cm:
-        names = metrics.get("class_names") or list(per)
-        table = Table(title="confusion matrix (rows: true, columns: predicted)")
-        table.add_column("")
-        for n in names:
-            table.add_column(n, justify="right")
-        for n, row in zip(names, cm, strict=True):
-            table.add_row(n, *(str(v) for v in row))
-        out.print(table)
+
+@click.command("report")
+@click.argument("run_dir", type=click.Path(path_type=Path))
+@click.option("--json", "as_json", is_flag=True,
+              help="Print only the recommendation as JSON on stdout.")
+def command(run_dir: Path, as_json: bool) -> None:
+    """Regenerate report.json, report.csv, report.md, pareto.png and report.html of a bench
+    run folder from its results.json, and print the recommendation.
+
+    \b
+    Example:
+      edgekit report model-int8/bench/20261122T093000Z-x86-local
+      edgekit report model-int8/bench/20261122T093000Z-x86-local --json
+    """
+    from edgekit.report import load_results, recommend, write_report
+
+    results = load_results(run_dir)
+    paths = write_report(run_dir, results)
+    if as_json:
+        click.echo(json.dumps(recommend(results), indent=2, ensure_ascii=False))
+        return
+    print_summary(results)
+    for path in paths.values():
+        out.print(Text(str(path)))

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import click
 
-from edgekit.cli.report import print_metrics
+from edgekit.cli.display import print_metrics
 from edgekit.ui import status
 
 

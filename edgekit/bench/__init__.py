@@ -1,0 +1,1 @@
+"""Benchmarking: protocol, host facts, local/ssh/emulated runners and latency prediction."""

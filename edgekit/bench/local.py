@@ -1,0 +1,101 @@
+"""Run measurements on this machine: every (artifact, threads) in a fresh subprocess.
+
+An executor is how ``edgekit.bench.run`` reaches a target. This one starts the device runner
+(``python -m edgekit.runner``) here; the SSH executor of the ARM issue starts the same runner on a
+board. Each call is its own process so one runtime's thread pool never disturbs another's, and a
+runtime that crashes costs one row, not the run.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import tempfile
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from edgekit.bench.protocol import Protocol, environment
+from edgekit.errors import EdgekitError
+
+
+class RunFailed(EdgekitError):
+    """A runner subprocess exited non-zero; the message is its last stderr line(s)."""
+
+
+def _options_args(options: dict[str, Any] | None) -> list[str]:
+    return [a for k, v in (options or {}).items()
+            for a in ("--option", f"{k}={json.dumps(v) if not isinstance(v, str) else v}")]
+
+
+def _last_error(stderr: str) -> str:
+    lines = [ln.strip() for ln in stderr.strip().splitlines() if ln.strip()]
+    errors = [ln for ln in lines if ln.startswith("Error:")]
+    if errors:
+        return errors[-1].removeprefix("Error:").strip()
+    return " | ".join(lines[-3:]) or "no error output"
+
+
+class LocalExecutor:
+    """Runs the device runner in subprocesses of this Python."""
+
+    kind = "local"
+
+    def __init__(self, python: str | None = None, timeout: float | None = 3600) -> None:
+        self.python = python or sys.executable
+        self.timeout = timeout
+
+    def environment(self) -> dict[str, Any]:
+        return environment()
+
+    def _run(self, args: Sequence[str], threads: int | None = None) -> str:
+        env = dict(os.environ, PYTHONUNBUFFERED="1")
+        if threads:  # libraries that size their pools from OpenMP variables get the same count
+            env["OMP_NUM_THREADS"] = str(threads)
+        try:
+            done = subprocess.run([self.python, *args], capture_output=True, text=True,
+                                  env=env, timeout=self.timeout, check=False)
+        except subprocess.TimeoutExpired as exc:
+            raise RunFailed(f"timed out after {self.timeout:.0f} s: {' '.join(args[:4])}") from exc
+        if done.returncode != 0:
+            raise RunFailed(_last_error(done.stderr))
+        return done.stdout
+
+    @staticmethod
+    def _json(stdout: str) -> dict[str, Any]:
+        for line in reversed(stdout.strip().splitlines()):
+            if line.startswith("{"):
+                return json.loads(line)
+        raise RunFailed(f"the runner printed no JSON result: {stdout[-300:]!r}")
+
+    def time_artifact(self, bundle: Path, artifact: str, threads: int | None,
+                      protocol: Protocol, options: dict[str, Any] | None = None) -> dict[str, Any]:
+        args = ["-m", "edgekit.runner", str(bundle), "--bench", "--artifact", artifact,
+                *protocol.cli_args(), *_options_args(options)]
+        if threads:
+            args += ["--threads", str(threads)]
+        return self._json(self._run(args, threads))
+
+    def time_source(self, source: str, shape: Sequence[int], threads: int | None,
+                    protocol: Protocol) -> dict[str, Any]:
+        args = ["-m", "edgekit.bench.torch_source", source, "--shape",
+                ",".join(map(str, shape)), *protocol.cli_args()]
+        if threads:
+            args += ["--threads", str(threads)]
+        return self._json(self._run(args, threads))
+
+    def logits(self, bundle: Path, artifact: str, images: Sequence[Path],
+               options: dict[str, Any] | None = None) -> np.ndarray:
+        """The artifact's raw outputs for ``images`` (rows in order), computed by the runner."""
+        with tempfile.TemporaryDirectory(prefix="edgekit-logits-") as tmp:
+            listing = Path(tmp) / "images.txt"
+            listing.write_text("".join(f"{p}\n" for p in images))
+            out = Path(tmp) / "logits.npy"
+            self._run(["-m", "edgekit.runner", str(bundle), "--artifact", artifact,
+                       "--image-list", str(listing), "--save-logits", str(out),
+                       *_options_args(options)])
+            return np.load(out)

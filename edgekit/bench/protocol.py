@@ -1,0 +1,291 @@
+"""The timing protocol: the same code times an artifact here and on a board.
+
+Standard library + numpy + ONE runtime (through its backend plugin), never torch, so the device
+runner can use it. One call of ``time_artifact`` = one (artifact, threads) measurement:
+
+1. optional CPU pinning (``os.sched_setaffinity``) before the runtime creates its thread pool;
+2. load (timed) with the runtime's thread count set explicitly and the target's options;
+3. a preallocated input, bound to the session once (``Session.bind``) so the timed call is the
+   runtime's inference call only — no copies, no shape checks, no Python-side batching;
+4. warm-up: at least ``warmup_iters`` calls AND ``warmup_seconds``;
+5. ``trials`` timed loops, each at least ``iters`` calls AND ``min_seconds``, garbage collector off;
+6. percentiles over all timed calls, the p50 of each trial and their spread (max/min), peak RSS.
+
+``python -m edgekit.bench.protocol FILE --backend NAME --shape 1,3,224,224 --threads 2`` times any
+artifact file outside a bundle (used by ``benchmarks/`` to time peer tools' outputs identically).
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import json
+import os
+import platform
+import sys
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+SPREAD_LIMIT = 1.2  # max/min of the trials' p50 above which a measurement is called noisy
+_RUNTIME_PACKAGES = {"onnxruntime": "onnxruntime", "openvino": "openvino",
+                     "litert": "ai-edge-litert", "pytorch": "torch"}
+_ENV_PACKAGES = ("edgekit", "numpy", "onnxruntime", "openvino", "ai-edge-litert",
+                 "tflite-runtime", "torch")
+
+
+@dataclass(frozen=True)
+class Protocol:
+    """How long to warm up and time. The defaults are the full protocol; ``quick()`` is for
+    tests and smoke runs and is labelled as such in every report."""
+
+    warmup_iters: int = 10
+    warmup_seconds: float = 2.0
+    iters: int = 100
+    min_seconds: float = 10.0
+    trials: int = 3
+    quick: bool = False
+    pin: tuple[int, ...] | None = None
+
+    def __post_init__(self) -> None:
+        for name in ("warmup_iters", "iters", "trials"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1")
+        if self.warmup_seconds < 0 or self.min_seconds < 0:
+            raise ValueError("warmup_seconds and min_seconds must be >= 0")
+
+    @classmethod
+    def quick_protocol(cls, pin: Sequence[int] | None = None) -> Protocol:
+        return cls(warmup_iters=3, warmup_seconds=0.0, iters=10, min_seconds=0.0, trials=2,
+                   quick=True, pin=tuple(pin) if pin else None)
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["pin"] = list(self.pin) if self.pin else None
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> Protocol:
+        d = dict(d)
+        d["pin"] = tuple(d["pin"]) if d.get("pin") else None
+        return cls(**d)
+
+    def cli_args(self) -> list[str]:
+        """The same protocol as command-line options of ``edgekit.runner`` / this module."""
+        args = ["--warmup-iters", str(self.warmup_iters), "--warmup-seconds",
+                str(self.warmup_seconds), "--iters", str(self.iters), "--min-seconds",
+                str(self.min_seconds), "--trials", str(self.trials)]
+        if self.quick:
+            args.append("--quick-label")
+        if self.pin:
+            args += ["--pin", ",".join(map(str, self.pin))]
+        return args
+
+
+@dataclass
+class Timing:
+    """Per-call latencies (ns) of every trial."""
+
+    trials: list[np.ndarray] = field(default_factory=list)
+
+    def summary(self) -> dict[str, Any]:
+        ms = np.concatenate(self.trials).astype(np.float64) / 1e6
+        p50s = [float(np.percentile(t.astype(np.float64) / 1e6, 50)) for t in self.trials]
+        return {
+            "latency_ms": {
+                "p50": float(np.percentile(ms, 50)), "p90": float(np.percentile(ms, 90)),
+                "p99": float(np.percentile(ms, 99)), "mean": float(ms.mean()),
+                "std": float(ms.std(ddof=1)) if ms.size > 1 else 0.0,
+                "min": float(ms.min()), "max": float(ms.max()), "n": int(ms.size)},
+            "trials_p50_ms": p50s,
+            "spread": float(max(p50s) / min(p50s)) if min(p50s) > 0 else float("inf"),
+        }
+
+
+def measure(call: Callable[[], Any], protocol: Protocol,
+            progress: Callable[[str], None] | None = None) -> Timing:
+    """Warm up, then time ``call`` in ``protocol.trials`` loops. Only ``call`` is timed."""
+    clock = time.perf_counter_ns
+    deadline = time.perf_counter() + protocol.warmup_seconds
+    done = 0
+    while done < protocol.warmup_iters or time.perf_counter() < deadline:
+        call()
+        done += 1
+    timing = Timing()
+    min_ns = int(protocol.min_seconds * 1e9)
+    gc_was_enabled = gc.isenabled()
+    gc.collect()
+    gc.disable()
+    try:
+        for trial in range(protocol.trials):
+            if progress:
+                progress(f"trial {trial + 1}/{protocol.trials}")
+            samples: list[int] = []
+            start = clock()
+            while len(samples) < protocol.iters or clock() - start < min_ns:
+                t0 = clock()
+                call()
+                samples.append(clock() - t0)
+            timing.trials.append(np.asarray(samples, dtype=np.int64))
+    finally:
+        if gc_was_enabled:
+            gc.enable()
+    return timing
+
+
+def peak_rss_mb() -> float | None:
+    """Peak resident set size of this process (MB), or None where unavailable."""
+    try:
+        import resource
+    except ImportError:  # not POSIX
+        return None
+    kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return kb / 1024.0 if sys.platform != "darwin" else kb / 1024.0 / 1024.0
+
+
+def pin_cpus(cpus: Sequence[int] | None) -> None:
+    """Restrict this process (and the thread pools a runtime creates later) to ``cpus``."""
+    if not cpus:
+        return
+    if not hasattr(os, "sched_setaffinity"):
+        raise OSError("CPU pinning needs os.sched_setaffinity (Linux)")
+    available = os.sched_getaffinity(0)
+    missing = sorted(set(cpus) - available)
+    if missing:
+        raise OSError(f"cannot pin to CPUs {missing}: this process may use {sorted(available)}")
+    os.sched_setaffinity(0, set(cpus))
+
+
+def package_version(name: str) -> str | None:
+    try:
+        return metadata.version(name)
+    except metadata.PackageNotFoundError:
+        return None
+
+
+def environment() -> dict[str, Any]:
+    """The machine and software a measurement was taken on (CPU facts from ``hostinfo``)."""
+    from edgekit.bench import hostinfo
+
+    packages = {n: v for n in _ENV_PACKAGES if (v := package_version(n))}
+    return {"cpu": hostinfo.cpu_info(), "os": platform.platform(),
+            "python": platform.python_version(), "packages": packages,
+            "temperature_c": hostinfo.temperature_c(), "throttled": hostinfo.throttled()}
+
+
+def bind(session: Any, x: np.ndarray) -> Callable[[], Any]:
+    """A zero-argument inference call on a preallocated input (the session's fast path)."""
+    fast = getattr(session, "bind", None)
+    return fast(x) if fast is not None else (lambda: session.run(x))
+
+
+def runtime_facts(backend: str, session: Any, threads: int | None) -> dict[str, Any]:
+    """What the runtime reports about how it runs: version, threads, compute precision."""
+    return {"name": backend, "version": package_version(_RUNTIME_PACKAGES.get(backend, backend)),
+            "threads": getattr(session, "threads", None) or threads,
+            "inference_precision": getattr(session, "inference_precision", None)}
+
+
+def time_session(open_session: Callable[[], Any], input_shape: Sequence[int], *, backend: str,
+                 threads: int | None, protocol: Protocol, seed: int = 0,
+                 progress: Callable[[str], None] | None = None) -> dict[str, Any]:
+    """Load (timed), bind a fixed random input, measure; one result row (see
+    docs/bench-results.md, ``rows``) plus ``environment`` and ``protocol``."""
+    pin_cpus(protocol.pin)
+    t0 = time.perf_counter()
+    session = open_session()
+    load_ms = (time.perf_counter() - t0) * 1e3
+    x = np.random.default_rng(seed).standard_normal(tuple(input_shape)).astype(np.float32)
+    out = np.asarray(session.run(x))
+    if not np.all(np.isfinite(out)):
+        raise ValueError("the artifact returns non-finite outputs on a random input")
+    call = bind(session, np.ascontiguousarray(x))
+    timing = measure(call, protocol, progress)
+    row = {"threads": threads, **timing.summary(), "load_ms": load_ms,
+           "peak_rss_mb": peak_rss_mb(), "runtime": runtime_facts(backend, session, threads),
+           "error": None}
+    return {**row, "environment": environment(), "protocol": protocol.to_dict()}
+
+
+# ------------------------------------------------------------------------ command-line helpers
+def add_protocol_args(ap: argparse.ArgumentParser) -> None:
+    """The protocol options shared by this module's CLI and ``edgekit.runner --bench``."""
+    d = Protocol()
+    g = ap.add_argument_group("timing protocol")
+    g.add_argument("--threads", type=int, default=None, help="runtime threads")
+    g.add_argument("--quick", action="store_true", help="a few iterations (smoke tests only)")
+    g.add_argument("--quick-label", action="store_true", help=argparse.SUPPRESS)
+    g.add_argument("--warmup-iters", type=int, default=d.warmup_iters)
+    g.add_argument("--warmup-seconds", type=float, default=d.warmup_seconds)
+    g.add_argument("--iters", type=int, default=d.iters, help="minimum timed calls per trial")
+    g.add_argument("--min-seconds", type=float, default=d.min_seconds,
+                   help="minimum seconds per trial")
+    g.add_argument("--trials", type=int, default=d.trials)
+    g.add_argument("--pin", default=None, help="comma-separated CPU ids to pin to, e.g. 0,1")
+    g.add_argument("--option", action="append", default=[], metavar="KEY=VALUE",
+                   help="runtime option (repeatable), e.g. INFERENCE_PRECISION_HINT=f32")
+
+
+def protocol_from_args(args: argparse.Namespace) -> Protocol:
+    pin = tuple(int(c) for c in args.pin.split(",")) if args.pin else None
+    if args.quick:
+        return Protocol.quick_protocol(pin)
+    return Protocol(warmup_iters=args.warmup_iters, warmup_seconds=args.warmup_seconds,
+                    iters=args.iters, min_seconds=args.min_seconds, trials=args.trials,
+                    quick=args.quick_label, pin=pin)
+
+
+def options_from_args(pairs: Sequence[str]) -> dict[str, Any]:
+    """``KEY=VALUE`` strings → dict; values are JSON when they parse as JSON, else strings."""
+    options: dict[str, Any] = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key:
+            raise ValueError(f"runtime option {pair!r} is not KEY=VALUE")
+        try:
+            options[key] = json.loads(value)
+        except json.JSONDecodeError:
+            options[key] = value
+    return options
+
+
+def one_line(exc: BaseException) -> str:
+    """A runtime's multi-line exception as one line, without its C++ source locations."""
+    lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip()]
+    useful = [ln for ln in lines if not ln.startswith("Exception from src/")]
+    return " ".join(useful or lines)[:800] or type(exc).__name__
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m edgekit.bench.protocol",
+                                 description="Time one model file with edgekit's protocol; "
+                                             "prints one JSON object.")
+    ap.add_argument("model", type=Path, help="artifact file (.onnx, .xml, .tflite)")
+    ap.add_argument("--backend", required=True, help="onnxruntime | openvino | litert")
+    ap.add_argument("--shape", required=True, help="input shape, e.g. 1,3,224,224")
+    add_protocol_args(ap)
+    args = ap.parse_args(argv)
+    from edgekit.backends import require_backend
+    from edgekit.errors import EdgekitError
+
+    try:
+        backend = require_backend(args.backend)
+        shape = [int(s) for s in args.shape.split(",")]
+        options = options_from_args(args.option)
+        result = time_session(lambda: backend.open(args.model, args.threads, options=options),
+                              shape, backend=args.backend, threads=args.threads,
+                              protocol=protocol_from_args(args))
+    except (EdgekitError, ValueError, OSError, RuntimeError) as exc:
+        print(f"Error: {type(exc).__name__}: {one_line(exc)}", file=sys.stderr)
+        return getattr(exc, "exit_code", 1)
+    print(json.dumps(result))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

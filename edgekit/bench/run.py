@@ -1,0 +1,364 @@
+"""``edgekit bench``: accuracy and latency of every artifact of one or more bundles on a target.
+
+For each bundle: the artifacts (and the PyTorch source, when it can be loaded) are timed with
+the protocol at each thread count, each measurement in a fresh runner process; with ``data``,
+each artifact classifies the evaluation images *in the runner* (the device's own preprocessing)
+and is scored against the source model's outputs on the same images with the bundle's recipe
+gate. The run is written atomically to a new run folder (``results.json`` + report files).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import time
+import warnings
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from edgekit import __version__
+from edgekit.bench.local import LocalExecutor, RunFailed
+from edgekit.bench.protocol import Protocol
+from edgekit.bundle import read_manifest, sha256_file, verify_bundle
+from edgekit.errors import ConfigError, DataError
+from edgekit.ui import progress_bar, status
+
+SCHEMA = "edgekit.bench/1"
+
+
+@dataclass
+class EvalSet:
+    """The evaluation images every artifact classifies (same files, same order) + labels."""
+
+    root: Path
+    paths: list[Path]
+    y: np.ndarray
+    task: str
+    class_names: tuple[str, ...]
+    skipped: list[str] = field(default_factory=list)
+
+
+@dataclass
+class BundleInfo:
+    path: Path
+    manifest: dict[str, Any]
+    source: Any = None  # LoadedModel when the source model could be loaded, else None
+    source_note: str = ""
+
+    @property
+    def name(self) -> str:
+        return self.path.name
+
+    @property
+    def shape(self) -> list[int]:
+        from edgekit.data.preprocess import PreprocessSpec
+
+        return list(PreprocessSpec.from_dict(self.manifest["preprocess"]).input_shape(1))
+
+
+@dataclass
+class BenchRun:
+    run_dir: Path
+    results: dict[str, Any]
+    report: dict[str, Path]
+
+
+# ------------------------------------------------------------------------------------ inputs
+def _load_bundles(bundles: list[str | Path]) -> list[BundleInfo]:
+    if not bundles:
+        raise ConfigError("give at least one bundle folder (written by `edgekit compress`)")
+    infos = []
+    for b in bundles:
+        path = Path(b).resolve()
+        manifest = read_manifest(path)
+        verify_bundle(path, load=False)  # every file present and unmodified
+        infos.append(BundleInfo(path, manifest))
+    names = [i.name for i in infos]
+    if len(set(names)) != len(names):
+        raise ConfigError(f"bundle folder names must differ (they name the results): {names}")
+    first = infos[0].manifest
+    for info in infos[1:]:
+        m = info.manifest
+        if m["task"] != first["task"] or m["class_names"] != first["class_names"]:
+            raise ConfigError(f"{info.path}: its classes ({', '.join(m['class_names'])}) differ "
+                              f"from {infos[0].path}'s; bench bundles of one model family together")
+    return infos
+
+
+def _load_source(info: BundleInfo) -> None:
+    """Attach the PyTorch/ONNX source model if it is still where compress found it, unchanged."""
+    src = info.manifest["source"]
+    text = str(src["source"])
+    path = Path(text.partition(":")[2] or text)
+    if src.get("sha256") is None:
+        info.source_note = (f"source {text!r} is a zoo architecture with fresh weights: timed, but "
+                            "accuracy is compared with the bundle's fp32 artifact instead")
+        return
+    if not path.is_file():
+        info.source_note = f"source {path} not found: accuracy reference is an fp32 artifact"
+        return
+    elif sha256_file(path) != src["sha256"]:
+        info.source_note = f"source {path} changed since compress: not used as the reference"
+        return
+    try:
+        from edgekit.sources import load_model
+
+        spec_size = info.shape[-1] if info.shape[1] in (1, 3) else info.shape[1]
+        info.source = load_model(text, input_size=spec_size)
+    except ImportError as exc:
+        info.source_note = f"source not loadable here ({exc}); pip install 'edgekit[torch]'"
+
+
+def _eval_set(data: str | Path, info: BundleInfo, max_images: int | None, seed: int,
+              on_error: str) -> EvalSet:
+    from edgekit.calibrate import stratified_sample
+    from edgekit.data.folder import scan
+    from edgekit.data.preprocess import PreprocessSpec
+    from edgekit.evaluate import targets_of
+
+    m = info.manifest
+    task, classes = m["task"], tuple(m["class_names"])
+    dataset = scan(data, task=task, on_error=on_error,
+                   expected_classes=None if task == "multilabel" else classes)
+    samples = dataset.samples
+    if max_images and len(samples) > max_images:
+        samples = stratified_sample(samples, max_images, seed)
+    spec = PreprocessSpec.from_dict(m["preprocess"])
+    kept, skipped = [], [str(p) for p, _ in dataset.skipped]
+    with progress_bar("Checking evaluation images", len(samples)) as bar:
+        for s in samples:
+            try:
+                spec.load(s.path)
+                kept.append(s)
+            except DataError as exc:
+                if on_error == "fail":
+                    raise
+                warnings.warn(f"skipping {exc}", stacklevel=2)
+                skipped.append(str(s.path))
+            bar.advance()
+    if not kept:
+        raise DataError(f"{data}: none of the evaluation images could be read")
+    subset = dataset.subset(kept)
+    return EvalSet(Path(data), [s.path for s in kept], targets_of(subset), task, classes,
+                   skipped)
+
+
+def _source_logits(info: BundleInfo, ev: EvalSet, chunk: int = 64) -> np.ndarray:
+    from edgekit.data.preprocess import PreprocessSpec
+    from edgekit.sources import reference_outputs
+
+    spec = PreprocessSpec.from_dict(info.manifest["preprocess"])
+    outs = []
+    with progress_bar(f"{info.name}: source model on {len(ev.paths)} images",
+                      len(ev.paths)) as bar:
+        for i in range(0, len(ev.paths), chunk):
+            x = np.stack([spec.load(p) for p in ev.paths[i:i + chunk]]).astype(np.float32)
+            outs.append(reference_outputs(info.source, x))
+            bar.advance(len(x))
+    return np.concatenate(outs)
+
+
+# ------------------------------------------------------------------------------------ scoring
+def _accuracy(info: BundleInfo, art: dict[str, Any], logits: np.ndarray, ref: np.ndarray,
+              ev: EvalSet, seed: int) -> dict[str, Any]:
+    from edgekit.evaluate import score
+    from edgekit.recipes import Recipe
+    from edgekit.verify import compare
+
+    recipe = Recipe.model_validate(info.manifest["recipe"])
+    source_metrics = score(ev.y, ref, task=ev.task, class_names=ev.class_names, seed=seed)
+    return compare(ref, logits, ev.y, task=ev.task, class_names=ev.class_names,
+                   precision=art["precision"], recipe=recipe, source_metrics=source_metrics,
+                   seed=seed)
+
+
+def _artifact_record(info: BundleInfo, art: dict[str, Any]) -> dict[str, Any]:
+    return {"id": f"{info.name}/{art['name']}", "bundle": str(info.path),
+            "bundle_name": info.name, "name": art["name"], "backend": art["backend"],
+            "precision": art["precision"], "kind": "artifact", "status": art["status"],
+            "recipe": info.manifest["recipe"]["name"], "bytes": art["bytes"],
+            "notes": list(art.get("notes", [])), "accuracy": art.get("verification"),
+            "accuracy_source": "bundle"}
+
+
+def _source_record(info: BundleInfo) -> dict[str, Any]:
+    src = info.manifest["source"]
+    path = Path(str(src["source"]).partition(":")[2] or str(src["source"]))
+    return {"id": f"{info.name}/source", "bundle": str(info.path), "bundle_name": info.name,
+            "name": "source", "backend": "pytorch", "precision": "fp32", "kind": "source",
+            "status": "reference", "recipe": info.manifest["recipe"]["name"],
+            "bytes": path.stat().st_size if path.is_file() else None,
+            "notes": [info.source_note] if info.source_note else [], "accuracy": None,
+            "accuracy_source": "bundle"}
+
+
+def _reference_logits(info: BundleInfo, ev: EvalSet, outputs: dict[str, np.ndarray],
+                      ) -> tuple[np.ndarray | None, str | None]:
+    """The source's logits, else the bundle's first fp32 artifact's (id, logits)."""
+    if info.source is not None:
+        return _source_logits(info, ev), f"{info.name}/source"
+    for art in info.manifest["artifacts"]:
+        key = f"{info.name}/{art['name']}"
+        if art["precision"] == "fp32" and key in outputs:
+            return outputs[key], key
+    return None, None
+
+
+# ------------------------------------------------------------------------------------ the run
+def _run_folder(bundles: list[BundleInfo], out: str | Path | None, target: str) -> Path:
+    parent = Path(out) if out else bundles[0].path / "bench"
+    stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
+    run = parent / f"{stamp}-{target}"
+    n = 2
+    while run.exists():
+        run = parent / f"{stamp}-{target}-{n}"
+        n += 1
+    return run
+
+
+def bench(bundles: list[str | Path], *, target: str | Path = "x86-local",
+          data: str | Path | None = None, threads: list[int] | None = None,
+          quick: bool = False, protocol: Protocol | None = None, out: str | Path | None = None,
+          source: bool = True, max_images: int | None = None, seed: int = 0,
+          on_error: str = "skip", executor: Any = None) -> BenchRun:
+    """Measure every artifact of ``bundles`` on ``target``; write and return the run."""
+    from edgekit.bench import hostinfo
+    from edgekit.report import write_report
+    from edgekit.targets import isa_notes, load_target
+
+    tgt = load_target(target)
+    if tgt.access.kind != "local":
+        raise ConfigError(f"target {tgt.name!r} is reached by {tgt.access.kind!r}, which this "
+                          "edgekit cannot do yet; use a local target such as x86-local")
+    cpu = hostinfo.cpu_info()
+    if threads and any(t < 1 for t in threads):
+        raise ConfigError(f"--threads must be >= 1, got {threads}")
+    counts = sorted(set(threads)) if threads else tgt.thread_counts(cpu["logical_cores"])
+    proto = protocol or (Protocol.quick_protocol() if quick else Protocol())
+    if tgt.pin and proto.pin is None:
+        proto = Protocol.from_dict({**proto.to_dict(), "pin": sorted(os.sched_getaffinity(0))})
+    infos = _load_bundles(bundles)
+    executor = executor or LocalExecutor()
+    run_dir = _run_folder(infos, out, tgt.name)
+    t_start = time.perf_counter()
+
+    if source or data is not None:
+        for info in infos:
+            _load_source(info)
+            if info.source_note:
+                status(f"[yellow]Note:[/] {info.name}: {info.source_note}")
+    ev = _eval_set(data, infos[0], max_images, seed, on_error) if data is not None else None
+
+    artifacts: list[dict[str, Any]] = []
+    reference: dict[str, Any] | None = None
+    for info in infos:
+        options = dict(tgt.runtime_options)
+        records = [_artifact_record(info, a) for a in info.manifest["artifacts"]]
+        timed_source = source and info.manifest["source"]["kind"] in ("torch", "torchscript") \
+            and (info.source is not None or info.manifest["source"].get("sha256") is None)
+        if timed_source:
+            records.insert(0, _source_record(info))
+        if ev is not None:
+            ref_id = _score_bundle(info, records, ev, executor, options, seed)
+            if reference is None and ref_id is not None:
+                reference = {"artifact": ref_id,
+                             "description": "source model (PyTorch eager fp32)"
+                             if ref_id.endswith("/source") else "fp32 artifact of the bundle"}
+        artifacts += records
+
+    rows = _time_all(infos, artifacts, counts, proto, executor, tgt)
+    env = next((r.pop("environment") for r in rows if "environment" in r), None) \
+        or executor.environment()
+    for r in rows:
+        r.pop("environment", None)
+        r.pop("protocol", None)
+    target_dict = tgt.model_dump(mode="json")
+    target_dict["isa_notes"] = isa_notes(tgt, env["cpu"]) if not tgt.detect else []
+    results = {
+        "schema": SCHEMA, "created": datetime.now(UTC).isoformat(timespec="seconds"),
+        "edgekit": __version__, "seconds": round(time.perf_counter() - t_start, 1),
+        "target": target_dict, "environment": env, "protocol": proto.to_dict(),
+        "data": None if ev is None else {
+            "path": str(ev.root.resolve()), "n": len(ev.paths), "task": ev.task,
+            "class_names": list(ev.class_names), "skipped": ev.skipped},
+        "reference": reference, "artifacts": artifacts, "rows": rows,
+    }
+    return BenchRun(run_dir, results, _write_run(run_dir, results, write_report))
+
+
+def _score_bundle(info: BundleInfo, records: list[dict[str, Any]], ev: EvalSet, executor: Any,
+                  options: dict[str, Any], seed: int) -> str | None:
+    """Run every artifact over the evaluation images (in the runner) and score it."""
+    outputs: dict[str, np.ndarray] = {}
+    arts = [r for r in records if r["kind"] == "artifact"]
+    with progress_bar(f"{info.name}: classifying {len(ev.paths)} images", len(arts)) as bar:
+        for rec in arts:
+            try:
+                outputs[rec["id"]] = executor.logits(info.path, rec["name"], ev.paths,
+                                                     options.get(rec["backend"]))
+            except RunFailed as exc:
+                rec["notes"].append(f"could not classify the evaluation images: {exc}")
+                status(f"[red]{rec['id']}:[/] could not classify the evaluation images: {exc}")
+            bar.advance()
+    ref, ref_id = _reference_logits(info, ev, outputs)
+    if ref is None:
+        status(f"[yellow]Note:[/] {info.name}: no fp32 reference (source or fp32 artifact); "
+               "accuracy is the bundle's own verification")
+        return None
+    for rec in records:
+        logits = ref if rec["id"] == ref_id else outputs.get(rec["id"])
+        if logits is None:
+            continue
+        src_art = {"precision": "fp32"} if rec["kind"] == "source" else rec
+        rec["accuracy"] = _accuracy(info, src_art, logits, ref, ev, seed)
+        rec["accuracy_source"] = "bench"
+    return ref_id
+
+
+def _time_all(infos: list[BundleInfo], artifacts: list[dict[str, Any]], counts: list[int],
+              proto: Protocol, executor: Any, tgt: Any) -> list[dict[str, Any]]:
+    by_bundle = {i.name: i for i in infos}
+    jobs = [(a, t) for a in artifacts for t in counts]
+    rows = []
+    with progress_bar("Timing", len(jobs)) as bar:
+        for art, t in jobs:
+            info = by_bundle[art["bundle_name"]]
+            bar.update(note=f"{art['id']} ×{t}")
+            status(f"Timing {art['id']} with {t} thread{'s' if t > 1 else ''}")
+            try:
+                if art["kind"] == "source":
+                    row = executor.time_source(str(info.manifest["source"]["source"]),
+                                               info.shape, t, proto)
+                else:
+                    row = executor.time_artifact(info.path, art["name"], t, proto,
+                                                 tgt.runtime_options.get(art["backend"]))
+                row.pop("artifact", None)
+                row = {"artifact": art["id"], **row}
+            except RunFailed as exc:
+                status(f"[red]{art['id']} ×{t} failed:[/] {exc}")
+                row = {"artifact": art["id"], "threads": t, "error": str(exc)}
+            rows.append(row)
+            bar.advance()
+    return rows
+
+
+def _write_run(run_dir: Path, results: dict[str, Any], write_report: Any) -> dict[str, Path]:
+    """results.json + report files into a temporary sibling, then one rename into place."""
+    import json
+
+    run_dir.parent.mkdir(parents=True, exist_ok=True)
+    tmp = run_dir.with_name(f".{run_dir.name}.tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir()
+    try:
+        (tmp / "results.json").write_text(json.dumps(results, indent=1, allow_nan=False))
+        written = write_report(tmp, results)
+        os.replace(tmp, run_dir)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return {k: run_dir / Path(p).name for k, p in written.items()}

@@ -1,0 +1,75 @@
+"""``edgekit bench BUNDLE... --target x86-local --data DIR``."""
+
+from __future__ import annotations
+
+import json
+import signal
+from pathlib import Path
+from typing import Any
+
+import click
+
+from edgekit.ui import status
+
+
+def _terminate(signum: int, frame: Any) -> None:  # SIGTERM behaves like Ctrl-C: clean up
+    raise KeyboardInterrupt
+
+
+@click.command("bench")
+@click.argument("bundles", nargs=-1, required=True,
+                type=click.Path(file_okay=False, path_type=Path))
+@click.option("--target", default="x86-local", show_default=True,
+              help="Built-in target (see `edgekit targets list`) or a target YAML file.")
+@click.option("--data", type=click.Path(path_type=Path), default=None,
+              help="Labelled evaluation images (class folders; CT: DICOM + labels.csv) the "
+                   "model never trained on. Without it, accuracy is the bundle's own "
+                   "compress-time verification.")
+@click.option("--threads", "threads", multiple=True, type=click.IntRange(1, 1024),
+              help="Thread count to measure (repeatable) [default: the target's, on x86-local "
+                   "1 and all cores].")
+@click.option("--quick", is_flag=True,
+              help="A few iterations instead of the full protocol (smoke tests; labelled).")
+@click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=None,
+              help="Folder to create the run folder in [default: BUNDLE/bench].")
+@click.option("--no-source", is_flag=True,
+              help="Do not time the PyTorch source model next to the artifacts.")
+@click.option("--max-images", type=click.IntRange(1, 10_000_000), default=None,
+              help="Evaluate on at most this many images (stratified, seeded).")
+@click.option("--seed", type=int, default=0, show_default=True,
+              help="Seed for image sampling and bootstrap confidence intervals.")
+@click.option("--on-error", type=click.Choice(["skip", "fail"]), default="skip",
+              show_default=True, help="Corrupt or non-image files: skip with a warning, or fail.")
+@click.option("--json", "as_json", is_flag=True,
+              help="Print report.json (results + recommendation) on stdout.")
+def command(bundles: tuple[Path, ...], target: str, data: Path | None,
+            threads: tuple[int, ...], quick: bool, out: Path | None, no_source: bool,
+            max_images: int | None, seed: int, on_error: str, as_json: bool) -> None:
+    """Measure latency (and, with --data, accuracy) of every artifact in BUNDLES on a target,
+    then write a report and recommend the artifact to ship.
+
+    Each (artifact, threads) is timed in a fresh runner process: warm-up >= 10 calls and 2 s,
+    then 3 trials of >= 100 calls and 10 s around the inference call only (p50/p90/p99).
+    Results go to a new run folder (BUNDLE/bench/<time>-<target>/: results.json, report.json,
+    report.csv, report.md, pareto.png, report.html); earlier runs are never overwritten.
+
+    \b
+    Examples:
+      edgekit bench model-int8/ --data Testing/
+      edgekit bench model-int8/ model-fp32/ --threads 2 --quick
+    """
+    from edgekit.bench.run import bench
+    from edgekit.cli.report import print_summary
+
+    previous = signal.signal(signal.SIGTERM, _terminate)
+    try:
+        run = bench(list(bundles), target=target, data=data, threads=list(threads) or None,
+                    quick=quick, out=out, source=not no_source, max_images=max_images,
+                    seed=seed, on_error=on_error)
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+    if as_json:
+        click.echo(json.dumps(json.loads(run.report["report.json"].read_text()), indent=1))
+        return
+    print_summary(json.loads(run.report["report.json"].read_text()))
+    status(f"Run folder: {run.run_dir} (open {run.run_dir / 'report.html'})")

@@ -1,0 +1,273 @@
+"""`edgekit bench`: the timing protocol, the runner's bench/logits modes, and whole runs on a
+real 3-backend bundle (quick protocol, 64 px, real runtimes in real subprocesses)."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+from edgekit.bench.protocol import (
+    Protocol,
+    measure,
+    options_from_args,
+    protocol_from_args,
+    time_session,
+)
+from edgekit.cli import main
+from edgekit.errors import ConfigError, VerificationFailed
+
+pytest.importorskip("torch", reason="pip install 'edgekit[torch]'")
+
+QUICK = Protocol.quick_protocol()
+
+
+def _cli(*args: str, code: int = 0):
+    res = CliRunner().invoke(main, [str(a) for a in args], catch_exceptions=False)
+    assert res.exit_code == code, (res.stdout, res.stderr)
+    return res
+
+
+@pytest.fixture(scope="session")
+def bundle(trained, mri_phantoms, tmp_path_factory) -> Path:
+    """An int8 bundle of a trained checkpoint with all three backends."""
+    from edgekit.compress import compress
+
+    out = tmp_path_factory.mktemp("bundles") / "model-int8"
+    compress(trained, data=mri_phantoms, out=out, recipe="int8", calibration_images=16,
+             verification_images=24, allow_accuracy_drop=True)
+    return out
+
+
+@pytest.fixture(scope="session")
+def fp32_bundle(trained, mri_phantoms, tmp_path_factory) -> Path:
+    from edgekit.compress import compress
+
+    out = tmp_path_factory.mktemp("bundles") / "model-fp32"
+    compress(trained, data=mri_phantoms, out=out, recipe="fp32", verification_images=24,
+             backends=["onnxruntime"])
+    return out
+
+
+# --------------------------------------------------------------------------------- protocol
+def test_measure_respects_iterations_seconds_and_trials() -> None:
+    calls = []
+    proto = Protocol(warmup_iters=5, warmup_seconds=0.05, iters=20, min_seconds=0.02, trials=3)
+    t0 = time.perf_counter()
+    timing = measure(lambda: calls.append(time.sleep(0.0005)), proto)
+    assert time.perf_counter() - t0 >= 0.05 + 3 * 0.02
+    assert len(timing.trials) == 3 and all(len(t) >= 20 for t in timing.trials)
+    assert len(calls) >= 5 + 3 * 20
+    s = timing.summary()
+    lat = s["latency_ms"]
+    assert lat["n"] == sum(len(t) for t in timing.trials)
+    assert 0.4 < lat["min"] <= lat["p50"] <= lat["p90"] <= lat["p99"] <= lat["max"]
+    assert s["spread"] == pytest.approx(max(s["trials_p50_ms"]) / min(s["trials_p50_ms"]))
+
+
+def test_summary_percentiles_are_exact_on_known_samples() -> None:
+    from edgekit.bench.protocol import Timing
+
+    timing = Timing([np.arange(1, 101, dtype=np.int64) * 1_000_000,
+                     np.arange(1, 101, dtype=np.int64) * 2_000_000])
+    s = timing.summary()
+    assert s["trials_p50_ms"] == [50.5, 101.0]
+    assert s["spread"] == pytest.approx(2.0)
+    assert s["latency_ms"]["n"] == 200 and s["latency_ms"]["max"] == 200.0
+
+
+def test_protocol_round_trips_through_its_command_line() -> None:
+    import argparse
+
+    from edgekit.bench.protocol import add_protocol_args
+
+    ap = argparse.ArgumentParser()
+    add_protocol_args(ap)
+    for proto in (Protocol(), QUICK, Protocol(iters=7, min_seconds=0.5, trials=5, pin=(0,))):
+        assert protocol_from_args(ap.parse_args(proto.cli_args())) == proto
+    with pytest.raises(ValueError, match="iters"):
+        Protocol(iters=0)
+
+
+def test_runtime_options_parse_json_values() -> None:
+    assert options_from_args(["A=1", "B=f32", "C=true"]) == {"A": 1, "B": "f32", "C": True}
+    with pytest.raises(ValueError, match="KEY=VALUE"):
+        options_from_args(["novalue"])
+
+
+# ------------------------------------------------------------------ sessions: bind + options
+@pytest.mark.parametrize("art", ["onnxruntime-int8", "openvino-int8", "litert-int8"])
+def test_bound_call_runs_the_same_inference(bundle: Path, art: str) -> None:
+    """The timed call (Session.bind) computes what run() computes, on the same input."""
+    from edgekit.runner import Runner
+
+    runner = Runner(bundle, art, threads=1)
+    x = np.random.default_rng(0).standard_normal(runner.spec.input_shape(1)).astype(np.float32)
+    expected = runner.session.run(x)
+    call = runner.session.bind(x)
+    call()
+    result = time_session(runner.open, x.shape, backend=runner.artifact["backend"], threads=1,
+                          protocol=QUICK)
+    assert result["latency_ms"]["n"] >= 20 and result["load_ms"] > 0
+    assert result["runtime"]["name"] == runner.artifact["backend"]
+    assert result["environment"]["cpu"]["logical_cores"] >= 1
+    np.testing.assert_allclose(runner.session.run(x), expected)
+    if art.startswith("openvino"):
+        assert result["runtime"]["inference_precision"] == "f32"
+        assert result["runtime"]["threads"] == 1
+
+
+def test_runtime_options_reach_the_runtime(bundle: Path) -> None:
+    from edgekit.backends import get_backend
+
+    ov_file = bundle / "artifacts/openvino/model-int8.xml"
+    session = get_backend("openvino").open(ov_file, 1, options={"PERFORMANCE_HINT": "THROUGHPUT"})
+    assert str(session._compiled.get_property("PERFORMANCE_HINT")) == "THROUGHPUT"
+    with pytest.raises(ConfigError, match="litert.*not supported.*FOO"):
+        get_backend("litert").open(bundle / "artifacts/litert/model-int8.tflite", 1,
+                                   options={"FOO": 1})
+    with pytest.raises(ConfigError, match="onnxruntime.*graph_optimization_level"):
+        get_backend("onnxruntime").open(bundle / "artifacts/onnxruntime/model-int8.onnx", 1,
+                                        options={"graph_optimization_level": "FAST"})
+
+
+# ------------------------------------------------------------------------------------ runner
+def _runner(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "edgekit.runner", *map(str, args)],
+                          capture_output=True, text=True, check=False)
+
+
+def test_runner_bench_prints_one_json_result(bundle: Path) -> None:
+    done = _runner(bundle, "--bench", "--artifact", "onnxruntime-int8", "--threads", "1",
+                   "--quick")
+    assert done.returncode == 0, done.stderr
+    row = json.loads(done.stdout)
+    assert row["artifact"] == "onnxruntime-int8" and row["threads"] == 1
+    assert row["protocol"]["quick"] is True and row["latency_ms"]["p50"] > 0
+    assert row["runtime"]["version"]
+
+
+def test_runner_save_logits_matches_predictions(bundle: Path, mri_phantoms: Path,
+                                                tmp_path: Path) -> None:
+    from edgekit.runner import Runner
+
+    images = sorted((mri_phantoms / "glioma").iterdir())[:5]
+    listing = tmp_path / "list.txt"
+    listing.write_text("\n".join(map(str, images)))
+    out = tmp_path / "logits.npy"
+    done = _runner(bundle, "--artifact", "litert-int8", "--image-list", listing,
+                   "--save-logits", out)
+    assert done.returncode == 0, done.stderr
+    runner = Runner(bundle, "litert-int8")
+    expected = np.stack([runner.logits(runner.spec.load(p)[None])[0] for p in images])
+    np.testing.assert_allclose(np.load(out), expected, rtol=1e-5, atol=1e-5)
+    # an unreadable image stops the run and is named
+    bad = tmp_path / "broken.jpg"
+    bad.write_bytes(b"not a jpeg")
+    listing.write_text(f"{images[0]}\n{bad}\n")
+    done = _runner(bundle, "--artifact", "litert-int8", "--image-list", listing,
+                   "--save-logits", tmp_path / "x.npy")
+    assert done.returncode == 1 and "broken.jpg" in done.stderr
+    assert not (tmp_path / "x.npy").exists()
+
+
+def test_runner_usage_errors_exit_2(bundle: Path) -> None:
+    assert _runner(bundle).returncode == 2
+    assert _runner(bundle, "--save-logits", "x.npy").returncode == 2
+    assert _runner(bundle, "--bench", "--option", "nokey").returncode == 2
+
+
+# ------------------------------------------------------------------------------- whole runs
+def test_bench_run_with_data_writes_results_and_report(bundle: Path, fp32_bundle: Path,
+                                                       mri_phantoms: Path,
+                                                       tmp_path: Path) -> None:
+    from edgekit.bench.run import bench
+    from edgekit.report import FILES
+
+    data = tmp_path / "eval"
+    shutil.copytree(mri_phantoms, data)
+    for cls in ("glioma", "meningioma", "notumor", "pituitary"):
+        (data / cls / "corrupt.png").write_bytes(b"\x89PNG broken")
+    run = bench([bundle, fp32_bundle], data=data, threads=[1], quick=True, out=tmp_path / "runs",
+                max_images=1000)
+    res = json.loads((run.run_dir / "results.json").read_text())
+    assert res["schema"] == "edgekit.bench/1" and res["protocol"]["quick"] is True
+    assert run.run_dir.parent == tmp_path / "runs"
+    assert all((run.run_dir / f).is_file() for f in FILES)
+    ids = [a["id"] for a in res["artifacts"]]
+    assert ids == ["model-int8/source", "model-int8/onnxruntime-int8", "model-int8/openvino-int8",
+                   "model-int8/litert-int8", "model-fp32/source", "model-fp32/onnxruntime-fp32"]
+    assert [r["artifact"] for r in res["rows"]] == ids  # one thread count
+    assert all(r["error"] is None and r["latency_ms"]["p50"] > 0 for r in res["rows"])
+    assert any(r["runtime"]["name"] == "pytorch" for r in res["rows"])
+    assert res["reference"]["artifact"] == "model-int8/source"
+    assert res["data"]["n"] == 128
+    assert sum("corrupt.png" in s for s in res["data"]["skipped"]) == 4
+    for art in res["artifacts"]:
+        assert art["accuracy_source"] == "bench" and art["accuracy"]["n"] == res["data"]["n"]
+    fp32 = next(a for a in res["artifacts"] if a["id"] == "model-fp32/onnxruntime-fp32")
+    assert fp32["accuracy"]["max_abs_logit_diff"] <= 1e-4 and fp32["accuracy"]["passed"]
+    report = json.loads((run.run_dir / "report.json").read_text())
+    assert report["recommendation"]["artifact"] in ids[1:]
+    # a second run never overwrites the first
+    again = bench([fp32_bundle], threads=[1], quick=True, out=tmp_path / "runs", source=False)
+    assert again.run_dir != run.run_dir and (run.run_dir / "results.json").is_file()
+    res2 = json.loads((again.run_dir / "results.json").read_text())
+    assert res2["data"] is None and res2["artifacts"][0]["accuracy_source"] == "bundle"
+    assert not list((tmp_path / "runs").glob(".*.tmp"))
+
+
+def test_a_failing_runtime_costs_its_rows_not_the_run(fp32_bundle: Path, bundle: Path,
+                                                      tmp_path: Path) -> None:
+    from edgekit.bench.run import bench
+
+    target = tmp_path / "broken.yaml"
+    target.write_text((Path(__file__).parents[1] / "targets" / "x86-local.yaml").read_text()
+                      .replace("INFERENCE_PRECISION_HINT: f32", "INFERENCE_PRECISION_HINT: nope"))
+    run = bench([bundle], target=target, threads=[1], quick=True, out=tmp_path, source=False)
+    rows = {r["artifact"]: r for r in run.results["rows"]}
+    assert rows["model-int8/openvino-int8"]["error"]
+    assert "INFERENCE_PRECISION_HINT" in rows["model-int8/openvino-int8"]["error"]
+    assert rows["model-int8/litert-int8"]["error"] is None
+    assert (run.run_dir / "report.html").is_file()
+
+
+def test_bench_refuses_modified_bundles_and_mixed_classes(bundle: Path, ct_phantoms: Path,
+                                                          tmp_path: Path) -> None:
+    from edgekit.bench.run import bench
+    from edgekit.bundle import read_manifest
+
+    copy = tmp_path / "copy"
+    shutil.copytree(bundle, copy)
+    tflite = copy / "artifacts/litert/model-int8.tflite"
+    tflite.write_bytes(tflite.read_bytes()[:-1] + b"\0")
+    with pytest.raises(VerificationFailed, match="model-int8.tflite.*sha256"):
+        bench([copy], threads=[1], quick=True)
+    other = tmp_path / "other"
+    shutil.copytree(bundle, other)
+    manifest = read_manifest(other)
+    manifest["class_names"] = ["a", "b", "c", "d"]
+    (other / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(ConfigError, match="classes"):
+        bench([bundle, other], threads=[1], quick=True)
+    assert not (bundle / "bench").exists() or not list((bundle / "bench").glob(".*.tmp"))
+
+
+def test_bench_cli(bundle: Path, tmp_path: Path) -> None:
+    res = _cli("bench", bundle, "--threads", "1", "--quick", "--no-source", "--out", tmp_path,
+               "--json")
+    report = json.loads(res.stdout)
+    assert report["recommendation"]["target"] == "x86-local"
+    assert len(report["rows"]) == 3
+    res = _cli("bench", bundle, "--threads", "1", "--quick", "--no-source", "--out", tmp_path)
+    assert "ship" in res.stdout or "No artifact" in res.stdout
+    _cli("bench", code=2)
+    assert "Error:" in _cli("bench", bundle, "--target", "nope", code=2).stderr
+    assert "Error:" in _cli("bench", tmp_path / "missing", code=1).stderr

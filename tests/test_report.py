@@ -1,0 +1,423 @@
+"""edgekit.report: recommendation rule and flags, Pareto front, report files, CLI."""
+
+from __future__ import annotations
+
+import copy
+import csv
+import json
+import sys
+from functools import lru_cache
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+from edgekit import report
+from edgekit.cli import main
+from edgekit.errors import ConfigError
+
+CLASSES = ("glioma", "meningioma", "notumor", "pituitary")
+LABELS = ("hemorrhage", "epidural", "subdural")
+BACKENDS = ("onnxruntime", "openvino", "litert")
+SHORT = {"onnxruntime": "ort", "openvino": "ov", "litert": "litert"}
+# p50 (ms) per (backend, precision, threads); the fastest overall is openvino int8 x2
+P50 = {("onnxruntime", "fp32", 1): 8.0, ("onnxruntime", "fp32", 2): 4.4,
+       ("onnxruntime", "int8", 1): 3.0, ("onnxruntime", "int8", 2): 1.7,
+       ("openvino", "fp32", 1): 6.0, ("openvino", "fp32", 2): 3.3,
+       ("openvino", "int8", 1): 2.2, ("openvino", "int8", 2): 1.2,
+       ("litert", "fp32", 1): 9.0, ("litert", "fp32", 2): 5.0,
+       ("litert", "int8", 1): 4.0, ("litert", "int8", 2): 2.3,
+       ("pytorch", "fp32", 1): 20.0, ("pytorch", "fp32", 2): 11.0}
+
+
+# ------------------------------------------------------------------------------ test helpers
+def _logits(task: str, n: int) -> tuple[np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(0)
+    if task == "multilabel":
+        y = (rng.random((n, len(LABELS))) < 0.4).astype(int)
+        return y, rng.normal(size=y.shape) + 2.0 * y
+    y = rng.integers(0, len(CLASSES), n)
+    ref = rng.normal(size=(n, len(CLASSES)))
+    ref[np.arange(n), y] += 2.5
+    return y, ref
+
+
+@lru_cache(maxsize=64)
+def _accuracy(task: str, n: int, precision: str, quality: str, flips: int = 0) -> str:
+    """A real verify.compare() dict (as JSON text, cached): ``quality`` good | bad | source;
+    ``flips`` good answers turned wrong (one per class, so the gate still passes)."""
+    from edgekit.evaluate import score
+    from edgekit.recipes import load_recipe
+    from edgekit.verify import compare
+
+    names = LABELS if task == "multilabel" else CLASSES
+    y, ref = _logits(task, n)
+    src = score(y, ref, task=task, class_names=names, seed=0)
+    out = ref + (1e-6 if precision == "fp32" else 0.01)
+    if quality == "bad":  # wrong answers on ~8 % of the images
+        out = out.copy()
+        if task == "multilabel":
+            out[: n // 3] = -out[: n // 3]
+        else:
+            idx = np.arange(0, n, 12)
+            out[idx, (y[idx] + 1) % len(names)] += 10.0
+    if quality == "source":
+        out = ref
+    if flips and task != "multilabel":
+        out = out.copy()
+        for c in range(flips):
+            i = int(np.flatnonzero((y == c) & (ref.argmax(1) == c))[0])
+            out[i, (c + 1) % len(names)] += 10.0
+    acc = compare(ref, out, y, task=task, class_names=names, precision=precision,
+                  recipe=load_recipe("int8"), source_metrics=src, seed=0)
+    return json.dumps(acc)
+
+
+def _artifact(bundle: str, name: str, backend: str, precision: str, kind: str, quality: str,
+              task: str, n: int, accuracy_source: str, with_accuracy: bool) -> dict[str, Any]:
+    flips = {"onnxruntime": 1, "litert": 2}.get(backend, 0) if precision == "int8" else 0
+    acc = json.loads(_accuracy(task, n, precision, quality, flips)) if with_accuracy else None
+    status = "reference" if kind == "source" else ("failed-gate" if quality == "bad" else "passed")
+    return {"id": f"{bundle}/{name}", "bundle": f"/abs/{bundle}", "bundle_name": bundle,
+            "name": name, "backend": backend, "precision": precision, "kind": kind,
+            "status": status, "recipe": "int8", "bytes": 123456, "notes": [],
+            "accuracy": acc, "accuracy_source": accuracy_source}
+
+
+def _row(artifact: str, threads: int, p50: float, spread: float = 1.02,
+         inference_precision: str | None = "f32", error: str | None = None) -> dict[str, Any]:
+    runtime = {"name": "x", "version": "1.0", "threads": threads,
+               "inference_precision": inference_precision}
+    if error:
+        return {"artifact": artifact, "threads": threads, "latency_ms": None, "load_ms": None,
+                "peak_rss_mb": None, "runtime": runtime, "error": error}
+    lat = {"p50": p50, "p90": p50 * 1.08, "p99": p50 * 1.25, "mean": p50 * 1.02,
+           "std": p50 * 0.03, "min": p50 * 0.95, "max": p50 * 1.4, "n": 300}
+    return {"artifact": artifact, "threads": threads, "latency_ms": lat,
+            "trials_p50_ms": [p50, p50 * spread, p50 * 1.0], "spread": spread,
+            "load_ms": 150.0, "peak_rss_mb": 200.0, "runtime": runtime, "error": None}
+
+
+def make_results(*, task: str = "multiclass", n: int = 240, p50: dict | None = None,
+                 bad: tuple[str, ...] = (), no_accuracy: tuple[str, ...] = (),
+                 accuracy_source: str = "bench", data: bool = True, quick: bool = False,
+                 isa_notes: tuple[str, ...] = (), spread: dict | None = None,
+                 inference_precision: dict | None = None, errors: dict | None = None,
+                 backends: tuple[str, ...] = BACKENDS, threads: tuple[int, ...] = (1, 2),
+                 precisions: tuple[str, ...] = ("fp32", "int8")) -> dict[str, Any]:
+    """A valid ``edgekit.bench/1`` dict: backends × precisions × threads plus the source.
+
+    ``bad``/``no_accuracy`` hold artifact names (e.g. ``"openvino-int8"``); ``p50``, ``spread``,
+    ``inference_precision`` and ``errors`` are keyed by ``(name, threads)``.
+    """
+    lat = {**P50, **{k: v for k, v in (p50 or {}).items() if len(k) == 3}}
+    bundle = "model-int8"
+    arts = [_artifact(bundle, "source", "pytorch", "fp32", "source", "source", task, n,
+                      accuracy_source, True)]
+    for b in backends:
+        for prec in precisions:
+            name = f"{b}-{prec}"
+            arts.append(_artifact(bundle, name, b, prec, "artifact",
+                                  "bad" if name in bad else "good", task, n, accuracy_source,
+                                  name not in no_accuracy))
+    rows = []
+    for a in arts:
+        for t in threads:
+            key = (a["name"], t)
+            rows.append(_row(a["id"], t, (p50 or {}).get(key, lat[(a["backend"], a["precision"], t)]),
+                             spread=(spread or {}).get(key, 1.02),
+                             inference_precision=(inference_precision or {}).get(key, "f32"),
+                             error=(errors or {}).get(key)))
+    names = LABELS if task == "multilabel" else CLASSES
+    return {
+        "schema": "edgekit.bench/1", "created": "2026-11-22T09:30:00+00:00", "edgekit": "0.1.0",
+        "target": {"name": "x86-local", "description": "this machine",
+                   "access": {"kind": "local"}, "isa_notes": list(isa_notes)},
+        "environment": {"cpu": {"model": "AMD EPYC 7B13", "arch": "x86_64", "logical_cores": 2,
+                                "features": ["avx2", "avx512f", "avx512_vnni"],
+                                "governor": None, "freq_mhz": {"current": 2450.0, "max": None}},
+                        "os": "Linux-6.1", "python": "3.11.9",
+                        "packages": {"numpy": "2.1", "onnxruntime": "1.31.0",
+                                     "openvino": "2026.4.0"}},
+        "protocol": {"quick": quick, "warmup_iters": 10, "warmup_seconds": 2.0, "iters": 100,
+                     "min_seconds": 10.0, "trials": 3, "pin": None},
+        "data": ({"path": "/data/Testing", "n": n, "task": task, "class_names": list(names)}
+                 if data else None),
+        "reference": {"artifact": f"{bundle}/source",
+                      "description": "source model, PyTorch eager fp32"},
+        "artifacts": arts, "rows": rows,
+    }
+
+
+def _write(tmp_path: Path, results: dict[str, Any]) -> Path:
+    run = tmp_path / "run"
+    run.mkdir(exist_ok=True)
+    (run / "results.json").write_text(json.dumps(results))
+    return run
+
+
+def _flags(results: dict[str, Any], word: str) -> list[str]:
+    return [f for f in report.recommend(results)["flags"] if word in f]
+
+
+# ---------------------------------------------------------------------------- recommendation
+def test_recommends_the_fastest_passing_artifact():
+    rec = report.recommend(make_results())
+    assert (rec["artifact"], rec["threads"], rec["p50_ms"]) == ("model-int8/openvino-int8", 2, 1.2)
+    assert rec["target"] == "x86-local"
+    assert rec["text"].startswith("On x86-local ship `model-int8/openvino-int8` with 2 threads: "
+                                  "p50 1.20 ms, top-1 ")
+    assert "points vs the source, 95 % CI [" in rec["text"]
+    assert "accuracy measured on 240 held-out images" in rec["text"]
+    assert rec["candidates"][:2] == ["model-int8/openvino-int8", "model-int8/onnxruntime-int8"]
+    assert "model-int8/source" not in rec["candidates"]
+    assert rec["flags"] == []
+
+
+def test_skips_a_faster_artifact_that_fails_the_gate_and_never_the_source():
+    results = make_results(bad=("openvino-int8",),
+                           p50={("source", 1): 0.5, ("source", 2): 0.4})
+    rec = report.recommend(results)
+    assert rec["artifact"] == "model-int8/onnxruntime-int8" and rec["threads"] == 2
+    assert "model-int8/openvino-int8" not in rec["candidates"]
+
+
+def test_gate_falls_back_to_bundle_status_when_accuracy_is_null():
+    results = make_results(no_accuracy=("openvino-int8",))
+    rec = report.recommend(results)
+    assert rec["artifact"] == "model-int8/openvino-int8"
+    assert "not measured" in rec["text"]
+    art = next(a for a in results["artifacts"] if a["name"] == "openvino-int8")
+    art["status"] = "failed-gate"
+    assert report.recommend(results)["artifact"] == "model-int8/onnxruntime-int8"
+
+
+def test_no_passing_artifact_names_the_failing_check():
+    bad = tuple(f"{b}-{p}" for b in BACKENDS for p in ("fp32", "int8"))
+    rec = report.recommend(make_results(bad=bad))
+    assert rec["artifact"] is None and rec["threads"] is None and rec["candidates"] == []
+    assert "no artifact passes the accuracy gate" in rec["text"]
+    assert "`model-int8/openvino-int8` with 2 threads" in rec["text"]  # the fastest failing one
+    assert "“top-1 accuracy drop (points)”" in rec["text"]
+
+
+def test_all_rows_errored():
+    errors = {(f"{b}-{p}", t): "RuntimeError: boom" for b in BACKENDS for p in ("fp32", "int8")
+              for t in (1, 2)}
+    rec = report.recommend(make_results(errors=errors))
+    assert rec["artifact"] is None and "RuntimeError: boom" in rec["text"]
+
+
+def test_error_rows_are_skipped():
+    rec = report.recommend(make_results(errors={("openvino-int8", 2): "Segfault in plugin"}))
+    assert (rec["artifact"], rec["threads"]) == ("model-int8/onnxruntime-int8", 2)
+
+
+@pytest.mark.parametrize(("int8_ms", "flagged"), [(4.5, True), (4.3, False)])
+def test_int8_slower_than_fp32_flag_exactly_when_true(int8_ms, flagged):
+    results = make_results(p50={("onnxruntime-int8", 2): int8_ms})  # ort fp32 x2 is 4.4 ms
+    flags = _flags(results, "INT8 is slower")
+    assert flags == ([f"INT8 is slower than fp32 here on onnxruntime (2 threads): "
+                      f"{int8_ms:.2f} vs 4.40 ms."] if flagged else [])
+
+
+def test_reduced_precision_flag():
+    assert _flags(make_results(), "computes in") == []
+    flags = _flags(make_results(inference_precision={("openvino-fp32", 2): "bf16"}), "computes")
+    assert len(flags) == 1
+    assert "This runtime computes in bf16 on this target" in flags[0]
+    assert "`model-int8/openvino-fp32`" in flags[0]
+
+
+def test_spread_flag():
+    assert _flags(make_results(spread={("litert-fp32", 1): 1.19}), "Noisy") == []
+    flags = _flags(make_results(spread={("litert-fp32", 1): 1.35}), "Noisy")
+    assert len(flags) == 1 and "1.35×" in flags[0] and "litert-fp32" in flags[0]
+    flags = _flags(make_results(spread={("openvino-int8", 2): 1.5}), "Noisy")
+    assert "the recommended row" in flags[0]
+
+
+def test_quick_isa_and_few_images_flags():
+    results = make_results(quick=True, isa_notes=("x86 numbers do not transfer to ARM",), n=120)
+    flags = report.recommend(results)["flags"]
+    assert any(f.startswith("--quick timings") for f in flags)
+    assert any("x86 numbers do not transfer to ARM" in f for f in flags)
+    assert any("Only 120 evaluation images: wide confidence intervals" in f for f in flags)
+
+
+def test_bundle_accuracy_flag():
+    assert _flags(make_results(), "--data") == []
+    results = make_results(accuracy_source="bundle", data=False)
+    assert _flags(results, "pass --data") == [
+        "Accuracy is the bundle's compress-time verification, not measured on your data — "
+        "pass --data."]
+    assert "compress-time verification on 240 images" in report.recommend(results)["text"]
+
+
+def test_delta_ci_flag():
+    results = make_results()
+    art = next(a for a in results["artifacts"] if a["name"] == "openvino-int8")
+    art["accuracy"]["accuracy_delta"] = {"value": -0.004, "ci95": [-0.016, 0.006]}
+    flags = _flags(results, "CI of")
+    assert len(flags) == 1 and "−1.6 points" in flags[0] and "−1-point gate" in flags[0]
+
+
+def test_tie_flag():
+    assert _flags(make_results(), "tie") == []
+    flags = _flags(make_results(p50={("onnxruntime-int8", 2): 1.25}), "tie")
+    assert flags == ["Effectively a tie with `model-int8/onnxruntime-int8` with 2 threads: "
+                     "1.25 vs 1.20 ms (within 5 %); choose on memory, load time or accuracy."]
+
+
+def test_multilabel_recommendation():
+    rec = report.recommend(make_results(task="multilabel", bad=("openvino-int8",)))
+    assert rec["artifact"] == "model-int8/onnxruntime-int8"
+    assert "mean AUROC 0." in rec["text"] and "vs the source" in rec["text"]
+
+
+# ------------------------------------------------------------------------------------ pareto
+@pytest.mark.parametrize(("points", "front"), [
+    ([], []),
+    ([(1.0, 0.9)], [0]),
+    ([(1.0, 0.9), (2.0, 0.95), (3.0, 0.93)], [0, 1]),      # slower and worse: dominated
+    ([(1.0, 0.9), (1.0, 0.9)], [0, 1]),                    # identical points both stay
+    ([(1.0, 0.9), (1.0, 0.92)], [1]),                      # same latency: the more accurate
+    ([(1.0, 0.9), (2.0, 0.9)], [0]),                       # same accuracy: the faster
+    ([(3.0, 0.99), (2.0, 0.95), (1.0, 0.90)], [0, 1, 2]),  # a clean trade-off
+    ([(2.0, 0.8), (1.0, 0.9), (0.5, 0.85)], [1, 2]),
+])
+def test_pareto_front(points, front):
+    assert report.pareto_front(points) == front
+
+
+# ----------------------------------------------------------------------------------- loading
+def test_load_results_errors(tmp_path):
+    with pytest.raises(ConfigError, match="results.json: not found"):
+        report.load_results(tmp_path)
+    (tmp_path / "results.json").write_text("{not json")
+    with pytest.raises(ConfigError, match="not a readable JSON file"):
+        report.load_results(tmp_path)
+    (tmp_path / "results.json").write_text(json.dumps({"schema": "edgekit.bench/2"}))
+    with pytest.raises(ConfigError, match="schema 'edgekit.bench/2' is not 'edgekit.bench/1'"):
+        report.load_results(tmp_path)
+    results = make_results()
+    results["rows"][0]["artifact"] = "nope/nothing"
+    (tmp_path / "results.json").write_text(json.dumps(results))
+    with pytest.raises(ConfigError, match="'nope/nothing'"):
+        report.load_results(tmp_path)
+
+
+# ----------------------------------------------------------------------------------- writing
+def _check_files(paths: dict[str, Path], results: dict[str, Any], rec_text: str) -> None:
+    assert set(paths) == set(report.FILES)
+    assert all(p.is_file() for p in paths.values())
+    assert not list(paths["report.json"].parent.glob(".*tmp"))  # no temporary leftovers
+    rep = json.loads(paths["report.json"].read_text())
+    assert rep["report_schema"] == "edgekit.report/1" and rep["schema"] == "edgekit.bench/1"
+    assert rep["recommendation"]["text"] == rec_text
+    with paths["report.csv"].open(newline="") as fh:
+        rows = list(csv.DictReader(fh))
+    assert len(rows) == len(results["rows"])
+    assert list(rows[0]) == list(report.CSV_COLUMNS)
+    png = paths["pareto.png"].read_bytes()
+    assert png[:8] == b"\x89PNG\r\n\x1a\n"
+    from matplotlib.image import imread
+
+    img = imread(paths["pareto.png"])
+    assert img.ndim == 3 and img.shape[0] >= 600 and img.shape[1] >= 900
+    page = paths["report.html"].read_text()
+    assert rec_text.replace("`", "").split(":")[0] in page.replace("<code>", "").replace(
+        "</code>", "")
+    assert 'src="http' not in page and "src='http" not in page and "<script" not in page
+    assert "data:image/png;base64," in page
+    md = paths["report.md"].read_text()
+    assert rec_text in md and "](pareto.png)" in md
+
+
+def test_write_report_all_files(tmp_path):
+    results = make_results(bad=("litert-int8",), errors={("litert-fp32", 2): "load failed"})
+    run = _write(tmp_path, results)
+    paths = report.write_report(run)
+    rec = report.recommend(results)
+    _check_files(paths, results, rec["text"])
+    page = paths["report.html"].read_text()
+    assert "Confusion matrix" in page and "meningioma" in page and "load failed" in page
+    rows = list(csv.DictReader(paths["report.csv"].open(newline="")))
+    err = next(r for r in rows if r["error"])
+    assert err["artifact"] == "model-int8/litert-fp32" and err["p50_ms"] == ""
+    assert {r["passed"] for r in rows if r["artifact"].endswith("litert-int8")} == {"False"}
+
+
+def test_write_report_multilabel_no_data_one_row(tmp_path):
+    results = make_results(task="multilabel", data=False, accuracy_source="bundle",
+                           backends=("openvino",), precisions=("int8",), threads=(2,))
+    results["artifacts"] = results["artifacts"][1:]  # only the int8 artifact: one row
+    results["rows"] = results["rows"][1:]
+    results["reference"] = None
+    paths = report.write_report(_write(tmp_path, results))
+    _check_files(paths, results, report.recommend(results)["text"])
+    page = paths["report.html"].read_text()
+    assert "mean AUROC" in page and "epidural" in page
+    assert len(list(csv.DictReader(paths["report.csv"].open(newline="")))) == 1
+
+
+def test_write_report_null_accuracy_and_html_escaping(tmp_path):
+    results = make_results(no_accuracy=("openvino-int8",),
+                           errors={("onnxruntime-int8", 1): "<script>alert(1)</script>"})
+    paths = report.write_report(_write(tmp_path, results), results)
+    page = paths["report.html"].read_text()
+    assert "<script>" not in page and "&lt;script&gt;alert(1)&lt;/script&gt;" in page
+    assert "accuracy not measured" in page
+
+
+def test_write_report_without_matplotlib(tmp_path, monkeypatch):
+    for mod in ("matplotlib", "matplotlib.figure", "matplotlib.backends.backend_agg"):
+        monkeypatch.setitem(sys.modules, mod, None)
+    with pytest.warns(UserWarning, match=r"pip install 'edgekit\[report\]'"):
+        paths = report.write_report(_write(tmp_path, make_results()))
+    assert "pareto.png" not in paths and not (tmp_path / "run" / "pareto.png").exists()
+    assert {"report.json", "report.csv", "report.md", "report.html"} <= set(paths)
+    assert "data:image/png" not in paths["report.html"].read_text()
+
+
+def test_results_are_not_modified(tmp_path):
+    results = make_results()
+    before = copy.deepcopy(results)
+    report.write_report(_write(tmp_path, results), results)
+    assert results == before
+
+
+# ---------------------------------------------------------------------------------------- CLI
+def test_cli_report(tmp_path):
+    run = _write(tmp_path, make_results())
+    res = CliRunner().invoke(main, ["report", str(run)], catch_exceptions=False)
+    assert res.exit_code == 0, res.output
+    assert "ship `model-int8/openvino-int8`" in res.stdout
+    assert all((run / name).is_file() for name in report.FILES)
+    assert str(run / "report.html") in res.stdout
+
+    res = CliRunner().invoke(main, ["report", str(run), "--json"], catch_exceptions=False)
+    assert res.exit_code == 0
+    rec = json.loads(res.stdout)
+    assert rec["artifact"] == "model-int8/openvino-int8" and rec["threads"] == 2
+
+
+def test_cli_report_missing_results_exits_2(tmp_path):
+    res = CliRunner().invoke(main, ["report", str(tmp_path)])
+    assert res.exit_code == 2
+    assert f"Error: {tmp_path / 'results.json'}: not found" in res.stderr
+
+
+def test_print_summary(capsys):
+    from edgekit.cli.report import print_summary
+
+    print_summary(report.build_report(make_results(bad=("openvino-int8",))))
+    text = capsys.readouterr().out
+    assert "onnxruntime-int8" in text and "FAIL" in text and "ship" in text
+
+
+def test_cli_report_help():
+    res = CliRunner().invoke(main, ["report", "--help"])
+    assert res.exit_code == 0 and "Example:" in res.stdout and "--json" in res.stdout
