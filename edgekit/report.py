@@ -385,10 +385,14 @@ def _flag_isa(results: Json) -> list[str]:
 
 def _flag_bundle_accuracy(results: Json, art: Json | None) -> list[str]:
     subjects = [art] if art is not None else results["artifacts"]
-    if any(a.get("accuracy_source") == "bundle" and a.get("accuracy") for a in subjects):
-        return ["Accuracy is the bundle's compress-time verification, not measured on your "
-                "data — pass --data."]
-    return []
+    if not any(a.get("accuracy_source") == "bundle" and a.get("accuracy") for a in subjects):
+        return []
+    if results.get("data"):  # data was given, but this bundle had no fp32 reference to score on
+        return ["Accuracy is the bundle's compress-time verification: its source model could "
+                "not be loaded here and it has no fp32 artifact to compare against on your "
+                "data — keep the source checkpoint next to the bundle or add an fp32 bundle."]
+    return ["Accuracy is the bundle's compress-time verification, not measured on your "
+            "data — pass --data."]
 
 
 def _flag_few_images(results: Json, art: Json | None) -> list[str]:

@@ -38,7 +38,7 @@ from backend_support import (  # noqa: E402
 )
 
 from edgekit.backends import ExportRequest, QuantOptions, get_backend  # noqa: E402
-from edgekit.backends.openvino import BACKEND  # noqa: E402
+from edgekit.backends.openvino import BACKEND, _constant_precision  # noqa: E402
 from edgekit.data.preprocess import PreprocessSpec  # noqa: E402
 from edgekit.errors import ConfigError, DataError, ExportError  # noqa: E402
 from edgekit.sources import LoadedModel  # noqa: E402
@@ -113,6 +113,10 @@ def test_fp32_fp16_int8_export_every_zoo_model(name: str, tmp_path: Path, phanto
     int8_session = BACKEND.open(int8.path, threads=1)  # one thread: see the Snippets test
     assert int8_session.inference_precision == "f32" and int8_session.snippets_disabled
     assert_int8_sound(actual, int8_session.run(batch))
+    # IRs written by other tools carry no edgekit tag: precision read from the constants
+    core = ov.Core()
+    assert [_constant_precision(core.read_model(str(a.path))) for a in (fp32, fp16, int8)] == [
+        "fp32", "fp16", "int8"]
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted(
         f"{name}-{p}.{s}" for p in ("fp32", "fp16", "int8") for s in ("xml", "bin"))
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
@@ -95,13 +96,17 @@ def test_ct_phantoms_command(cli, tmp_path):
 def test_demo_runs_end_to_end_small(cli, tmp_path):
     out = tmp_path / "demo"
     res = cli("demo", "--out", str(out), "--images-per-class", "12", "--epochs", "1",
-              "--input-size", "64")
+              "--input-size", "64", "--test-images-per-class", "5")
     assert (out / "model.pt").is_file() and (out / "data" / "glioma").is_dir()
     summary = json.loads((out / "summary.json").read_text())
     assert "SYNTHETIC" in summary["note"] and summary["parameters"] > 0
     assert "held-out SYNTHETIC phantoms" in res.stdout
+    report = Path(summary["bench_report"])
+    assert report.is_file() and report.parent.parent == out / "bench"
+    assert "x86-local" in res.stdout
     # rerunning into its own folder is fine; a foreign non-empty folder is refused (exit 2)
-    cli("demo", "--out", str(out), "--images-per-class", "8", "--epochs", "1", "--input-size", "64")
+    cli("demo", "--out", str(out), "--images-per-class", "8", "--epochs", "1", "--input-size", "64",
+        "--no-bench")
     foreign = tmp_path / "mine"
     foreign.mkdir()
     (foreign / "thesis.docx").write_text("precious")

@@ -179,8 +179,13 @@ def _artifact_precision(model: Any) -> str:
     if model.has_rt_info(_PRECISION_KEY):
         value = model.get_rt_info(_PRECISION_KEY)
         return str(value.astype(str) if hasattr(value, "astype") else value)
+    return _constant_precision(model)
+
+
+def _constant_precision(model: Any) -> str:
+    """An IR's precision from its constants' element types (IRs without edgekit's tag)."""
     types = {op.get_output_element_type(0).get_type_name()
-             for op in model.get_ops() if op.get_type_name() == "Const"}
+             for op in model.get_ops() if op.get_type_name() == "Constant"}
     if "i8" in types or "u8" in types:
         return "int8"
     return "fp16" if "f16" in types else "fp32"

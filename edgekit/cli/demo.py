@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import click
@@ -9,6 +10,7 @@ import click
 from edgekit.cli.compress import verification_table
 from edgekit.cli.display import print_metrics
 from edgekit.cli.inspect import fmt_count
+from edgekit.cli.report import print_summary
 from edgekit.demo import DemoConfig
 from edgekit.ui import out as stdout
 from edgekit.ui import status
@@ -26,26 +28,39 @@ _D = DemoConfig()
 @click.option("--input-size", type=click.IntRange(32, 1024), default=_D.input_size,
               show_default=True, help="Model input size in pixels.")
 @click.option("--seed", type=int, default=_D.seed, show_default=True)
+@click.option("--test-images-per-class", type=click.IntRange(2, 100_000),
+              default=_D.test_images_per_class, show_default=True,
+              help="New phantoms per class (another seed) the benchmark scores accuracy on.")
+@click.option("--no-bench", is_flag=True, help="Stop after compression (skip the benchmark).")
 def command(out: Path, model: str, images_per_class: int, epochs: int, input_size: int,
-            seed: int) -> None:
+            seed: int, test_images_per_class: int, no_bench: bool) -> None:
     """Run edgekit end to end on embedded SYNTHETIC brain-MRI phantoms (no downloads).
 
     Writes a class-per-folder phantom dataset to OUT/data, trains a small zoo model into
     OUT/model.pt, evaluates it on the held-out split, compresses it to INT8 for ONNX Runtime,
-    OpenVINO and TFLite into OUT/bundle with verification, and prints a summary (a few minutes
-    on 2 CPU cores). The phantoms are synthetic: the numbers say nothing about clinical accuracy.
+    OpenVINO and TFLite into OUT/bundle with verification, benchmarks the bundle on x86-local
+    against the PyTorch model on new test phantoms and writes OUT/bench/<run>/report.html (about
+    4 minutes on 2 CPU cores). The phantoms are synthetic: the numbers say nothing about
+    clinical accuracy.
     """
     from edgekit.demo import run_demo
 
     res = run_demo(DemoConfig(out=out, model=model, images_per_class=images_per_class,
-                              epochs=epochs, input_size=input_size, seed=seed))
+                              epochs=epochs, input_size=input_size, seed=seed,
+                              bench=not no_bench, test_images_per_class=test_images_per_class))
     print_metrics(res.metrics, title=f"{model} on {res.val_images} held-out SYNTHETIC phantoms")
     stdout.print(verification_table(res.compressed))
+    if res.bench is not None:
+        print_summary(json.loads(res.bench.report["report.json"].read_text()))
     s = res.seconds
     status(f"Model: {res.checkpoint} — {res.params:,} parameters, {fmt_count(res.macs)}MACs at "
            f"{input_size}px, best epoch {res.best_epoch}")
     status(f"Time: data {s['data']:.0f} s, training {s['train']:.0f} s, evaluation "
-           f"{s['evaluate']:.0f} s, compression {s['compress']:.0f} s, total {s['total']:.0f} s. "
+           f"{s['evaluate']:.0f} s, compression {s['compress']:.0f} s"
+           + (f", benchmark {s['bench']:.0f} s" if "bench" in s else "")
+           + f", total {s['total']:.0f} s. "
            f"Summary: {res.out / 'summary.json'}")
     status(f"Bundle: {res.out / 'bundle'} — try: python -m edgekit.runner {res.out / 'bundle'} "
            f"{next((res.data / 'glioma').glob('*.jpg'))}")
+    if res.bench is not None:
+        status(f"Report: {res.bench.run_dir / 'report.html'}")
