@@ -34,7 +34,7 @@ from onnxruntime.quantization import CalibrationDataReader, quantize_static
 from _common import environment, write_results
 from edgekit.backends.openvino import disable_telemetry
 from edgekit.bench.local import LocalExecutor, RunFailed
-from edgekit.bench.protocol import SPREAD_LIMIT, Protocol
+from edgekit.bench.protocol import SPREAD_LIMIT, Protocol, merge_trials
 from edgekit.calibrate import StreamedImages, plan_data
 from edgekit.compress import compress
 from edgekit.data.phantoms import generate_ct_dataset, generate_mri_dataset
@@ -150,28 +150,46 @@ def summarize(raw: dict[str, Any], opts: dict[str, Any] | None) -> dict[str, Any
 
 def time_model(model: str, b: dict[str, Any], ex: PeerExecutor, proto: Protocol, threads: int,
                options: dict[str, Any], step: list[int]) -> dict[str, dict[str, Any]]:
+    """Every row in ``proto.trials`` interleaved rounds (one trial per fresh process per round,
+    as ``edgekit bench`` does), so drift of the shared machine hits all rows alike."""
+    single = Protocol.from_dict({**proto.to_dict(), "trials": 1})
+    trials: dict[str, list[dict[str, Any]]] = {k: [] for k in ROWS}
+    errors: dict[str, str] = {}
+    opts_of: dict[str, Any] = {}
+    for r in range(proto.trials):
+        for key, label in ROWS.items():
+            step[0] += 1
+            if key in errors:
+                continue
+            say(f"[{step[0]}/{step[1]}] {model}: timing {label} ({threads} threads, "
+                f"round {r + 1}/{proto.trials})")
+            backend = PEERS.get(key, key.split("-")[0])
+            opts = options.get(backend)
+            if key == "nncf-default":  # edgekit's OpenVINO session compiles its INT8 IRs with
+                opts = {**(opts or {}), "SNIPPETS_MODE": "DISABLE"}  # this; same for the peer
+            try:
+                if key == "eager":
+                    opts, raw = None, ex.time_source(b["source"], b["shape"], threads, single)
+                elif key in EDGEKIT:
+                    raw = ex.time_artifact(b["bundle"], key, threads, single, opts)
+                elif key in b["peer_errors"]:
+                    raise RunFailed(f"peer pipeline failed: {b['peer_errors'][key]}")
+                else:
+                    raw = ex.time_file(b["peers"][key], backend, b["shape"], threads, single,
+                                       opts)
+                trials[key].append(raw)
+                say(f"    p50 {raw['latency_ms']['p50']:.3f} ms")
+            except RunFailed as exc:
+                errors[key] = str(exc)
+                say(f"    error: {exc}")
+            opts_of[key] = opts
     rows: dict[str, dict[str, Any]] = {}
-    for key, label in ROWS.items():
-        step[0] += 1
-        say(f"[{step[0]}/{step[1]}] {model}: timing {label} ({threads} threads)")
-        backend = PEERS.get(key, key.split("-")[0])
-        opts = options.get(backend)
-        if key == "nncf-default":  # edgekit's OpenVINO session compiles its INT8 IRs with
-            opts = {**(opts or {}), "SNIPPETS_MODE": "DISABLE"}  # this; same for the peer
-        try:
-            if key == "eager":
-                opts, raw = None, ex.time_source(b["source"], b["shape"], threads, proto)
-            elif key in EDGEKIT:
-                raw = ex.time_artifact(b["bundle"], key, threads, proto, opts)
-            elif key in b["peer_errors"]:
-                raise RunFailed(f"peer pipeline failed: {b['peer_errors'][key]}")
-            else:
-                raw = ex.time_file(b["peers"][key], backend, b["shape"], threads, proto, opts)
-        except RunFailed as exc:
-            raw = {"error": str(exc)}
-        r = rows[key] = summarize(raw, opts)
-        say(f"    error: {r['error']}" if "error" in r else
-            f"    p50 {r['p50_ms']:.3f} ms, p90 {r['p90_ms']:.3f} ms, spread {r['spread']:.3f}")
+    for key in ROWS:
+        raw = {"error": errors[key]} if key in errors else merge_trials(trials[key])
+        r = rows[key] = summarize(raw, opts_of.get(key))
+        if "error" not in r:
+            say(f"{model}: {ROWS[key]}: p50 {r['p50_ms']:.3f} ms (median of {proto.trials} "
+                f"interleaved trials), spread {r['spread']:.3f}")
     return rows
 
 
@@ -200,8 +218,10 @@ def markdown(res: dict[str, Any], noisy: list[str]) -> str:
           "", f"- {env['cpu']}, {env['cores']} cores, load average {res['loadavg_at_start']} at "
           f"start, {env['date']}; target x86-local, {res['threads']} threads, every row in a "
           f"fresh subprocess; protocol {json.dumps(res['protocol'])}",
-          "- cells: p50 / p90 in ms; p50 = median over the trials of each trial's p50 (median "
-          "of medians), p90 = over all timed calls; spread = max/min of the trials' p50",
+          "- cells: p50 / p90 in ms; the rows of a model are timed in interleaved rounds (each "
+          "round: every row once, one trial, fresh process); p50 = median of the trials' p50 "
+          "(median of medians), p90 = median of the trials' p90; spread = max/min of the "
+          "trials' p50",
           "- fresh seeded zoo weights (latency only); calibrated on synthetic phantoms (MRI; CT "
           "for multi-label), the same images for edgekit and both peers",
           "- runtime settings are identical for edgekit's and the peers' artifacts (same session "
@@ -244,7 +264,8 @@ def main() -> None:
     proto = Protocol.quick_protocol() if args.quick else Protocol()
     options = dict(load_target("x86-local").runtime_options)
     work = (args.workdir or Path(tempfile.mkdtemp(prefix="bench-peers-"))).resolve()
-    ex, step, t0 = PeerExecutor(), [0, len(ROWS) * len(args.models)], time.perf_counter()
+    ex, t0 = PeerExecutor(), time.perf_counter()
+    step = [0, len(ROWS) * len(args.models) * proto.trials]
     load = [round(x, 2) for x in os.getloadavg()]
     if load[0] > 0.5:  # a steadily busy core slows every trial alike: spread cannot see it
         say(f"WARNING: load average {load} at start: the machine is not quiet")

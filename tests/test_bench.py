@@ -83,6 +83,24 @@ def test_summary_percentiles_are_exact_on_known_samples() -> None:
     assert s["latency_ms"]["n"] == 200 and s["latency_ms"]["max"] == 200.0
 
 
+def test_interleaved_trials_merge_into_one_row() -> None:
+    from edgekit.bench.protocol import merge_trials
+
+    def row(v: float, load: float) -> dict:
+        lat = {"p50": v, "p90": v + 1, "p99": v + 2, "mean": v, "std": 0.0, "min": v,
+               "max": v + 2, "n": 2}
+        return {"threads": 2, "latency_ms": lat, "load_ms": load, "peak_rss_mb": 10 * v,
+                "runtime": {"name": "x"}, "error": None}
+
+    m = merge_trials([row(1.0, 5.0), row(3.0, 7.0), row(2.0, 9.0)])
+    lat = m["latency_ms"]
+    assert (lat["p50"], lat["p90"], lat["p99"], lat["n"]) == (2.0, 3.0, 4.0, 6)
+    assert lat["mean"] == pytest.approx(2.0) and lat["std"] == pytest.approx((4 / 5) ** 0.5)
+    assert (lat["min"], lat["max"]) == (1.0, 5.0)
+    assert m["trials_p50_ms"] == [1.0, 3.0, 2.0] and m["spread"] == pytest.approx(3.0)
+    assert m["load_ms"] == 7.0 and m["peak_rss_mb"] == 30.0 and m["threads"] == 2
+
+
 def test_protocol_round_trips_through_its_command_line() -> None:
     import argparse
 
@@ -268,6 +286,12 @@ def test_bench_cli(bundle: Path, tmp_path: Path) -> None:
     assert len(report["rows"]) == 3
     res = _cli("bench", bundle, "--threads", "1", "--quick", "--no-source", "--out", tmp_path)
     assert "ship" in res.stdout or "No artifact" in res.stdout
+    res = _cli("bench", bundle, "--threads", "1", "--quick", "--no-source", "--out", tmp_path,
+               "--pin", "0", "--json")
+    assert json.loads(res.stdout)["protocol"]["pin"] == [0]
+    assert "cannot pin to CPUs [999]" in _cli("bench", bundle, "--quick", "--pin", "999",
+                                              code=2).stderr
+    assert "--pin" in _cli("bench", bundle, "--pin", "a,b", code=2).stderr
     _cli("bench", code=2)
     assert "Error:" in _cli("bench", bundle, "--target", "nope", code=2).stderr
     assert "Error:" in _cli("bench", tmp_path / "missing", code=1).stderr

@@ -107,6 +107,37 @@ class Timing:
         }
 
 
+def merge_trials(rows: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    """One result row from single-trial rows of the same (artifact, threads), each measured in
+    its own process in interleaved rounds: p50/p90/p99 are the medians of the trials' values
+    (p50 = the median of medians), mean/std are pooled, min/max/n over every call."""
+    import statistics
+
+    lat = [r["latency_ms"] for r in rows]
+    n = sum(m["n"] for m in lat)
+    mean = sum(m["mean"] * m["n"] for m in lat) / n
+    ss = sum((m["n"] - 1) * m["std"] ** 2 + m["n"] * (m["mean"] - mean) ** 2 for m in lat)
+    p50s = [m["p50"] for m in lat]
+    merged = {
+        "threads": rows[0]["threads"],
+        "latency_ms": {
+            "p50": statistics.median(p50s),
+            "p90": statistics.median(m["p90"] for m in lat),
+            "p99": statistics.median(m["p99"] for m in lat),
+            "mean": mean, "std": (ss / (n - 1)) ** 0.5 if n > 1 else 0.0,
+            "min": min(m["min"] for m in lat), "max": max(m["max"] for m in lat), "n": n},
+        "trials_p50_ms": p50s,
+        "spread": max(p50s) / min(p50s) if min(p50s) > 0 else float("inf"),
+        "load_ms": statistics.median(r["load_ms"] for r in rows),
+        "peak_rss_mb": max((r["peak_rss_mb"] or 0.0) for r in rows) or None,
+        "runtime": rows[0]["runtime"], "error": None,
+    }
+    for key in ("environment", "protocol"):
+        if key in rows[0]:
+            merged[key] = rows[0][key]
+    return merged
+
+
 def measure(call: Callable[[], Any], protocol: Protocol,
             progress: Callable[[str], None] | None = None) -> Timing:
     """Warm up, then time ``call`` in ``protocol.trials`` loops. Only ``call`` is timed."""

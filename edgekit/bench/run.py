@@ -22,7 +22,7 @@ import numpy as np
 
 from edgekit import __version__
 from edgekit.bench.local import LocalExecutor, RunFailed
-from edgekit.bench.protocol import Protocol
+from edgekit.bench.protocol import Protocol, merge_trials
 from edgekit.bundle import read_manifest, sha256_file, verify_bundle
 from edgekit.errors import ConfigError, DataError
 from edgekit.ui import progress_bar, status
@@ -224,8 +224,12 @@ def bench(bundles: list[str | Path], *, target: str | Path = "x86-local",
           data: str | Path | None = None, threads: list[int] | None = None,
           quick: bool = False, protocol: Protocol | None = None, out: str | Path | None = None,
           source: bool = True, max_images: int | None = None, seed: int = 0,
-          on_error: str = "skip", executor: Any = None) -> BenchRun:
-    """Measure every artifact of ``bundles`` on ``target``; write and return the run."""
+          on_error: str = "skip", pin: list[int] | None = None,
+          executor: Any = None) -> BenchRun:
+    """Measure every artifact of ``bundles`` on ``target``; write and return the run.
+
+    ``pin`` restricts every measurement to these CPU ids (a target with ``pin: true`` pins to
+    the CPUs this process may use)."""
     from edgekit.bench import hostinfo
     from edgekit.report import write_report
     from edgekit.targets import isa_notes, load_target
@@ -238,9 +242,16 @@ def bench(bundles: list[str | Path], *, target: str | Path = "x86-local",
     if threads and any(t < 1 for t in threads):
         raise ConfigError(f"--threads must be >= 1, got {threads}")
     counts = sorted(set(threads)) if threads else tgt.thread_counts(cpu["logical_cores"])
+    if max(counts) > cpu["logical_cores"]:
+        status(f"[yellow]Note:[/] measuring {max(counts)} threads on {cpu['logical_cores']} "
+               "usable cores: threads will share cores")
     proto = protocol or (Protocol.quick_protocol() if quick else Protocol())
-    if tgt.pin and proto.pin is None:
-        proto = Protocol.from_dict({**proto.to_dict(), "pin": sorted(os.sched_getaffinity(0))})
+    if pin and not set(pin) <= os.sched_getaffinity(0):
+        raise ConfigError(f"cannot pin to CPUs {sorted(set(pin) - os.sched_getaffinity(0))}: "
+                          f"this process may use CPUs {sorted(os.sched_getaffinity(0))}")
+    if pin or (tgt.pin and proto.pin is None):
+        cpus = pin or sorted(os.sched_getaffinity(0))
+        proto = Protocol.from_dict({**proto.to_dict(), "pin": list(cpus)})
     infos = _load_bundles(bundles)
     executor = executor or LocalExecutor()
     run_dir = _run_folder(infos, out, tgt.name)
@@ -271,7 +282,7 @@ def bench(bundles: list[str | Path], *, target: str | Path = "x86-local",
         artifacts += records
 
     rows = _time_all(infos, artifacts, counts, proto, executor, tgt)
-    env = next((r.pop("environment") for r in rows if "environment" in r), None) \
+    env = next((r["environment"] for r in rows if "environment" in r), None) \
         or executor.environment()
     for r in rows:
         r.pop("environment", None)
@@ -321,28 +332,42 @@ def _score_bundle(info: BundleInfo, records: list[dict[str, Any]], ev: EvalSet, 
 
 def _time_all(infos: list[BundleInfo], artifacts: list[dict[str, Any]], counts: list[int],
               proto: Protocol, executor: Any, tgt: Any) -> list[dict[str, Any]]:
+    """Time every (artifact, threads) in ``proto.trials`` interleaved rounds: each round runs
+    every measurement once, one trial each, in a fresh process, so slow drift of a shared
+    machine (other tenants, clocks) lands on every artifact alike instead of on whichever
+    happened to run last. The rounds are merged with ``merge_trials``."""
     by_bundle = {i.name: i for i in infos}
     jobs = [(a, t) for a in artifacts for t in counts]
+    single = Protocol.from_dict({**proto.to_dict(), "trials": 1})
+    trials: dict[int, list[dict[str, Any]]] = {i: [] for i in range(len(jobs))}
+    errors: dict[int, str] = {}
+    with progress_bar("Timing", len(jobs) * proto.trials) as bar:
+        for r in range(proto.trials):
+            for i, (art, t) in enumerate(jobs):
+                bar.advance()
+                if i in errors:
+                    continue
+                info = by_bundle[art["bundle_name"]]
+                bar.update(note=f"{art['id']} ×{t}")
+                status(f"Timing {art['id']} with {t} thread{'s' if t > 1 else ''} "
+                       f"(round {r + 1}/{proto.trials})")
+                try:
+                    if art["kind"] == "source":
+                        row = executor.time_source(str(info.manifest["source"]["source"]),
+                                                   info.shape, t, single)
+                    else:
+                        row = executor.time_artifact(info.path, art["name"], t, single,
+                                                     tgt.runtime_options.get(art["backend"]))
+                    trials[i].append(row)
+                except RunFailed as exc:
+                    status(f"[red]{art['id']} ×{t} failed:[/] {exc}")
+                    errors[i] = str(exc)
     rows = []
-    with progress_bar("Timing", len(jobs)) as bar:
-        for art, t in jobs:
-            info = by_bundle[art["bundle_name"]]
-            bar.update(note=f"{art['id']} ×{t}")
-            status(f"Timing {art['id']} with {t} thread{'s' if t > 1 else ''}")
-            try:
-                if art["kind"] == "source":
-                    row = executor.time_source(str(info.manifest["source"]["source"]),
-                                               info.shape, t, proto)
-                else:
-                    row = executor.time_artifact(info.path, art["name"], t, proto,
-                                                 tgt.runtime_options.get(art["backend"]))
-                row.pop("artifact", None)
-                row = {"artifact": art["id"], **row}
-            except RunFailed as exc:
-                status(f"[red]{art['id']} ×{t} failed:[/] {exc}")
-                row = {"artifact": art["id"], "threads": t, "error": str(exc)}
-            rows.append(row)
-            bar.advance()
+    for i, (art, t) in enumerate(jobs):
+        if i in errors:
+            rows.append({"artifact": art["id"], "threads": t, "error": errors[i]})
+        else:
+            rows.append({"artifact": art["id"], **merge_trials(trials[i])})
     return rows
 
 

@@ -40,11 +40,14 @@ def _terminate(signum: int, frame: Any) -> None:  # SIGTERM behaves like Ctrl-C:
               help="Seed for image sampling and bootstrap confidence intervals.")
 @click.option("--on-error", type=click.Choice(["skip", "fail"]), default="skip",
               show_default=True, help="Corrupt or non-image files: skip with a warning, or fail.")
+@click.option("--pin", default=None, metavar="CPUS",
+              help="Pin every measurement to these CPU ids, e.g. 0,1 [default: the target's].")
 @click.option("--json", "as_json", is_flag=True,
               help="Print report.json (results + recommendation) on stdout.")
 def command(bundles: tuple[Path, ...], target: str, data: Path | None,
             threads: tuple[int, ...], quick: bool, out: Path | None, no_source: bool,
-            max_images: int | None, seed: int, on_error: str, as_json: bool) -> None:
+            max_images: int | None, seed: int, on_error: str, pin: str | None,
+            as_json: bool) -> None:
     """Measure latency (and, with --data, accuracy) of every artifact in BUNDLES on a target,
     then write a report and recommend the artifact to ship.
 
@@ -61,11 +64,17 @@ def command(bundles: tuple[Path, ...], target: str, data: Path | None,
     from edgekit.bench.run import bench
     from edgekit.cli.report import print_summary
 
+    try:
+        cpus = [int(c) for c in pin.split(",")] if pin else None
+    except ValueError:
+        raise click.BadParameter(f"{pin!r} is not a comma-separated list of CPU ids",
+                                 param_hint="--pin") from None
+
     previous = signal.signal(signal.SIGTERM, _terminate)
     try:
         run = bench(list(bundles), target=target, data=data, threads=list(threads) or None,
                     quick=quick, out=out, source=not no_source, max_images=max_images,
-                    seed=seed, on_error=on_error)
+                    seed=seed, on_error=on_error, pin=cpus)
     finally:
         signal.signal(signal.SIGTERM, previous)
     if as_json:
