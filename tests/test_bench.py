@@ -220,8 +220,9 @@ def test_bench_run_with_data_writes_results_and_report(bundle: Path, fp32_bundle
     assert run.run_dir.parent == tmp_path / "runs"
     assert all((run.run_dir / f).is_file() for f in FILES)
     ids = [a["id"] for a in res["artifacts"]]
+    # both bundles come from one checkpoint: its PyTorch model is timed once
     assert ids == ["model-int8/source", "model-int8/onnxruntime-int8", "model-int8/openvino-int8",
-                   "model-int8/litert-int8", "model-fp32/source", "model-fp32/onnxruntime-fp32"]
+                   "model-int8/litert-int8", "model-fp32/onnxruntime-fp32"]
     assert [r["artifact"] for r in res["rows"]] == ids  # one thread count
     assert all(r["error"] is None and r["latency_ms"]["p50"] > 0 for r in res["rows"])
     assert any(r["runtime"]["name"] == "pytorch" for r in res["rows"])
@@ -240,6 +241,25 @@ def test_bench_run_with_data_writes_results_and_report(bundle: Path, fp32_bundle
     res2 = json.loads((again.run_dir / "results.json").read_text())
     assert res2["data"] is None and res2["artifacts"][0]["accuracy_source"] == "bundle"
     assert not list((tmp_path / "runs").glob(".*.tmp"))
+
+
+def test_held_out_split_of_the_source_checkpoint(bundle: Path, trained: Path,
+                                                 tmp_path: Path) -> None:
+    from edgekit.bench.run import bench
+    from edgekit.sources import load_model
+
+    val = load_model(trained).metadata["split"]["val_files"]
+    run = bench([bundle], held_out=True, threads=[1], quick=True, out=tmp_path, source=False)
+    data = run.results["data"]
+    assert data["n"] == len(val) and data["split"].startswith("held-out")
+    assert all(a["accuracy"]["n"] == len(val) for a in run.results["artifacts"])
+    with pytest.raises(ConfigError, match="source checkpoint"):
+        copy = tmp_path / "nosource"
+        shutil.copytree(bundle, copy)
+        manifest = json.loads((copy / "manifest.json").read_text())
+        manifest["source"]["source"] = str(tmp_path / "gone.pt")
+        (copy / "manifest.json").write_text(json.dumps(manifest))
+        bench([copy], held_out=True, threads=[1], quick=True, out=tmp_path)
 
 
 def test_a_failing_runtime_costs_its_rows_not_the_run(fp32_bundle: Path, bundle: Path,

@@ -113,17 +113,30 @@ def _load_source(info: BundleInfo) -> None:
         info.source_note = f"source not loadable here ({exc}); pip install 'edgekit[torch]'"
 
 
-def _eval_set(data: str | Path, info: BundleInfo, max_images: int | None, seed: int,
+def _dataset(data: str | Path | None, info: BundleInfo, held_out: bool, on_error: str) -> Any:
+    """Every image of ``data``, or (``held_out``) the validation split recorded in the source
+    checkpoint by ``edgekit train`` — images the model never trained on (``data``: its root)."""
+    from edgekit.data.folder import scan
+    from edgekit.evaluate import held_out_dataset
+
+    if held_out:
+        if info.source is None:
+            raise ConfigError(f"--held-out needs {info.name}'s source checkpoint (written by "
+                              f"edgekit train) where compress found it: {info.source_note}")
+        return held_out_dataset(info.source, data)
+    task, classes = info.manifest["task"], tuple(info.manifest["class_names"])
+    return scan(data, task=task, on_error=on_error,
+                expected_classes=None if task == "multilabel" else classes)
+
+
+def _eval_set(dataset: Any, info: BundleInfo, max_images: int | None, seed: int,
               on_error: str) -> EvalSet:
     from edgekit.calibrate import stratified_sample
-    from edgekit.data.folder import scan
     from edgekit.data.preprocess import PreprocessSpec
     from edgekit.evaluate import targets_of
 
     m = info.manifest
     task, classes = m["task"], tuple(m["class_names"])
-    dataset = scan(data, task=task, on_error=on_error,
-                   expected_classes=None if task == "multilabel" else classes)
     samples = dataset.samples
     if max_images and len(samples) > max_images:
         samples = stratified_sample(samples, max_images, seed)
@@ -141,9 +154,9 @@ def _eval_set(data: str | Path, info: BundleInfo, max_images: int | None, seed: 
                 skipped.append(str(s.path))
             bar.advance()
     if not kept:
-        raise DataError(f"{data}: none of the evaluation images could be read")
+        raise DataError(f"{dataset.root}: none of the evaluation images could be read")
     subset = dataset.subset(kept)
-    return EvalSet(Path(data), [s.path for s in kept], targets_of(subset), task, classes,
+    return EvalSet(Path(dataset.root), [s.path for s in kept], targets_of(subset), task, classes,
                    skipped)
 
 
@@ -224,7 +237,7 @@ def bench(bundles: list[str | Path], *, target: str | Path = "x86-local",
           data: str | Path | None = None, threads: list[int] | None = None,
           quick: bool = False, protocol: Protocol | None = None, out: str | Path | None = None,
           source: bool = True, max_images: int | None = None, seed: int = 0,
-          on_error: str = "skip", pin: list[int] | None = None,
+          on_error: str = "skip", pin: list[int] | None = None, held_out: bool = False,
           executor: Any = None) -> BenchRun:
     """Measure every artifact of ``bundles`` on ``target``; write and return the run.
 
@@ -257,21 +270,28 @@ def bench(bundles: list[str | Path], *, target: str | Path = "x86-local",
     run_dir = _run_folder(infos, out, tgt.name)
     t_start = time.perf_counter()
 
-    if source or data is not None:
+    if source or data is not None or held_out:
         for info in infos:
             _load_source(info)
             if info.source_note:
                 status(f"[yellow]Note:[/] {info.name}: {info.source_note}")
-    ev = _eval_set(data, infos[0], max_images, seed, on_error) if data is not None else None
+    ev = None
+    if data is not None or held_out:
+        ev = _eval_set(_dataset(data, infos[0], held_out, on_error), infos[0], max_images, seed,
+                       on_error)
 
     artifacts: list[dict[str, Any]] = []
     reference: dict[str, Any] | None = None
+    sources_seen: set[tuple[str, str | None]] = set()  # bundles of one source: time it once
     for info in infos:
         options = dict(tgt.runtime_options)
         records = [_artifact_record(info, a) for a in info.manifest["artifacts"]]
-        timed_source = source and info.manifest["source"]["kind"] in ("torch", "torchscript") \
-            and (info.source is not None or info.manifest["source"].get("sha256") is None)
+        src = info.manifest["source"]
+        key = (str(src["source"]), src.get("sha256"))
+        timed_source = source and src["kind"] in ("torch", "torchscript") and key not in \
+            sources_seen and (info.source is not None or src.get("sha256") is None)
         if timed_source:
+            sources_seen.add(key)
             records.insert(0, _source_record(info))
         if ev is not None:
             ref_id = _score_bundle(info, records, ev, executor, options, seed)
@@ -295,6 +315,9 @@ def bench(bundles: list[str | Path], *, target: str | Path = "x86-local",
         "target": target_dict, "environment": env, "protocol": proto.to_dict(),
         "data": None if ev is None else {
             "path": str(ev.root.resolve()), "n": len(ev.paths), "task": ev.task,
+            "split": "held-out split recorded in the source checkpoint" if held_out
+            else "every image of the folder" + (f" (at most {max_images}, stratified)"
+                                                 if max_images else ""),
             "class_names": list(ev.class_names), "skipped": ev.skipped},
         "reference": reference, "artifacts": artifacts, "rows": rows,
     }

@@ -25,6 +25,10 @@ def _terminate(signum: int, frame: Any) -> None:  # SIGTERM behaves like Ctrl-C:
               help="Labelled evaluation images (class folders; CT: DICOM + labels.csv) the "
                    "model never trained on. Without it, accuracy is the bundle's own "
                    "compress-time verification.")
+@click.option("--held-out", is_flag=True,
+              help="Evaluate on the validation split recorded in the source checkpoint by "
+                   "`edgekit train` (images it never trained on); --data then only moves the "
+                   "dataset root.")
 @click.option("--threads", "threads", multiple=True, type=click.IntRange(1, 1024),
               help="Thread count to measure (repeatable) [default: the target's, on x86-local "
                    "1 and all cores].")
@@ -47,7 +51,7 @@ def _terminate(signum: int, frame: Any) -> None:  # SIGTERM behaves like Ctrl-C:
 def command(bundles: tuple[Path, ...], target: str, data: Path | None,
             threads: tuple[int, ...], quick: bool, out: Path | None, no_source: bool,
             max_images: int | None, seed: int, on_error: str, pin: str | None,
-            as_json: bool) -> None:
+            held_out: bool, as_json: bool) -> None:
     """Measure latency (and, with --data, accuracy) of every artifact in BUNDLES on a target,
     then write a report and recommend the artifact to ship.
 
@@ -59,6 +63,7 @@ def command(bundles: tuple[Path, ...], target: str, data: Path | None,
     \b
     Examples:
       edgekit bench model-int8/ --data Testing/
+      edgekit bench model-int8/ --held-out        # the split edgekit train held out
       edgekit bench model-int8/ model-fp32/ --threads 2 --quick
     """
     from edgekit.bench.run import bench
@@ -74,7 +79,7 @@ def command(bundles: tuple[Path, ...], target: str, data: Path | None,
     try:
         run = bench(list(bundles), target=target, data=data, threads=list(threads) or None,
                     quick=quick, out=out, source=not no_source, max_images=max_images,
-                    seed=seed, on_error=on_error, pin=cpus)
+                    seed=seed, on_error=on_error, pin=cpus, held_out=held_out)
     finally:
         signal.signal(signal.SIGTERM, previous)
     if as_json:
