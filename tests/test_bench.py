@@ -170,6 +170,11 @@ def test_runner_bench_prints_one_json_result(bundle: Path) -> None:
     assert row["artifact"] == "onnxruntime-int8" and row["threads"] == 1
     assert row["protocol"]["quick"] is True and row["latency_ms"]["p50"] > 0
     assert row["runtime"]["version"]
+    # the runner's own peak memory, not this (bigger) test process's, inherited through fork
+    import resource
+
+    parent_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    assert 10 < row["peak_rss_mb"] < parent_mb
 
 
 def test_runner_save_logits_matches_predictions(bundle: Path, mri_phantoms: Path,

@@ -170,7 +170,17 @@ def measure(call: Callable[[], Any], protocol: Protocol,
 
 
 def peak_rss_mb() -> float | None:
-    """Peak resident set size of this process (MB), or None where unavailable."""
+    """Peak resident set size of this process (MB), or None where unavailable.
+
+    Linux: ``VmHWM`` from /proc/self/status, which starts afresh at exec. Not ``ru_maxrss``:
+    Linux carries it over from the parent through fork + exec, so a runner started by a big
+    process would report the parent's peak."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024.0
+    except (OSError, ValueError, IndexError):
+        pass
     try:
         import resource
     except ImportError:  # not POSIX
