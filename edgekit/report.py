@@ -456,7 +456,10 @@ def _short_label(art: Json, threads: Any, multi_bundle: bool) -> str:
 
 
 def _multi_bundle(results: Json) -> bool:
-    return len({a["id"].split("/")[0] for a in results["artifacts"]}) > 1
+    """Whether chart labels need the bundle name: only when artifact names repeat across
+    bundles (an int8 and an fp32 bundle of one model have distinct names already)."""
+    names = [str(a.get("name") or a["id"]) for a in results["artifacts"]]
+    return len(set(names)) < len(names)
 
 
 def score_header(results: Json) -> str:
