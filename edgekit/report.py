@@ -308,6 +308,11 @@ def _why_failed(art: Json) -> str:
 
 
 # ------------------------------------------------------------------------------------- flags
+def _flag_run_notes(results: Json) -> list[str]:
+    """Notes the bench run itself recorded (e.g. bundles from different source models)."""
+    return [str(n) for n in results.get("notes") or []]
+
+
 def _flags(results: Json, best: Json | None, passing: list[Json]) -> list[str]:
     arts = _by_id(results)
     art = arts[best["artifact"]] if best else None
@@ -321,6 +326,7 @@ def _flags(results: Json, best: Json | None, passing: list[Json]) -> list[str]:
     flags += _flag_few_images(results, art)
     flags += _flag_delta_ci(art)
     flags += _flag_tie(passing)
+    flags += _flag_run_notes(results)
     return flags
 
 
@@ -718,7 +724,9 @@ def _footnotes(results: Json, hidden: list[str]) -> list[str]:
     notes = ["Dashed step line: Pareto front (no other point is both faster and more accurate)."]
     if any(a.get("accuracy_source") == "bundle" and a.get("accuracy")
            for a in results["artifacts"]):
-        notes.append("Accuracy from the bundles' compress-time verification, not measured on "
+        notes.append("Some accuracies are the bundles' compress-time verification (no fp32 "
+                     "reference on your data)." if results.get("data") else
+                     "Accuracy from the bundles' compress-time verification, not measured on "
                      "your data in this run (pass --data).")
     if (results.get("protocol") or {}).get("quick"):
         notes.append("--quick timings: too few iterations to rely on.")

@@ -89,7 +89,13 @@ class Runner:
         An unreadable image stops the run with a DataError naming it: metrics over a silently
         shortened list would not line up with the caller's labels.
         """
-        rows = [self.logits(self.spec.load(p)[None])[0] for p in paths]
+        rows = []
+        for p in paths:
+            row = self.logits(self.spec.load(p)[None])[0]
+            if not np.all(np.isfinite(row)):
+                raise DataError(f"{p}: {self.artifact['name']} returned non-finite outputs "
+                                "(NaN/inf) for this image")
+            rows.append(row)
         tmp = Path(f"{out}.tmp.npy")
         np.save(tmp, np.stack(rows).astype(np.float32) if rows else np.zeros((0, 0), np.float32))
         tmp.replace(out)

@@ -310,7 +310,7 @@ def test_bench_cli(bundle: Path, tmp_path: Path) -> None:
     assert report["recommendation"]["target"] == "x86-local"
     assert len(report["rows"]) == 3
     res = _cli("bench", bundle, "--threads", "1", "--quick", "--no-source", "--out", tmp_path)
-    assert "ship" in res.stdout or "No artifact" in res.stdout
+    assert "ship" in res.stdout or "no artifact passes" in res.stdout
     res = _cli("bench", bundle, "--threads", "1", "--quick", "--no-source", "--out", tmp_path,
                "--pin", "0", "--json")
     assert json.loads(res.stdout)["protocol"]["pin"] == [0]
@@ -320,3 +320,56 @@ def test_bench_cli(bundle: Path, tmp_path: Path) -> None:
     _cli("bench", code=2)
     assert "Error:" in _cli("bench", bundle, "--target", "nope", code=2).stderr
     assert "Error:" in _cli("bench", tmp_path / "missing", code=1).stderr
+
+
+def test_without_the_source_an_fp32_bundle_of_the_same_source_is_the_reference(
+        bundle: Path, fp32_bundle: Path, mri_phantoms: Path, tmp_path: Path) -> None:
+    from edgekit.bench.run import bench
+
+    copies = []
+    for b in (bundle, fp32_bundle):
+        copy = tmp_path / b.name
+        shutil.copytree(b, copy)
+        manifest = json.loads((copy / "manifest.json").read_text())
+        manifest["source"]["source"] = str(tmp_path / "moved-away.pt")  # same sha256, gone
+        (copy / "manifest.json").write_text(json.dumps(manifest))
+        copies.append(copy)
+    run = bench(copies, data=mri_phantoms, threads=[1], quick=True, out=tmp_path / "runs",
+                max_images=24)
+    arts = {a["id"]: a for a in run.results["artifacts"]}
+    assert not any(a["kind"] == "source" for a in arts.values())
+    int8 = arts["model-int8/litert-int8"]
+    assert int8["accuracy_source"] == "bench"
+    assert int8["reference"] == "model-fp32/onnxruntime-fp32"
+    assert run.results["reference"]["artifact"] == "model-fp32/onnxruntime-fp32"
+
+
+def test_measurements_survive_a_failing_report_and_non_finite_numbers(tmp_path: Path) -> None:
+    from edgekit.bench.run import _finite, _write_run
+
+    assert _finite({"a": [1.0, float("inf")], "b": float("nan"), "c": "x"}) == {
+        "a": [1.0, None], "b": None, "c": "x"}
+
+    def broken_report(run_dir, results):
+        raise RuntimeError("matplotlib exploded")
+
+    run_dir = tmp_path / "run"
+    with pytest.warns(UserWarning, match="results.json is kept"):
+        written = _write_run(run_dir, {"spread": float("inf")}, broken_report)
+    assert written == {}
+    assert json.loads((run_dir / "results.json").read_text()) == {"spread": None}
+    assert not list(tmp_path.glob(".*.tmp"))
+
+
+def test_multilabel_gate_without_any_defined_auroc_fails() -> None:
+    from edgekit.evaluate import score
+    from edgekit.recipes import load_recipe
+    from edgekit.verify import compare
+
+    y = np.ones((6, 2), dtype=np.float32)  # every label always present: AUROC undefined
+    logits = np.random.default_rng(0).standard_normal((6, 2)).astype(np.float32)
+    names = ("a", "b")
+    src = score(y, logits, task="multilabel", class_names=names)
+    out = compare(logits, logits + 0.1, y, task="multilabel", class_names=names,
+                  precision="int8", recipe=load_recipe("int8"), source_metrics=src)
+    assert not out["passed"] and "undefined" in out["checks"][0]["check"]

@@ -61,6 +61,10 @@ class LocalExecutor:
                                   env=env, timeout=self.timeout, check=False)
         except subprocess.TimeoutExpired as exc:
             raise RunFailed(f"timed out after {self.timeout:.0f} s: {' '.join(args[:4])}") from exc
+        if done.returncode < 0:  # killed by a signal: SIGKILL is usually the OOM killer
+            raise RunFailed(f"the runner was killed by signal {-done.returncode}"
+                            + (" (out of memory?)" if done.returncode == -9 else "")
+                            + (f": {_last_error(done.stderr)}" if done.stderr.strip() else ""))
         if done.returncode != 0:
             raise RunFailed(_last_error(done.stderr))
         return done.stdout
@@ -69,7 +73,10 @@ class LocalExecutor:
     def _json(stdout: str) -> dict[str, Any]:
         for line in reversed(stdout.strip().splitlines()):
             if line.startswith("{"):
-                return json.loads(line)
+                try:
+                    return json.loads(line)
+                except json.JSONDecodeError as exc:
+                    raise RunFailed(f"the runner printed malformed JSON ({exc})") from None
         raise RunFailed(f"the runner printed no JSON result: {stdout[-300:]!r}")
 
     def time_artifact(self, bundle: Path, artifact: str, threads: int | None,

@@ -9,8 +9,10 @@ gate. The run is written atomically to a new run folder (``results.json`` + repo
 
 from __future__ import annotations
 
+import math
 import os
 import shutil
+import tempfile
 import time
 import warnings
 from dataclasses import dataclass, field
@@ -24,7 +26,7 @@ from edgekit import __version__
 from edgekit.bench.local import LocalExecutor, RunFailed
 from edgekit.bench.protocol import Protocol, merge_trials
 from edgekit.bundle import read_manifest, sha256_file, verify_bundle
-from edgekit.errors import ConfigError, DataError
+from edgekit.errors import ConfigError, DataError, EdgekitError
 from edgekit.ui import progress_bar, status
 
 SCHEMA = "edgekit.bench/1"
@@ -40,6 +42,8 @@ class EvalSet:
     task: str
     class_names: tuple[str, ...]
     skipped: list[str] = field(default_factory=list)
+    reference: Any = None  # the logits of the reference scored last (set by _score_bundle)
+    source_logits: dict[Any, Any] = field(default_factory=dict)  # per source model
 
 
 @dataclass
@@ -58,6 +62,17 @@ class BundleInfo:
         from edgekit.data.preprocess import PreprocessSpec
 
         return list(PreprocessSpec.from_dict(self.manifest["preprocess"]).input_shape(1))
+
+    @property
+    def input_size(self) -> int:
+        from edgekit.data.preprocess import PreprocessSpec
+
+        return PreprocessSpec.from_dict(self.manifest["preprocess"]).height
+
+    @property
+    def source_key(self) -> tuple[str, str | None]:
+        src = self.manifest["source"]
+        return str(src["source"]), src.get("sha256")
 
 
 @dataclass
@@ -93,7 +108,7 @@ def _load_source(info: BundleInfo) -> None:
     """Attach the PyTorch/ONNX source model if it is still where compress found it, unchanged."""
     src = info.manifest["source"]
     text = str(src["source"])
-    path = Path(text.partition(":")[2] or text)
+    path = _source_path(text)
     if src.get("sha256") is None:
         info.source_note = (f"source {text!r} is a zoo architecture with fresh weights: timed, but "
                             "accuracy is compared with the bundle's fp32 artifact instead")
@@ -107,10 +122,10 @@ def _load_source(info: BundleInfo) -> None:
     try:
         from edgekit.sources import load_model
 
-        spec_size = info.shape[-1] if info.shape[1] in (1, 3) else info.shape[1]
-        info.source = load_model(text, input_size=spec_size)
-    except ImportError as exc:
-        info.source_note = f"source not loadable here ({exc}); pip install 'edgekit[torch]'"
+        info.source = load_model(text, input_size=info.input_size)
+    except (ImportError, EdgekitError) as exc:
+        info.source_note = (f"source {path} not loadable here ({exc}); accuracy reference is "
+                            "an fp32 artifact of the same source, if one is benched")
 
 
 def _dataset(data: str | Path | None, info: BundleInfo, held_out: bool, on_error: str) -> Any:
@@ -127,6 +142,14 @@ def _dataset(data: str | Path | None, info: BundleInfo, held_out: bool, on_error
     task, classes = info.manifest["task"], tuple(info.manifest["class_names"])
     return scan(data, task=task, on_error=on_error,
                 expected_classes=None if task == "multilabel" else classes)
+
+
+def _source_path(text: str) -> Path:
+    """The file of a manifest source: ``ARCH:weights.pt`` → weights.pt, else the path itself."""
+    from edgekit.zoo import list_models
+
+    arch, sep, rest = text.partition(":")
+    return Path(rest) if sep and arch in list_models() else Path(text)
 
 
 def _eval_set(dataset: Any, info: BundleInfo, max_images: int | None, seed: int,
@@ -200,9 +223,10 @@ def _artifact_record(info: BundleInfo, art: dict[str, Any]) -> dict[str, Any]:
 
 def _source_record(info: BundleInfo) -> dict[str, Any]:
     src = info.manifest["source"]
-    path = Path(str(src["source"]).partition(":")[2] or str(src["source"]))
+    path = _source_path(str(src["source"]))
+    backend = "onnxruntime" if src["kind"] == "onnx" else "pytorch"
     return {"id": f"{info.name}/source", "bundle": str(info.path), "bundle_name": info.name,
-            "name": "source", "backend": "pytorch", "precision": "fp32", "kind": "source",
+            "name": "source", "backend": backend, "precision": "fp32", "kind": "source",
             "status": "reference", "recipe": info.manifest["recipe"]["name"],
             "bytes": path.stat().st_size if path.is_file() else None,
             "notes": [info.source_note] if info.source_note else [], "accuracy": None,
@@ -210,14 +234,21 @@ def _source_record(info: BundleInfo) -> dict[str, Any]:
 
 
 def _reference_logits(info: BundleInfo, ev: EvalSet, outputs: dict[str, np.ndarray],
-                      ) -> tuple[np.ndarray | None, str | None]:
-    """The source's logits, else the bundle's first fp32 artifact's (id, logits)."""
+                      infos: list[BundleInfo]) -> tuple[np.ndarray | None, str | None]:
+    """(logits, id) of what ``info``'s artifacts are held to: its source model; else an fp32
+    artifact of a bundle compressed from the same source file (same sha256), its own first."""
     if info.source is not None:
-        return _source_logits(info, ev), f"{info.name}/source"
-    for art in info.manifest["artifacts"]:
-        key = f"{info.name}/{art['name']}"
-        if art["precision"] == "fp32" and key in outputs:
-            return outputs[key], key
+        if info.source_key not in ev.source_logits:
+            ev.source_logits[info.source_key] = _source_logits(info, ev)
+        return ev.source_logits[info.source_key], f"{info.name}/source"
+    same = [i for i in infos if i is info] + [
+        i for i in infos if i is not info and i.source_key == info.source_key
+        and info.source_key[1] is not None]
+    for other in same:
+        for art in other.manifest["artifacts"]:
+            key = f"{other.name}/{art['name']}"
+            if art["precision"] == "fp32" and key in outputs:
+                return outputs[key], key
     return None, None
 
 
@@ -266,8 +297,17 @@ def bench(bundles: list[str | Path], *, target: str | Path = "x86-local",
         cpus = pin or sorted(os.sched_getaffinity(0))
         proto = Protocol.from_dict({**proto.to_dict(), "pin": list(cpus)})
     infos = _load_bundles(bundles)
+    notes: list[str] = []
+    if len({i.source_key for i in infos}) > 1:
+        if held_out:
+            raise ConfigError("--held-out uses one checkpoint's validation split, but these "
+                              "bundles come from different source models; use --data with a "
+                              "folder none of them trained on")
+        notes.append("These bundles come from different source models: each is gated against "
+                     "its own source, so compare their absolute accuracy, not only the deltas.")
     executor = executor or LocalExecutor()
     run_dir = _run_folder(infos, out, tgt.name)
+    _check_writable(run_dir.parent)
     t_start = time.perf_counter()
 
     if source or data is not None or held_out:
@@ -281,25 +321,49 @@ def bench(bundles: list[str | Path], *, target: str | Path = "x86-local",
                        on_error)
 
     artifacts: list[dict[str, Any]] = []
-    reference: dict[str, Any] | None = None
+    per_bundle: list[list[dict[str, Any]]] = []
     sources_seen: set[tuple[str, str | None]] = set()  # bundles of one source: time it once
+    source_ids: dict[tuple[str, str | None], str] = {}
     for info in infos:
-        options = dict(tgt.runtime_options)
         records = [_artifact_record(info, a) for a in info.manifest["artifacts"]]
         src = info.manifest["source"]
-        key = (str(src["source"]), src.get("sha256"))
-        timed_source = source and src["kind"] in ("torch", "torchscript") and key not in \
-            sources_seen and (info.source is not None or src.get("sha256") is None)
+        timed_source = source and src["kind"] in ("torch", "torchscript") and \
+            info.source_key not in sources_seen and \
+            (info.source is not None or src.get("sha256") is None)
         if timed_source:
-            sources_seen.add(key)
+            sources_seen.add(info.source_key)
             records.insert(0, _source_record(info))
-        if ev is not None:
-            ref_id = _score_bundle(info, records, ev, executor, options, seed)
-            if reference is None and ref_id is not None:
-                reference = {"artifact": ref_id,
-                             "description": "source model (PyTorch eager fp32)"
-                             if ref_id.endswith("/source") else "fp32 artifact of the bundle"}
+            source_ids[info.source_key] = records[0]["id"]
+        per_bundle.append(records)
         artifacts += records
+    reference: dict[str, Any] | None = None
+    if ev is not None:
+        outputs = _classify_all(infos, per_bundle, ev, executor, tgt.runtime_options)
+        for info, records in zip(infos, per_bundle, strict=True):
+            ref_id = _score_bundle(info, records, ev, outputs, infos, seed)
+            if ref_id == f"{info.name}/source" and info.source_key in source_ids:
+                ref_id = source_ids[info.source_key]  # one record per source model
+                for rec in records:
+                    if rec.get("reference"):
+                        rec["reference"] = ref_id
+            if ref_id and not any(a["id"] == ref_id for a in artifacts):
+                untimed = {**_source_record(info), "timed": False}  # the reference, not timed
+                artifacts.insert(artifacts.index(records[0]), untimed)
+                records.insert(0, untimed)
+                source_ids[info.source_key] = untimed["id"]
+                ref_rec = untimed
+            else:
+                ref_rec = next((a for a in artifacts if a["id"] == ref_id), None)
+            if ref_rec is not None and ref_rec["kind"] == "source":
+                ref_rec["accuracy"] = _accuracy(info, {"precision": "fp32"}, ev.reference,
+                                                ev.reference, ev, seed)
+                ref_rec["accuracy_source"] = "bench"
+            if reference is None and ref_id is not None:
+                kind = info.manifest["source"]["kind"]
+                reference = {"artifact": ref_id, "description": (
+                    f"source model ({'ONNX Runtime' if kind == 'onnx' else 'PyTorch eager'} "
+                    "fp32)") if ref_id.endswith("/source") else "fp32 artifact of the same "
+                    "source model"}
 
     rows = _time_all(infos, artifacts, counts, proto, executor, tgt)
     env = next((r["environment"] for r in rows if "environment" in r), None) \
@@ -319,37 +383,48 @@ def bench(bundles: list[str | Path], *, target: str | Path = "x86-local",
             else "every image of the folder" + (f" (at most {max_images}, stratified)"
                                                  if max_images else ""),
             "class_names": list(ev.class_names), "skipped": ev.skipped},
-        "reference": reference, "artifacts": artifacts, "rows": rows,
+        "reference": reference, "notes": notes, "artifacts": artifacts, "rows": rows,
     }
     return BenchRun(run_dir, results, _write_run(run_dir, results, write_report))
 
 
-def _score_bundle(info: BundleInfo, records: list[dict[str, Any]], ev: EvalSet, executor: Any,
-                  options: dict[str, Any], seed: int) -> str | None:
-    """Run every artifact over the evaluation images (in the runner) and score it."""
+def _classify_all(infos: list[BundleInfo], per_bundle: list[list[dict[str, Any]]],
+                  ev: EvalSet, executor: Any, runtime_options: dict[str, Any],
+                  ) -> dict[str, np.ndarray]:
+    """Every artifact's logits on the evaluation images, computed by the runner."""
     outputs: dict[str, np.ndarray] = {}
-    arts = [r for r in records if r["kind"] == "artifact"]
-    with progress_bar(f"{info.name}: classifying {len(ev.paths)} images", len(arts)) as bar:
-        for rec in arts:
-            try:
-                outputs[rec["id"]] = executor.logits(info.path, rec["name"], ev.paths,
-                                                     options.get(rec["backend"]))
-            except RunFailed as exc:
-                rec["notes"].append(f"could not classify the evaluation images: {exc}")
-                status(f"[red]{rec['id']}:[/] could not classify the evaluation images: {exc}")
-            bar.advance()
-    ref, ref_id = _reference_logits(info, ev, outputs)
+    for info, records in zip(infos, per_bundle, strict=True):
+        arts = [r for r in records if r["kind"] == "artifact"]
+        with progress_bar(f"{info.name}: classifying {len(ev.paths)} images", len(arts)) as bar:
+            for rec in arts:
+                try:
+                    outputs[rec["id"]] = executor.logits(info.path, rec["name"], ev.paths,
+                                                         runtime_options.get(rec["backend"]))
+                except RunFailed as exc:
+                    rec["notes"].append(f"could not classify the evaluation images: {exc}")
+                    status(f"[red]{rec['id']}:[/] could not classify the evaluation images: "
+                           f"{exc}")
+                bar.advance()
+    return outputs
+
+
+def _score_bundle(info: BundleInfo, records: list[dict[str, Any]], ev: EvalSet,
+                  outputs: dict[str, np.ndarray], infos: list[BundleInfo],
+                  seed: int) -> str | None:
+    """Score every artifact of one bundle against its reference; the reference's id."""
+    ref, ref_id = _reference_logits(info, ev, outputs, infos)
     if ref is None:
-        status(f"[yellow]Note:[/] {info.name}: no fp32 reference (source or fp32 artifact); "
-               "accuracy is the bundle's own verification")
+        status(f"[yellow]Note:[/] {info.name}: no fp32 reference (its source model or an fp32 "
+               "artifact of the same source); accuracy is the bundle's own verification")
         return None
+    ev.reference = ref
     for rec in records:
-        logits = ref if rec["id"] == ref_id else outputs.get(rec["id"])
-        if logits is None:
+        logits = outputs.get(rec["id"])
+        if logits is None or rec["kind"] != "artifact":
             continue
-        src_art = {"precision": "fp32"} if rec["kind"] == "source" else rec
-        rec["accuracy"] = _accuracy(info, src_art, logits, ref, ev, seed)
+        rec["accuracy"] = _accuracy(info, rec, logits, ref, ev, seed)
         rec["accuracy_source"] = "bench"
+        rec["reference"] = ref_id
     return ref_id
 
 
@@ -360,7 +435,7 @@ def _time_all(infos: list[BundleInfo], artifacts: list[dict[str, Any]], counts: 
     machine (other tenants, clocks) lands on every artifact alike instead of on whichever
     happened to run last. The rounds are merged with ``merge_trials``."""
     by_bundle = {i.name: i for i in infos}
-    jobs = [(a, t) for a in artifacts for t in counts]
+    jobs = [(a, t) for a in artifacts if a.get("timed", True) for t in counts]
     single = Protocol.from_dict({**proto.to_dict(), "trials": 1})
     trials: dict[int, list[dict[str, Any]]] = {i: [] for i in range(len(jobs))}
     errors: dict[int, str] = {}
@@ -394,17 +469,45 @@ def _time_all(infos: list[BundleInfo], artifacts: list[dict[str, Any]], counts: 
     return rows
 
 
+def _check_writable(parent: Path) -> None:
+    """Fail before measuring, not after, when the run folder cannot be created."""
+    try:
+        parent.mkdir(parents=True, exist_ok=True)
+        probe = tempfile.NamedTemporaryFile(dir=parent, prefix=".edgekit-probe-")
+        probe.close()
+    except OSError as exc:
+        raise ConfigError(f"cannot write the bench results under {parent}: {exc} "
+                          "(choose another folder with --out)") from exc
+
+
+def _finite(x: Any) -> Any:
+    """JSON-safe copy: NaN/inf floats become null (strict JSON has no such numbers)."""
+    if isinstance(x, float):
+        return x if math.isfinite(x) else None
+    if isinstance(x, dict):
+        return {k: _finite(v) for k, v in x.items()}
+    if isinstance(x, list | tuple):
+        return [_finite(v) for v in x]
+    return x
+
+
 def _write_run(run_dir: Path, results: dict[str, Any], write_report: Any) -> dict[str, Path]:
-    """results.json + report files into a temporary sibling, then one rename into place."""
+    """results.json + report files into a hidden temporary sibling, then one rename into place.
+
+    A report that fails to render does not cost the measurements: results.json is kept (with a
+    warning; ``edgekit report RUN_DIR`` rebuilds the rest)."""
     import json
 
-    run_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = run_dir.with_name(f".{run_dir.name}.tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir()
+    results.update(_finite(results))
+    tmp = Path(tempfile.mkdtemp(dir=run_dir.parent, prefix=f".{run_dir.name}.", suffix=".tmp"))
+    written: dict[str, Path] = {}
     try:
         (tmp / "results.json").write_text(json.dumps(results, indent=1, allow_nan=False))
-        written = write_report(tmp, results)
+        try:
+            written = write_report(tmp, results)
+        except Exception as exc:  # keep the measurements whatever the report does
+            warnings.warn(f"the report could not be written ({type(exc).__name__}: {exc}); "
+                          f"results.json is kept: run `edgekit report {run_dir}`", stacklevel=2)
         os.replace(tmp, run_dir)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)

@@ -12,6 +12,12 @@ import click
 from edgekit.ui import status
 
 
+def report_of(run: Any) -> dict[str, Any]:
+    """report.json of a bench run, or its bare results when the report could not be written."""
+    path = run.report.get("report.json")
+    return json.loads(path.read_text()) if path is not None else run.results
+
+
 def _terminate(signum: int, frame: Any) -> None:  # SIGTERM behaves like Ctrl-C: clean up
     raise KeyboardInterrupt
 
@@ -82,8 +88,9 @@ def command(bundles: tuple[Path, ...], target: str, data: Path | None,
                     seed=seed, on_error=on_error, pin=cpus, held_out=held_out)
     finally:
         signal.signal(signal.SIGTERM, previous)
+    report = report_of(run)
     if as_json:
-        click.echo(json.dumps(json.loads(run.report["report.json"].read_text()), indent=1))
+        click.echo(json.dumps(report, indent=1))
         return
-    print_summary(json.loads(run.report["report.json"].read_text()))
+    print_summary(report)
     status(f"Run folder: {run.run_dir} (open {run.run_dir / 'report.html'})")

@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import click
 
+from edgekit.cli.bench import report_of
 from edgekit.cli.compress import verification_table
 from edgekit.cli.display import print_metrics
 from edgekit.cli.inspect import fmt_count
@@ -51,7 +51,7 @@ def command(out: Path, model: str, images_per_class: int, epochs: int, input_siz
     print_metrics(res.metrics, title=f"{model} on {res.val_images} held-out SYNTHETIC phantoms")
     stdout.print(verification_table(res.compressed))
     if res.bench is not None:
-        print_summary(json.loads(res.bench.report["report.json"].read_text()))
+        print_summary(report_of(res.bench))
     s = res.seconds
     status(f"Model: {res.checkpoint} — {res.params:,} parameters, {fmt_count(res.macs)}MACs at "
            f"{input_size}px, best epoch {res.best_epoch}")
