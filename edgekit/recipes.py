@@ -7,17 +7,15 @@ the file and the key path. The built-in recipes live in ``recipes/`` at the repo
 
 from __future__ import annotations
 
-from importlib import resources
 from pathlib import Path
 from typing import Any, Literal
 
-import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from edgekit import config
 from edgekit.backends import backend_names
-from edgekit.errors import ConfigError
 
-_STRICT = ConfigDict(extra="forbid", frozen=True)
+_STRICT = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
 
 class Calibration(BaseModel):
@@ -84,34 +82,13 @@ class Recipe(BaseModel):
 
 def builtin_recipes() -> dict[str, Path]:
     """Names and files of the recipes shipped with edgekit."""
-    folder = resources.files("edgekit") / "resources" / "recipes"
-    return {Path(str(p)).stem: Path(str(p)) for p in folder.iterdir() if str(p).endswith(".yaml")}
+    return config.builtin_files("recipes")
 
 
 def _validate(data: Any, where: str) -> Recipe:
-    if not isinstance(data, dict):
-        raise ConfigError(f"{where}: a recipe must be a YAML mapping, got {type(data).__name__}")
-    try:
-        return Recipe.model_validate(data)
-    except ValidationError as exc:
-        problems = []
-        for err in exc.errors():
-            loc = ".".join(str(p) for p in err["loc"]) or "(top level)"
-            msg = "unknown key" if err["type"] == "extra_forbidden" else err["msg"]
-            problems.append(f"{loc}: {msg}")
-        raise ConfigError(f"{where}: invalid recipe — " + "; ".join(problems)) from None
+    return config.validate(Recipe, data, where, "recipe")
 
 
 def load_recipe(name_or_path: str | Path) -> Recipe:
     """A built-in recipe by name (``int8``) or a user's YAML file."""
-    text = str(name_or_path)
-    builtin = builtin_recipes()
-    path = builtin.get(text) or Path(text)
-    if not path.is_file():
-        raise ConfigError(f"Unknown recipe {text!r}: not a file, and not one of the built-in "
-                          f"recipes ({', '.join(sorted(builtin))})")
-    try:
-        data = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"{path}: not valid YAML ({exc})") from None
-    return _validate(data, str(path))
+    return config.load(Recipe, name_or_path, "recipes", "recipe")

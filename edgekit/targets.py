@@ -11,23 +11,20 @@ A target either *declares* its CPU (``x86-avx2``: a representative hospital work
 
 from __future__ import annotations
 
-from importlib import resources
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-import yaml
 from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
-    ValidationError,
     ValidationInfo,
     field_validator,
 )
 
+from edgekit import config
 from edgekit.backends import backend_names
 from edgekit.bench.hostinfo import FEATURES_BY_ARCH, cpu_info, normalize_arch
-from edgekit.errors import ConfigError
 
 _STRICT = ConfigDict(extra="forbid", frozen=True)
 _ACCESS_KINDS = ("local", "ssh", "emulated")
@@ -188,8 +185,7 @@ class Target(BaseModel):
 # ------------------------------------------------------------------------------ loading
 def builtin_targets() -> dict[str, Path]:
     """Names and files of the targets shipped with edgekit."""
-    folder = resources.files("edgekit") / "resources" / "targets"
-    return {Path(str(p)).stem: Path(str(p)) for p in folder.iterdir() if str(p).endswith(".yaml")}
+    return config.builtin_files("targets")
 
 
 def _loc(parts: tuple) -> str:
@@ -201,31 +197,12 @@ def _loc(parts: tuple) -> str:
 
 
 def _validate(data: Any, where: str) -> Target:
-    if not isinstance(data, dict):
-        raise ConfigError(f"{where}: a target must be a YAML mapping, got {type(data).__name__}")
-    try:
-        return Target.model_validate(data)
-    except ValidationError as exc:
-        problems = []
-        for err in exc.errors():
-            msg = "unknown key" if err["type"] == "extra_forbidden" else err["msg"]
-            problems.append(f"{_loc(err['loc'])}: {msg}")
-        raise ConfigError(f"{where}: invalid target — " + "; ".join(problems)) from None
+    return config.validate(Target, data, where, "target", _loc)
 
 
 def load_target(name_or_path: str | Path) -> Target:
     """A built-in target by name (``x86-local``) or a user's YAML file."""
-    text = str(name_or_path)
-    builtin = builtin_targets()
-    path = builtin.get(text) or Path(text)
-    if not path.is_file():
-        raise ConfigError(f"Unknown target {text!r}: not a file, and not one of the built-in "
-                          f"targets ({', '.join(sorted(builtin))})")
-    try:
-        data = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"{path}: not valid YAML ({exc})") from None
-    return _validate(data, str(path))
+    return config.load(Target, name_or_path, "targets", "target", _loc)
 
 
 def target_names() -> list[str]:

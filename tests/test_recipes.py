@@ -25,6 +25,8 @@ def test_builtin_recipes_load():
     ("name: x\nprecision: int8\nbackends: [onnxruntime]\ncalibration: {images: 0}\n",
      "calibration.images: Input should be greater than or equal to 1"),
     ("name: x\nprecision: int8\nbackends: []\n", "backends: List should have at least 1 item"),
+    ("name: x\nprecision: int8\nbackends: [onnxruntime]\ngate: {max_top1_drop: .inf}\n",
+     "gate.max_top1_drop: Input should be a finite number"),
     ("- just\n- a list\n", "must be a YAML mapping"),
     ("name: [unclosed\n", "not valid YAML"),
 ])
