@@ -21,7 +21,8 @@ def main() -> None:
           f"{cfg.input_size}px, {cfg.epochs} epochs)", "",
           f"- wall time **{wall:.0f} s** (data {res.seconds['data']:.0f} s, training "
           f"{res.seconds['train']:.0f} s, evaluation {res.seconds['evaluate']:.0f} s, "
-          f"INT8 compression to 3 backends {res.seconds['compress']:.0f} s)",
+          f"INT8 compression to 3 backends {res.seconds['compress']:.0f} s, benchmark on "
+          f"x86-local with the HTML report {res.seconds.get('bench', 0):.0f} s)",
           f"- held-out accuracy on SYNTHETIC phantoms {100 * acc['value']:.1f} % "
           f"[{100 * acc['ci95'][0]:.1f}, {100 * acc['ci95'][1]:.1f}] "
           f"({res.val_images} images), best epoch {res.best_epoch}"]

@@ -97,7 +97,7 @@ class DataPlan:
                 "skipped_files": self.skipped}
 
 
-def _check_readable(samples: list[Sample], spec: PreprocessSpec, on_error: str,
+def check_readable(samples: list[Sample], spec: PreprocessSpec, on_error: str,
                     what: str) -> tuple[list[Sample], list[str]]:
     """Decode each chosen image once, before any conversion starts (fail early, by path)."""
     import warnings
@@ -141,7 +141,7 @@ def plan_data(loaded: Any, data: str | Path, *, calibration_images: int, verific
     verification = stratified_sample(verify_pool, verification_images, seed + 1)
     # Calibration images are decoded once here so a corrupt file fails before any conversion;
     # verification images are checked when compress loads them (load_arrays), not twice.
-    calibration, bad = _check_readable(calibration, loaded.spec, on_error, "calibration")
+    calibration, bad = check_readable(calibration, loaded.spec, on_error, "calibration")
     if not calibration or not verification:
         raise DataError(f"{dataset.root}: no readable images for calibration/verification")
     return DataPlan(dataset, calibration, verification, origin,

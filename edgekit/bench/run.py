@@ -154,7 +154,7 @@ def _source_path(text: str) -> Path:
 
 def _eval_set(dataset: Any, info: BundleInfo, max_images: int | None, seed: int,
               on_error: str) -> EvalSet:
-    from edgekit.calibrate import stratified_sample
+    from edgekit.calibrate import check_readable, stratified_sample
     from edgekit.data.preprocess import PreprocessSpec
     from edgekit.evaluate import targets_of
 
@@ -164,18 +164,8 @@ def _eval_set(dataset: Any, info: BundleInfo, max_images: int | None, seed: int,
     if max_images and len(samples) > max_images:
         samples = stratified_sample(samples, max_images, seed)
     spec = PreprocessSpec.from_dict(m["preprocess"])
-    kept, skipped = [], [str(p) for p, _ in dataset.skipped]
-    with progress_bar("Checking evaluation images", len(samples)) as bar:
-        for s in samples:
-            try:
-                spec.load(s.path)
-                kept.append(s)
-            except DataError as exc:
-                if on_error == "fail":
-                    raise
-                warnings.warn(f"skipping {exc}", stacklevel=2)
-                skipped.append(str(s.path))
-            bar.advance()
+    kept, unreadable = check_readable(samples, spec, on_error, "evaluation")
+    skipped = [str(p) for p, _ in dataset.skipped] + unreadable
     if not kept:
         raise DataError(f"{dataset.root}: none of the evaluation images could be read")
     subset = dataset.subset(kept)
@@ -320,50 +310,12 @@ def bench(bundles: list[str | Path], *, target: str | Path = "x86-local",
         ev = _eval_set(_dataset(data, infos[0], held_out, on_error), infos[0], max_images, seed,
                        on_error)
 
-    artifacts: list[dict[str, Any]] = []
-    per_bundle: list[list[dict[str, Any]]] = []
-    sources_seen: set[tuple[str, str | None]] = set()  # bundles of one source: time it once
-    source_ids: dict[tuple[str, str | None], str] = {}
-    for info in infos:
-        records = [_artifact_record(info, a) for a in info.manifest["artifacts"]]
-        src = info.manifest["source"]
-        timed_source = source and src["kind"] in ("torch", "torchscript") and \
-            info.source_key not in sources_seen and \
-            (info.source is not None or src.get("sha256") is None)
-        if timed_source:
-            sources_seen.add(info.source_key)
-            records.insert(0, _source_record(info))
-            source_ids[info.source_key] = records[0]["id"]
-        per_bundle.append(records)
-        artifacts += records
-    reference: dict[str, Any] | None = None
+    per_bundle, source_ids = _records(infos, source)
+    artifacts = [rec for records in per_bundle for rec in records]
+    reference = None
     if ev is not None:
-        outputs = _classify_all(infos, per_bundle, ev, executor, tgt.runtime_options)
-        for info, records in zip(infos, per_bundle, strict=True):
-            ref_id = _score_bundle(info, records, ev, outputs, infos, seed)
-            if ref_id == f"{info.name}/source" and info.source_key in source_ids:
-                ref_id = source_ids[info.source_key]  # one record per source model
-                for rec in records:
-                    if rec.get("reference"):
-                        rec["reference"] = ref_id
-            if ref_id and not any(a["id"] == ref_id for a in artifacts):
-                untimed = {**_source_record(info), "timed": False}  # the reference, not timed
-                artifacts.insert(artifacts.index(records[0]), untimed)
-                records.insert(0, untimed)
-                source_ids[info.source_key] = untimed["id"]
-                ref_rec = untimed
-            else:
-                ref_rec = next((a for a in artifacts if a["id"] == ref_id), None)
-            if ref_rec is not None and ref_rec["kind"] == "source":
-                ref_rec["accuracy"] = _accuracy(info, {"precision": "fp32"}, ev.reference,
-                                                ev.reference, ev, seed)
-                ref_rec["accuracy_source"] = "bench"
-            if reference is None and ref_id is not None:
-                kind = info.manifest["source"]["kind"]
-                reference = {"artifact": ref_id, "description": (
-                    f"source model ({'ONNX Runtime' if kind == 'onnx' else 'PyTorch eager'} "
-                    "fp32)") if ref_id.endswith("/source") else "fp32 artifact of the same "
-                    "source model"}
+        reference = _score_all(infos, per_bundle, artifacts, source_ids, ev, executor,
+                               tgt.runtime_options, seed)
 
     rows = _time_all(infos, artifacts, counts, proto, executor, tgt)
     env = next((r["environment"] for r in rows if "environment" in r), None) \
@@ -386,6 +338,59 @@ def bench(bundles: list[str | Path], *, target: str | Path = "x86-local",
         "reference": reference, "notes": notes, "artifacts": artifacts, "rows": rows,
     }
     return BenchRun(run_dir, results, _write_run(run_dir, results, write_report))
+
+
+def _records(infos: list[BundleInfo], source: bool,
+             ) -> tuple[list[list[dict[str, Any]]], dict[tuple[str, str | None], str]]:
+    """Each bundle's artifact records, led by its PyTorch source when that is timed (once per
+    source model), and the id of each source model's record."""
+    per_bundle, source_ids = [], {}
+    for info in infos:
+        records = [_artifact_record(info, a) for a in info.manifest["artifacts"]]
+        src = info.manifest["source"]
+        if (source and src["kind"] in ("torch", "torchscript")
+                and info.source_key not in source_ids
+                and (info.source is not None or src.get("sha256") is None)):
+            records.insert(0, _source_record(info))
+            source_ids[info.source_key] = records[0]["id"]
+        per_bundle.append(records)
+    return per_bundle, source_ids
+
+
+def _score_all(infos: list[BundleInfo], per_bundle: list[list[dict[str, Any]]],
+               artifacts: list[dict[str, Any]], source_ids: dict[tuple[str, str | None], str],
+               ev: EvalSet, executor: Any, runtime_options: dict[str, Any],
+               seed: int) -> dict[str, Any] | None:
+    """Classify the evaluation images with every artifact and score each bundle against its
+    reference; a source used as reference but not timed gets an untimed record. Returns the
+    first bundle's reference ({artifact, description}) or None."""
+    outputs = _classify_all(infos, per_bundle, ev, executor, runtime_options)
+    reference = None
+    for info, records in zip(infos, per_bundle, strict=True):
+        ref_id = _score_bundle(info, records, ev, outputs, infos, seed)
+        if ref_id is None:
+            continue
+        if ref_id == f"{info.name}/source":
+            if info.source_key in source_ids:
+                ref_id = source_ids[info.source_key]  # one record per source model
+            else:
+                untimed = {**_source_record(info), "timed": False}
+                artifacts.insert(artifacts.index(records[0]), untimed)
+                records.insert(0, untimed)
+                source_ids[info.source_key] = ref_id
+            for rec in records:
+                if rec.get("reference"):
+                    rec["reference"] = ref_id
+            ref_rec = next(a for a in artifacts if a["id"] == ref_id)
+            ref_rec["accuracy"] = _accuracy(info, {"precision": "fp32"}, ev.reference,
+                                            ev.reference, ev, seed)
+            ref_rec["accuracy_source"] = "bench"
+        if reference is None:
+            kind = info.manifest["source"]["kind"]
+            reference = {"artifact": ref_id, "description": (
+                f"source model ({'ONNX Runtime' if kind == 'onnx' else 'PyTorch eager'} fp32)"
+                if ref_id.endswith("/source") else "fp32 artifact of the same source model")}
+    return reference
 
 
 def _classify_all(infos: list[BundleInfo], per_bundle: list[list[dict[str, Any]]],
