@@ -86,3 +86,11 @@ def trained(mri_phantoms, tmp_path_factory) -> Path:
     train(TrainConfig(model="dsconv_cbam_gap", data=str(mri_phantoms), out=str(out), epochs=2,
                       input_size=64, batch_size=16, lr=3e-3))
     return out
+
+
+@pytest.fixture
+def cli():
+    """``cli("bench", path, code=2)``: run the CLI in-process and assert its exit code."""
+    from cli_support import run_cli
+
+    return run_cli

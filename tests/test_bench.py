@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from click.testing import CliRunner
+from cli_support import run_cli as _cli
 
 from edgekit.bench.protocol import (
     Protocol,
@@ -21,7 +21,6 @@ from edgekit.bench.protocol import (
     protocol_from_args,
     time_session,
 )
-from edgekit.cli import main
 from edgekit.errors import ConfigError, VerificationFailed
 
 pytest.importorskip("torch", reason="pip install 'edgekit[torch]'")
@@ -29,10 +28,6 @@ pytest.importorskip("torch", reason="pip install 'edgekit[torch]'")
 QUICK = Protocol.quick_protocol()
 
 
-def _cli(*args: str, code: int = 0):
-    res = CliRunner().invoke(main, [str(a) for a in args], catch_exceptions=False)
-    assert res.exit_code == code, (res.stdout, res.stderr)
-    return res
 
 
 @pytest.fixture(scope="session")

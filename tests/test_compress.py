@@ -11,10 +11,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from click.testing import CliRunner
+from cli_support import run_cli as _cli
 
 from edgekit.bundle import read_manifest, verify_bundle
-from edgekit.cli import main
 from edgekit.compress import compress
 from edgekit.errors import ConfigError, DataError, UnsafeSourceError, VerificationFailed
 from edgekit.train import TrainConfig, train
@@ -23,10 +22,6 @@ from edgekit.zoo import list_models
 SMALL = {"calibration_images": 8, "verification_images": 16}
 
 
-def _cli(*args: str, code: int = 0):
-    res = CliRunner().invoke(main, list(args), catch_exceptions=False)
-    assert res.exit_code == code, (res.stdout, res.stderr)
-    return res
 
 
 def _zoo_checkpoint(name: str, tmp: Path) -> str:

@@ -7,7 +7,6 @@ import os
 import platform
 
 import pytest
-from click.testing import CliRunner
 
 from edgekit.bench import hostinfo
 from edgekit.bench.hostinfo import cpu_info, parse_cpuinfo
@@ -261,18 +260,6 @@ def test_describe_host():
 
 
 # ------------------------------------------------------------------------------------ CLI
-@pytest.fixture
-def cli():
-    runner = CliRunner()
-
-    def invoke(*args: str, code: int = 0):
-        result = runner.invoke(main, list(args), catch_exceptions=False)
-        assert result.exit_code == code, (result.output, result.stderr)
-        return result
-
-    return invoke
-
-
 def test_cli_targets_list(cli):
     table = cli("targets", "list").stdout
     assert "x86-avx2" in table and "x86-local" in table and "detected" in table
