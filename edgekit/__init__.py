@@ -25,7 +25,6 @@ _API = {
     "held_out_dataset": "edgekit.evaluate",
     "summarize": "edgekit.inspect",
     "DemoConfig": "edgekit.demo",
-    "bench": "edgekit.bench.run",
     "Protocol": "edgekit.bench.protocol",
     "load_target": "edgekit.targets",
     "write_report": "edgekit.report",
@@ -33,6 +32,9 @@ _API = {
 }
 
 __all__ = ["__version__", *_API]
+# ``edgekit.bench`` is the benchmarking subpackage (a module, not a function): call
+# ``from edgekit.bench import bench``; a lazy "bench" entry here would be shadowed by the
+# subpackage as soon as anything imports edgekit.bench.protocol.
 
 
 def __getattr__(name: str) -> Any:

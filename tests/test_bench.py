@@ -368,3 +368,11 @@ def test_multilabel_gate_without_any_defined_auroc_fails() -> None:
     out = compare(logits, logits + 0.1, y, task="multilabel", class_names=names,
                   precision="int8", recipe=load_recipe("int8"), source_metrics=src)
     assert not out["passed"] and "undefined" in out["checks"][0]["check"]
+
+
+def test_public_entry_point_survives_the_subpackage_import() -> None:
+    import edgekit.bench.protocol  # noqa: F401  (what the device runner imports)
+    from edgekit.bench import bench
+    from edgekit.bench.run import bench as run_bench
+
+    assert bench is run_bench and callable(bench)
