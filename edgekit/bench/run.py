@@ -42,7 +42,6 @@ class EvalSet:
     task: str
     class_names: tuple[str, ...]
     skipped: list[str] = field(default_factory=list)
-    reference: Any = None  # the logits of the reference scored last (set by _score_bundle)
     source_logits: dict[Any, Any] = field(default_factory=dict)  # per source model
 
 
@@ -367,7 +366,7 @@ def _score_all(infos: list[BundleInfo], per_bundle: list[list[dict[str, Any]]],
     outputs = _classify_all(infos, per_bundle, ev, executor, runtime_options)
     reference = None
     for info, records in zip(infos, per_bundle, strict=True):
-        ref_id = _score_bundle(info, records, ev, outputs, infos, seed)
+        ref_id, ref = _score_bundle(info, records, ev, outputs, infos, seed)
         if ref_id is None:
             continue
         if ref_id == f"{info.name}/source":
@@ -382,8 +381,7 @@ def _score_all(infos: list[BundleInfo], per_bundle: list[list[dict[str, Any]]],
                 if rec.get("reference"):
                     rec["reference"] = ref_id
             ref_rec = next(a for a in artifacts if a["id"] == ref_id)
-            ref_rec["accuracy"] = _accuracy(info, {"precision": "fp32"}, ev.reference,
-                                            ev.reference, ev, seed)
+            ref_rec["accuracy"] = _accuracy(info, {"precision": "fp32"}, ref, ref, ev, seed)
             ref_rec["accuracy_source"] = "bench"
         if reference is None:
             kind = info.manifest["source"]["kind"]
@@ -415,14 +413,13 @@ def _classify_all(infos: list[BundleInfo], per_bundle: list[list[dict[str, Any]]
 
 def _score_bundle(info: BundleInfo, records: list[dict[str, Any]], ev: EvalSet,
                   outputs: dict[str, np.ndarray], infos: list[BundleInfo],
-                  seed: int) -> str | None:
-    """Score every artifact of one bundle against its reference; the reference's id."""
+                  seed: int) -> tuple[str | None, np.ndarray | None]:
+    """Score every artifact of one bundle against its reference: (reference id, logits)."""
     ref, ref_id = _reference_logits(info, ev, outputs, infos)
     if ref is None:
         status(f"[yellow]Note:[/] {info.name}: no fp32 reference (its source model or an fp32 "
                "artifact of the same source); accuracy is the bundle's own verification")
-        return None
-    ev.reference = ref
+        return None, None
     for rec in records:
         logits = outputs.get(rec["id"])
         if logits is None or rec["kind"] != "artifact":
@@ -430,7 +427,7 @@ def _score_bundle(info: BundleInfo, records: list[dict[str, Any]], ev: EvalSet,
         rec["accuracy"] = _accuracy(info, rec, logits, ref, ev, seed)
         rec["accuracy_source"] = "bench"
         rec["reference"] = ref_id
-    return ref_id
+    return ref_id, ref
 
 
 def _time_all(infos: list[BundleInfo], artifacts: list[dict[str, Any]], counts: list[int],
