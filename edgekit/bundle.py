@@ -88,7 +88,7 @@ class BundleWriter:
         """Write manifest.json and README.md, then move the bundle into place atomically."""
         (self.tmp / "README.md").write_text(readme)
         manifest = {"schema_version": SCHEMA_VERSION, **manifest}
-        manifest["files"] = [self.file_entry(self.tmp / "README.md")]
+        manifest["files"] = [self.file_entry(self.tmp / "README.md"), *manifest.get("files", [])]
         (self.tmp / MANIFEST).write_text(json.dumps(manifest, indent=2, sort_keys=False) + "\n")
         self._check_destination()
         old = None

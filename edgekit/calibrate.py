@@ -10,7 +10,7 @@ seed and data give the same images — and byte-identical artifacts where a back
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -86,6 +86,7 @@ class DataPlan:
     verification: list[Sample]
     origin: str  # "checkpoint held-out split" or "seeded split of --data"
     skipped: list[str]
+    train_pool: list[Sample] = field(default_factory=list)  # every non-verification image
 
     def describe(self) -> dict[str, Any]:
         root = self.dataset.root
@@ -145,4 +146,4 @@ def plan_data(loaded: Any, data: str | Path, *, calibration_images: int, verific
     if not calibration or not verification:
         raise DataError(f"{dataset.root}: no readable images for calibration/verification")
     return DataPlan(dataset, calibration, verification, origin,
-                    [str(p) for p, _ in dataset.skipped] + bad)
+                    [str(p) for p, _ in dataset.skipped] + bad, list(calib_pool))

@@ -22,7 +22,7 @@ from edgekit.backends import Artifact, ExportRequest, QuantOptions, require_back
 from edgekit.backends.base import check_supported
 from edgekit.bundle import BundleWriter, package_versions, sha256_file
 from edgekit.calibrate import DataPlan, StreamedImages, plan_data
-from edgekit.errors import VerificationFailed
+from edgekit.errors import ConfigError, VerificationFailed
 from edgekit.evaluate import load_arrays, score
 from edgekit.recipes import Recipe, load_recipe
 from edgekit.sources import LoadedModel, load_model, reference_outputs
@@ -87,8 +87,14 @@ def compress(source: str | Path | LoadedModel, *, data: str | Path, out: str | P
              verification_images: int | None = None, int8_io: bool | None = None,
              seed: int | None = None, input_size: int | None = None,
              allow_accuracy_drop: bool = False, overwrite: bool = False,
-             on_error: str = "skip") -> CompressResult:
+             on_error: str = "skip", target_macs: float | None = None,
+             target_latency_ms: float | None = None, target: str = "x86-local",
+             threads: int | None = None) -> CompressResult:
     """Quantize/export ``source`` per the recipe, verify every artifact, write the bundle.
+
+    Pruning recipes prune + recover first; ``target_macs`` (fraction of the original MACs) or
+    ``target_latency_ms`` (measured on the local ``target`` with ``threads``) replace the
+    recipe's pruning target.
 
     Raises VerificationFailed (after writing the bundle, marked as failing) when an artifact
     misses the recipe's accuracy gate, unless ``allow_accuracy_drop``.
@@ -100,6 +106,16 @@ def compress(source: str | Path | LoadedModel, *, data: str | Path, out: str | P
                              **{"calibration.images": calibration_images,
                                 "calibration.method": calibration_method,
                                 "verification.images": verification_images})
+    if target_macs is not None and target_latency_ms is not None:
+        raise ConfigError("give --target-macs or --target-latency-ms, not both")
+    if (target_macs is not None or target_latency_ms is not None) and rec.pruning is None:
+        raise ConfigError(f"--target-macs/--target-latency-ms prune the model, but recipe "
+                          f"{rec.name!r} does not; use prune30, prune50, prune30-int8 or "
+                          "prune50-int8")
+    if target_macs is not None:
+        from edgekit.prune import pruning_recipe
+
+        rec = pruning_recipe(rec, **{"pruning.target_macs": target_macs})
     loaded = source if isinstance(source, LoadedModel) else load_model(source,
                                                                           input_size=input_size)
     if not loaded.class_names:  # .onnx / .pt2 / TorchScript: classes come from the data folder
@@ -107,6 +123,11 @@ def compress(source: str | Path | LoadedModel, *, data: str | Path, out: str | P
 
         loaded = loaded.with_classes(scan(data, on_error=on_error).classes)
     plugins = _check_plan(loaded, rec)
+    latency_rows: list[dict] = []
+    if target_latency_ms is not None:
+        from edgekit.prune import for_latency
+
+        rec, latency_rows = for_latency(loaded, rec, target_latency_ms, target, threads)
     if not loaded.pretrained:
         status("[yellow]Note:[/] compressing a zoo model with fresh (untrained) weights")
 
@@ -122,14 +143,22 @@ def compress(source: str | Path | LoadedModel, *, data: str | Path, out: str | P
     plan.verification = verify_set.samples  # minus any file that could not be decoded
     ref = reference_outputs(loaded, x)
     source_metrics = score(y, ref, task=loaded.task, class_names=loaded.class_names, seed=rec.seed)
+    model, pruning, parity_ref = loaded, None, None
+    if rec.pruning is not None:
+        model, pruning, parity_ref = _prune(loaded, rec, plan, x, y, ref, source_metrics,
+                                            on_error)
+        pruning["latency_search"] = latency_rows
 
     results: list[ArtifactResult] = []
     with BundleWriter(out, overwrite=overwrite) as writer:
         for backend in plugins:
-            results.append(_export_one(backend, loaded, rec, plan, writer, x, y, ref,
-                                       source_metrics))
+            results.append(_export_one(backend, model, rec, plan, writer, x, y, ref,
+                                       source_metrics, parity_ref))
         manifest = _manifest(loaded, rec, plan, source_metrics, results, writer, started,
                              time.perf_counter() - start)
+        if pruning is not None:
+            manifest["pruning"] = _save_pruned(model, pruning, writer)
+            manifest["files"] = [manifest["pruning"]["checkpoint"]]
         writer.commit(manifest, _readme(manifest))
     for r in results:  # point the returned artifacts at their final place in the bundle
         r.artifact.path = writer.out / r.artifact.path.relative_to(writer.tmp)
@@ -146,9 +175,48 @@ def compress(source: str | Path | LoadedModel, *, data: str | Path, out: str | P
     return result
 
 
+def _prune(loaded: LoadedModel, rec: Recipe, plan: DataPlan, x: np.ndarray, y: np.ndarray,
+           ref: np.ndarray, source_metrics: dict[str, Any], on_error: str
+           ) -> tuple[LoadedModel, dict[str, Any], np.ndarray]:
+    """Prune + recover on the non-verification images, then score the pruned PyTorch model
+    against the unpruned one on the verification images."""
+    from edgekit.prune import prune_and_recover
+
+    pruned, record = prune_and_recover(loaded, rec.pruning, plan.dataset, plan.train_pool,
+                                       seed=rec.seed, on_error=on_error)
+    parity_ref = reference_outputs(pruned, x)
+    record["verification"] = compare(ref, parity_ref, y, task=loaded.task,
+                                     class_names=loaded.class_names, precision="pruned",
+                                     recipe=rec, source_metrics=source_metrics, seed=rec.seed)
+    v = record["verification"]
+    headline = "mean_auroc" if loaded.task == "multilabel" else "accuracy"
+    before, after = source_metrics[headline]["value"], v["metrics"][headline]["value"]
+    scale, unit = (1, "") if loaded.task == "multilabel" else (100, " %")
+    status(f"Pruned PyTorch model: MACs {record['macs_fraction']:.1%} of the original, "
+           f"{headline.replace('_', ' ')} {scale * before:.4g}{unit} → {scale * after:.4g}{unit} "
+           f"on the verification images — "
+           f"{'[green]within[/]' if v['passed'] else '[red]outside[/]'} the recipe's gate")
+    return pruned, record, parity_ref
+
+
+def _save_pruned(model: LoadedModel, record: dict[str, Any], writer: BundleWriter
+                 ) -> dict[str, Any]:
+    """Put the pruned PyTorch checkpoint (plan + weights) in the bundle; the manifest's
+    ``pruning`` section without the bulky plan (it lives in the checkpoint)."""
+    from edgekit.checkpoint import save_checkpoint
+
+    path = writer.tmp / "source" / "pruned.pt"
+    save_checkpoint(path, model.module.state_dict(), model.metadata)
+    summary = {k: v for k, v in record.items() if k != "plan"}
+    summary["plan_format"] = record["plan"]["format"]
+    summary["checkpoint"] = writer.file_entry(path)
+    return summary
+
+
 def _export_one(backend: Any, loaded: LoadedModel, rec: Recipe, plan: DataPlan,
                 writer: BundleWriter, x: np.ndarray, y: np.ndarray, ref: np.ndarray,
-                source_metrics: dict[str, Any]) -> ArtifactResult:
+                source_metrics: dict[str, Any], parity_ref: np.ndarray | None = None
+                ) -> ArtifactResult:
     name = f"{backend.name}-{rec.precision}"
     out_dir = writer.artifacts_dir / backend.name
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -175,7 +243,7 @@ def _export_one(backend: Any, loaded: LoadedModel, rec: Recipe, plan: DataPlan,
             bar.advance(len(x[i:i + 16]))
     verification = compare(ref, np.concatenate(outs), y, task=loaded.task,
                            class_names=loaded.class_names, precision=rec.precision, recipe=rec,
-                           source_metrics=source_metrics, seed=rec.seed)
+                           source_metrics=source_metrics, seed=rec.seed, parity_ref=parity_ref)
     size = sum(p.stat().st_size for p in artifact.files)
     status(f"{name}: {size / 1e6:.2f} MB in {seconds:.1f} s — "
            f"{'[green]passed[/]' if verification['passed'] else '[red]FAILED[/]'} verification")
@@ -245,8 +313,15 @@ def _readme(m: dict[str, Any]) -> str:
     warn = ("\n> The source model was trained on SYNTHETIC phantoms: these artifacts are for "
             "trying edgekit, not for clinical use.\n" if "synthetic" in note else "")
     extras = sorted({a["backend"] for a in m["artifacts"]})
+    p = m.get("pruning")
+    pruned = (f"\nStructured pruning kept **{100 * p['macs_fraction']:.1f} %** of the MACs "
+              f"({p['macs_before']:,} → {p['macs_after']:,}) and {p['params_after']:,} of "
+              f"{p['params_before']:,} parameters; the model was recovered by distillation. "
+              "Accuracy columns and the gate compare with the UNPRUNED source model. The pruned "
+              "PyTorch checkpoint is `source/pruned.pt` (`edgekit inspect source/pruned.pt`).\n"
+              if p else "")
     return f"""# edgekit bundle: {m['source']['architecture']} ({m['recipe']['name']})
-{warn}
+{warn}{pruned}
 Made by edgekit {m['environment']['edgekit']} on {m['created']} from `{m['source']['source']}`.
 Status: **{m['status']}**. Every file's sha256 is in `manifest.json`; check them with
 `edgekit verify <this folder>`.

@@ -56,12 +56,11 @@ def layer_macs(module: Any, inputs: tuple, output: Any) -> int:
     return 0
 
 
-def summarize(loaded: LoadedModel, input_size: int | None = None) -> ModelSummary:
-    """Run one batch-1 forward pass with hooks and return the per-layer table and totals."""
+def layer_table(module: Any, input_shape: tuple[int, ...]) -> list[LayerInfo]:
+    """One row per leaf module in execution order, from one forward pass at ``input_shape``."""
     import torch
 
-    spec = loaded.spec if input_size is None else loaded.spec.with_size(input_size)
-    module = loaded.module.eval()
+    module = module.eval()
     rows: list[LayerInfo] = []
     handles = []
 
@@ -78,10 +77,24 @@ def summarize(loaded: LoadedModel, input_size: int | None = None) -> ModelSummar
             handles.append(mod.register_forward_hook(hook(name)))
     try:
         with torch.inference_mode():
-            module(torch.zeros(spec.input_shape(1)))
+            module(torch.zeros(input_shape))
     finally:
         for h in handles:
             h.remove()
+    return rows
+
+
+def summarize(loaded: LoadedModel, input_size: int | None = None) -> ModelSummary:
+    """Run one batch-1 forward pass with hooks and return the per-layer table and totals."""
+    if loaded.kind == "onnx" or loaded.module is None:
+        from edgekit.errors import ConfigError
+
+        raise ConfigError(f"{loaded.source}: inspect counts layers of a PyTorch model; this "
+                          f"is a {loaded.kind} file (open it in Netron, or inspect the "
+                          "checkpoint it was exported from)")
+    spec = loaded.spec if input_size is None else loaded.spec.with_size(input_size)
+    module = loaded.module.eval()
+    rows = layer_table(module, tuple(spec.input_shape(1)))
     params = sum(p.numel() for p in module.parameters())
     trainable = sum(p.numel() for p in module.parameters() if p.requires_grad)
     return ModelSummary(loaded.name, loaded.task, list(loaded.class_names), params, trainable,

@@ -10,10 +10,11 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from edgekit import config
 from edgekit.backends import backend_names
+from edgekit.errors import ConfigError
 
 _STRICT = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
@@ -40,6 +41,45 @@ class Gate(BaseModel):
     max_auroc_drop: float = Field(0.01, ge=0)
 
 
+class Recovery(BaseModel):
+    """Fine-tuning after pruning: knowledge distillation from the unpruned model (KL on logits
+    at ``temperature``, weight ``kd_alpha``) plus the label loss, early-stopped on a validation
+    part of the non-verification images."""
+
+    model_config = _STRICT
+    epochs: int = Field(8, ge=0, le=1000, description="0 turns recovery off")
+    lr: float = Field(5e-4, gt=0, le=1)
+    batch_size: int = Field(32, ge=2, le=4096)
+    patience: int = Field(3, ge=1, le=1000)
+    kd_alpha: float = Field(0.7, ge=0, le=1)
+    temperature: float = Field(4.0, gt=0, le=100)
+    max_images: int | None = Field(None, ge=10, description="cap on training images")
+    validation_fraction: float = Field(0.15, gt=0, lt=1)
+
+
+class Pruning(BaseModel):
+    """Structured (channel) pruning before export; see ``edgekit.prune``."""
+
+    model_config = _STRICT
+    target_macs: float | None = Field(None, gt=0, lt=1,
+                                      description="fraction of the original MACs to keep")
+    ratio: float | None = Field(None, gt=0, lt=1, description="fraction of channels to remove")
+    importance: Literal["l2", "taylor"] = "taylor"
+    global_pruning: bool = False
+    max_layer_ratio: float = Field(0.75, gt=0, lt=1)
+    round_to: int = Field(8, ge=1, le=256)
+    protect: list[str] | None = Field(None, description="layer names; default stem + classifier")
+    steps: int = Field(1, ge=1, le=20, description="prune → recover rounds (iterative pruning)")
+    taylor_images: int = Field(256, ge=8, le=100_000)
+    recovery: Recovery = Recovery()
+
+    @model_validator(mode="after")
+    def _one_target(self) -> Pruning:
+        if (self.target_macs is None) == (self.ratio is None):
+            raise ValueError("give exactly one of target_macs and ratio")
+        return self
+
+
 class Recipe(BaseModel):
     model_config = _STRICT
     name: str
@@ -51,6 +91,11 @@ class Recipe(BaseModel):
     verification: Verification = Verification()
     gate: Gate = Gate()
     int8_io: bool = False
+    pruning: Pruning | None = None
+
+    @property
+    def pruned(self) -> bool:
+        return self.pruning is not None
 
     @field_validator("backends")
     @classmethod
@@ -73,6 +118,9 @@ class Recipe(BaseModel):
             if value is None:
                 continue
             node = data
+            if key.startswith("pruning.") and data.get("pruning") is None:
+                raise ConfigError(f"recipe {self.name!r} does not prune: {key} does not apply "
+                                  "(use a prune recipe, e.g. prune30-int8)")
             *parents, leaf = key.split(".")
             for p in parents:
                 node = node[p]

@@ -125,6 +125,14 @@ def _from_checkpoint(path: Path, source: str, *, arch: str | None,
     classes = tuple(meta.get("class_names") or cfg.labels)
     module = create_model(arch, num_classes=len(classes), input_size=spec.height)
     what = f"{arch} with {len(classes)} classes at {spec.height}px"
+    plan = (meta.get("pruning") or {}).get("plan")
+    if plan:  # a pruned checkpoint: rebuild the pruned widths from the recorded plan
+        import torch
+
+        from edgekit.prune import apply_plan
+
+        apply_plan(module, torch.zeros(spec.input_shape(1)), plan)
+        what += " (pruned)"
     try:
         missing, unexpected = module.load_state_dict(state, strict=False)
     except RuntimeError as exc:  # shape mismatches

@@ -3,6 +3,10 @@
 fp32 artifacts must reproduce the source's logits within the recipe's tolerance (1e-4);
 INT8 and fp16 artifacts are held to the recipe's accuracy gate: top-1 accuracy and every
 class's sensitivity may drop by at most so many points (multi-label: mean AUROC).
+
+Pruned bundles (recipes with ``pruning``) are held to the gate against the UNPRUNED source at
+every precision, fp32 included; their fp32 artifacts must also reproduce the pruned PyTorch
+model within the tolerance (``parity_ref``, available at compress time).
 """
 
 from __future__ import annotations
@@ -21,8 +25,12 @@ def _v(m: Any) -> float | None:
 
 def compare(ref: np.ndarray, out: np.ndarray, y: np.ndarray, *, task: str,
             class_names: tuple[str, ...], precision: str, recipe: Any,
-            source_metrics: dict[str, Any], seed: int = 0) -> dict[str, Any]:
-    """Everything the bundle records about one artifact's agreement with its source."""
+            source_metrics: dict[str, Any], seed: int = 0,
+            parity_ref: np.ndarray | None = None) -> dict[str, Any]:
+    """Everything the bundle records about one artifact's agreement with its source.
+
+    ``ref`` and ``source_metrics`` are the source model's; ``parity_ref`` (pruned bundles) the
+    logits of the pruned model the artifact was converted from."""
     diff = np.abs(out.astype(np.float64) - ref.astype(np.float64))
     kind = "multilabel" if task == "multilabel" else "multiclass"
     result: dict[str, Any] = {
@@ -37,10 +45,17 @@ def compare(ref: np.ndarray, out: np.ndarray, y: np.ndarray, *, task: str,
                                  class_names=list(class_names), seed=seed)
         result["accuracy_delta"] = {"value": delta.value, "ci95": [delta.lo, delta.hi]}
     checks = []
-    if precision == "fp32":
+    pruned = getattr(recipe, "pruning", None) is not None
+    if precision == "fp32" and (parity_ref is not None or not pruned):
         tol = recipe.verification.fp32_tolerance
-        checks.append({"check": "max |logit diff|", "value": result["max_abs_logit_diff"],
-                       "limit": tol, "passed": result["max_abs_logit_diff"] <= tol})
+        base = ref if parity_ref is None else parity_ref
+        parity = float(np.abs(out.astype(np.float64) - base.astype(np.float64)).max())
+        checks.append({"check": "max |logit diff|" + (" vs the pruned model" if pruned else ""),
+                       "value": parity, "limit": tol, "passed": parity <= tol})
+    if parity_ref is not None:
+        result["max_abs_logit_diff_vs_pruned"] = float(np.abs(
+            out.astype(np.float64) - parity_ref.astype(np.float64)).max())
+    exempt = precision == "fp32" and not pruned  # exact copies: held to parity, not to a gate
     gate = recipe.gate
     am = result["metrics"]
     if kind == "multilabel":
@@ -49,8 +64,8 @@ def compare(ref: np.ndarray, out: np.ndarray, y: np.ndarray, *, task: str,
             drop = src - art
             checks.append({"check": "mean AUROC drop", "value": drop,
                            "limit": gate.max_auroc_drop,
-                           "passed": precision == "fp32" or drop <= gate.max_auroc_drop})
-        elif precision != "fp32":  # no label has positives and negatives: nothing was checked
+                           "passed": exempt or drop <= gate.max_auroc_drop})
+        elif not exempt:  # no label has positives and negatives: nothing was checked
             checks.append({"check": "mean AUROC drop (undefined: no label has both positive "
                                     "and negative images)", "value": None,
                            "limit": gate.max_auroc_drop, "passed": False})
@@ -58,7 +73,7 @@ def compare(ref: np.ndarray, out: np.ndarray, y: np.ndarray, *, task: str,
         drop = 100 * (_v(source_metrics["accuracy"]) - _v(am["accuracy"]))
         checks.append({"check": "top-1 accuracy drop (points)", "value": drop,
                        "limit": gate.max_top1_drop,
-                       "passed": precision == "fp32" or drop <= gate.max_top1_drop})
+                       "passed": exempt or drop <= gate.max_top1_drop})
         for name in class_names:
             s_src = _v(source_metrics["per_class"][name]["sensitivity"])
             s_art = _v(am["per_class"][name]["sensitivity"])
@@ -67,7 +82,7 @@ def compare(ref: np.ndarray, out: np.ndarray, y: np.ndarray, *, task: str,
             drop = 100 * (s_src - s_art)
             checks.append({"check": f"sensitivity drop: {name} (points)", "value": drop,
                            "limit": gate.max_sensitivity_drop,
-                           "passed": precision == "fp32" or drop <= gate.max_sensitivity_drop})
+                           "passed": exempt or drop <= gate.max_sensitivity_drop})
     result["checks"] = checks
     result["passed"] = all(c["passed"] for c in checks)
     return result

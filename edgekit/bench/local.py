@@ -87,6 +87,15 @@ class LocalExecutor:
             args += ["--threads", str(threads)]
         return self._json(self._run(args, threads))
 
+    def time_file(self, path: Path, backend: str, shape: Sequence[int], threads: int | None,
+                  protocol: Protocol, options: dict[str, Any] | None = None) -> dict[str, Any]:
+        """Time one artifact file outside a bundle (``edgekit.bench.protocol``)."""
+        args = ["-m", "edgekit.bench.protocol", str(path), "--backend", backend, "--shape",
+                ",".join(map(str, shape)), *protocol.cli_args(), *_options_args(options)]
+        if threads:
+            args += ["--threads", str(threads)]
+        return self._json(self._run(args, threads))
+
     def time_source(self, source: str, shape: Sequence[int], threads: int | None,
                     protocol: Protocol) -> dict[str, Any]:
         args = ["-m", "edgekit.bench.torch_source", source, "--shape",

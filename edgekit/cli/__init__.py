@@ -63,14 +63,15 @@ def _register() -> None:
         inspect,
         models,
         phantoms,
+        prune,
         report,
         targets,
         train,
         verify,
     )
 
-    for mod in (models, backends, targets, inspect, phantoms, train, evaluate, compress, verify,
-                bench, report, demo):
+    for mod in (models, backends, targets, inspect, phantoms, train, evaluate, prune, compress,
+                verify, bench, report, demo):
         main.add_command(mod.command)
 
 

@@ -55,7 +55,8 @@ def _terminate(signum: int, frame: Any) -> None:  # SIGTERM behaves like Ctrl-C:
 @click.option("--out", required=True, type=click.Path(file_okay=False, path_type=Path),
               help="Bundle folder to create (written atomically).")
 @click.option("--recipe", default="int8", show_default=True,
-              help="Built-in recipe (fp32, int8, fp16) or a recipe YAML file.")
+              help="Built-in recipe (fp32, int8, fp16; prune30, prune50, prune30-int8, "
+                   "prune50-int8 prune channels first) or a recipe YAML file.")
 @click.option("--backend", "backends", multiple=True,
               type=click.Choice(["onnxruntime", "openvino", "litert"]),
               help="Only these backends (repeatable) [default: the recipe's].")
@@ -69,6 +70,16 @@ def _terminate(signum: int, frame: Any) -> None:  # SIGTERM behaves like Ctrl-C:
               help="TFLite: integer input/output tensors (scale/zero point in the manifest).")
 @click.option("--input-size", type=click.IntRange(8, 4096), default=None,
               help="Input size for sources that do not fix it (TorchScript).")
+@click.option("--target-macs", type=click.FloatRange(0, 1, min_open=True, max_open=True),
+              default=None, help="Pruning recipes: keep this fraction of the original MACs "
+                                 "(e.g. 0.5) instead of the recipe's target.")
+@click.option("--target-latency-ms", type=click.FloatRange(0, min_open=True), default=None,
+              help="Pruning recipes: prune step by step until the target's preferred fp32 "
+                   "runtime runs the model in at most this many ms (p50, measured).")
+@click.option("--target", default="x86-local", show_default=True,
+              help="Target profile for --target-latency-ms (a local one: it is measured).")
+@click.option("--threads", type=click.IntRange(1, 1024), default=None,
+              help="Threads for --target-latency-ms [default: the target's largest count].")
 @click.option("--seed", type=int, default=None, help="[default: the recipe's]")
 @click.option("--allow-accuracy-drop", is_flag=True,
               help="Exit 0 even when an artifact misses the recipe's accuracy gate.")
@@ -82,7 +93,10 @@ def command(model: str, data: Path, out: Path, recipe: str, backends: tuple[str,
     a bundle (artifacts + manifest.json + README.md).
 
     MODEL is an edgekit checkpoint (model.pt), ARCH:weights.pt, a torch.export .pt2, a
-    TorchScript file or an .onnx file. Exits 1 when an artifact misses the recipe's accuracy
+    TorchScript file or an .onnx file. Pruning recipes (prune30-int8 …) first remove whole
+    channels from a PyTorch checkpoint and recover it by distillation on DIR's
+    non-verification images; their gate compares every artifact with the UNPRUNED model, and
+    the pruned checkpoint is kept in the bundle (source/pruned.pt). Exits 1 when an artifact misses the recipe's accuracy
     gate (the bundle is still written, marked as failing) unless --allow-accuracy-drop.
     """
     from edgekit.compress import compress
@@ -101,5 +115,11 @@ def command(model: str, data: Path, out: Path, recipe: str, backends: tuple[str,
         click.echo(json.dumps(result.manifest, indent=2))
         return
     stdout.print(verification_table(result))
+    pruning = result.manifest.get("pruning")
+    if pruning:
+        status(f"Pruned: {100 * pruning['macs_fraction']:.1f} % of the MACs "
+               f"({pruning['macs_before']:,} → {pruning['macs_after']:,}), parameters "
+               f"{pruning['params_before']:,} → {pruning['params_after']:,}; the table's Δ is "
+               "against the unpruned model")
     status(f"Bundle: {result.bundle} ({len(result.artifacts)} artifacts, "
            f"{result.seconds:.0f} s). Check it any time with: edgekit verify {result.bundle}")

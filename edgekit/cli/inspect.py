@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import json
+from typing import Any
 
 import click
+from rich import box
 from rich.table import Table
 
 from edgekit.ui import out
@@ -17,25 +19,56 @@ def fmt_count(n: float) -> str:
     return str(int(n))
 
 
+def groups_table(groups: list[Any], total_macs: int, title: str) -> Table:
+    table = Table(title=title, box=box.SIMPLE_HEAD, pad_edge=False,
+                  collapse_padding=True)
+    for col, just in (("#", "right"), ("root layer", "left"), ("channels", "right"),
+                      ("layers", "right"), ("MACs touched", "right"), ("protected", "left")):
+        table.add_column(col, justify=just, overflow="fold", no_wrap=col != "root layer")
+    for g in groups:
+        share = f" ({g.macs / total_macs:.0%})" if total_macs else ""
+        table.add_row(str(g.index), g.root, str(g.channels), str(len(g.layers)),
+                      fmt_count(g.macs) + share, "[yellow]yes[/]" if g.protected else "no")
+    return table
+
+
 @click.command("inspect")
 @click.argument("model")
 @click.option("--input-size", type=click.IntRange(32, 4096), default=None,
               help="Measure at this square input size instead of the model's own.")
 @click.option("--layers/--no-layers", default=True, show_default=True,
               help="Show the per-layer table.")
+@click.option("--groups", "with_groups", is_flag=True,
+              help="Also list the channel groups structured pruning works on (`edgekit prune`): "
+                   "layers whose channels are removed together; protected ones are kept.")
 @click.option("--json", "as_json", is_flag=True, help="Print machine-readable JSON to stdout.")
-def command(model: str, input_size: int | None, layers: bool, as_json: bool) -> None:
+def command(model: str, input_size: int | None, layers: bool, with_groups: bool,
+            as_json: bool) -> None:
     """Show parameters, MACs, the per-layer table and the preprocessing spec of MODEL.
 
     MODEL is an edgekit checkpoint (model.pt), ARCH:weights.pt for a plain state_dict, or a
-    zoo name (fresh weights; see `edgekit models`).
+    zoo name (fresh weights; see `edgekit models`). With --groups, also the prunable channel
+    groups (PyTorch zoo models only), e.g. `edgekit inspect model.pt --groups --no-layers`.
     """
     from edgekit.inspect import summarize
     from edgekit.sources import load_model
 
-    summary = summarize(load_model(model, input_size=input_size), input_size)
+    loaded = load_model(model, input_size=input_size)
+    groups = None
+    if with_groups:
+        import torch
+
+        from edgekit.prune import prunable_groups, require_prunable
+
+        require_prunable(loaded, "--groups")
+        spec = loaded.spec if input_size is None else loaded.spec.with_size(input_size)
+        groups = prunable_groups(loaded.module, torch.zeros(spec.input_shape(1)))
+    summary = summarize(loaded, input_size)
     if as_json:
-        click.echo(json.dumps(summary.to_dict(), indent=2))
+        data = summary.to_dict()
+        if groups is not None:
+            data["groups"] = [g.to_dict() for g in groups]
+        click.echo(json.dumps(data, indent=2))
         return
     if layers:
         table = Table(title=f"{summary.name} — layers", show_lines=False)
@@ -54,3 +87,9 @@ def command(model: str, input_size: int | None, layers: bool, as_json: bool) -> 
     head.add_row("MACs", f"{summary.macs:,} ({fmt_count(summary.macs)})")
     head.add_row("preprocessing", json.dumps(summary.preprocess))
     out.print(head)
+    if groups is not None:
+        out.print(groups_table(groups, summary.macs,
+                               f"{summary.name} — {len(groups)} channel groups (edgekit prune)"))
+        out.print("A group's channels are removed together from every layer listed under "
+                  "'layers'; MACs touched counts all of them. Protected groups (by default the "
+                  "stem and the classifier) are never pruned.")
