@@ -98,22 +98,27 @@ def _gate_types() -> tuple[type, ...]:
     return (SpatialGate,)
 
 
-def _record_gate_widths(module: Any, example: Any) -> None:
-    """Set ``channels`` on every spatial gate from one forward pass."""
+def _forward_with_hook(module: Any, example: Any, targets: Sequence[Any],
+                       hook: Callable[..., None]) -> None:
+    """One no-grad forward pass with ``hook`` on each of ``targets`` (removed afterwards)."""
     import torch
 
-    gates = [m for m in module.modules() if isinstance(m, _gate_types())]
-    if not gates:
-        return
-    handles = [g.register_forward_hook(lambda m, inputs, out: setattr(m, "channels",
-                                                                       int(inputs[0].shape[1])))
-               for g in gates]
+    handles = [t.register_forward_hook(hook) for t in targets]
     try:
         with torch.no_grad():
             module(example)
     finally:
         for h in handles:
             h.remove()
+
+
+def _record_gate_widths(module: Any, example: Any) -> None:
+    """Set ``channels`` on every spatial gate from one forward pass."""
+
+    gates = [m for m in module.modules() if isinstance(m, _gate_types())]
+    if gates:
+        _forward_with_hook(module, example, gates,
+                           lambda m, inputs, out: setattr(m, "channels", int(inputs[0].shape[1])))
 
 
 def _customized() -> dict[Any, Any]:
@@ -156,19 +161,13 @@ def _graph(module: Any, example: Any) -> Any:
 
 def _leaf_order(module: Any, example: Any) -> list[tuple[str, Any]]:
     """(name, module) of every Conv2d/Linear in execution order."""
-    import torch
     import torch.nn as nn
 
     names = {m: n for n, m in module.named_modules()}
     order: list[tuple[str, Any]] = []
-    handles = [m.register_forward_hook(lambda m, i, o: order.append((names[m], m)))
-               for m in module.modules() if isinstance(m, (nn.Conv2d, nn.Linear))]
-    try:
-        with torch.no_grad():
-            module(example)
-    finally:
-        for h in handles:
-            h.remove()
+    _forward_with_hook(module, example,
+                       [m for m in module.modules() if isinstance(m, (nn.Conv2d, nn.Linear))],
+                       lambda m, i, o: order.append((names[m], m)))
     return order
 
 

@@ -61,13 +61,8 @@ def _seed() -> None:
     torch.manual_seed(0)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _single_thread():
-    # Tiny inputs: intra-op threads buy nothing and spin against other processes on 2 cores.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+# Tiny inputs: intra-op threads buy nothing and spin against other processes on 2 cores.
+pytestmark = pytest.mark.usefixtures("single_torch_thread")
 
 
 # --- tiny models, one per block pattern --------------------------------------------------------
