@@ -471,9 +471,9 @@ def scan_groups(module: Any, example: Any, groups: Sequence[PruneGroup], ratio: 
                 progress: Callable[[int], None] | None = None) -> list[dict[str, Any]]:
     """Prune each unprotected group alone by ``ratio`` (lowest-L2 channels, widths rounded)
     and report ``evaluate(pruned copy)``: the per-group sensitivity, without recovery."""
-    tp = _tp()
     rows = []
     imp = _importance("l2")
+    macs0 = count(module, example)[0]
     for done, g in enumerate(groups, start=1):
         if g.protected or g.channels <= round_to:
             rows.append({**g.to_dict(), "removed": 0, "metric": None})
@@ -490,11 +490,10 @@ def scan_groups(module: Any, example: Any, groups: Sequence[PruneGroup], ratio: 
             if drop:
                 graph.get_pruning_group(root, pruner.prune_out_channels, drop).prune()
             rows.append({**g.to_dict(), "removed": len(drop),
-                         "macs_fraction": count(trial, example)[0] / count(module, example)[0],
+                         "macs_fraction": count(trial, example)[0] / macs0,
                          "metric": evaluate(trial)})
         if progress:
             progress(done)
-    del tp
     return rows
 
 
