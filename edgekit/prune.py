@@ -710,9 +710,11 @@ def latency_search(loaded: Any, cfg: Any, target_ms: float, target: Any, *,
             bar.advance()
             bar.update(note=f"{rows[-1]['macs_fraction']:.0%} MACs: {p50:.2f} ms")
             if p50 <= target_ms:
-                status(f"Latency target {target_ms:g} ms met at {rows[-1]['macs_fraction']:.0%} "
-                       f"of the MACs ({p50:.2f} ms p50 on {backend.name}, {threads} threads)")
-                return (1.0 if frac == 1.0 else frac), rows
+                if frac < 1.0:
+                    status(f"Latency target {target_ms:g} ms met at "
+                           f"{rows[-1]['macs_fraction']:.0%} of the MACs ({p50:.2f} ms p50 on "
+                           f"{backend.name}, {threads} threads)")
+                return frac, rows
     best = min(rows, key=lambda r: r["p50_ms"])
     raise ConfigError(
         f"latency target {target_ms:g} ms not reachable: the fastest candidate "

@@ -10,6 +10,7 @@ from typing import Any
 import click
 from rich.table import Table
 
+from edgekit.cli.prune import latency_target_options
 from edgekit.errors import VerificationFailed
 from edgekit.ui import out as stdout
 from edgekit.ui import status
@@ -73,13 +74,7 @@ def _terminate(signum: int, frame: Any) -> None:  # SIGTERM behaves like Ctrl-C:
 @click.option("--target-macs", type=click.FloatRange(0, 1, min_open=True, max_open=True),
               default=None, help="Pruning recipes: keep this fraction of the original MACs "
                                  "(e.g. 0.5) instead of the recipe's target.")
-@click.option("--target-latency-ms", type=click.FloatRange(0, min_open=True), default=None,
-              help="Pruning recipes: prune step by step until the target's preferred fp32 "
-                   "runtime runs the model in at most this many ms (p50, measured).")
-@click.option("--target", default="x86-local", show_default=True,
-              help="Target profile for --target-latency-ms (a local one: it is measured).")
-@click.option("--threads", type=click.IntRange(1, 1024), default=None,
-              help="Threads for --target-latency-ms [default: the target's largest count].")
+@latency_target_options
 @click.option("--seed", type=int, default=None, help="[default: the recipe's]")
 @click.option("--allow-accuracy-drop", is_flag=True,
               help="Exit 0 even when an artifact misses the recipe's accuracy gate.")

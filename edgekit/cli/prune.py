@@ -23,6 +23,22 @@ PRUNE_ONLY = ("out", "recipe", *TARGETS, "target", "threads", "importance", "glo
               "max_layer_ratio", "steps", "epochs", "overwrite", "allow_accuracy_drop")
 
 
+def latency_target_options(fn: Any) -> Any:
+    """``--target-latency-ms``, ``--target`` and ``--threads``: shared by prune and compress."""
+    for option in reversed((
+        click.option("--target-latency-ms", type=click.FloatRange(0, min_open=True),
+                     default=None,
+                     help="Prune step by step until the fp32 model's p50 latency on --target is "
+                          "at most this many ms (measured on this machine: local targets only)."),
+        click.option("--target", default="x86-local", show_default=True,
+                     help="Target for --target-latency-ms (see `edgekit targets`)."),
+        click.option("--threads", type=click.IntRange(1, 1024), default=None,
+                     help="Threads for --target-latency-ms [default: the target's largest]."),
+    )):
+        fn = option(fn)
+    return fn
+
+
 def _flag(name: str) -> str:
     return {"global_pruning": "--global/--per-layer"}.get(name, "--" + name.replace("_", "-"))
 
@@ -221,13 +237,7 @@ def _scan(model: str, data: Path, scan_ratio: float, round_to: int | None,
                                  "--target-latency-ms exclude each other.")
 @click.option("--ratio", type=click.FloatRange(0, 1, min_open=True, max_open=True), default=None,
               help="Instead: remove this fraction of every group's channels.")
-@click.option("--target-latency-ms", type=click.FloatRange(0, min_open=True), default=None,
-              help="Instead: prune until the fp32 model's p50 latency on --target is at most "
-                   "this (measured on this machine: local targets only).")
-@click.option("--target", default="x86-local", show_default=True,
-              help="Target for --target-latency-ms (see `edgekit targets`).")
-@click.option("--threads", type=click.IntRange(1, 1024), default=None,
-              help="Threads for --target-latency-ms [default: the target's largest].")
+@latency_target_options
 @click.option("--importance", type=click.Choice(["taylor", "l2"]), default=None,
               help="Channel importance: first-order Taylor (needs labels) or L2 magnitude "
                    "[default: the recipe's].")
@@ -240,7 +250,8 @@ def _scan(model: str, data: Path, scan_ratio: float, round_to: int | None,
               help="Keep widths multiples of this (8 suits AVX2/NEON and INT8 kernels).")
 @click.option("--protect", multiple=True, metavar="LAYER",
               help="Never prune the group of this layer (repeatable; replaces the default "
-                   "protection of the stem and the classifier; see `edgekit inspect --groups`).")
+                   "protection of the stem; the classifier and a depthwise conv on the input "
+                   "are always protected; see `edgekit inspect --groups`).")
 @click.option("--steps", type=click.IntRange(1, 20), default=None,
               help="Iterative pruning: this many prune → recover rounds.")
 @click.option("--epochs", type=click.IntRange(0, 1000), default=None,
