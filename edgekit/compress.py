@@ -145,8 +145,10 @@ def compress(source: str | Path | LoadedModel, *, data: str | Path, out: str | P
     source_metrics = score(y, ref, task=loaded.task, class_names=loaded.class_names, seed=rec.seed)
     model, pruning, parity_ref = loaded, None, None
     if rec.pruning is not None:
-        model, pruning, parity_ref = _prune(loaded, rec, plan, x, y, ref, source_metrics,
-                                            on_error)
+        from edgekit.prune import prune_and_verify
+
+        model, pruning, parity_ref = prune_and_verify(loaded, rec, plan, x, y, ref,
+                                                      source_metrics, on_error)
         pruning["latency_search"] = latency_rows
 
     results: list[ArtifactResult] = []
@@ -173,30 +175,6 @@ def compress(source: str | Path | LoadedModel, *, data: str | Path, out: str | P
         exc.result = result  # type: ignore[attr-defined]
         raise exc
     return result
-
-
-def _prune(loaded: LoadedModel, rec: Recipe, plan: DataPlan, x: np.ndarray, y: np.ndarray,
-           ref: np.ndarray, source_metrics: dict[str, Any], on_error: str
-           ) -> tuple[LoadedModel, dict[str, Any], np.ndarray]:
-    """Prune + recover on the non-verification images, then score the pruned PyTorch model
-    against the unpruned one on the verification images."""
-    from edgekit.prune import prune_and_recover
-
-    pruned, record = prune_and_recover(loaded, rec.pruning, plan.dataset, plan.train_pool,
-                                       seed=rec.seed, on_error=on_error)
-    parity_ref = reference_outputs(pruned, x)
-    record["verification"] = compare(ref, parity_ref, y, task=loaded.task,
-                                     class_names=loaded.class_names, precision="pruned",
-                                     recipe=rec, source_metrics=source_metrics, seed=rec.seed)
-    v = record["verification"]
-    headline = "mean_auroc" if loaded.task == "multilabel" else "accuracy"
-    before, after = source_metrics[headline]["value"], v["metrics"][headline]["value"]
-    scale, unit = (1, "") if loaded.task == "multilabel" else (100, " %")
-    status(f"Pruned PyTorch model: MACs {record['macs_fraction']:.1%} of the original, "
-           f"{headline.replace('_', ' ')} {scale * before:.4g}{unit} → {scale * after:.4g}{unit} "
-           f"on the verification images — "
-           f"{'[green]within[/]' if v['passed'] else '[red]outside[/]'} the recipe's gate")
-    return pruned, record, parity_ref
 
 
 def _save_pruned(model: LoadedModel, record: dict[str, Any], writer: BundleWriter

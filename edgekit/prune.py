@@ -645,6 +645,34 @@ def prune_and_recover(loaded: Any, cfg: Any, dataset: Any, train_samples: Sequen
     return pruned, record
 
 
+def prune_and_verify(loaded: Any, rec: Any, plan: Any, x: np.ndarray, y: np.ndarray,
+                     ref: np.ndarray, source_metrics: dict[str, Any], on_error: str = "skip"
+                     ) -> tuple[Any, dict[str, Any], np.ndarray]:
+    """Prune + recover on ``plan``'s non-verification images, then score the pruned PyTorch
+    model against the unpruned one (``ref``, ``source_metrics``) on the verification images
+    ``x, y`` with the recipe's gate. Returns (pruned model, record, pruned model's logits)."""
+    from edgekit.sources import reference_outputs
+    from edgekit.ui import status
+    from edgekit.verify import compare
+
+    pruned, record = prune_and_recover(loaded, rec.pruning, plan.dataset, plan.train_pool,
+                                       seed=rec.seed, on_error=on_error)
+    logits = reference_outputs(pruned, x)
+    v = record["verification"] = compare(ref, logits, y, task=loaded.task,
+                                         class_names=loaded.class_names, precision="pruned",
+                                         recipe=rec, source_metrics=source_metrics,
+                                         seed=rec.seed)
+    record["verification_origin"] = plan.origin
+    headline = "mean_auroc" if loaded.task == "multilabel" else "accuracy"
+    before, after = source_metrics[headline]["value"], v["metrics"][headline]["value"]
+    scale, unit = (1, "") if loaded.task == "multilabel" else (100, " %")
+    status(f"Pruned PyTorch model: MACs {record['macs_fraction']:.1%} of the original, "
+           f"{headline.replace('_', ' ')} {scale * before:.4g}{unit} → {scale * after:.4g}{unit} "
+           f"on the verification images — "
+           f"{'[green]within[/]' if v['passed'] else '[red]outside[/]'} the recipe's gate")
+    return pruned, record, logits
+
+
 # --------------------------------------------------------------------------- latency target
 LATENCY_FRACTIONS = (0.9, 0.8, 0.7, 0.6, 0.5, 0.4, 0.3, 0.2)
 
@@ -805,7 +833,6 @@ def prune_file(source: Any, *, data: Any, out: Any, recipe: Any = "prune30",
     from edgekit.checkpoint import save_checkpoint
     from edgekit.evaluate import load_arrays, score
     from edgekit.sources import LoadedModel, load_model, reference_outputs
-    from edgekit.verify import compare
 
     start = time.perf_counter()
     out = Path(out)
@@ -827,12 +854,7 @@ def prune_file(source: Any, *, data: Any, out: Any, recipe: Any = "prune30",
     ref = reference_outputs(loaded, x)
     source_metrics = score(y, ref, task=loaded.task, class_names=loaded.class_names,
                            seed=rec.seed)
-    pruned, record = prune_and_recover(loaded, rec.pruning, plan.dataset, plan.train_pool,
-                                       seed=rec.seed, on_error=on_error)
-    record["verification"] = compare(ref, reference_outputs(pruned, x), y, task=loaded.task,
-                                     class_names=loaded.class_names, precision="pruned",
-                                     recipe=rec, source_metrics=source_metrics, seed=rec.seed)
-    record["verification_origin"] = plan.origin
+    pruned, record, _ = prune_and_verify(loaded, rec, plan, x, y, ref, source_metrics, on_error)
     record["latency_search"] = latency_rows
     record["recipe"] = rec.model_dump()
     record["source"] = str(loaded.source)
