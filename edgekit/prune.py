@@ -595,7 +595,9 @@ def prune_and_recover(loaded: Any, cfg: Any, dataset: Any, train_samples: Sequen
         outcome = prune(student, example, settings, reference_macs=macs0)
         student.zero_grad(set_to_none=True)
         # the pruned layers' successors see new input statistics: re-estimate BN on clean images
-        recalibrate_batchnorm(student, x_tr, images=cfg.recovery.bn_images)
+        # (recover() does this itself before scoring its starting point)
+        if not cfg.recovery.epochs:
+            recalibrate_batchnorm(student, x_tr, images=cfg.recovery.bn_images)
         steps.append(outcome.history)
         outcomes.append(outcome)
         status(f"Pruning step {step}/{cfg.steps}: channel ratio {outcome.ratio:.3f}, MACs "

@@ -303,7 +303,7 @@ def recalibrate_batchnorm(model: Any, x: np.ndarray, *, images: int = 1024,
     import torch
 
     bns = [m for m in model.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
-    if not bns or len(x) == 0:
+    if not bns or len(x) == 0 or images <= 0:  # nothing to estimate from: keep the statistics
         return 0
     was_training = model.training
     saved = [(m.momentum, m.training) for m in bns]

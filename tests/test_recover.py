@@ -241,3 +241,6 @@ def test_recalibrate_batchnorm_uses_clean_inputs_and_restores_modes() -> None:
     assert float(bn.running_var.min()) > 0.05
     assert bn.momentum == 0.1 and model.training and bn.training
     assert recalibrate_batchnorm(torch.nn.Linear(3, 2), x) == 0  # no BatchNorm: nothing to do
+    kept = bn.running_mean.clone()
+    assert recalibrate_batchnorm(model, x, images=0) == 0  # 0 = off: statistics untouched
+    assert torch.equal(bn.running_mean, kept)
