@@ -135,6 +135,8 @@ def merge_trials(rows: Sequence[dict[str, Any]]) -> dict[str, Any]:
     for key in ("environment", "protocol"):
         if key in rows[0]:
             merged[key] = rows[0][key]
+    if any("thermal" in r for r in rows):
+        merged.update(merge_thermal(rows))
     return merged
 
 
@@ -232,6 +234,161 @@ def runtime_facts(backend: str, session: Any, threads: int | None) -> dict[str, 
             "inference_precision": getattr(session, "inference_precision", None)}
 
 
+# ------------------------------------------------------------------------- thermal validity
+# ``vcgencmd get_throttled`` bits (Raspberry Pi): 0-3 are the state now, 16-19 the same
+# conditions "has occurred since boot".
+_THROTTLE_BITS = {0: "under-voltage", 1: "ARM frequency capped", 2: "throttled",
+                  3: "soft temperature limit active"}
+_NOW_MASK = 0xF
+_EVER_MASK = 0xF0000
+
+
+def throttle_flags(text: str | None) -> int | None:
+    """``throttled=0x50005`` (``vcgencmd get_throttled``) → 0x50005; None when absent/garbled."""
+    if not text:
+        return None
+    value = text.strip().rpartition("=")[2].strip()
+    try:
+        return int(value, 0)
+    except ValueError:
+        return None
+
+
+def _bit_names(flags: int) -> str:
+    return ", ".join(name for bit, name in _THROTTLE_BITS.items() if flags >> bit & 1)
+
+
+def throttle_verdict(before: str | None, after: str | None) -> str | None:
+    """Why a measurement is invalid by ``vcgencmd`` evidence, or None (valid / no evidence).
+
+    Invalid when a "now" bit (0-3) was set before or after the run, or when a "since boot"
+    bit (16-19) appeared during it: the clock was lowered for at least part of the timing.
+    Without vcgencmd (any non-Pi machine) there is no evidence and the run stays valid; the
+    sampled temperatures and clocks are recorded for the reader either way."""
+    b, a = throttle_flags(before), throttle_flags(after)
+    if a is None:
+        return None
+    reasons = []
+    now = (a | (b or 0)) & _NOW_MASK
+    if now:
+        reasons.append(f"throttled while timing ({_bit_names(now)}; {after})")
+    if b is not None:
+        new = a & ~b & _EVER_MASK
+        if new and not now:
+            reasons.append(f"throttling occurred during the run ({_bit_names(new >> 16)}; "
+                           f"{before} -> {after})")
+    return "; ".join(reasons) or None
+
+
+def _cur_freq_mhz(cpus: Sequence[int]) -> float | None:
+    """The lowest current clock (MHz) of ``cpus`` (sysfs cpufreq), None where not exposed."""
+    values = []
+    for cpu in cpus:
+        try:
+            with open(f"/sys/devices/system/cpu/cpu{cpu}/cpufreq/scaling_cur_freq") as fh:
+                values.append(int(fh.read().strip()) / 1000.0)
+        except (OSError, ValueError):
+            continue
+    return min(values) if values else None
+
+
+def _max_freq_mhz(cpus: Sequence[int]) -> float | None:
+    values = []
+    for cpu in cpus:
+        try:
+            with open(f"/sys/devices/system/cpu/cpu{cpu}/cpufreq/cpuinfo_max_freq") as fh:
+                values.append(int(fh.read().strip()) / 1000.0)
+        except (OSError, ValueError):
+            continue
+    return max(values) if values else None
+
+
+class ThermalSampler:
+    """Samples temperature and the clock of this process's CPUs in a daemon thread while timing
+    (every ``interval`` s, plus once at start and at stop); reads ``vcgencmd get_throttled``
+    before and after. ``result()`` gives the row keys ``thermal``, ``valid``, ``invalid_reason``.
+
+    Each sample reads a few sysfs files (microseconds), so the timed loop is not disturbed."""
+
+    def __init__(self, interval: float = 0.5) -> None:
+        import threading
+
+        from edgekit.bench import hostinfo
+
+        self.interval = interval
+        self._hostinfo = hostinfo
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, name="edgekit-thermal", daemon=True)
+        affinity = sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else [0]
+        self.cpus = affinity[:16]
+        self.temps: list[float] = []
+        self.freqs: list[float] = []
+        self.samples = 0
+        self.throttled_before: str | None = None
+        self.throttled_after: str | None = None
+
+    def sample(self) -> None:
+        temp = self._hostinfo.temperature_c()
+        freq = _cur_freq_mhz(self.cpus)
+        if temp is not None:
+            self.temps.append(temp)
+        if freq is not None:
+            self.freqs.append(freq)
+        self.samples += 1
+
+    def _loop(self) -> None:
+        while not self._stop.wait(self.interval):
+            self.sample()
+
+    def __enter__(self) -> ThermalSampler:
+        self.throttled_before = self._hostinfo.throttled()
+        self.sample()
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+        self.sample()
+        self.throttled_after = self._hostinfo.throttled()
+
+    def result(self) -> dict[str, Any]:
+        reason = throttle_verdict(self.throttled_before, self.throttled_after)
+        thermal = {
+            "temp_c_min": min(self.temps) if self.temps else None,
+            "temp_c_max": max(self.temps) if self.temps else None,
+            "freq_mhz_min": min(self.freqs) if self.freqs else None,
+            "freq_mhz_max": max(self.freqs) if self.freqs else None,
+            "freq_mhz_limit": _max_freq_mhz(self.cpus),
+            "samples": self.samples,
+            "throttled_before": self.throttled_before,
+            "throttled_after": self.throttled_after,
+        }
+        return {"thermal": thermal, "valid": reason is None, "invalid_reason": reason}
+
+
+def merge_thermal(rows: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    """``thermal``/``valid``/``invalid_reason`` of rows measured one trial each: extremes over
+    every trial, the first ``throttled_before`` and the last ``throttled_after``; invalid when
+    any trial was."""
+    th = [r["thermal"] for r in rows if r.get("thermal")]
+
+    def pick(key: str, fn: Callable[..., Any]) -> Any:
+        values = [t[key] for t in th if t.get(key) is not None]
+        return fn(values) if values else None
+
+    reasons = list(dict.fromkeys(r["invalid_reason"] for r in rows if r.get("invalid_reason")))
+    thermal = {"temp_c_min": pick("temp_c_min", min), "temp_c_max": pick("temp_c_max", max),
+               "freq_mhz_min": pick("freq_mhz_min", min),
+               "freq_mhz_max": pick("freq_mhz_max", max),
+               "freq_mhz_limit": pick("freq_mhz_limit", max),
+               "samples": sum(t.get("samples", 0) for t in th),
+               "throttled_before": th[0].get("throttled_before") if th else None,
+               "throttled_after": th[-1].get("throttled_after") if th else None}
+    return {"thermal": thermal, "valid": all(r.get("valid", True) for r in rows),
+            "invalid_reason": "; ".join(reasons) or None}
+
+
 def time_session(open_session: Callable[[], Any], input_shape: Sequence[int], *, backend: str,
                  threads: int | None, protocol: Protocol, seed: int = 0,
                  progress: Callable[[str], None] | None = None) -> dict[str, Any]:
@@ -246,10 +403,11 @@ def time_session(open_session: Callable[[], Any], input_shape: Sequence[int], *,
     if not np.all(np.isfinite(out)):
         raise ValueError("the artifact returns non-finite outputs on a random input")
     call = bind(session, np.ascontiguousarray(x))
-    timing = measure(call, protocol, progress)
+    with ThermalSampler() as thermal:
+        timing = measure(call, protocol, progress)
     row = {"threads": threads, **timing.summary(), "load_ms": load_ms,
            "peak_rss_mb": peak_rss_mb(), "runtime": runtime_facts(backend, session, threads),
-           "error": None}
+           "error": None, **thermal.result()}
     return {**row, "environment": environment(), "protocol": protocol.to_dict()}
 
 
