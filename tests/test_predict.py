@@ -1,6 +1,10 @@
-"""Latency model: kernel fusion, reference networks, fitting, LOO error on published RPi 4 data."""
+"""Latency model: kernel fusion, reference networks, fitting, LOO error on published RPi 4 data,
+target routes, bundle predictions and the local (x86) calibration."""
 
 from __future__ import annotations
+
+import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -10,20 +14,29 @@ import torch.nn as nn
 from edgekit.bench.predict import (
     BOARDS,
     KINDS,
+    CalibrationMismatch,
     Coeffs,
     Point,
     Prediction,
+    ThreadScaling,
+    bundle_kernels,
     coeffs_from_target,
     fit,
     fit_published,
+    fit_thread_scaling,
     group_points,
     kernels,
+    local_coeffs,
     loo_errors,
+    onnx_kernels,
     predict,
+    predict_bundle,
     published_points,
+    published_thread_scaling,
+    read_calibration,
 )
 from edgekit.bench.refnets import PUBLISHED_MACS, REFNETS, create_refnet
-from edgekit.targets import load_target
+from edgekit.targets import list_targets, load_target
 
 
 class Tiny(nn.Module):
@@ -134,10 +147,12 @@ def test_prediction_monotonic_in_width_and_carries_error():
 
 
 def test_target_profiles_hold_the_current_fit():
-    """rpi4.yaml / rpi5.yaml carry the coefficients fit_published gives (regenerate with
-    benchmarks/predict_validation.py --yaml when the model or the data change)."""
-    for board in ("rpi4", "rpi5"):
-        stored = load_target(board).latency_model or {}
+    """The profiles carry the coefficients and thread scalings the published fits give
+    (regenerate with benchmarks/predict_validation.py --yaml when the model or the data
+    change); graviton3's only group is the RPi 5 1-thread fit, transferred with rel_err 1."""
+    for name, board in (("rpi4", "rpi4"), ("rpi5", "rpi5"), ("jetson-nano-cpu", "jetson-nano")):
+        target = load_target(name)
+        stored = target.latency_model or {}
         fresh = fit_published(board)
         assert set(stored) == set(fresh)
         for key, c in fresh.items():
@@ -146,3 +161,214 @@ def test_target_profiles_hold_the_current_fit():
             assert s.rel_err == pytest.approx(c.rel_err, rel=0.01)
             for kind in KINDS:
                 assert s.eta[kind] == pytest.approx(c.eta[kind], rel=0.01), (board, key, kind)
+        scaling = published_thread_scaling(board)
+        assert target.predict.thread_scaling.parallel_fraction == pytest.approx(
+            scaling.parallel_fraction, abs=0.002)
+    graviton = coeffs_from_target(load_target("graviton3").latency_model, "ncnn/fp16/1")
+    rpi5 = fit_published("rpi5")["ncnn/fp16/1"]
+    assert graviton.rel_err == 1.0 and graviton.n_points == 0 and "transferred" in graviton.basis
+    assert graviton.eta["convkxk"] == pytest.approx(rpi5.eta["convkxk"], rel=0.01)
+
+
+# ------------------------------------------------------------------ profiles and routes
+def test_profiles_route_every_preferred_backend_and_precision():
+    arm = {"rpi4", "rpi5", "jetson-nano-cpu", "graviton3"}
+    targets = {t.name: t for t in list_targets()}
+    assert arm | {"x86-local", "x86-avx2", "x86-avx512-vnni"} <= set(targets)
+    for name, t in targets.items():
+        assert t.predict is not None, name
+        fp16_math = "fp16" in t.cpu.features
+        for precision, backends in t.preferred.items():
+            for backend in backends:
+                route = t.predict.routes[backend][precision]
+                assert route.basis, (name, backend, precision)
+                compute = route.compute or route.group.split("/")[1]
+                if t.predict.groups_from == "profile":
+                    assert any(k.startswith(route.group + "/") for k in t.latency_model), name
+                if precision == "fp16" and not fp16_math:  # no fp16 arithmetic: fp32 compute
+                    assert compute == "fp32", (name, backend)
+        if name in arm:  # OpenVINO on ARM runs INT8 in floating point: never costed as int8
+            assert t.predict.routes["openvino"]["int8"].compute in ("fp32", "fp16")
+            assert "onnxruntime" in t.preferred["int8"] and "openvino" not in t.preferred["int8"]
+            assert t.predict.thread_scaling is not None and t.access.kind == "ssh"
+    g3 = targets["graviton3"]
+    assert g3.cpu.cores == 4 and {"sve", "bf16", "i8mm", "dotprod", "fp16"} <= set(
+        g3.cpu.features)
+    assert targets["jetson-nano-cpu"].cpu.peak_gmacs_fp32 == 45.8
+
+
+def test_a_route_to_a_missing_group_is_refused(tmp_path):
+    from edgekit.errors import ConfigError
+
+    path = tmp_path / "t.yaml"
+    path.write_text("name: t\narch: aarch64\naccess: {kind: local}\n"
+                    "latency_model: {ncnn/fp32/4: {precision: fp32, threads: 4, c0_ms: 0.5, "
+                    "c_op_ms: 0.02, eta_mem: 0.5}}\n"
+                    "predict: {routes: {litert: {fp32: {group: xnnpack/fp32, basis: b}}}}\n")
+    with pytest.raises(ConfigError, match="xnnpack/fp32 have no latency_model group"):
+        load_target(path)
+
+
+def test_thread_scaling_fit_and_interpolation():
+    true = ThreadScaling(0.6, 0.0)
+    pairs = [(1, ms, 4, ms * true.factor(1, 4)) for ms in (10.0, 30.0, 100.0)]
+    got = fit_thread_scaling(pairs)
+    assert got.parallel_fraction == pytest.approx(0.6, abs=1e-3) and got.rel_err >= 0.1
+    assert got.factor(2, 2) == 1.0 and got.factor(1, 4) < got.factor(1, 2) < 1
+    rpi4 = published_thread_scaling("rpi4")  # ncnn 1 -> 4 threads: 1.5-2x published
+    assert 1.4 < 1 / rpi4.factor(1, 4) < 2.1
+
+
+# ------------------------------------------------------------------------- bundles
+@pytest.fixture(scope="module")
+def bundles(trained, mri_phantoms, tmp_path_factory) -> dict[str, Path]:
+    """An INT8 bundle (ONNX Runtime + OpenVINO) and a pruned one (ONNX Runtime)."""
+    from edgekit.compress import compress
+
+    out = tmp_path_factory.mktemp("predict-bundles")
+    kw = {"data": mri_phantoms, "calibration_images": 16, "verification_images": 24,
+          "allow_accuracy_drop": True}
+    plain = compress(trained, out=out / "int8", recipe="int8",
+                     backends=["onnxruntime", "openvino"], **kw).bundle
+    pruned = compress(trained, out=out / "pruned", recipe="prune30-int8",
+                      backends=["onnxruntime"], **kw).bundle
+    return {"int8": plain, "pruned": pruned}
+
+
+def _manifest(bundle: Path, extra: list[dict] | None = None) -> dict:
+    m = json.loads((bundle / "manifest.json").read_text())
+    m["artifacts"] += extra or []
+    return m
+
+
+FAKE = [{"name": f"{b}-{p}", "backend": b, "precision": p,
+         "files": [{"path": f"artifacts/{b}/missing-{p}"}]}
+        for b, p in (("litert", "int8"), ("litert", "fp16"), ("onnxruntime", "fp32"))]
+
+
+def test_predict_bundle_rows_are_labelled_with_basis_and_error(bundles, tmp_path, monkeypatch):
+    monkeypatch.setenv("EDGEKIT_CONFIG_DIR", str(tmp_path / "config"))
+    manifest = _manifest(bundles["int8"], FAKE)
+    rows = predict_bundle(bundles["int8"], manifest, load_target("rpi4"), [1, 2, 4])
+    assert len(rows) == 5 * 3
+    by = {(r["artifact"].split("/")[1], r["threads"]): r for r in rows}
+    for (name, _), r in by.items():
+        assert r["artifact"].startswith("int8/") and r["backend"] and r["precision"]
+        if name == "openvino-int8":  # OpenVINO 2026.4 cannot compile INT8 IRs on a Cortex-A72
+            assert r["error"].startswith("not predicted: OpenVINO 2026.4") and "p50_ms" not in r
+            continue
+        assert r["label"] == "predicted"
+        assert r["low_ms"] < r["p50_ms"] < r["high_ms"] and 0.1 <= r["rel_err"] < 1.5
+        assert "kernels read from the ONNX artifact onnxruntime-int8" in r["basis"]
+    assert by[("litert-int8", 4)]["group"] == "xnnpack/int8/4"
+    assert "scaled from 4 to 1 threads" in by[("litert-int8", 1)]["basis"]
+    assert by[("onnxruntime-fp32", 2)]["group"] == "ncnn/fp32/1-4"  # between two fitted counts
+    assert "no published ONNX Runtime figures" in by[("onnxruntime-fp32", 4)]["basis"]
+    assert by[("onnxruntime-fp32", 4)]["rel_err"] > by[("litert-int8", 4)]["rel_err"] - 0.2
+    assert by[("litert-fp16", 4)]["group"] == "xnnpack/fp32/4"
+    # every profile predicts; OpenVINO INT8 on ARM is costed as floating point
+    for name in ("rpi5", "jetson-nano-cpu", "graviton3"):
+        got = predict_bundle(bundles["int8"], manifest, load_target(name), [1, 4])
+        assert all("p50_ms" in r for r in got if name != "jetson-nano-cpu"
+                   or r["backend"] != "openvino"), name
+    rpi5 = predict_bundle(bundles["int8"], manifest, load_target("rpi5"), [4])
+    assert "costed as fp32" in next(r for r in rpi5 if r["backend"] == "openvino")["basis"]
+    # x86-local needs a calibration first
+    local = predict_bundle(bundles["int8"], manifest, load_target("x86-local"), [1])
+    assert all("not calibrated: run `edgekit targets calibrate x86-local`" in r["error"]
+               for r in local)
+    assert set(local[0]) >= {"artifact", "threads", "error"}
+
+
+def test_pruned_bundle_predicts_faster_than_unpruned(bundles):
+    target = load_target("rpi4")
+    pruned = predict_bundle(bundles["pruned"], _manifest(bundles["pruned"]), target, [4])
+    plain = predict_bundle(bundles["int8"], _manifest(bundles["int8"]), target, [4])
+    p = next(r for r in pruned if r["backend"] == "onnxruntime")
+    u = next(r for r in plain if r["backend"] == "onnxruntime")
+    assert "source/pruned.pt" in p["basis"] and p["macs"] < 0.8 * u["macs"]
+    assert p["p50_ms"] < u["p50_ms"]
+
+
+def test_kernel_sources_agree(bundles, trained):
+    """pruned.pt > the module passed in > the ONNX artifact > the zoo architecture by name;
+    the ONNX reader (here a QDQ INT8 graph) yields the module's MACs and kinds."""
+    from collections import Counter
+
+    from edgekit.sources import load_model
+
+    module = load_model(trained).module
+    manifest = _manifest(bundles["int8"])
+    from_onnx, where = bundle_kernels(bundles["int8"], manifest)
+    assert where.startswith("kernels read from the ONNX artifact")
+    from_module, where = bundle_kernels(bundles["int8"], manifest, module)
+    assert where == "kernels of the source model"
+    no_onnx = {**manifest, "artifacts": [a for a in manifest["artifacts"]
+                                         if a["backend"] != "onnxruntime"]}
+    from_zoo, where = bundle_kernels(bundles["int8"], no_onnx)
+    assert "zoo architecture dsconv_cbam_gap" in where
+    for ks in (from_onnx, from_zoo):
+        assert sum(k.macs for k in ks) == sum(k.macs for k in from_module)
+        assert Counter(k.kind for k in ks) == Counter(k.kind for k in from_module)
+    broken = {**no_onnx, "source": {"architecture": "my_own_net"}}
+    rows = predict_bundle(bundles["int8"], broken, load_target("rpi4"), [4])
+    assert all("cannot tell the bundle's architecture" in r["error"] for r in rows)
+
+
+@pytest.mark.parametrize("name", ["prudensnet", "dsconv_cbam", "dsconv_cbam_gap", "ich_mrf",
+                                  "mobilenetv2"])
+def test_onnx_kernels_match_module_kernels_for_every_zoo_model(name, tmp_path):
+    from collections import Counter
+
+    from edgekit.bench.calibrate import export_net
+    from edgekit.zoo import create_model, model_config
+
+    module = create_model(name, input_size=64).eval()
+    path = export_net(module, name, 64, model_config(name).num_classes, "onnxruntime", "fp32",
+                      tmp_path)
+    a, b = kernels(module, (3, 64, 64)), onnx_kernels(path)
+    assert sum(k.macs for k in a) == sum(k.macs for k in b)
+    assert Counter(k.kind for k in a) == Counter(k.kind for k in b)
+    assert [k.kind for k in a] == [k.kind for k in b]
+
+
+# -------------------------------------------------------------------- local calibration
+def test_calibrate_quick_round_trip_and_foreign_cpu_refused(bundles, tmp_path, monkeypatch):
+    from click.testing import CliRunner
+
+    from edgekit.cli.calibrate import calibrate_command
+
+    monkeypatch.setenv("EDGEKIT_CONFIG_DIR", str(tmp_path / "config"))
+    res = CliRunner().invoke(calibrate_command, ["x86-local", "--quick", "--backend",
+                                                 "onnxruntime", "--json"])
+    assert res.exit_code == 0, res.output
+    entry = json.loads(res.stdout)
+    path = tmp_path / "config" / "calibration" / "x86-local.json"
+    assert entry["path"] == str(path) and path.is_file() and entry["quick"]
+    target = load_target("x86-local")
+    got = local_coeffs(target)
+    assert got is not None and set(got["groups"]) == {"onnxruntime/fp32/1"}
+    assert got["identity"]["cpu_model"] and got["hardware"]["peak_gmacs_fp32"] > 0
+    manifest = _manifest(bundles["int8"], FAKE)
+    rows = {r["artifact"]: r for r in predict_bundle(bundles["int8"], manifest, target, [1])}
+    fp32 = rows["int8/onnxruntime-fp32"]
+    assert fp32["label"] == "predicted" and fp32["group"] == "onnxruntime/fp32/1"
+    assert "local calibration of" in fp32["basis"] and fp32["p50_ms"] > 0
+    assert "no onnxruntime/int8/<threads> group" in rows["int8/onnxruntime-int8"]["error"]
+    # declared x86 profiles transfer this machine's calibration, with a larger error
+    avx2 = predict_bundle(bundles["int8"], manifest, load_target("x86-avx2"), [1])
+    row = next(r for r in avx2 if r["artifact"] == "int8/onnxruntime-fp32")
+    assert row["rel_err"] >= 0.4 and "transferred to the declared x86-avx2" in row["basis"]
+    # a file made on another CPU is never used here
+    data = json.loads(path.read_text())
+    data["entries"] = {k.replace(entry["identity"]["cpu_model"], "Other CPU 9000"):
+                       {**v, "identity": {**v["identity"], "cpu_model": "Other CPU 9000"}}
+                       for k, v in data["entries"].items()}
+    path.write_text(json.dumps(data))
+    assert local_coeffs(target) is None
+    with pytest.raises(CalibrationMismatch, match="Other CPU 9000"):
+        read_calibration(path)
+    rows = predict_bundle(bundles["int8"], manifest, target, [1])
+    assert all("another machine" in r["error"] for r in rows)
+    bad = CliRunner().invoke(calibrate_command, ["rpi4", "--quick"])
+    assert bad.exit_code != 0 and "measures THIS machine" in str(bad.exception or bad.output)

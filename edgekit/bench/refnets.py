@@ -16,6 +16,9 @@ efficientnet_b0     ~386 M     390 M        Tan & Le 2019 (SE on the block input
 resnet18            1.82 G     1.82 G       He et al. 2016, basic blocks
 resnet50            4.09 G     4.1 G        bottleneck, stride on the 3×3 (torchvision "v1.5")
 =================== ========== ============ ===================================================
+
+``create_refnet(name, width=α)`` narrows MobileNetV1 and the ResNets (channels × α, multiples of
+8) for calibrating on more shapes than the published networks (``edgekit targets calibrate``).
 """
 
 from __future__ import annotations
@@ -28,7 +31,7 @@ import torch.nn as nn
 from edgekit.zoo.blocks import ConvBNAct, SqueezeExcite
 from edgekit.zoo.mobilenetv2 import MobileNetV2
 
-__all__ = ["PUBLISHED_MACS", "REFNETS", "create_refnet"]
+__all__ = ["PUBLISHED_MACS", "REFNETS", "WIDTH_NETS", "create_refnet"]
 
 PUBLISHED_MACS = {"mobilenet_v1": 569e6, "mobilenet_v2": 300e6, "mobilenet_v3_large": 219e6,
                   "mobilenet_v3_small": 56e6, "efficientnet_b0": 390e6, "resnet18": 1.82e9,
@@ -101,11 +104,12 @@ def _mbconv(cin: int, exp: int, cout: int, k: int, stride: int, act: Callable[[]
     return _Residual(nn.Sequential(*layers), add=stride == 1 and cin == cout)
 
 
-def mobilenet_v1(classes: int = 1000) -> nn.Module:
-    layers: list[nn.Module] = [ConvBNAct(3, 32, 3, stride=2)]
-    cin = 32
-    for cout, s in ((64, 1), (128, 2), (128, 1), (256, 2), (256, 1), (512, 2), (512, 1),
-                    (512, 1), (512, 1), (512, 1), (512, 1), (1024, 2), (1024, 1)):
+def mobilenet_v1(classes: int = 1000, width: float = 1.0) -> nn.Module:
+    cin = _div8(32 * width)
+    layers: list[nn.Module] = [ConvBNAct(3, cin, 3, stride=2)]
+    for c, s in ((64, 1), (128, 2), (128, 1), (256, 2), (256, 1), (512, 2), (512, 1),
+                 (512, 1), (512, 1), (512, 1), (512, 1), (1024, 2), (1024, 1)):
+        cout = _div8(c * width)
         layers += [ConvBNAct(cin, cin, 3, stride=s, groups=cin), ConvBNAct(cin, cout, 1)]
         cin = cout
     return nn.Sequential(*layers, _Head(cin, classes))
@@ -158,11 +162,13 @@ def efficientnet_b0(classes: int = 1000) -> nn.Module:
     return nn.Sequential(*layers, _Head(1280, classes))
 
 
-def _resnet(bottleneck: bool, depths: tuple[int, ...], classes: int) -> nn.Module:
-    layers: list[nn.Module] = [ConvBNAct(3, 64, 7, stride=2), nn.MaxPool2d(3, 2, padding=1)]
-    cin, exp = 64, 4 if bottleneck else 1
+def _resnet(bottleneck: bool, depths: tuple[int, ...], classes: int,
+            multiplier: float = 1.0) -> nn.Module:
+    stem = _div8(64 * multiplier)
+    layers: list[nn.Module] = [ConvBNAct(3, stem, 7, stride=2), nn.MaxPool2d(3, 2, padding=1)]
+    cin, exp = stem, 4 if bottleneck else 1
     for stage, n in enumerate(depths):
-        width = 64 * 2 ** stage
+        width = _div8(64 * 2 ** stage * multiplier)
         for i in range(n):
             s = 2 if stage > 0 and i == 0 else 1
             cout = width * exp
@@ -180,12 +186,12 @@ def _resnet(bottleneck: bool, depths: tuple[int, ...], classes: int) -> nn.Modul
     return nn.Sequential(*layers, _Head(cin, classes))
 
 
-def resnet18(classes: int = 1000) -> nn.Module:
-    return _resnet(False, (2, 2, 2, 2), classes)
+def resnet18(classes: int = 1000, width: float = 1.0) -> nn.Module:
+    return _resnet(False, (2, 2, 2, 2), classes, width)
 
 
-def resnet50(classes: int = 1000) -> nn.Module:
-    return _resnet(True, (3, 4, 6, 3), classes)
+def resnet50(classes: int = 1000, width: float = 1.0) -> nn.Module:
+    return _resnet(True, (3, 4, 6, 3), classes, width)
 
 
 REFNETS: dict[str, Callable[[int], nn.Module]] = {
@@ -194,10 +200,18 @@ REFNETS: dict[str, Callable[[int], nn.Module]] = {
     "efficientnet_b0": efficientnet_b0, "resnet18": resnet18, "resnet50": resnet50}
 
 
-def create_refnet(name: str, classes: int = 1000) -> nn.Module:
-    """A reference network in eval mode (random weights: only the shapes are meaningful)."""
-    try:
-        return REFNETS[name](classes).eval()
-    except KeyError:
-        raise KeyError(f"unknown reference network {name!r}; known: {', '.join(REFNETS)}") \
-            from None
+WIDTH_NETS = ("mobilenet_v1", "resnet18", "resnet50")  # take a channel width multiplier
+
+
+def create_refnet(name: str, classes: int = 1000, width: float = 1.0) -> nn.Module:
+    """A reference network in eval mode (random weights: only the shapes are meaningful).
+
+    ``width`` multiplies every layer's channels (rounded to multiples of 8) for the networks of
+    :data:`WIDTH_NETS` (MobileNetV1's α; the same for the ResNets)."""
+    if name not in REFNETS:
+        raise KeyError(f"unknown reference network {name!r}; known: {', '.join(REFNETS)}")
+    if width != 1.0:
+        if name not in WIDTH_NETS:
+            raise ValueError(f"{name} has no width multiplier (only {', '.join(WIDTH_NETS)})")
+        return REFNETS[name](classes, width).eval()  # type: ignore[call-arg]
+    return REFNETS[name](classes).eval()
