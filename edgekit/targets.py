@@ -48,6 +48,31 @@ class SshAccess(BaseModel):
     key: str | None = Field(None, description="private key file; None uses the SSH agent/config")
     workdir: str = Field("~/edgekit-bench", description="folder on the device for bundle + runner")
     python: str = Field("python3", description="Python interpreter on the device")
+    known_hosts: str | None = Field(
+        None, description="known_hosts file holding the device's host key (UserKnownHostsFile); "
+                          "None uses ~/.ssh/known_hosts and the SSH config")
+    options: list[str] = Field(
+        default_factory=list, description="extra ssh -o options, e.g. ProxyJump=user@bastion; "
+                                          "host-key checking cannot be turned off")
+
+    @field_validator("host", "user")
+    @classmethod
+    def _ssh_name(cls, value: str) -> str:
+        if not value or value.startswith("-") or any(c.isspace() or c in "@'\"`$;|&<>\\"
+                                                     for c in value):
+            raise ValueError(f"{value!r} is not a valid SSH host or user name")
+        return value
+
+    @field_validator("options")
+    @classmethod
+    def _ssh_options(cls, value: list[str]) -> list[str]:
+        from edgekit.bench.ssh import ssh_option_problem
+
+        for option in value:
+            problem = ssh_option_problem(option)
+            if problem:
+                raise ValueError(problem)
+        return value
 
 
 class EmulatedAccess(BaseModel):
@@ -99,6 +124,59 @@ def _check_backends(names: list[str]) -> None:
 class Target(BaseModel):
     """A benchmark target profile (``targets/*.yaml``)."""
 
+    class LatencyRoute(BaseModel):
+        """Which latency-model group predicts one edgekit backend at one artifact precision.
+
+        ``group`` is ``runtime/precision`` of the ``latency_model`` groups (the thread count is
+        picked at prediction time: the fitted count, else the Amdahl curve through the fitted
+        counts around it, else the nearest one scaled by ``thread_scaling``). ``compute`` is the precision the kernels are costed in (peak MAC
+        rate and bytes moved; default: the group's). A proxy (a group of another runtime, or of
+        another precision) adds ``proxy_rel_err`` to the group's expected error (in quadrature).
+        """
+
+        model_config = _STRICT
+        group: str = Field(pattern=r"^[a-z0-9][a-z0-9._-]*/(fp32|fp16|int8)$",
+                           description="runtime/precision of the latency_model groups to use")
+        compute: Literal["fp32", "fp16", "int8"] | None = Field(
+            None, description="precision the kernels are costed in; default: the group's")
+        proxy_rel_err: float = Field(0.0, ge=0, le=5,
+                                     description="extra relative error of using this group as "
+                                                 "a proxy (0 when it measures this runtime)")
+        basis: str = Field(min_length=1, description="what the prediction is based on")
+        unsupported: str | None = Field(
+            None, description="the runtime cannot run this precision on this CPU: no "
+                              "prediction, this reason instead")
+
+    class ThreadScaling(BaseModel):
+        """Amdahl's law between thread counts: t(n) ∝ (1 - p) + p / n."""
+
+        model_config = _STRICT
+        parallel_fraction: float = Field(ge=0, le=1, description="p of Amdahl's law")
+        rel_err: float = Field(ge=0, le=5, description="relative error of a scaled prediction")
+        basis: str = Field("", description="what p was fitted on")
+
+    class Prediction(BaseModel):
+        """How edgekit.bench.predict predicts latencies on this target."""
+
+        model_config = _STRICT
+        groups_from: Literal["profile", "local-calibration"] = Field(
+            "profile", description="profile: this file's latency_model; local-calibration: "
+                                   "`edgekit targets calibrate x86-local` on this machine")
+        transfer_rel_err: float = Field(
+            0.0, ge=0, le=5, description="extra relative error when the groups were measured "
+                                         "on another CPU than this profile's (local-calibration "
+                                         "of a declared profile)")
+        thread_scaling: Target.ThreadScaling | None = Field(
+            None, description="scaling to thread counts without a fitted group")
+        routes: dict[str, dict[Literal["fp32", "fp16", "int8"], Target.LatencyRoute]] = Field(
+            default_factory=dict, description="per backend, per artifact precision: the group")
+
+        @field_validator("routes")
+        @classmethod
+        def _route_backends(cls, value: dict) -> dict:
+            _check_backends(list(value))
+            return value
+
     model_config = _STRICT
     name: str = Field(pattern=r"^[a-z0-9][a-z0-9._-]*$",
                       description="profile name (lowercase; used in run folder names)")
@@ -119,6 +197,9 @@ class Target(BaseModel):
                              description="facts a deploy engineer must know about this target")
     latency_model: dict[str, float | dict[str, Any]] | None = Field(
         None, description="coefficients of the latency model (filled by calibration)")
+    predict: Target.Prediction | None = Field(
+        None, description="which latency-model group predicts each backend and precision "
+                          "(edgekit.bench.predict); None: no predictions for this target")
     requires: list[str] = Field(default_factory=list,
                                 description="CPU features the profile assumes")
 
@@ -169,6 +250,22 @@ class Target(BaseModel):
             missing = [f for f in value if f not in cpu.features]
             if missing:
                 raise ValueError(f"{', '.join(missing)} required but not in cpu.features")
+        return value
+
+    @field_validator("predict")
+    @classmethod
+    def _predict_groups(cls, value: Target.Prediction | None,
+                        info: ValidationInfo) -> Target.Prediction | None:
+        """Every route of a profile-fitted target names a family of its latency_model groups."""
+        if value is None or value.groups_from != "profile":
+            return value
+        groups = {k.rsplit("/", 1)[0] for k, v in (info.data.get("latency_model") or {}).items()
+                  if isinstance(v, dict) and k.count("/") == 2}
+        missing = sorted({r.group for by_precision in value.routes.values()
+                          for r in by_precision.values()} - groups)
+        if missing:
+            raise ValueError(f"route group(s) {', '.join(missing)} have no latency_model group "
+                             f"runtime/precision/threads (known: {', '.join(sorted(groups))})")
         return value
 
     def thread_counts(self, host_cores: int) -> list[int]:
