@@ -228,36 +228,297 @@ def fmt_delta(d: Score | None, ci: bool = True) -> str:
     return text
 
 
+# --------------------------------------------------- measured, predicted and emulated results
+def valid_row(row: Json) -> bool:
+    """False for a measured row the bench marked invalid (e.g. the board throttled)."""
+    return row.get("valid") is not False
+
+
+def predicted_rows(results: Json) -> list[Json]:
+    """``results["predicted"]["rows"]`` (empty when nothing was predicted)."""
+    pred = results.get("predicted")
+    rows = pred.get("rows") if isinstance(pred, dict) else None
+    return [p for p in rows or [] if isinstance(p, dict)]
+
+
+def _pred_ok(p: Json) -> bool:
+    return not p.get("error") and isinstance(p.get("p50_ms"), int | float)
+
+
+def _rel_err(p: Json) -> float:
+    rel = p.get("rel_err")
+    if isinstance(rel, int | float):
+        return float(rel)
+    hi, p50 = p.get("high_ms"), p.get("p50_ms")
+    return float(hi) / float(p50) - 1 if isinstance(hi, int | float) and p50 else 0.0
+
+
+def _pred_bounds(p: Json) -> tuple[float, float]:
+    """The predicted interval (low, high) in ms; ±rel_err around p50 when not recorded."""
+    p50, rel = float(p["p50_ms"]), _rel_err(p)
+    lo, hi = p.get("low_ms"), p.get("high_ms")
+    return (float(lo) if isinstance(lo, int | float) else p50 * (1 - rel),
+            float(hi) if isinstance(hi, int | float) else p50 * (1 + rel))
+
+
+def _pct(rel: float) -> str:
+    return f"±{100 * rel:.0f} %"
+
+
+def fmt_predicted(p: Json | None, unit: bool = True) -> str:
+    """``23.1 ms ±35 % (predicted)``; ``no prediction`` / ``—`` when there is none."""
+    if p is None:
+        return "—"
+    if not _pred_ok(p):
+        return "no prediction"
+    return f"{fmt_ms(p['p50_ms'])}{' ms' if unit else ''} {_pct(_rel_err(p))} (predicted)"
+
+
+def emulated(results: Json) -> Json | None:
+    """``results["emulated"]`` (QEMU output parity) or None."""
+    emu = results.get("emulated")
+    return emu if isinstance(emu, dict) else None
+
+
+def _emu_rows(results: Json) -> dict[str, Json]:
+    rows = (emulated(results) or {}).get("rows") or []
+    return {str(r.get("artifact")): r for r in rows if isinstance(r, dict)}
+
+
+def _qemu_cpu(results: Json) -> str:
+    return str((emulated(results) or {}).get("qemu_cpu") or "an ARM CPU")
+
+
+def _parity_excluded(results: Json) -> dict[str, Json]:
+    """Artifacts whose emulated output parity failed or could not be checked."""
+    return {a: r for a, r in _emu_rows(results).items() if r.get("status") != "passed"}
+
+
+def _num(x: Any, fmt: str = ".3g") -> str:
+    return format(x, fmt) if isinstance(x, int | float) else "n/a"
+
+
+def fmt_parity(emu: Json | None) -> str:
+    """``passed (max diff 1.2e-05)``, ``FAIL (max diff 0.31)``, ``error: <why>`` or ``—``."""
+    if emu is None:
+        return "—"
+    status = emu.get("status")
+    diff = f" (max diff {_num(emu.get('max_abs_diff'))})" if emu.get("max_abs_diff") is not None \
+        else ""
+    if status == "passed":
+        return f"passed{diff}"
+    if status == "failed":
+        return f"FAIL{diff}"
+    return f"error: {emu.get('reason') or status or 'unknown'}"
+
+
+def _is_arm(results: Json) -> bool:
+    return str(results["target"].get("arch") or "") in ("aarch64", "arm64")
+
+
+def _target_features(results: Json) -> set[str]:
+    return set((results["target"].get("cpu") or {}).get("features") or [])
+
+
+def _target_cpu_model(results: Json) -> str:
+    return str((results["target"].get("cpu") or {}).get("model") or "its CPU")
+
+
+def _preferred(results: Json, precision: Any) -> list[str]:
+    return list((results["target"].get("preferred") or {}).get(str(precision)) or [])
+
+
+def _art_of(arts: dict[str, Json], artifact: str, pred: Json | None = None) -> Json:
+    """The artifact record; for a predicted row naming an artifact that is not in
+    ``artifacts``, a stub that never passes the gate."""
+    if artifact in arts:
+        return arts[artifact]
+    p = pred or {}
+    return {"id": artifact, "name": artifact.split("/")[-1], "backend": p.get("backend"),
+            "precision": p.get("precision"), "kind": "artifact", "status": None,
+            "accuracy": None}
+
+
+@dataclass
+class Entry:
+    """One line of the report tables: an artifact × threads with what is known about it."""
+
+    artifact: str
+    threads: Any
+    art: Json
+    row: Json | None = None  # measured
+    pred: Json | None = None  # predicted
+    emu: Json | None = None  # emulated parity (per artifact)
+
+
+def has_arm_results(results: Json) -> bool:
+    """Whether the run carries predicted or emulated results (extra table columns)."""
+    return bool(predicted_rows(results)) or emulated(results) is not None
+
+
+def table_entries(results: Json) -> list[Entry]:
+    """Measured rows (in order) with their predictions and parity, then predicted-only rows,
+    then artifacts that were only checked under emulation. Without predicted or emulated
+    results: exactly one entry per measured row."""
+    arts, emu = _by_id(results), _emu_rows(results)
+    preds: dict[tuple[str, Any], Json] = {}
+    for p in predicted_rows(results):
+        preds.setdefault((str(p.get("artifact")), p.get("threads")), p)
+    entries, seen = [], set()
+    for r in results["rows"]:
+        key = (r["artifact"], r.get("threads"))
+        seen.add(key)
+        entries.append(Entry(r["artifact"], r.get("threads"), arts[r["artifact"]], r,
+                             preds.get(key), emu.get(r["artifact"])))
+    for key, p in preds.items():
+        if key not in seen:
+            seen.add(key)
+            entries.append(Entry(key[0], key[1], _art_of(arts, key[0], p), None, p,
+                                 emu.get(key[0])))
+    shown = {a for a, _ in seen}
+    for a, e in emu.items():
+        if a not in shown:
+            entries.append(Entry(a, None, _art_of(arts, a), None, None, e))
+    return entries
+
+
 # ---------------------------------------------------------------------------- recommendation
 def recommend(results: Json) -> Json:
     """The artifact × thread count to ship on this target, in one sentence, plus the flags that
     would falsify or qualify it.
 
-    Among rows without error whose artifact is a compressed artifact (not the PyTorch source)
-    and passes the accuracy gate, the one with the lowest p50 latency wins.
+    Among measured rows without error, not marked invalid (throttled), whose artifact is a
+    compressed artifact (not the PyTorch source), passes the accuracy gate and did not fail
+    emulated ARM parity, the one with the lowest p50 latency wins (``basis: "measured"``).
+    When no valid row was measured, the same rule runs on the predicted p50 (``basis:
+    "predicted"``), with predictions whose intervals overlap the fastest's counted as a tie
+    and broken by the target's ``preferred`` runtimes.
     """
-    arts = _by_id(results)
-    shippable = [r for r in results["rows"] if _ok(r) and arts[r["artifact"]].get("kind") == "artifact"]
+    arts, excluded = _by_id(results), _parity_excluded(results)
+    measured = [r for r in results["rows"] if _ok(r) and valid_row(r)
+                and arts[r["artifact"]].get("kind") == "artifact"]
+    preds = [p for p in predicted_rows(results) if _pred_ok(p)
+             and _art_of(arts, str(p.get("artifact")), p).get("kind") == "artifact"]
+    if not measured and preds:
+        return _recommend_predicted(results, arts, preds, excluded)
+    shippable = [r for r in measured if r["artifact"] not in excluded]
     passing = sorted((r for r in shippable if passes_gate(arts[r["artifact"]])), key=_p50)
     best = passing[0] if passing else None
     if best is not None:
         text = _ship_sentence(results, best, arts[best["artifact"]])
     else:
         text = _no_pass_sentence(results, shippable, arts)
+    return _recommendation(results, best["artifact"] if best else None,
+                           best.get("threads") if best else None,
+                           _p50(best) if best else None,
+                           "measured" if results["rows"] else None, None, text,
+                           _flags(results, best, passing), passing)
+
+
+def _recommendation(results: Json, artifact: str | None, threads: Any, p50: float | None,
+                    basis: str | None, pred: Json | None, text: str, flags: list[str],
+                    ranked: list[Json]) -> Json:
     candidates: list[str] = []
-    for r in passing:
+    for r in ranked:
         if r["artifact"] not in candidates:
             candidates.append(r["artifact"])
-    return {"target": _target_name(results),
-            "artifact": best["artifact"] if best else None,
-            "threads": best.get("threads") if best else None,
-            "p50_ms": _p50(best) if best else None,
-            "text": text, "flags": _flags(results, best, passing), "candidates": candidates}
+    low, high = _pred_bounds(pred) if pred else (None, None)
+    return {"target": _target_name(results), "artifact": artifact, "threads": threads,
+            "p50_ms": p50, "basis": basis,
+            "rel_err": _rel_err(pred) if pred else None, "low_ms": low, "high_ms": high,
+            "text": text, "flags": flags, "candidates": candidates,
+            "excluded": _excluded(results)}
 
 
-def _ship_sentence(results: Json, row: Json, art: Json) -> str:
-    head = (f"On {_target_name(results)} ship `{row['artifact']}` with "
-            f"{_threads(row.get('threads'))}: p50 {fmt_ms(_p50(row))} ms")
+def _excluded(results: Json) -> list[Json]:
+    """Rows and artifacts left out of the recommendation, with why."""
+    out = [{"artifact": r["artifact"], "threads": r.get("threads"),
+            "reason": r.get("invalid_reason") or "marked invalid (throttled)"}
+           for r in results["rows"] if not valid_row(r)]
+    out += [{"artifact": a, "threads": None,
+             "reason": f"emulated parity {e.get('status') or 'not checked'} "
+                       f"(QEMU {_qemu_cpu(results)})" + (f": {e['reason']}" if e.get("reason")
+                                                         else "")}
+            for a, e in _parity_excluded(results).items()]
+    return out
+
+
+def _pref_key(results: Json, art: Json) -> tuple[int, int]:
+    """How the target prefers this artifact's runtime, best first: (penalty, index in
+    ``preferred[precision]``). On ARM, OpenVINO INT8 (runs as fp16) and fp16 artifacts on a
+    CPU without fp16 arithmetic come after everything else."""
+    backend, prec = art.get("backend"), art.get("precision")
+    pref = _preferred(results, prec)
+    penalty = 0
+    if _is_arm(results):
+        if backend == "openvino" and prec == "int8":
+            penalty = 1
+        if prec == "fp16" and "fp16" not in _target_features(results):
+            penalty = 1
+    return penalty, pref.index(backend) if backend in pref else len(pref)
+
+
+def _overlap(a: Json, b: Json) -> bool:
+    alo, ahi = _pred_bounds(a)
+    blo, bhi = _pred_bounds(b)
+    return alo <= bhi and blo <= ahi
+
+
+def rank_predicted(results: Json, rows: list[Json]) -> tuple[list[Json], list[Json]]:
+    """``rows`` (predicted, ok) best first, and the tie: the rows whose predicted interval
+    overlaps the fastest's (they are ranked by the target's preferred runtimes, then p50)."""
+    if not rows:
+        return [], []
+    arts = _by_id(results)
+    by_p50 = sorted(rows, key=lambda p: float(p["p50_ms"]))
+    tie = [p for p in by_p50 if _overlap(p, by_p50[0])]
+    tie.sort(key=lambda p: (_pref_key(results, _art_of(arts, str(p["artifact"]), p)),
+                            float(p["p50_ms"])))
+    return tie + [p for p in by_p50 if not any(p is t for t in tie)], tie
+
+
+def _recommend_predicted(results: Json, arts: dict[str, Json], preds: list[Json],
+                         excluded: dict[str, Json]) -> Json:
+    shippable = [p for p in preds if p["artifact"] not in excluded]
+    passing = [p for p in shippable if passes_gate(_art_of(arts, str(p["artifact"]), p))]
+    ranked, tie = rank_predicted(results, passing)
+    best = ranked[0] if ranked else None
+    if best is not None:
+        text = _ship_sentence(results, best, arts[best["artifact"]], predicted=True)
+    elif shippable:
+        p = min(shippable, key=lambda x: float(x["p50_ms"]))
+        art = _art_of(arts, str(p["artifact"]), p)
+        text = (f"On {_target_name(results)} no artifact passes the accuracy gate: the fastest "
+                f"predicted, `{p['artifact']}` with {_threads(p.get('threads'))} "
+                f"({fmt_predicted(p)}; {_why_unmeasured(results)}), fails {_why_failed(art)}.")
+    else:
+        text = _nothing_sentence(results, preds, arts)
+    flags = _flags(results, None, [], basis="predicted",
+                   art=arts[best["artifact"]] if best else None, tie=tie)
+    return _recommendation(results, best["artifact"] if best else None,
+                           best.get("threads") if best else None,
+                           float(best["p50_ms"]) if best else None, "predicted", best, text,
+                           flags, ranked)
+
+
+def _why_unmeasured(results: Json) -> str:
+    if results.get("measured_by") is None:
+        return "no board was measured"
+    if any(not valid_row(r) for r in results["rows"]):
+        return "every run timed on the board was invalid (throttled)"
+    return "no compressed artifact was measured on the board"
+
+
+def _ship_sentence(results: Json, row: Json, art: Json, predicted: bool = False) -> str:
+    if predicted:
+        lo, hi = _pred_bounds(row)
+        head = (f"On {_target_name(results)} ship `{row['artifact']}` with "
+                f"{_threads(row.get('threads'))}: predicted p50 {fmt_ms(row['p50_ms'])} ms "
+                f"{_pct(_rel_err(row))} ({fmt_ms(lo)}–{fmt_ms(hi)} ms; "
+                f"{_why_unmeasured(results)})")
+    else:
+        head = (f"On {_target_name(results)} ship `{row['artifact']}` with "
+                f"{_threads(row.get('threads'))}: p50 {fmt_ms(_p50(row))} ms")
     score = artifact_score(art)
     if score is None or score.value is None:
         return f"{head}; its accuracy was not measured here (bundle status: {art.get('status')})."
@@ -280,17 +541,42 @@ def _ship_sentence(results: Json, row: Json, art: Json) -> str:
 def _no_pass_sentence(results: Json, shippable: list[Json], arts: dict[str, Json]) -> str:
     target = _target_name(results)
     if not shippable:
+        ran = [r for r in results["rows"] if _ok(r) and arts[r["artifact"]].get("kind")
+               == "artifact"]
+        if any(valid_row(r) for r in ran):  # every valid one failed emulated parity
+            return (f"On {target} every measured artifact failed output parity under QEMU "
+                    f"{_qemu_cpu(results)} emulation: nothing can be shipped to this target.")
+        if ran:
+            return (f"On {target} every timed run was invalid (throttled): nothing to "
+                    "recommend; cool the board and rerun.")
         errors = [r for r in results["rows"] if r.get("error")]
         if errors:
             first = errors[0]
             return (f"On {target} no compressed artifact ran successfully; e.g. "
                     f"`{first['artifact']}`: {first['error']}")
+        if not results["rows"]:
+            return _nothing_sentence(results, [], arts)
         return f"On {target} there is no compressed artifact to recommend (only the source ran)."
     row = min(shippable, key=_p50)
     art = arts[row["artifact"]]
     return (f"On {target} no artifact passes the accuracy gate: the fastest, `{row['artifact']}` "
             f"with {_threads(row.get('threads'))} (p50 {fmt_ms(_p50(row))} ms), "
             f"fails {_why_failed(art)}.")
+
+
+def _nothing_sentence(results: Json, preds: list[Json], arts: dict[str, Json]) -> str:
+    """No row measured and none predicted (or every predicted one failed emulated parity)."""
+    target = _target_name(results)
+    if preds:
+        return (f"On {target} every artifact with a predicted latency failed output parity "
+                f"under QEMU {_qemu_cpu(results)} emulation: nothing can be shipped to this "
+                "target.")
+    failed = [p for p in predicted_rows(results) if p.get("error")]
+    why = (f"; e.g. no prediction for `{failed[0].get('artifact')}`: {failed[0]['error']}"
+           if failed else "")
+    measured = ("nothing was measured (no board reachable)" if results.get("measured_by") is None
+                else "nothing was measured")
+    return f"On {target} {measured} and no latency could be predicted{why}."
 
 
 def _why_failed(art: Json) -> str:
@@ -313,28 +599,167 @@ def _flag_run_notes(results: Json) -> list[str]:
     return [str(n) for n in results.get("notes") or []]
 
 
-def _flags(results: Json, best: Json | None, passing: list[Json]) -> list[str]:
+def _flags(results: Json, best: Json | None, passing: list[Json], *, basis: str = "measured",
+           art: Json | None = None, tie: Sequence[Json] = ()) -> list[str]:
+    """``best`` is the recommended measured row (``basis`` measured); for a predicted
+    recommendation ``art`` is the recommended artifact's record."""
     arts = _by_id(results)
-    art = arts[best["artifact"]] if best else None
+    if basis == "measured":
+        art = arts[best["artifact"]] if best else None
     flags: list[str] = []
+    flags += _flag_invalid(results)
+    flags += _flag_parity(results)
+    flags += _flag_predicted(results, basis)
     flags += _flag_int8_slower(results, arts)
     flags += _flag_reduced_precision(results, arts)
-    flags += _flag_spread(results, best)
+    flags += _flag_spread(results, best if basis == "measured" else None)
     flags += _flag_quick(results)
     flags += _flag_isa(results)
+    flags += _flag_target_isa(results, art, basis)
+    flags += _flag_outside_prediction(results)
     flags += _flag_bundle_accuracy(results, art)
     flags += _flag_few_images(results, art)
     flags += _flag_delta_ci(art)
     flags += _flag_tie(passing)
+    flags += _flag_predicted_tie(results, list(tie))
     flags += _flag_run_notes(results)
     return flags
+
+
+def _flag_invalid(results: Json) -> list[str]:
+    bad = [r for r in results["rows"] if not valid_row(r)]
+    if not bad:
+        return []
+    shown = "; ".join(f"`{r['artifact']}` with {_threads(r.get('threads'))}"
+                      + (f" ({r['invalid_reason']})" if r.get("invalid_reason") else "")
+                      for r in bad[:6])
+    more = f" and {len(bad) - 6} more" if len(bad) > 6 else ""
+    were = "run was throttled and is" if len(bad) == 1 else "runs were throttled and are"
+    return [f"{len(bad)} {were} excluded: {shown}{more}. Cool the board (heatsink, fan) and "
+            f"rerun {'it' if len(bad) == 1 else 'them'}."]
+
+
+def _flag_parity(results: Json) -> list[str]:
+    name, cpu = _target_name(results), _qemu_cpu(results)
+    out = []
+    for a, e in _parity_excluded(results).items():
+        if e.get("status") == "failed":
+            agree = e.get("top1_agreement")
+            detail = ", ".join(x for x in (
+                f"max abs diff {_num(e['max_abs_diff'])}" if e.get("max_abs_diff") is not None
+                else "",
+                f"top-1 agreement {100 * agree:.1f} %" if isinstance(agree, int | float) else "",
+                str(e.get("reason") or "")) if x)
+            out.append(f"`{a}` failed output parity under QEMU {cpu} emulation"
+                       f"{f' ({detail})' if detail else ''}: its outputs differ on ARM, so it is "
+                       f"excluded from the recommendation for {name}.")
+        else:
+            out.append(f"`{a}`: output parity under QEMU {cpu} emulation could not be checked "
+                       f"({e.get('reason') or e.get('status') or 'unknown'}): excluded from the "
+                       f"recommendation for {name} until it passes.")
+    return out
+
+
+def _flag_predicted(results: Json, basis: str) -> list[str]:
+    if basis != "predicted":
+        return []
+    rels = [_rel_err(p) for p in predicted_rows(results) if _pred_ok(p)]
+    lo, hi = min(rels), max(rels)
+    err = _pct(hi) if round(100 * lo) == round(100 * hi) else f"±{100 * lo:.0f}–{100 * hi:.0f} %"
+    return [f"{_why_unmeasured(results).capitalize()}: every latency here is predicted by "
+            f"{_target_name(results)}'s latency model (expected error {err}; see “Predicted "
+            "latency basis”), not measured. Measure on the board before relying on it."]
+
+
+def _flag_target_isa(results: Json, best: Json | None, basis: str = "measured") -> list[str]:
+    """What the target CPU's ISA (cpu.features) does to INT8, fp16 and OpenVINO on ARM."""
+    if not _is_arm(results):
+        return []
+    name, model, feats = _target_name(results), _target_cpu_model(results), \
+        _target_features(results)
+    arts = [a for a in results["artifacts"] if a.get("kind") == "artifact"]
+    ids = {p: [a["id"] for a in arts if a.get("precision") == p] for p in ("int8", "fp16")}
+    best_prec = (best or {}).get("precision")
+    out = []
+    if "dotprod" not in feats and (ids["int8"] or best_prec == "int8"):
+        text = (f"{name} has no dotprod ({model}: no sdot instruction): INT8 arithmetic is no "
+                "faster than fp32 there, so INT8 gains come only from moving fewer bytes (4× "
+                "smaller weights and activations on memory-bound layers), not from faster "
+                "arithmetic.")
+        if best_prec == "int8":
+            text += (f" The recommended `{best['id']}` is INT8: its gain over fp32 there is "
+                     "memory traffic alone.")
+        out.append(text)
+    if "fp16" in feats:
+        which = (f"the fp16 artifacts {_ids(ids['fp16'])} use native fp16 arithmetic there — "
+                 "worth considering (check their accuracy)" if ids["fp16"] else
+                 "an fp16 bundle would use native fp16 arithmetic there — worth benchmarking")
+        out.append(f"{name} has fp16 arithmetic ({model}): {which}. OpenVINO computes fp32 "
+                   "models in fp16 on this CPU by default unless INFERENCE_PRECISION_HINT=f32.")
+    elif ids["fp16"]:
+        out.append(f"{name} has no fp16 arithmetic ({model}): the fp16 artifacts "
+                   f"{_ids(ids['fp16'])} compute in fp32 there and only halve the file — do not "
+                   "prefer them for speed.")
+    ov = [a["id"] for a in arts if a.get("backend") == "openvino" and a.get("precision") == "int8"]
+    if ov:
+        pref = [b for b in _preferred(results, "int8") if b != "openvino"]
+        after = (f"{name}'s preferred INT8 runtimes ({', '.join(pref)})" if pref
+                 else "the other INT8 runtimes")
+        fp16 = "" if "fp16" in feats else (", and this CPU has no fp16 arithmetic, so in effect "
+                                           "in fp32")
+        rank = (f"ranked after {after} when predicted latencies tie" if basis == "predicted"
+                else f"{after} come first for INT8 unless OpenVINO measures faster")
+        out.append(f"OpenVINO runs INT8 models as fp16 on ARM (little INT8 support): "
+                   f"{_ids(ov)} compute{'s' if len(ov) == 1 else ''} in fp16 on {name}{fp16}; "
+                   f"{rank}.")
+    return out
+
+
+def _ids(ids: list[str]) -> str:
+    return ", ".join(f"`{i}`" for i in ids)
+
+
+def _flag_outside_prediction(results: Json) -> list[str]:
+    """Measured p50s outside their predicted interval: the latency model is off there."""
+    out = []
+    for e in table_entries(results):
+        if e.row is None or e.pred is None or not _ok(e.row) or not valid_row(e.row) \
+                or not _pred_ok(e.pred):
+            continue
+        lo, hi = _pred_bounds(e.pred)
+        if not lo <= _p50(e.row) <= hi:
+            out.append((abs(math.log(_p50(e.row) / float(e.pred["p50_ms"]))), e, lo, hi))
+    if not out:
+        return []
+    _, e, lo, hi = max(out, key=lambda x: x[0])
+    many = f"{len(out)} measured rows fall" if len(out) > 1 else "A measured row falls"
+    return [f"{many} outside the predicted range (worst: `{e.artifact}` with "
+            f"{_threads(e.threads)}, measured {fmt_ms(_p50(e.row))} ms vs "
+            f"{fmt_predicted(e.pred)}, range {fmt_ms(lo)}–{fmt_ms(hi)} ms): the latency model "
+            "is off for this model and runtime; trust the measurement."]
+
+
+def _flag_predicted_tie(results: Json, tie: list[Json]) -> list[str]:
+    if len(tie) < 2:
+        return []
+    arts = _by_id(results)
+    shown = ", ".join(f"`{p['artifact']}` ×{p.get('threads')} (predicted "
+                      f"{fmt_ms(p['p50_ms'])} ms {_pct(_rel_err(p))})" for p in tie[:4])
+    more = f" and {len(tie) - 4} more" if len(tie) > 4 else ""
+    precs = list(dict.fromkeys(str(_art_of(arts, str(p["artifact"]), p).get("precision"))
+                               for p in tie))
+    order = "; ".join(f"{prec}: {', '.join(_preferred(results, prec)) or 'none listed'}"
+                      for prec in precs)
+    return [f"Within the prediction error: {shown}{more} overlap, so they tie; ranked by "
+            f"{_target_name(results)}'s preferred runtimes ({order}). Measure on the board to "
+            "decide."]
 
 
 def _flag_int8_slower(results: Json, arts: dict[str, Json]) -> list[str]:
     fastest: dict[tuple[str, Any], dict[str, float]] = {}
     for r in results["rows"]:
         a = arts[r["artifact"]]
-        if not _ok(r) or a.get("kind") != "artifact":
+        if not _ok(r) or not valid_row(r) or a.get("kind") != "artifact":
             continue
         by_prec = fastest.setdefault((a.get("backend"), r.get("threads")), {})
         prec = a.get("precision")
@@ -364,7 +789,8 @@ def _flag_reduced_precision(results: Json, arts: dict[str, Json]) -> list[str]:
 
 
 def _flag_spread(results: Json, best: Json | None) -> list[str]:
-    noisy = [r for r in results["rows"] if _ok(r) and (r.get("spread") or 0) > SPREAD_LIMIT]
+    noisy = [r for r in results["rows"] if _ok(r) and valid_row(r)
+             and (r.get("spread") or 0) > SPREAD_LIMIT]
     if not noisy:
         return []
     worst = max(noisy, key=lambda r: r["spread"])
@@ -384,6 +810,10 @@ def _flag_quick(results: Json) -> list[str]:
 
 
 def _flag_isa(results: Json) -> list[str]:
+    """Why rows measured on this machine may not represent the target (none when nothing was
+    measured here)."""
+    if not any(_ok(r) for r in results["rows"]) or results.get("measured_by", "") is None:
+        return []
     name = _target_name(results)
     return [f"Measured here, not on {name} itself: {note}"
             for note in results["target"].get("isa_notes") or []]
@@ -489,28 +919,44 @@ def gate_text(row: Json, art: Json) -> str:
 
 
 def main_table(results: Json, recommendation: Json | None = None) -> tuple[list[str], list[list[str]]]:
-    """Header and text rows of the latency/accuracy table shared by Markdown and HTML."""
-    arts = _by_id(results)
+    """Header and text rows of the latency/accuracy table shared by Markdown and HTML.
+
+    One row per artifact × threads (:func:`table_entries`). Runs with predicted or emulated
+    results get a ``predicted p50`` and/or an ``emulated parity`` column; a run with no
+    measured row drops the columns only a measurement fills (p99, spread, load, RSS)."""
     rec = recommendation or {}
-    head = ["artifact", "threads", "p50 ms", "p90 ms", "p99 ms", "spread", "load ms", "RSS MB",
-            score_header(results), "Δ vs source [95 % CI]", "gate"]
+    pred, emu = bool(predicted_rows(results)), emulated(results) is not None
+    full = bool(results["rows"]) or not (pred or emu)
+    head = ["artifact", "threads", "p50 ms", "p90 ms"]
+    head += ["p99 ms", "spread", "load ms", "RSS MB"] if full else []
+    head += ["predicted p50"] if pred else []
+    head += [f"emulated parity (QEMU {_qemu_cpu(results)})"] if emu else []
+    head += [score_header(results), "Δ vs source [95 % CI]", "gate"]
     rows = []
-    for r in results["rows"]:
-        art = arts[r["artifact"]]
+    for e in table_entries(results):
+        r, art = e.row or {}, e.art
         lat = r.get("latency_ms") or {}
-        star = " ★" if (r["artifact"], r.get("threads")) == (rec.get("artifact"),
-                                                             rec.get("threads")) else ""
+        star = " ★" if (e.artifact, e.threads) == (rec.get("artifact"),
+                                                   rec.get("threads")) else ""
         score = artifact_score(art)
-        rows.append([
-            f"{r['artifact']}{star}", str(r.get("threads", "")),
-            *(fmt_ms(lat.get(k)) if _ok(r) else "—" for k in ("p50", "p90", "p99")),
-            f"{r['spread']:.2f}×" if r.get("spread") is not None else "—",
-            fmt_ms(r.get("load_ms")) if r.get("load_ms") is not None else "—",
-            f"{r['peak_rss_mb']:.0f}" if r.get("peak_rss_mb") is not None else "—",
-            score.fmt() if score else "not measured",
-            "—" if art.get("kind") == "source" else fmt_delta(artifact_delta(art)),
-            gate_text(r, art),
-        ])
+        measured = [fmt_ms(lat.get(k)) if _ok(r) else "—" for k in ("p50", "p90", "p99")]
+        if _ok(r) and not valid_row(r):
+            measured[0] += " (invalid)"
+        cells = [f"{e.artifact}{star}", "" if e.threads is None else str(e.threads),
+                 *measured[:2]]
+        if full:
+            cells += [measured[2],
+                      f"{r['spread']:.2f}×" if r.get("spread") is not None else "—",
+                      fmt_ms(r.get("load_ms")) if r.get("load_ms") is not None else "—",
+                      f"{r['peak_rss_mb']:.0f}" if r.get("peak_rss_mb") is not None else "—"]
+        if pred:
+            cells.append(fmt_predicted(e.pred))
+        if emu:
+            cells.append(fmt_parity(e.emu))
+        cells += [score.fmt() if score else "not measured",
+                  "—" if art.get("kind") == "source" else fmt_delta(artifact_delta(art)),
+                  gate_text(r, art)]
+        rows.append(cells)
     return head, rows
 
 
@@ -518,19 +964,29 @@ CSV_COLUMNS = ("artifact", "backend", "precision", "threads", "p50_ms", "p90_ms"
                "mean_ms", "std_ms", "min_ms", "max_ms", "n", "spread", "load_ms", "peak_rss_mb",
                "inference_precision", "accuracy_metric", "accuracy", "accuracy_ci95_lo",
                "accuracy_ci95_hi", "accuracy_delta", "accuracy_source", "passed", "status",
-               "error")
+               "error", "valid", "invalid_reason", "temp_c_max", "freq_mhz_min",
+               "latency_basis", "predicted_p50_ms", "predicted_low_ms", "predicted_high_ms",
+               "predicted_rel_err", "predicted_group", "predicted_basis", "predicted_error",
+               "emulated_parity", "emulated_max_abs_diff", "emulated_max_rel_diff",
+               "emulated_top1_agreement")
 
 
 def csv_rows(results: Json) -> list[dict[str, Any]]:
-    """One dict per results row with the keys of ``CSV_COLUMNS`` (fractions, not percent)."""
-    arts = _by_id(results)
+    """One dict per :func:`table_entries` line (one per measured row when nothing was
+    predicted or emulated) with the keys of ``CSV_COLUMNS`` (fractions, not percent).
+
+    ``p50_ms`` … ``max_ms`` are measured only; ``latency_basis`` says whether the line's latency
+    is ``measured`` or ``predicted`` (``predicted_*``; its error ``predicted_rel_err``)."""
     out = []
-    for r in results["rows"]:
-        art, lat = arts[r["artifact"]], r.get("latency_ms") or {}
+    for e in table_entries(results):
+        art, r, p, emu = e.art, e.row or {}, e.pred or {}, e.emu or {}
+        lat = r.get("latency_ms") or {}
+        thermal = r.get("thermal") or {}
         score, delta = artifact_score(art), artifact_delta(art)
+        lo, hi = _pred_bounds(p) if _pred_ok(p) else (None, None)
         out.append({
-            "artifact": r["artifact"], "backend": art.get("backend"),
-            "precision": art.get("precision"), "threads": r.get("threads"),
+            "artifact": e.artifact, "backend": art.get("backend"),
+            "precision": art.get("precision"), "threads": e.threads,
             **{f"{k}_ms": lat.get(k) for k in ("p50", "p90", "p99", "mean", "std", "min", "max")},
             "n": lat.get("n"), "spread": r.get("spread"), "load_ms": r.get("load_ms"),
             "peak_rss_mb": r.get("peak_rss_mb"),
@@ -543,6 +999,19 @@ def csv_rows(results: Json) -> list[dict[str, Any]]:
             "accuracy_source": art.get("accuracy_source"),
             "passed": passes_gate(art) if art.get("kind") == "artifact" else None,
             "status": art.get("status"), "error": r.get("error"),
+            "valid": r.get("valid"), "invalid_reason": r.get("invalid_reason"),
+            "temp_c_max": thermal.get("temp_c_max"), "freq_mhz_min": thermal.get("freq_mhz_min"),
+            "latency_basis": ("measured" if e.row is not None
+                              else "predicted" if e.pred is not None else None),
+            "predicted_p50_ms": p.get("p50_ms") if _pred_ok(p) else None,
+            "predicted_low_ms": lo, "predicted_high_ms": hi,
+            "predicted_rel_err": _rel_err(p) if _pred_ok(p) else None,
+            "predicted_group": p.get("group"), "predicted_basis": p.get("basis"),
+            "predicted_error": p.get("error"),
+            "emulated_parity": emu.get("status"),
+            "emulated_max_abs_diff": emu.get("max_abs_diff"),
+            "emulated_max_rel_diff": emu.get("max_rel_diff"),
+            "emulated_top1_agreement": emu.get("top1_agreement"),
         })
     return out
 
@@ -553,17 +1022,33 @@ def environment_lines(results: Json) -> list[tuple[str, str]]:
     cpu = env.get("cpu") or {}
     freq = cpu.get("freq_mhz") or {}
     lines = [("target", f"{t.get('name')}: {t.get('description') or ''} "
-                        f"(access: {(t.get('access') or {}).get('kind', 'n/a')})".strip()),
-             ("CPU", f"{cpu.get('model') or 'unknown'} ({cpu.get('arch') or '?'}, "
-                     f"{cpu.get('logical_cores') or '?'} logical cores, governor "
-                     f"{cpu.get('governor') or 'n/a'}, {freq.get('current') or '?'} MHz)"),
-             ("CPU features", ", ".join(cpu.get("features") or []) or "n/a"),
-             ("system", f"{env.get('os') or '?'}, Python {env.get('python') or '?'}"),
-             ("packages", ", ".join(f"{k} {v}" for k, v in (env.get("packages") or {}).items())
-              or "n/a")]
+                        f"(access: {(t.get('access') or {}).get('kind', 'n/a')})".strip())]
+    tcpu = t.get("cpu") or {}
+    if tcpu.get("model") or tcpu.get("features"):
+        lines.append(("target CPU", f"{tcpu.get('model') or 'unknown'} ({t.get('arch') or '?'}; "
+                      f"features: {', '.join(tcpu.get('features') or []) or 'n/a'})"))
+    nothing = "measured_by" in results and results["measured_by"] is None
+    if nothing:
+        lines.append(("measured", "nothing (no board reachable)"
+                      + ("; latencies are predicted" if predicted_rows(results) else "")))
+    elif "measured_by" in results:
+        by = str(results["measured_by"])
+        lines.append(("measured", {"local": "on this machine",
+                                   "ssh": "on the board, over SSH"}.get(by, by)))
+    lines += [("CPU (this machine, nothing timed on it)" if nothing else "CPU",
+               f"{cpu.get('model') or 'unknown'} ({cpu.get('arch') or '?'}, "
+               f"{cpu.get('logical_cores') or '?'} logical cores, governor "
+               f"{cpu.get('governor') or 'n/a'}, {freq.get('current') or '?'} MHz)"),
+              ("CPU features", ", ".join(cpu.get("features") or []) or "n/a"),
+              ("system", f"{env.get('os') or '?'}, Python {env.get('python') or '?'}"),
+              ("packages", ", ".join(f"{k} {v}" for k, v in (env.get("packages") or {}).items())
+               or "n/a")]
     for key in ("temperature_c", "throttled"):
         if env.get(key) is not None:
             lines.append((key.replace("_c", " °C"), str(env[key])))
+    thermal = _thermal_line(results)
+    if thermal:
+        lines.append(("thermal while timing", thermal))
     proto = results.get("protocol") or {}
     lines.append(("protocol", ", ".join(f"{k} {v}" for k, v in proto.items()) or "n/a"))
     data = results.get("data")
@@ -574,6 +1059,102 @@ def environment_lines(results: Json) -> list[tuple[str, str]]:
         lines.append(("reference", f"{ref.get('artifact')}: {ref.get('description') or ''}"))
     lines.append(("created", f"{results.get('created')} by edgekit {results.get('edgekit')}"))
     return lines
+
+
+def _thermal_line(results: Json) -> str | None:
+    """Temperature and clock ranges over every measured row's ``thermal`` samples."""
+    th = [r["thermal"] for r in results["rows"] if isinstance(r.get("thermal"), dict)]
+    if not th:
+        return None
+
+    def span(lo: str, hi: str, unit: str) -> str | None:
+        los = [x[lo] for x in th if isinstance(x.get(lo), int | float)]
+        his = [x[hi] for x in th if isinstance(x.get(hi), int | float)]
+        return f"{min(los):g}–{max(his):g} {unit}" if los and his else None
+
+    parts = [x for x in (span("temp_c_min", "temp_c_max", "°C"),
+                         span("freq_mhz_min", "freq_mhz_max", "MHz")) if x]
+    samples = sum(int(x.get("samples") or 0) for x in th)
+    throttled = sum(1 for x in th if x.get("throttled_after") not in (None, 0, "0x0", False)
+                    and x.get("throttled_after") != x.get("throttled_before"))
+    parts.append(f"{samples} samples over {len(th)} runs")
+    if throttled:
+        parts.append(f"{throttled} run{'s' if throttled > 1 else ''} throttled")
+    return ", ".join(parts)
+
+
+# ---------------------------------------------------------------------- predicted / emulated
+def predicted_section(results: Json) -> tuple[list[str], list[str], list[list[str]]] | None:
+    """The “Predicted latency basis” section: (paragraphs, table head, table rows), or None
+    when nothing was predicted."""
+    pred = results.get("predicted")
+    rows = predicted_rows(results)
+    if not isinstance(pred, dict) or not rows:
+        return None
+    paras = [f"Predicted latencies come from {_target_name(results)}'s latency model "
+             "(edgekit.bench.predict), not from a measurement; each carries its expected "
+             "relative error (±) and the range low–high. Two predictions whose ranges overlap "
+             "are a tie."]
+    paras += [str(n) for n in pred.get("notes") or []]
+    groups: dict[tuple[str, str, str], list[str]] = {}
+    for p in rows:
+        if not _pred_ok(p):
+            continue
+        key = (str(p.get("group") or "n/a"), str(p.get("basis") or "n/a"), _pct(_rel_err(p)))
+        groups.setdefault(key, []).append(f"{p.get('artifact')} ×{p.get('threads')}")
+    table = [[g, b, e, ", ".join(who)] for (g, b, e), who in groups.items()]
+    for p in rows:
+        if not _pred_ok(p):
+            paras.append(f"No prediction for `{p.get('artifact')}` with "
+                         f"{_threads(p.get('threads'))}: {p.get('error') or 'no p50'}.")
+    return paras, ["group", "basis", "expected error", "predicted for"], table
+
+
+def emulated_section(results: Json) -> tuple[str, list[str], list[str], list[list[str]]] | None:
+    """The “Emulated parity (QEMU …)” section: (title, paragraphs, head, rows) or None."""
+    emu = emulated(results)
+    if emu is None:
+        return None
+    cpu = _qemu_cpu(results)
+    paras = [f"Output parity of each artifact run under QEMU user-mode emulation of a {cpu} "
+             f"on {emu.get('images') or '?'} images, against its reference outputs. Emulated "
+             "timings are not reported: emulation says nothing about speed."]
+    if emu.get("note"):
+        paras.append(str(emu["note"]))
+    env_text = _emu_env_text(emu.get("environment"))
+    if env_text:
+        paras.append(f"Environment: {env_text}.")
+    rows = [[str(r.get("artifact")), fmt_parity(r).split(" (")[0].split(":")[0],
+             _num(r.get("max_abs_diff")), _num(r.get("max_rel_diff")),
+             f"{100 * r['top1_agreement']:.1f} %" if isinstance(r.get("top1_agreement"),
+                                                                int | float) else "n/a",
+             str(r.get("reason") or "")]
+            for r in emu.get("rows") or [] if isinstance(r, dict)]
+    return (f"Emulated parity (QEMU {cpu})", paras,
+            ["artifact", "parity", "max abs diff", "max rel diff", "top-1 agreement", "reason"],
+            rows)
+
+
+def _emu_env_text(env: Any) -> str:
+    """QEMU version, emulated CPU features, Python and runtime versions, in one line."""
+    if not isinstance(env, dict):
+        return ""
+    qemu, cpu = env.get("qemu") or {}, env.get("cpu") or {}
+    parts = []
+    if isinstance(qemu, dict) and qemu.get("version"):
+        parts.append(f"QEMU {qemu['version']}")
+    if isinstance(cpu, dict) and cpu.get("features"):
+        parts.append(f"CPU features {' '.join(map(str, cpu['features']))}")
+    if env.get("python"):
+        parts.append(f"Python {env['python']}")
+    runtimes = env.get("runtimes") or {}
+    if isinstance(runtimes, dict) and runtimes:
+        parts += [f"{b} {r.get('version') or 'n/a'}"
+                  + ("" if r.get("available", True) else " (unavailable)")
+                  for b, r in runtimes.items() if isinstance(r, dict)]
+    elif isinstance(env.get("packages"), dict):
+        parts += [f"{k} {v}" for k, v in env["packages"].items()]
+    return ", ".join(parts)
 
 
 # ------------------------------------------------------------------------------------- chart
@@ -589,6 +1170,7 @@ class _Point:
     yhi: float | None
     label: str
     passed: bool
+    predicted: bool = False  # x is a predicted p50, the bar its expected error range
 
 
 _PREC_MARKER = {"fp32": "o", "fp16": "^", "int8": "s"}
@@ -601,6 +1183,21 @@ _DPI = 120
 def _chart_points(results: Json) -> tuple[list[_Point], list[str]]:
     """Plottable points (a latency and an accuracy) and the labels of rows left out."""
     arts, multi = _by_id(results), _multi_bundle(results)
+    if not any(_ok(r) and valid_row(r) for r in results["rows"]) and any(
+            _pred_ok(p) for p in predicted_rows(results)):
+        points, hidden = _predicted_points(results, arts, multi)
+    else:
+        points, hidden = _measured_points(results, arts, multi)
+    bad = _parity_excluded(results)
+    for p in points:
+        if p.row["artifact"] in bad:
+            failed = bad[p.row["artifact"]].get("status") == "failed"
+            p.label += f" (parity {'FAIL' if failed else 'n/a'})"
+    return points, hidden
+
+
+def _measured_points(results: Json, arts: dict[str, Json],
+                     multi: bool) -> tuple[list[_Point], list[str]]:
     points, hidden = [], []
     for r in results["rows"]:
         art = arts[r["artifact"]]
@@ -609,6 +1206,9 @@ def _chart_points(results: Json) -> tuple[list[_Point], list[str]]:
         if not _ok(r) or score is None or score.value is None:
             hidden.append(label)
             continue
+        if not valid_row(r):
+            hidden.append(f"{label} (throttled)")
+            continue
         lat, k = r["latency_ms"], 1.0 if score.metric == "mean_auroc" else 100.0
         x = _p50(r)
         points.append(_Point(
@@ -616,6 +1216,28 @@ def _chart_points(results: Json) -> tuple[list[_Point], list[str]]:
             k * score.lo if score.lo is not None else None,
             k * score.hi if score.hi is not None else None,
             label, art.get("kind") == "source" or passes_gate(art)))
+    return points, hidden
+
+
+def _predicted_points(results: Json, arts: dict[str, Json],
+                      multi: bool) -> tuple[list[_Point], list[str]]:
+    """Points at the predicted p50 (bar: the predicted range) when nothing was measured."""
+    points, hidden = [], []
+    for p in predicted_rows(results):
+        art = _art_of(arts, str(p.get("artifact")), p)
+        label = _short_label(art, p.get("threads"), multi)
+        score = artifact_score(art)
+        if not _pred_ok(p) or score is None or score.value is None:
+            hidden.append(label)
+            continue
+        k = 1.0 if score.metric == "mean_auroc" else 100.0
+        lo, hi = _pred_bounds(p)
+        x = float(p["p50_ms"])
+        points.append(_Point(
+            p, art, x, min(x, lo), max(x, hi), k * score.value,
+            k * score.lo if score.lo is not None else None,
+            k * score.hi if score.hi is not None else None,
+            label, passes_gate(art), predicted=True))
     return points, hidden
 
 
@@ -675,9 +1297,19 @@ def _draw_points(ax: Any, points: list[_Point], colours: dict[str, str]) -> None
         yerr = None
         if p.ylo is not None and p.yhi is not None:
             yerr = [[max(p.y - p.ylo, 0.0)], [max(p.yhi - p.y, 0.0)]]
-        ax.errorbar([p.x], [p.y], xerr=[[p.x - p.xlo], [p.xhi - p.x]], yerr=yerr, fmt="none",
-                    ecolor=colour, elinewidth=1.0, capsize=3, alpha=0.55, zorder=2)
-        ax.scatter([p.x], [p.y], s=70, marker=_PREC_MARKER.get(str(p.art.get("precision")), "D"),
+        bars = ax.errorbar([p.x], [p.y], xerr=[[p.x - p.xlo], [p.xhi - p.x]], yerr=yerr,
+                           fmt="none", ecolor=colour, elinewidth=1.0, capsize=3, alpha=0.55,
+                           zorder=2)
+        marker = _PREC_MARKER.get(str(p.art.get("precision")), "D")
+        if p.predicted:  # hollow; dashed error bars; × inside when the gate fails
+            bars[2][0].set_linestyle("--")  # the latency bar: the predicted range
+            ax.scatter([p.x], [p.y], s=70, marker=marker, facecolors="none", edgecolors=colour,
+                       linewidths=1.6, zorder=4)
+            if not p.passed:
+                ax.scatter([p.x], [p.y], s=28, marker="x", color=colour, linewidths=1.4,
+                           zorder=4)
+            continue
+        ax.scatter([p.x], [p.y], s=70, marker=marker,
                    facecolors=colour if p.passed else "white", edgecolors=colour,
                    linewidths=1.6, zorder=4)
 
@@ -696,12 +1328,21 @@ def _decorate(fig: Any, ax: Any, results: Json, points: list[_Point], hidden: li
     from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
 
     cpu = ((results.get("environment") or {}).get("cpu") or {})
-    fig.suptitle(f"Latency vs accuracy on {_target_name(results)}", fontsize=14,
-                 fontweight="bold", x=0.08, y=0.965, ha="left")
-    ax.set_title(f"{cpu.get('model') or 'unknown CPU'} · {cpu.get('logical_cores') or '?'} "
-                 "logical cores · one point per artifact × threads", fontsize=9.5, color="0.3",
-                 loc="left")
-    ax.set_xlabel("p50 latency, ms (lower is better; bar: min to p90)", fontsize=10)
+    if any(p.predicted for p in points):
+        tcpu = results["target"].get("cpu") or {}
+        fig.suptitle(f"Predicted latency vs accuracy on {_target_name(results)} (not measured)",
+                     fontsize=14, fontweight="bold", x=0.08, y=0.965, ha="left")
+        ax.set_title(f"{tcpu.get('model') or 'target CPU'} · latency model, no board measured · "
+                     "one point per artifact × threads", fontsize=9.5, color="0.3", loc="left")
+        ax.set_xlabel("predicted p50 latency, ms (lower is better; bar: expected error range)",
+                      fontsize=10)
+    else:
+        fig.suptitle(f"Latency vs accuracy on {_target_name(results)}", fontsize=14,
+                     fontweight="bold", x=0.08, y=0.965, ha="left")
+        ax.set_title(f"{cpu.get('model') or 'unknown CPU'} · {cpu.get('logical_cores') or '?'} "
+                     "logical cores · one point per artifact × threads", fontsize=9.5,
+                     color="0.3", loc="left")
+        ax.set_xlabel("p50 latency, ms (lower is better; bar: min to p90)", fontsize=10)
     ml = any(getattr(artifact_score(p.art), "metric", "") == "mean_auroc" for p in points)
     ax.set_ylabel(("mean AUROC" if ml else "top-1 accuracy, %") + " (bar: 95 % CI)", fontsize=10)
     ax.grid(True, color="0.9", linewidth=0.8, zorder=0)
@@ -716,12 +1357,17 @@ def _decorate(fig: Any, ax: Any, results: Json, points: list[_Point], hidden: li
     ax.margins(x=0.12, y=0.12)
     ax.set_xlim(ax.get_xlim())
     ax.set_ylim(ax.get_ylim())
-    fig.text(0.01, 0.01, "\n".join(_footnotes(results, hidden)), fontsize=8.5, color="0.3",
-             ha="left", va="bottom")
+    fig.text(0.01, 0.01, "\n".join(_footnotes(results, hidden, points)), fontsize=8.5,
+             color="0.3", ha="left", va="bottom")
 
 
-def _footnotes(results: Json, hidden: list[str]) -> list[str]:
+def _footnotes(results: Json, hidden: list[str], points: Sequence[_Point] = ()) -> list[str]:
     notes = ["Dashed step line: Pareto front (no other point is both faster and more accurate)."]
+    if any(p.predicted for p in points):
+        notes.append("Every latency is predicted by the target's latency model (hollow markers, "
+                     "dashed bar: expected error range); no board was measured.")
+    elif any(_pred_ok(p) for p in predicted_rows(results)):
+        notes.append("Measured latencies only; the predicted ones are in the tables.")
     if any(a.get("accuracy_source") == "bundle" and a.get("accuracy")
            for a in results["artifacts"]):
         notes.append("Some accuracies are the bundles' compress-time verification (no fp32 "
@@ -732,7 +1378,11 @@ def _footnotes(results: Json, hidden: list[str]) -> list[str]:
         notes.append("--quick timings: too few iterations to rely on.")
     if hidden:
         shown = ", ".join(hidden[:6]) + (f" and {len(hidden) - 6} more" if len(hidden) > 6 else "")
-        notes.append(f"Not shown (error or no accuracy): {shown}.")
+        why = ("no prediction or no accuracy" if any(p.predicted for p in points)
+               else "error, throttled or no accuracy" if any(h.endswith("(throttled)")
+                                                             for h in hidden)
+               else "error or no accuracy")
+        notes.append(f"Not shown ({why}): {shown}.")
     return notes
 
 
@@ -745,8 +1395,15 @@ def _legend(ax: Any, colours: dict[str, str], points: list[_Point], front: bool,
 
     handles = [marker(marker="o", color=c, label=b) for b, c in colours.items()]
     for prec in dict.fromkeys(str(p.art.get("precision")) for p in points):
-        handles.append(marker(marker=_PREC_MARKER.get(prec, "D"), color="0.35", label=prec))
-    if any(not p.passed for p in points):
+        hollow = {"markerfacecolor": "none"} if any(p.predicted for p in points) else {}
+        handles.append(marker(marker=_PREC_MARKER.get(prec, "D"), color="0.35", label=prec,
+                              **hollow))
+    if any(p.predicted for p in points):
+        handles.append(marker(marker="o", markerfacecolor="none", markeredgecolor="0.35",
+                              label="predicted (not measured)"))
+        if any(not p.passed for p in points):
+            handles.append(marker(marker="x", color="0.35", label="fails the gate"))
+    elif any(not p.passed for p in points):
         handles.append(marker(marker="o", markerfacecolor="white", markeredgecolor="0.35",
                               label="fails the gate"))
     if front:
@@ -834,12 +1491,49 @@ def render_markdown(report: Json, chart: str | None = "pareto.png") -> str:
                            for i in range(len(head))) + "|"]
     lines += ["| " + " | ".join(_md_cell(c) for c in row) + " |" for row in rows]
     lines += ["", "★ recommended. Δ: change against the source model; gate: the recipe's "
-              "accuracy gate.", ""]
+              f"accuracy gate.{_legend_extra(report)}", ""]
     if chart:
         lines += [f"![latency vs accuracy]({chart})", ""]
+    lines += _md_sections(report)
     lines += ["## Environment", ""]
     lines += [f"- **{k}**: {_md_cell(v)}" for k, v in environment_lines(report)]
     return "\n".join(lines) + "\n"
+
+
+def _legend_extra(results: Json) -> str:
+    text = ""
+    if predicted_rows(results):
+        text += (" predicted p50: from the target's latency model, not measured, ± its expected "
+                 "relative error.")
+    if emulated(results) is not None:
+        text += (" emulated parity: outputs under QEMU emulation vs the reference (timings under "
+                 "emulation are not reported).")
+    if any(not valid_row(r) for r in results["rows"]):
+        text += " (invalid): the run throttled and is excluded."
+    return text
+
+
+def _md_table(head: Sequence[str], rows: Sequence[Sequence[str]]) -> list[str]:
+    return ["| " + " | ".join(_md_cell(h) for h in head) + " |",
+            "|" + "|".join("---" for _ in head) + "|",
+            *("| " + " | ".join(_md_cell(str(c)) for c in row) + " |" for row in rows)]
+
+
+def _md_sections(results: Json) -> list[str]:
+    """The “Predicted latency basis” and “Emulated parity” sections (when present)."""
+    lines: list[str] = []
+    pred = predicted_section(results)
+    if pred:
+        paras, head, rows = pred
+        lines += ["## Predicted latency basis", "", paras[0], ""]
+        lines += [f"- {p}" for p in paras[1:]] + ([""] if paras[1:] else [])
+        lines += (_md_table(head, rows) + [""]) if rows else []
+    emu = emulated_section(results)
+    if emu:
+        title, paras, head, rows = emu
+        lines += [f"## {title}", "", *(x for p in paras for x in (p, "")),
+                  *_md_table(head, rows), ""]
+    return lines
 
 
 # -------------------------------------------------------------------------------------- html
@@ -902,16 +1596,35 @@ def render_html(report: Json, png: bytes | None) -> str:
                      + "</ul>")
     parts += ["<h2>Latency and accuracy</h2>", _html_main_table(report, rec),
               "<p class='sub'>★ recommended · Δ: change against the source model · gate: the "
-              "recipe's accuracy gate</p>"]
+              f"recipe's accuracy gate{_e(_legend_extra(report))}</p>"]
     if png:
         uri = "data:image/png;base64," + base64.b64encode(png).decode("ascii")
         parts.append(f"<img src='{uri}' alt='p50 latency vs accuracy, one point per artifact "
                      "and thread count' width='1000'>")
     else:
         parts.append("<p class='sub'>Chart not drawn: pip install 'edgekit[report]'.</p>")
+    parts += _html_sections(report)
     parts += ["<h2>Accuracy per artifact</h2>", _html_accuracy(report, rec),
               "<h2>Environment</h2>", _html_environment(report), "</body></html>"]
     return "\n".join(parts) + "\n"
+
+
+def _html_sections(results: Json) -> list[str]:
+    parts = []
+    pred = predicted_section(results)
+    if pred:
+        paras, head, rows = pred
+        parts += ["<h2>Predicted latency basis</h2>", f"<p>{_e_code(paras[0])}</p>"]
+        if paras[1:]:
+            parts.append("<ul>" + "".join(f"<li>{_e_code(p)}</li>" for p in paras[1:]) + "</ul>")
+        if rows:
+            parts.append(_html_table(head, rows))
+    emu = emulated_section(results)
+    if emu:
+        title, paras, head, rows = emu
+        parts += [f"<h2>{_e(title)}</h2>", *(f"<p>{_e_code(p)}</p>" for p in paras),
+                  _html_table(head, rows)]
+    return parts
 
 
 def _html_main_table(report: Json, rec: Json) -> str:

@@ -319,7 +319,9 @@ def _check_files(paths: dict[str, Path], results: dict[str, Any], rec_text: str)
     assert rep["recommendation"]["text"] == rec_text
     with paths["report.csv"].open(newline="") as fh:
         rows = list(csv.DictReader(fh))
-    assert len(rows) == len(results["rows"])
+    assert len(rows) == len(report.table_entries(results))
+    if not report.has_arm_results(results):  # one line per measured row
+        assert len(rows) == len(results["rows"])
     assert list(rows[0]) == list(report.CSV_COLUMNS)
     png = paths["pareto.png"].read_bytes()
     assert png[:8] == b"\x89PNG\r\n\x1a\n"
@@ -421,3 +423,306 @@ def test_print_summary(capsys):
 def test_cli_report_help():
     res = CliRunner().invoke(main, ["report", "--help"])
     assert res.exit_code == 0 and "Example:" in res.stdout and "--json" in res.stdout
+
+
+# ------------------------------------------------- ARM targets: measured, predicted, emulated
+ARM_P50 = {(b, p, 4): 30.0 for b in (*BACKENDS, "pytorch") for p in ("fp32", "fp16", "int8")}
+
+
+def _target(name: str) -> dict[str, Any]:
+    from edgekit.targets import load_target
+
+    return {**load_target(name).model_dump(mode="json"), "isa_notes": []}
+
+
+def _pred(artifact: str, p50: float, rel: float, threads: int = 4,
+          group: str = "xnnpack/int8/4") -> dict[str, Any]:
+    name = artifact.split("/")[-1]
+    backend, precision = name.split("-")
+    return {"artifact": artifact, "backend": backend, "precision": precision,
+            "threads": threads, "p50_ms": p50, "low_ms": p50 * (1 - rel),
+            "high_ms": p50 * (1 + rel), "rel_err": rel, "group": group,
+            "basis": f"fitted on published latencies ({group})", "label": "predicted"}
+
+
+def arm_results(target: str = "rpi4", *, measured: bool = False,
+                preds: dict[str, float | tuple[float, float]] | None = None,
+                parity: dict[str, str] | None = None, **kw: Any) -> dict[str, Any]:
+    """A run on an ARM target profile at 4 threads: ``measured`` over SSH (else no row and
+    ``measured_by`` None); ``preds``: artifact name → predicted p50 (±35 %) or (p50, rel_err),
+    every other artifact gets a no-prediction row; ``parity``: artifact name → emulated
+    status (the others pass)."""
+    kw.setdefault("p50", ARM_P50)
+    results = make_results(threads=(4,), data=False, accuracy_source="bundle", **kw)
+    results["target"] = _target(target)
+    results["measured_by"] = "ssh" if measured else None
+    if not measured:
+        results["rows"] = []
+    arts = [a for a in results["artifacts"] if a["kind"] == "artifact"]
+    rows = []
+    for a in arts:
+        if a["name"] in (preds or {}):
+            v = preds[a["name"]]
+            p50, rel = v if isinstance(v, tuple) else (v, 0.35)
+            rows.append(_pred(a["id"], p50, rel, group=f"xnnpack/{a['precision']}/4"))
+        else:
+            rows.append({"artifact": a["id"], "threads": 4,
+                         "error": f"no latency-model group for {a['backend']}"})
+    results["predicted"] = {"label": "predicted", "notes": ["xnnpack stands for LiteRT"],
+                            "rows": rows}
+    if parity is not None:
+        results["emulated"] = {
+            "qemu_cpu": "cortex-a76" if target == "rpi5" else "cortex-a72", "images": 8,
+            "note": "output parity under QEMU user-mode emulation; emulated timings are never "
+                    "reported", "environment": {"python": "3.11.2"},
+            "rows": [{"artifact": a["id"], "status": parity.get(a["name"], "passed"),
+                      "max_abs_diff": 0.5 if parity.get(a["name"]) == "failed" else 1e-5,
+                      "max_rel_diff": 1e-4, "top1_agreement": 1.0,
+                      "reason": "runtime crashed" if parity.get(a["name"]) == "error" else None}
+                     for a in arts]}
+    return results
+
+
+def _all_text(rec: dict[str, Any]) -> list[str]:
+    return [rec["text"], *rec["flags"]]
+
+
+def test_predicted_only_recommendation_and_files(tmp_path):
+    results = arm_results(preds={"litert-int8": 23.1, "litert-fp32": (60.0, 0.1),
+                                 "onnxruntime-int8": (40.0, 0.1)})
+    rec = report.recommend(results)
+    assert (rec["artifact"], rec["threads"], rec["basis"]) == ("model-int8/litert-int8", 4,
+                                                               "predicted")
+    assert rec["p50_ms"] == 23.1 and rec["rel_err"] == 0.35
+    assert rec["low_ms"] == pytest.approx(15.015) and rec["high_ms"] == pytest.approx(31.185)
+    assert rec["text"].startswith("On rpi4 ship `model-int8/litert-int8` with 4 threads: "
+                                  "predicted p50 23.1 ms ±35 % (15.0–31.2 ms; no board was "
+                                  "measured)")
+    assert rec["candidates"] == ["model-int8/litert-int8", "model-int8/onnxruntime-int8",
+                                 "model-int8/litert-fp32"]
+    assert any(f.startswith("No board was measured: every latency here is predicted") and
+               "±10–35 %" in f for f in rec["flags"])
+    assert not any(f.startswith("Measured here") for f in rec["flags"])
+
+    paths = report.write_report(_write(tmp_path, results))
+    _check_files(paths, results, rec["text"])
+    md, page = paths["report.md"].read_text(), paths["report.html"].read_text()
+    for text in (md, page):
+        assert "23.1 ms ±35 % (predicted)" in text and "Predicted latency basis" in text
+        assert "xnnpack/int8/4" in text and "no latency-model group for openvino" in text
+    assert "| model-int8/litert-int8 ★ | 4 | — | — | 23.1 ms ±35 % (predicted) |" in md
+    # every predicted number in the table says so, with its error
+    import re
+
+    table = "\n".join(line for line in md.split("## Predicted latency basis")[0].splitlines()
+                      if line.startswith("|"))
+    numbers = re.findall(r"\d+\.?\d* ms ±\d+ %[^|]*", table)
+    assert len(numbers) == 3 and all("(predicted)" in n for n in numbers)
+    rows = list(csv.DictReader(paths["report.csv"].open(newline="")))
+    assert len(rows) == 6 and {r["latency_basis"] for r in rows} == {"predicted"}
+    lite = next(r for r in rows if r["artifact"] == "model-int8/litert-int8")
+    assert (lite["p50_ms"], lite["predicted_p50_ms"], lite["predicted_rel_err"],
+            lite["predicted_group"]) == ("", "23.1", "0.35", "xnnpack/int8/4")
+    assert json.loads(paths["report.json"].read_text())["recommendation"]["basis"] == "predicted"
+
+
+def test_predicted_skips_gate_failures_and_says_predicted_when_none_passes():
+    results = arm_results(preds={"litert-int8": 23.1, "litert-fp32": (60.0, 0.1)},
+                          bad=("litert-int8",))
+    rec = report.recommend(results)
+    assert rec["artifact"] == "model-int8/litert-fp32" and rec["basis"] == "predicted"
+    results = arm_results(preds={"litert-int8": 23.1}, bad=("litert-int8",))
+    rec = report.recommend(results)
+    assert rec["artifact"] is None and rec["basis"] == "predicted"
+    assert "no artifact passes the accuracy gate: the fastest predicted" in rec["text"]
+    assert "23.1 ms ±35 % (predicted)" in rec["text"]
+
+
+def test_nothing_measured_nothing_predicted(tmp_path):
+    results = arm_results(preds={})
+    rec = report.recommend(results)
+    assert rec["artifact"] is None
+    assert rec["text"].startswith("On rpi4 nothing was measured (no board reachable) and no "
+                                  "latency could be predicted; e.g. no prediction for `")
+    paths = report.write_report(_write(tmp_path, results))
+    assert "pareto.png" in paths and "Predicted latency basis" in paths["report.md"].read_text()
+
+
+def _no_sdot_claim(text: str) -> bool:
+    import re
+
+    return re.search(r"(?<!no )sdot", text.lower().replace("no sdot instruction", "")) is None
+
+
+def test_a72_int8_note_without_sdot_claims():
+    rec = report.recommend(arm_results("rpi4", preds={"litert-int8": 23.1}))
+    notes = [f for f in rec["flags"] if "no dotprod" in f]
+    assert len(notes) == 1
+    assert "INT8 arithmetic is no faster than fp32" in notes[0]
+    assert "only from moving fewer bytes" in notes[0]
+    assert "The recommended `model-int8/litert-int8` is INT8" in notes[0]
+    assert all(_no_sdot_claim(t) for t in _all_text(rec))
+    assert not any("native fp16" in f for f in rec["flags"])
+    # the same run on the A76 board: no such note
+    rec5 = report.recommend(arm_results("rpi5", preds={"litert-int8": 23.1}))
+    assert not any("no dotprod" in f or "no faster than fp32" in f for f in rec5["flags"])
+    # and none at all on a non-ARM target
+    assert not any("dotprod" in f for f in report.recommend(make_results())["flags"])
+
+
+def test_fp16_notes_follow_the_target_isa():
+    kw = {"precisions": ("fp32", "fp16"), "preds": {"litert-fp16": 30.0}}
+    rec5 = report.recommend(arm_results("rpi5", **kw))
+    note = [f for f in rec5["flags"] if f.startswith("rpi5 has fp16 arithmetic")]
+    assert len(note) == 1
+    assert "`model-int8/litert-fp16`" in note[0] and "native fp16 arithmetic" in note[0]
+    assert "worth considering" in note[0] and "INFERENCE_PRECISION_HINT=f32" in note[0]
+    rec4 = report.recommend(arm_results("rpi4", **kw))
+    assert not any("native fp16" in f for f in rec4["flags"])
+    note = [f for f in rec4["flags"] if f.startswith("rpi4 has no fp16 arithmetic")]
+    assert len(note) == 1 and "compute in fp32 there and only halve the file" in note[0]
+
+
+def test_fp16_artifact_ranked_last_on_a_cpu_without_fp16_when_predictions_tie():
+    preds = {"litert-fp16": (25.0, 0.3), "onnxruntime-fp32": (27.0, 0.3)}
+    kw = {"precisions": ("fp32", "fp16"), "preds": preds}
+    assert report.recommend(arm_results("rpi4", **kw))["artifact"] == \
+        "model-int8/onnxruntime-fp32"
+    assert report.recommend(arm_results("rpi5", **kw))["artifact"] == "model-int8/litert-fp16"
+
+
+def test_predicted_tie_is_resolved_by_the_targets_preferred_runtimes():
+    # openvino-int8 is predicted fastest, but every interval overlaps: rpi4 prefers litert,
+    # then onnxruntime, for int8 (and OpenVINO runs INT8 as fp16 on ARM)
+    preds = {"openvino-int8": 20.0, "onnxruntime-int8": 21.0, "litert-int8": 23.0}
+    rec = report.recommend(arm_results("rpi4", preds=preds))
+    assert rec["artifact"] == "model-int8/litert-int8"
+    assert rec["candidates"] == ["model-int8/litert-int8", "model-int8/onnxruntime-int8",
+                                 "model-int8/openvino-int8"]
+    tie = [f for f in rec["flags"] if f.startswith("Within the prediction error")]
+    assert len(tie) == 1 and "overlap, so they tie" in tie[0]
+    assert "preferred runtimes (int8: litert, onnxruntime)" in tie[0]
+    assert "`model-int8/openvino-int8` ×4 (predicted 20.0 ms ±35 %)" in tie[0]
+    ov = [f for f in rec["flags"] if f.startswith("OpenVINO runs INT8 models as fp16 on ARM")]
+    assert len(ov) == 1 and "ranked after rpi4's preferred INT8 runtimes (litert, " \
+        "onnxruntime) when predicted latencies tie" in ov[0]
+    # intervals apart: the fastest prediction wins and there is no tie
+    preds = {"openvino-int8": (10.0, 0.1), "litert-int8": (23.0, 0.1)}
+    rec = report.recommend(arm_results("rpi4", preds=preds))
+    assert rec["artifact"] == "model-int8/openvino-int8"
+    assert not any(f.startswith("Within the prediction error") for f in rec["flags"])
+
+
+def test_emulated_parity_failure_excludes_the_artifact(tmp_path):
+    results = arm_results("rpi4", preds={"litert-int8": 23.1, "onnxruntime-int8": (40.0, 0.1)},
+                          parity={"litert-int8": "failed", "litert-fp32": "error"})
+    rec = report.recommend(results)
+    assert rec["artifact"] == "model-int8/onnxruntime-int8" and rec["basis"] == "predicted"
+    assert "model-int8/litert-int8" not in rec["candidates"]
+    flags = [f for f in rec["flags"] if "parity under QEMU cortex-a72" in f]
+    assert len(flags) == 2
+    failed = next(f for f in flags if f.startswith("`model-int8/litert-int8` failed output "
+                                                   "parity"))
+    assert "max abs diff 0.5" in failed and "excluded from the recommendation for rpi4" in failed
+    errored = next(f for f in flags if f.startswith("`model-int8/litert-fp32`"))
+    assert "could not be checked (runtime crashed)" in errored
+    assert {e["artifact"] for e in rec["excluded"]} == {"model-int8/litert-int8",
+                                                        "model-int8/litert-fp32"}
+    paths = report.write_report(_write(tmp_path, results))
+    for name in ("report.md", "report.html"):
+        text = paths[name].read_text()
+        assert "Emulated parity (QEMU cortex-a72)" in text and "timings are not reported" in text
+        assert "FAIL (max diff 0.5)" in text
+    rows = list(csv.DictReader(paths["report.csv"].open(newline="")))
+    assert {r["artifact"]: r["emulated_parity"] for r in rows}["model-int8/litert-int8"] == \
+        "failed"
+
+    # measured runs too: the fastest measured artifact fails parity
+    results = make_results()
+    results["emulated"] = {"qemu_cpu": "cortex-a72", "images": 8, "rows": [
+        {"artifact": "model-int8/openvino-int8", "status": "failed", "max_abs_diff": 0.3,
+         "max_rel_diff": 0.1, "top1_agreement": 0.75, "reason": None}]}
+    rec = report.recommend(results)
+    assert rec["basis"] == "measured"
+    assert (rec["artifact"], rec["threads"]) == ("model-int8/onnxruntime-int8", 2)
+    assert any("top-1 agreement 75.0 %" in f for f in rec["flags"])
+
+
+def test_throttled_rows_are_excluded_with_a_flag():
+    results = make_results()
+    row = next(r for r in results["rows"]
+               if (r["artifact"], r["threads"]) == ("model-int8/openvino-int8", 2))
+    row.update(valid=False, invalid_reason="throttled during timing (0x50005)")
+    rec = report.recommend(results)
+    assert (rec["artifact"], rec["threads"]) == ("model-int8/onnxruntime-int8", 2)
+    assert rec["flags"][0] == ("1 run was throttled and is excluded: `model-int8/openvino-int8` "
+                               "with 2 threads (throttled during timing (0x50005)). Cool the "
+                               "board (heatsink, fan) and rerun it.")
+    assert rec["excluded"] == [{"artifact": "model-int8/openvino-int8", "threads": 2,
+                                "reason": "throttled during timing (0x50005)"}]
+    _, rows = report.main_table(results, rec)
+    assert next(r for r in rows if r[0] == "model-int8/openvino-int8" and r[1] == "2")[2] == \
+        "1.20 (invalid)"
+    assert {r["valid"] for r in report.csv_rows(results)} == {None, False}
+    results["rows"][3]["valid"] = False
+    assert _flags(results, "runs were throttled")[0].startswith("2 runs were throttled and are "
+                                                                "excluded: ")
+    # every artifact row throttled, nothing predicted: no recommendation
+    for r in results["rows"]:
+        r["valid"] = False
+    rec = report.recommend(results)
+    assert rec["artifact"] is None and "every timed run was invalid (throttled)" in rec["text"]
+
+
+def test_measured_run_keeps_measured_basis_and_shows_predictions_beside_it():
+    results = arm_results("rpi4", measured=True, preds={"litert-int8": (10.0, 0.1)},
+                          parity={})
+    for r in results["rows"]:
+        r["thermal"] = {"temp_c_min": 51.0, "temp_c_max": 63.5, "freq_mhz_min": 1500,
+                        "freq_mhz_max": 1500, "samples": 12, "throttled_before": "0x0",
+                        "throttled_after": "0x0"}
+    rec = report.recommend(results)
+    assert rec["basis"] == "measured" and rec["rel_err"] is None
+    assert "predicted" not in rec["text"]
+    assert any(f.startswith("A measured row falls outside the predicted range (worst: "
+                            "`model-int8/litert-int8`") for f in rec["flags"])
+    head, rows = report.main_table(results, rec)
+    assert head[8:10] == ["predicted p50", "emulated parity (QEMU cortex-a72)"]
+    lite = next(r for r in rows if r[0].startswith("model-int8/litert-int8"))
+    assert lite[2] == "30.0" and lite[8] == "10.0 ms ±10 % (predicted)" and \
+        lite[9].startswith("passed")
+    csv_lite = next(r for r in report.csv_rows(results) if r["artifact"].endswith("litert-int8"))
+    assert csv_lite["latency_basis"] == "measured" and csv_lite["predicted_p50_ms"] == 10.0
+    env = dict(report.environment_lines(results))
+    assert env["measured"] == "on the board, over SSH"
+    assert env["thermal while timing"].startswith("51–63.5 °C, 1500–1500 MHz")
+
+
+def test_old_runs_render_without_the_new_columns():
+    results = make_results()
+    rec = report.recommend(results)
+    assert rec["basis"] == "measured" and rec["excluded"] == []
+    head, _ = report.main_table(results, rec)
+    assert head == ["artifact", "threads", "p50 ms", "p90 ms", "p99 ms", "spread", "load ms",
+                    "RSS MB", "top-1 [95 % CI]", "Δ vs source [95 % CI]", "gate"]
+    md = report.render_markdown(report.build_report(results))
+    assert "predicted" not in md.lower() and "Emulated" not in md and "measured**" not in md
+    assert {r["latency_basis"] for r in report.csv_rows(results)} == {"measured"}
+
+
+def test_print_summary_arm_run(capsys):
+    from edgekit.cli.report import print_summary
+
+    results = arm_results("rpi4", preds={"litert-int8": 23.1}, parity={"litert-fp32": "failed"})
+    print_summary(report.build_report(results))
+    text = " ".join(capsys.readouterr().out.split())
+    assert "litert-int8 ×4 23.1 ±35 % (predicted) passed" in text and "FAIL" in text
+    assert "ship `model-int8/litert-int8` with 4 threads: predicted p50 23.1 ms ±35 %" in text
+
+
+def test_cli_report_json_basis(tmp_path):
+    run = _write(tmp_path, arm_results("rpi4", preds={"litert-int8": 23.1}))
+    res = CliRunner().invoke(main, ["report", str(run), "--json"], catch_exceptions=False)
+    assert res.exit_code == 0
+    rec = json.loads(res.stdout)
+    assert rec["basis"] == "predicted" and rec["artifact"] == "model-int8/litert-int8"

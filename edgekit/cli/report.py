@@ -15,35 +15,56 @@ from edgekit.ui import out
 
 
 def print_summary(report: dict[str, Any]) -> None:
-    """A table of the rows (artifact, threads, p50, p90, accuracy [CI], Δ, gate) on stdout,
-    then the recommendation and its flags. ``report`` is a results dict, with or without its
-    ``recommendation`` (computed when missing)."""
+    """A table of the rows (artifact, threads, p50, p90, accuracy [CI], Δ, gate; with predicted
+    or emulated results: p50, predicted p50, emulated parity, accuracy, Δ, gate) on stdout, then the recommendation and its flags. ``report`` is a
+    results dict, with or without its ``recommendation`` (computed when missing)."""
     from edgekit import report as rp
 
     rec = report.get("recommendation") or rp.recommend(report)
-    arts = {a["id"]: a for a in report["artifacts"]}
-    one_bundle = len({i.split("/")[0] for i in arts}) == 1
-    names = {i: (a.get("name") or i) if one_bundle else i for i, a in arts.items()}
-    labels = [f"{names[r['artifact']]} ×{r.get('threads')}" for r in report["rows"]]
+    entries = rp.table_entries(report)
+    ids = {e.artifact for e in entries}
+    one_bundle = len({i.split("/")[0] for i in ids}) == 1
+    labels = [(str(e.art.get("name") or e.artifact) if one_bundle else e.artifact)
+              + ("" if e.threads is None else f" ×{e.threads}") for e in entries]
+    pred = bool(rp.predicted_rows(report))
+    emu = rp.emulated(report) is not None
+    measured = bool(report["rows"])
     table = Table(title=f"bench on {rec['target']}", box=box.SIMPLE_HEAD, pad_edge=False,
                   collapse_padding=True)
     table.add_column("artifact × threads", min_width=min(max(map(len, labels), default=8), 40))
-    for col in ("p50 ms", "p90 ms", rp.score_header(report), "Δ"):
+    compact = pred or emu  # extra columns: no p90, no CI, to fit 80 columns
+    cols = [*(["p50 ms"] if measured or not pred else []),
+            *(["p90 ms"] if not compact else []),
+            *(["predicted p50"] if pred else []), *(["parity"] if emu else []),
+            rp.score_header(report).split(" [")[0] if compact else rp.score_header(report), "Δ"]
+    for col in cols:
         table.add_column(col, justify="right", no_wrap=True)
     table.add_column("gate")
-    for row, label in zip(report["rows"], labels, strict=True):
-        art = arts[row["artifact"]]
-        lat = row.get("latency_ms") or {}
+    for e, label in zip(entries, labels, strict=True):
+        row, art = e.row or {}, e.art
+        lat = (row.get("latency_ms") if rp._ok(row) else None) or {}
         score = rp.artifact_score(art)
         gate = rp.gate_text(row, art).replace(" (points)", "").replace("accuracy drop", "drop")
         delta = rp.fmt_delta(rp.artifact_delta(art), ci=False).replace(" points", " pt")
-        star = (row["artifact"], row.get("threads")) == (rec["artifact"], rec["threads"])
-        table.add_row(
-            label, rp.fmt_ms(lat.get("p50")), rp.fmt_ms(lat.get("p90")),
-            score.fmt() if score else "not measured",
-            "—" if art.get("kind") == "source" else delta,
-            Text(gate, style="red" if gate.startswith(("FAIL", "error")) else None),
-            style="bold" if star else None)
+        star = (e.artifact, e.threads) == (rec["artifact"], rec["threads"])
+        cells: list[Any] = [label]
+        if measured or not pred:
+            p50 = rp.fmt_ms(lat.get("p50")) if e.row is not None else "—"
+            if e.row is not None and rp._ok(row) and not rp.valid_row(row):
+                p50 += " (invalid)"
+            cells.append(p50)
+        if not compact:
+            cells.append(rp.fmt_ms(lat.get("p90")) if e.row is not None else "—")
+        if pred:
+            cells.append(rp.fmt_predicted(e.pred, unit=False).replace("no prediction", "—"))
+        if emu:
+            parity = rp.fmt_parity(e.emu).split(" (")[0].split(":")[0]
+            cells.append(Text(parity, style="red" if parity.startswith(("FAIL", "error"))
+                              else None))
+        cells += [score.fmt(ci=not compact) if score else "not measured",
+                  "—" if art.get("kind") == "source" else delta,
+                  Text(gate, style="red" if gate.startswith(("FAIL", "error")) else None)]
+        table.add_row(*cells, style="bold" if star else None)
     out.print(table)
     out.print(Text(rec["text"], style="bold" if rec["artifact"] else "bold red"))
     for flag in rec["flags"]:
