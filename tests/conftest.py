@@ -88,6 +88,36 @@ def trained(mri_phantoms, tmp_path_factory) -> Path:
     return out
 
 
+@pytest.fixture(scope="session")
+def bundle(trained, mri_phantoms, tmp_path_factory) -> Path:
+    """An int8 bundle of ``trained`` with all three backends (64 px; shared by the bench, SSH,
+    emulation and prediction tests)."""
+    from edgekit.compress import compress
+
+    out = tmp_path_factory.mktemp("bundles") / "model-int8"
+    compress(trained, data=mri_phantoms, out=out, recipe="int8", calibration_images=16,
+             verification_images=24, allow_accuracy_drop=True)
+    return out
+
+
+@pytest.fixture(scope="session")
+def fp32_bundle(trained, mri_phantoms, tmp_path_factory) -> Path:
+    from edgekit.compress import compress
+
+    out = tmp_path_factory.mktemp("bundles") / "model-fp32"
+    compress(trained, data=mri_phantoms, out=out, recipe="fp32", verification_images=24,
+             backends=["onnxruntime"])
+    return out
+
+
+@pytest.fixture(scope="session")
+def sshd(tmp_path_factory):
+    """A real OpenSSH server on 127.0.0.1 (``tests/sshd.py``); skips when sshd is absent."""
+    from sshd import serve
+
+    yield from serve(tmp_path_factory)
+
+
 @pytest.fixture
 def cli():
     """``cli("bench", path, code=2)``: run the CLI in-process and assert its exit code."""

@@ -30,27 +30,6 @@ QUICK = Protocol.quick_protocol()
 
 
 
-@pytest.fixture(scope="session")
-def bundle(trained, mri_phantoms, tmp_path_factory) -> Path:
-    """An int8 bundle of a trained checkpoint with all three backends."""
-    from edgekit.compress import compress
-
-    out = tmp_path_factory.mktemp("bundles") / "model-int8"
-    compress(trained, data=mri_phantoms, out=out, recipe="int8", calibration_images=16,
-             verification_images=24, allow_accuracy_drop=True)
-    return out
-
-
-@pytest.fixture(scope="session")
-def fp32_bundle(trained, mri_phantoms, tmp_path_factory) -> Path:
-    from edgekit.compress import compress
-
-    out = tmp_path_factory.mktemp("bundles") / "model-fp32"
-    compress(trained, data=mri_phantoms, out=out, recipe="fp32", verification_images=24,
-             backends=["onnxruntime"])
-    return out
-
-
 # --------------------------------------------------------------------------------- protocol
 def test_measure_respects_iterations_seconds_and_trials() -> None:
     calls = []

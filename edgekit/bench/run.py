@@ -258,35 +258,102 @@ def bench(bundles: list[str | Path], *, target: str | Path = "x86-local",
           quick: bool = False, protocol: Protocol | None = None, out: str | Path | None = None,
           source: bool = True, max_images: int | None = None, seed: int = 0,
           on_error: str = "skip", pin: list[int] | None = None, held_out: bool = False,
-          executor: Any = None) -> BenchRun:
+          host: str | None = None, emulate: bool = False, predict: bool = True,
+          emulate_images: int = 16, executor: Any = None) -> BenchRun:
     """Measure every artifact of ``bundles`` on ``target``; write and return the run.
 
-    ``pin`` restricts every measurement to these CPU ids (a target with ``pin: true`` pins to
-    the CPUs this process may use)."""
-    from edgekit.bench import hostinfo
+    How the target is reached decides what is *measured*: a local target here; an SSH target
+    (``host`` overrides the profile's ``user@host:port``) on the board, and when the profile's
+    board cannot be reached (and no ``host`` was given) nothing is measured. ``emulate`` adds an
+    output-parity check of every artifact under QEMU (aarch64 targets; never timed), and
+    ``predict`` adds the latency model's predictions (labelled, with their expected error).
+    ``pin`` restricts every measurement to these CPU ids (a local target with ``pin: true`` pins
+    to the CPUs this process may use)."""
     from edgekit.report import write_report
-    from edgekit.targets import isa_notes, load_target
+    from edgekit.targets import load_target
 
     tgt = load_target(target)
-    if tgt.access.kind != "local":
-        raise ConfigError(f"target {tgt.name!r} is reached by {tgt.access.kind!r}, which this "
-                          "edgekit cannot do yet; use a local target such as x86-local")
-    cpu = hostinfo.cpu_info()
     if threads and any(t < 1 for t in threads):
         raise ConfigError(f"--threads must be >= 1, got {threads}")
-    counts = sorted(set(threads)) if threads else tgt.thread_counts(cpu["logical_cores"])
-    if max(counts) > cpu["logical_cores"]:
-        status(f"[yellow]Note:[/] measuring {max(counts)} threads on {cpu['logical_cores']} "
-               "usable cores: threads will share cores")
+    notes: list[str] = []
+    executor, measured_by = _executor(tgt, host, executor, notes)
+    t_start = time.perf_counter()
+    try:
+        return _bench(bundles, tgt, executor, measured_by, notes, data=data, threads=threads,
+                      quick=quick, protocol=protocol, out=out, source=source,
+                      max_images=max_images, seed=seed, on_error=on_error, pin=pin,
+                      held_out=held_out, emulate=emulate, predict=predict,
+                      emulate_images=emulate_images, t_start=t_start, write_report=write_report)
+    finally:
+        close = getattr(executor, "close", None)
+        if close is not None:
+            close()
+
+
+def _executor(tgt: Any, host: str | None, executor: Any, notes: list[str]) -> tuple[Any, str | None]:
+    """(executor, measured_by) for ``tgt``: None, None when nothing can be measured."""
+    kind = tgt.access.kind
+    if host and kind != "ssh":
+        raise ConfigError(f"--host is for SSH targets; {tgt.name!r} is reached by {kind!r} "
+                          "(try --target rpi4 --host pi@192.168.1.20)")
+    if executor is not None:
+        return executor, getattr(executor, "kind", "local")
+    if kind == "local":
+        return LocalExecutor(), "local"
+    if kind == "emulated":
+        notes.append(f"{tgt.name} is an emulated target: outputs are checked under QEMU "
+                     f"({tgt.access.qemu_cpu}); latencies are predicted, never measured")
+        return None, None
+    from edgekit.bench.ssh import DeviceError, SshExecutor
+
+    ssh = SshExecutor.for_target(tgt, host=host)
+    where = host or f"{tgt.access.user}@{tgt.access.host}:{tgt.access.port}"
+    status(f"Connecting to {where} ...")
+    try:
+        ssh.preflight()
+    except DeviceError as exc:
+        ssh.close()
+        if host:
+            raise
+        msg = (f"no {tgt.name} board was reachable at {where} (the profile's address), so "
+               f"nothing was measured: {exc}. Latencies below are predicted; measure with "
+               f"--host user@address[:port].")
+        notes.append(msg)
+        status(f"[yellow]Note:[/] {msg}")
+        return None, None
+    return ssh, "ssh"
+
+
+def _bench(bundles: list[str | Path], tgt: Any, executor: Any, measured_by: str | None,
+           notes: list[str], *, data: str | Path | None, threads: list[int] | None,
+           quick: bool, protocol: Protocol | None, out: str | Path | None, source: bool,
+           max_images: int | None, seed: int, on_error: str, pin: list[int] | None,
+           held_out: bool, emulate: bool, predict: bool, emulate_images: int, t_start: float,
+           write_report: Any) -> BenchRun:
+    from edgekit.bench import hostinfo
+    from edgekit.targets import isa_notes
+
+    local = measured_by == "local"
+    env0 = executor.environment() if executor is not None else None
+    cores = (env0 or {}).get("cpu", {}).get("logical_cores") if executor is not None else None
+    cores = cores or (hostinfo.cpu_info()["logical_cores"] if local or tgt.detect
+                      else tgt.cpu.cores or 1)
+    counts = sorted(set(threads)) if threads else tgt.thread_counts(cores)
+    if executor is not None and max(counts) > cores:
+        status(f"[yellow]Note:[/] measuring {max(counts)} threads on {cores} usable cores: "
+               "threads will share cores")
     proto = protocol or (Protocol.quick_protocol() if quick else Protocol())
-    if pin and not set(pin) <= os.sched_getaffinity(0):
+    if local and pin and not set(pin) <= os.sched_getaffinity(0):
         raise ConfigError(f"cannot pin to CPUs {sorted(set(pin) - os.sched_getaffinity(0))}: "
                           f"this process may use CPUs {sorted(os.sched_getaffinity(0))}")
-    if pin or (tgt.pin and proto.pin is None):
+    if pin or (local and tgt.pin and proto.pin is None):
         cpus = pin or sorted(os.sched_getaffinity(0))
         proto = Protocol.from_dict({**proto.to_dict(), "pin": list(cpus)})
+    if emulate and tgt.arch != "aarch64":
+        raise ConfigError(f"--emulate checks aarch64 artifacts under QEMU; {tgt.name!r} is "
+                          f"{tgt.arch} (try --target rpi4 --emulate)")
+    emulate = emulate or tgt.access.kind == "emulated"
     infos = _load_bundles(bundles)
-    notes: list[str] = []
     if len({i.source_key for i in infos}) > 1:
         if held_out:
             raise ConfigError("--held-out uses one checkpoint's validation split, but these "
@@ -294,40 +361,48 @@ def bench(bundles: list[str | Path], *, target: str | Path = "x86-local",
                               "folder none of them trained on")
         notes.append("These bundles come from different source models: each is gated against "
                      "its own source, so compare their absolute accuracy, not only the deltas.")
-    executor = executor or LocalExecutor()
     run_dir = _run_folder(infos, out, tgt.name)
     _check_writable(run_dir.parent)
-    t_start = time.perf_counter()
+    emu = _emulator(tgt) if emulate else None  # fail before measuring when not prepared
 
-    if source or data is not None or held_out:
+    if source or data is not None or held_out or predict:
         for info in infos:
             _load_source(info)
-            if info.source_note:
+            if info.source_note and (source or data is not None or held_out):
                 status(f"[yellow]Note:[/] {info.name}: {info.source_note}")
     ev = None
     if data is not None or held_out:
         ev = _eval_set(_dataset(data, infos[0], held_out, on_error), infos[0], max_images, seed,
                        on_error)
 
-    per_bundle, source_ids = _records(infos, source)
+    # the PyTorch source is timed only where it runs: on this machine
+    per_bundle, source_ids = _records(infos, source and local)
     artifacts = [rec for records in per_bundle for rec in records]
     reference = None
+    scorer = executor or LocalExecutor()
     if ev is not None:
-        reference = _score_all(infos, per_bundle, artifacts, source_ids, ev, executor,
+        if executor is None:
+            notes.append("accuracy was computed on this machine (no board was reached): the "
+                         "artifacts are the ones the board would run, on this machine's runtimes")
+        reference = _score_all(infos, per_bundle, artifacts, source_ids, ev, scorer,
                                tgt.runtime_options, seed)
 
-    rows = _time_all(infos, artifacts, counts, proto, executor, tgt)
+    rows = _time_all(infos, artifacts, counts, proto, executor, tgt) if executor else []
+    emulated = _emulate_all(infos, artifacts, emu, ev, tgt, emulate_images, seed) if emu else None
+    predicted = _predict_all(infos, tgt, counts) if predict else None
     env = next((r["environment"] for r in rows if "environment" in r), None) \
-        or executor.environment()
+        or env0 or LocalExecutor().environment()
     for r in rows:
         r.pop("environment", None)
         r.pop("protocol", None)
     target_dict = tgt.model_dump(mode="json")
-    target_dict["isa_notes"] = isa_notes(tgt, env["cpu"]) if not tgt.detect else []
+    target_dict["isa_notes"] = (isa_notes(tgt, env["cpu"])
+                                if executor is not None and not tgt.detect else [])
     results = {
         "schema": SCHEMA, "created": datetime.now(UTC).isoformat(timespec="seconds"),
         "edgekit": __version__, "seconds": round(time.perf_counter() - t_start, 1),
-        "target": target_dict, "environment": env, "protocol": proto.to_dict(),
+        "target": target_dict, "measured_by": measured_by, "environment": env,
+        "protocol": proto.to_dict(),
         "data": None if ev is None else {
             "path": str(ev.root.resolve()), "n": len(ev.paths), "task": ev.task,
             "split": "held-out split recorded in the source checkpoint" if held_out
@@ -335,8 +410,95 @@ def bench(bundles: list[str | Path], *, target: str | Path = "x86-local",
                                                  if max_images else ""),
             "class_names": list(ev.class_names), "skipped": ev.skipped},
         "reference": reference, "notes": notes, "artifacts": artifacts, "rows": rows,
+        "predicted": predicted, "emulated": emulated,
     }
     return BenchRun(run_dir, results, _write_run(run_dir, results, write_report))
+
+
+# ------------------------------------------------------------------ emulation and prediction
+_QEMU_CPUS = {"a72": "cortex-a72", "a76": "cortex-a76", "a57": "cortex-a57",
+              "a53": "cortex-a53", "neoverse-n1": "neoverse-n1"}
+
+
+def _qemu_cpu(tgt: Any) -> str:
+    """The QEMU ``-cpu`` model standing for the target's CPU (its access, else its model)."""
+    if tgt.access.kind == "emulated":
+        return tgt.access.qemu_cpu
+    model = (tgt.cpu.model or "").lower().replace("cortex-", "").replace(" ", "-")
+    for key, cpu in _QEMU_CPUS.items():
+        if key in model:
+            return cpu
+    return "cortex-a76" if "dotprod" in tgt.cpu.features else "cortex-a72"
+
+
+def _emulator(tgt: Any) -> Any:
+    from edgekit.bench.emulated import EmulatedExecutor
+
+    return EmulatedExecutor(_qemu_cpu(tgt))
+
+
+def _parity_images(infos: list[BundleInfo], ev: EvalSet | None, n: int, seed: int,
+                   folder: Path) -> list[Path]:
+    """``n`` evaluation images (stratified), else ``n`` synthetic phantoms of the bundle's kind."""
+    if ev is not None:
+        rng = np.random.default_rng(seed)
+        idx = sorted(rng.choice(len(ev.paths), size=min(n, len(ev.paths)), replace=False))
+        return [ev.paths[i] for i in idx]
+    from edgekit.data.phantoms import generate_ct_dataset, generate_mri_dataset
+
+    size = max(infos[0].input_size, 64)
+    if infos[0].manifest["preprocess"].get("ct_windows"):
+        root = generate_ct_dataset(folder, n, size=size, seed=seed)
+        return sorted(root.glob("*.dcm"))
+    root = generate_mri_dataset(folder, max(1, -(-n // 4)), size=size, seed=seed, fmt="png")
+    return sorted(root.glob("*/*.png"))[:n]
+
+
+def _emulate_all(infos: list[BundleInfo], artifacts: list[dict[str, Any]], emu: Any,
+                 ev: EvalSet | None, tgt: Any, n: int, seed: int) -> dict[str, Any]:
+    """Every artifact's outputs under QEMU against the same artifact run here (x86)."""
+    from edgekit.bench.emulated import check_bundle
+
+    rows = []
+    with tempfile.TemporaryDirectory(prefix="edgekit-parity-") as tmp:
+        images = _parity_images(infos, ev, n, seed, Path(tmp))
+        with progress_bar(f"Emulated parity on {emu.qemu_cpu}", len(infos)) as bar:
+            for info in infos:
+                names = [a["name"] for a in artifacts
+                         if a["kind"] == "artifact" and a["bundle_name"] == info.name]
+                bar.update(note=info.name)
+                for row in check_bundle(info.path, images, cpus=[emu.qemu_cpu], artifacts=names,
+                                        options=tgt.runtime_options, cache=emu.cache):
+                    row["artifact"] = f"{info.name}/{row['artifact']}"
+                    if row["status"] == "error":
+                        status(f"[red]{row['artifact']} under emulation:[/] {row['reason']}")
+                    rows.append(row)
+                bar.advance()
+    return {"qemu_cpu": emu.qemu_cpu, "images": len(images),
+            "inputs": "evaluation images" if ev is not None else "synthetic phantoms",
+            "note": "output parity under QEMU user-mode emulation against the same artifact "
+                    "on this machine; emulated timings mean nothing and are never reported",
+            "environment": emu.environment(), "rows": rows}
+
+
+def _predict_all(infos: list[BundleInfo], tgt: Any, counts: list[int]) -> dict[str, Any]:
+    """The latency model's prediction of every artifact at every thread count (labelled)."""
+    from edgekit.bench.predict import predict_bundle
+
+    rows: list[dict[str, Any]] = []
+    for info in infos:
+        module = getattr(info.source, "module", None)
+        try:
+            rows += predict_bundle(info.path, info.manifest, tgt, counts, module=module)
+        except (EdgekitError, ValueError, KeyError) as exc:
+            rows += [{"artifact": f"{info.name}/{a['name']}", "threads": t,
+                      "error": f"no prediction: {exc}"}
+                     for a in info.manifest["artifacts"] for t in counts]
+    return {"label": "predicted",
+            "notes": ["predicted by edgekit's per-kernel roofline latency model (see "
+                      "`edgekit targets show " + tgt.name + "`); each number carries the "
+                      "model's expected relative error and is not a measurement"],
+            "rows": rows}
 
 
 def _records(infos: list[BundleInfo], source: bool,

@@ -52,17 +52,34 @@ def _terminate(signum: int, frame: Any) -> None:  # SIGTERM behaves like Ctrl-C:
               show_default=True, help="Corrupt or non-image files: skip with a warning, or fail.")
 @click.option("--pin", default=None, metavar="CPUS",
               help="Pin every measurement to these CPU ids, e.g. 0,1 [default: the target's].")
+@click.option("--host", default=None, metavar="USER@HOST[:PORT]",
+              help="Measure on this board over SSH (SSH targets such as rpi4), overriding the "
+                   "profile's address. Uses your OpenSSH: ~/.ssh/config, agents and jump hosts "
+                   "apply; host keys are always checked.")
+@click.option("--emulate", is_flag=True,
+              help="Also run every artifact under QEMU on the target's ARM CPU and check its "
+                   "outputs against this machine's (aarch64 targets; needs `edgekit targets "
+                   "prepare-emulation` once). Emulated timings are never reported.")
+@click.option("--emulate-images", type=click.IntRange(1, 1000), default=16, show_default=True,
+              help="Images for the emulated parity check (evaluation images, else phantoms).")
+@click.option("--no-predict", is_flag=True,
+              help="Do not add the latency model's predicted latencies to the report.")
 @click.option("--json", "as_json", is_flag=True,
               help="Print report.json (results + recommendation) on stdout.")
 def command(bundles: tuple[Path, ...], target: str, data: Path | None,
             threads: tuple[int, ...], quick: bool, out: Path | None, no_source: bool,
             max_images: int | None, seed: int, on_error: str, pin: str | None,
-            held_out: bool, as_json: bool) -> None:
+            held_out: bool, host: str | None, emulate: bool, emulate_images: int,
+            no_predict: bool, as_json: bool) -> None:
     """Measure latency (and, with --data, accuracy) of every artifact in BUNDLES on a target,
     then write a report and recommend the artifact to ship.
 
     Each (artifact, threads) is timed in a fresh runner process: warm-up >= 10 calls and 2 s,
     then 3 trials of >= 100 calls and 10 s around the inference call only (p50/p90/p99).
+    On an SSH target (rpi4, rpi5, ...) the bundle and a one-file runner are copied to the board,
+    checked by sha256 there, and timed with the same protocol (pinned with taskset; throttled
+    runs are marked invalid). With no reachable board, the report gives the latency model's
+    predictions, labelled "predicted" with their expected error.
     Results go to a new run folder (BUNDLE/bench/<time>-<target>/: results.json, report.json,
     report.csv, report.md, pareto.png, report.html); earlier runs are never overwritten.
 
@@ -71,6 +88,9 @@ def command(bundles: tuple[Path, ...], target: str, data: Path | None,
       edgekit bench model-int8/ --data Testing/
       edgekit bench model-int8/ --held-out        # the split edgekit train held out
       edgekit bench model-int8/ model-fp32/ --threads 2 --quick
+      edgekit bench model-int8/ --target rpi4                  # predicted (no board)
+      edgekit bench model-int8/ --target rpi4 --host pi@10.0.0.7
+      edgekit bench model-int8/ --target rpi4 --emulate        # + ARM output parity
     """
     from edgekit.bench.run import bench
     from edgekit.cli.report import print_summary
@@ -85,7 +105,9 @@ def command(bundles: tuple[Path, ...], target: str, data: Path | None,
     try:
         run = bench(list(bundles), target=target, data=data, threads=list(threads) or None,
                     quick=quick, out=out, source=not no_source, max_images=max_images,
-                    seed=seed, on_error=on_error, pin=cpus, held_out=held_out)
+                    seed=seed, on_error=on_error, pin=cpus, held_out=held_out,
+                    host=host, emulate=emulate, emulate_images=emulate_images,
+                    predict=not no_predict)
     finally:
         signal.signal(signal.SIGTERM, previous)
     report = report_of(run)

@@ -117,3 +117,15 @@ def show_command(name_or_path: str, as_json: bool) -> None:
     out.print(f"[bold]Why numbers measured here may not represent {target.name}:[/]")
     for note in notes:
         out.print(f"  - {note}", markup=False)
+
+
+def _register() -> None:
+    """The subcommands that live in their own modules (they import more)."""
+    from edgekit.cli.calibrate import calibrate_command
+    from edgekit.cli.emulation import prepare_emulation_command
+
+    command.add_command(calibrate_command)
+    command.add_command(prepare_emulation_command)
+
+
+_register()
