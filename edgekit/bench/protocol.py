@@ -280,27 +280,25 @@ def throttle_verdict(before: str | None, after: str | None) -> str | None:
     return "; ".join(reasons) or None
 
 
-def _cur_freq_mhz(cpus: Sequence[int]) -> float | None:
-    """The lowest current clock (MHz) of ``cpus`` (sysfs cpufreq), None where not exposed."""
+def _cpufreq_mhz(cpus: Sequence[int], name: str) -> list[float]:
+    """``/sys/devices/system/cpu/cpuN/cpufreq/<name>`` of each of ``cpus`` in MHz (where exposed)."""
     values = []
     for cpu in cpus:
         try:
-            with open(f"/sys/devices/system/cpu/cpu{cpu}/cpufreq/scaling_cur_freq") as fh:
+            with open(f"/sys/devices/system/cpu/cpu{cpu}/cpufreq/{name}") as fh:
                 values.append(int(fh.read().strip()) / 1000.0)
         except (OSError, ValueError):
             continue
-    return min(values) if values else None
+    return values
+
+
+def _cur_freq_mhz(cpus: Sequence[int]) -> float | None:
+    """The lowest current clock (MHz) of ``cpus``, None where cpufreq is not exposed."""
+    return min(_cpufreq_mhz(cpus, "scaling_cur_freq"), default=None)
 
 
 def _max_freq_mhz(cpus: Sequence[int]) -> float | None:
-    values = []
-    for cpu in cpus:
-        try:
-            with open(f"/sys/devices/system/cpu/cpu{cpu}/cpufreq/cpuinfo_max_freq") as fh:
-                values.append(int(fh.read().strip()) / 1000.0)
-        except (OSError, ValueError):
-            continue
-    return max(values) if values else None
+    return max(_cpufreq_mhz(cpus, "cpuinfo_max_freq"), default=None)
 
 
 class ThermalSampler:
