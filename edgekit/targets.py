@@ -43,8 +43,10 @@ class SshAccess(BaseModel):
     model_config = _STRICT
     kind: Literal["ssh"] = Field(description="copy the bundle and runner to a device over SSH")
     host: str = Field(description="host name or address of the device")
-    user: str = Field(description="login user on the device")
-    port: int = Field(22, ge=1, le=65535, description="SSH port")
+    user: str | None = Field(None, description="login user on the device; None: from "
+                                               "~/.ssh/config (else your local user name)")
+    port: int | None = Field(None, ge=1, le=65535,
+                             description="SSH port; None: from ~/.ssh/config (else 22)")
     key: str | None = Field(None, description="private key file; None uses the SSH agent/config")
     workdir: str = Field("~/edgekit-bench", description="folder on the device for bundle + runner")
     python: str = Field("python3", description="Python interpreter on the device")
@@ -57,7 +59,9 @@ class SshAccess(BaseModel):
 
     @field_validator("host", "user")
     @classmethod
-    def _ssh_name(cls, value: str) -> str:
+    def _ssh_name(cls, value: str | None) -> str | None:
+        if value is None:
+            return value
         if not value or value.startswith("-") or any(c.isspace() or c in "@'\"`$;|&<>\\"
                                                      for c in value):
             raise ValueError(f"{value!r} is not a valid SSH host or user name")

@@ -82,7 +82,7 @@ def test_host_and_emulate_need_the_right_kind_of_target(bundle, tmp_path, cli) -
     assert "--host is for SSH targets" in res.output
 
 
-def _rpi4_via(server, workdir: Path, tmp_path: Path) -> Path:
+def _rpi4_via(server, workdir: Path, tmp_path: Path, **changes) -> Path:
     """The rpi4 profile reaching the test sshd (this machine stands in for the board)."""
     from sshd import ssh_access
 
@@ -90,7 +90,8 @@ def _rpi4_via(server, workdir: Path, tmp_path: Path) -> Path:
 
     data = yaml.safe_load(builtin_targets()["rpi4"].read_text())
     data["name"] = "rpi4-sshd"
-    data["access"] = ssh_access(server, workdir).model_dump(mode="json", exclude_none=True)
+    data["access"] = ssh_access(server, workdir, **changes).model_dump(mode="json",
+                                                                        exclude_none=True)
     path = tmp_path / "rpi4-sshd.yaml"
     path.write_text(yaml.safe_dump(data))
     return path
@@ -148,3 +149,15 @@ def test_emulate_checks_every_artifact_on_the_boards_cpu(bundle, tmp_path) -> No
     assert rec["artifact"] != f"{bundle.name}/openvino-int8" or \
         rows["openvino-int8"]["status"] == "passed"
     assert "Emulated parity" in (run.run_dir / "report.md").read_text()
+
+
+def test_a_changed_host_key_is_an_error_not_a_fallback(bundle, sshd, tmp_path) -> None:
+    """Only an unreachable board falls back to predictions: a host key that differs from
+    known_hosts (possible interception) stops the run, even without --host."""
+    from edgekit.bench.run import bench
+    from edgekit.bench.ssh import DeviceError
+
+    target = _rpi4_via(sshd, tmp_path, tmp_path, known_hosts=str(sshd.wrong_known_hosts))
+    with pytest.raises(DeviceError, match="host key"):
+        bench([bundle], target=target, quick=True, out=tmp_path / "runs")
+    assert not (tmp_path / "runs").exists()

@@ -97,6 +97,17 @@ def test_parse_host_rejects_bad_text(text) -> None:
     assert err.value.exit_code == 2
 
 
+def test_options_that_could_bypass_host_key_checks_are_refused() -> None:
+    from edgekit.bench.ssh import ssh_option_problem
+
+    for bad in ("KnownHostsCommand=ssh-keyscan %H", "GlobalKnownHostsFile=/tmp/x",
+                "HostKeyAlias=other", "ProxyCommand=nc %h %p", "PermitLocalCommand=yes",
+                "LocalCommand=touch /tmp/x", "ControlPath=/tmp/s"):
+        assert ssh_option_problem(bad), bad
+    for good in ("ProxyJump=pi@bastion", "ServerAliveInterval=30", "StrictHostKeyChecking=yes"):
+        assert ssh_option_problem(good) is None, good
+
+
 def test_insecure_ssh_options_are_refused(tmp_path) -> None:
     from pydantic import ValidationError
 
@@ -121,8 +132,10 @@ def test_executor_for_a_target_and_a_host_override() -> None:
 
     rpi4 = load_target("rpi4")
     ex = SshExecutor.for_target(rpi4)
-    assert (ex.user, ex.host, ex.port, ex.label) == ("pi", "raspberrypi.local", 22,
-                                                      "pi@raspberrypi.local:22")
+    # no port in the profile: ssh's own config (else 22) decides, so no -p is passed
+    assert (ex.user, ex.host, ex.port, ex.label) == ("pi", "raspberrypi.local", None,
+                                                      "pi@raspberrypi.local")
+    assert "-p" not in ex._args()
     ex = SshExecutor.for_target(rpi4, host="[fd00::7]:2200")
     assert (ex.user, ex.host, ex.port, ex.label) == ("pi", "fd00::7", 2200, "pi@[fd00::7]:2200")
     assert ex.pin == rpi4.pin and ex.workdir == rpi4.access.workdir

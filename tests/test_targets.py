@@ -177,7 +177,7 @@ def test_ssh_and_emulated_access_load(tmp_path):
                    "cpu: {cores: 4, features: [neon]}\nthreads: [1, 4]\nrequires: [neon]\n"
                    "latency_model: {c0_ms: 0.4, eta: {conv: 0.3}}\n")
     t = load_target(ssh)
-    assert (t.access.kind, t.access.port, t.access.workdir) == ("ssh", 22, "~/edgekit-bench")
+    assert (t.access.kind, t.access.port, t.access.workdir) == ("ssh", None, "~/edgekit-bench")  # None: ~/.ssh/config
     assert t.latency_model == {"c0_ms": 0.4, "eta": {"conv": 0.3}}
     emu = tmp_path / "emu.yaml"
     emu.write_text("name: a76-emu\narch: aarch64\naccess: {kind: emulated, qemu_cpu: cortex-a76}\n")

@@ -276,6 +276,7 @@ def bench(bundles: list[str | Path], *, target: str | Path = "x86-local",
     if threads and any(t < 1 for t in threads):
         raise ConfigError(f"--threads must be >= 1, got {threads}")
     notes: list[str] = []
+    given = executor
     executor, measured_by = _executor(tgt, host, executor, notes)
     t_start = time.perf_counter()
     try:
@@ -284,9 +285,9 @@ def bench(bundles: list[str | Path], *, target: str | Path = "x86-local",
                       max_images=max_images, seed=seed, on_error=on_error, pin=pin,
                       held_out=held_out, emulate=emulate, predict=predict,
                       emulate_images=emulate_images, t_start=t_start, write_report=write_report)
-    finally:
+    finally:  # the executors bench made (an SSH connection, its remote folder); not a caller's
         close = getattr(executor, "close", None)
-        if close is not None:
+        if close is not None and executor is not given:
             close()
 
 
@@ -307,20 +308,22 @@ def _executor(tgt: Any, host: str | None, executor: Any, notes: list[str]) -> tu
     from edgekit.bench.ssh import DeviceError, SshExecutor
 
     ssh = SshExecutor.for_target(tgt, host=host)
-    where = host or f"{tgt.access.user}@{tgt.access.host}:{tgt.access.port}"
-    status(f"Connecting to {where} ...")
+    status(f"Connecting to {ssh.label} ...")
     try:
         ssh.preflight()
     except DeviceError as exc:
         ssh.close()
-        if host:
+        if host or not exc.unreachable:  # a refused key or a changed host key is never skipped
             raise
-        msg = (f"no {tgt.name} board was reachable at {where} (the profile's address), so "
+        msg = (f"no {tgt.name} board was reachable at {ssh.label} (the profile's address), so "
                f"nothing was measured: {exc}. Latencies below are predicted; measure with "
                f"--host user@address[:port].")
         notes.append(msg)
         status(f"[yellow]Note:[/] {msg}")
         return None, None
+    except BaseException:
+        ssh.close()
+        raise
     return ssh, "ssh"
 
 
@@ -394,14 +397,18 @@ def _bench(bundles: list[str | Path], tgt: Any, executor: Any, measured_by: str 
         or env0 or LocalExecutor().environment()
     for r in rows:
         r.pop("environment", None)
-        r.pop("protocol", None)
+        pinned = (r.pop("protocol", None) or {}).get("pin")
+        if pinned:
+            r["pin"] = pinned
     target_dict = tgt.model_dump(mode="json")
     target_dict["isa_notes"] = (isa_notes(tgt, env["cpu"])
                                 if executor is not None and not tgt.detect else [])
     results = {
         "schema": SCHEMA, "created": datetime.now(UTC).isoformat(timespec="seconds"),
         "edgekit": __version__, "seconds": round(time.perf_counter() - t_start, 1),
-        "target": target_dict, "measured_by": measured_by, "environment": env,
+        "target": target_dict, "measured_by": measured_by,
+        "measured_host": getattr(executor, "label", None) if measured_by == "ssh" else None,
+        "environment": env,
         "protocol": proto.to_dict(),
         "data": None if ev is None else {
             "path": str(ev.root.resolve()), "n": len(ev.paths), "task": ev.task,
@@ -416,8 +423,9 @@ def _bench(bundles: list[str | Path], tgt: Any, executor: Any, measured_by: str 
 
 
 # ------------------------------------------------------------------ emulation and prediction
+# CPU model text -> QEMU -cpu; Neoverse V1 (Graviton3) has no QEMU 7.2 model: N1 stands in
 _QEMU_CPUS = {"a72": "cortex-a72", "a76": "cortex-a76", "a57": "cortex-a57",
-              "a53": "cortex-a53", "neoverse-n1": "neoverse-n1"}
+              "a53": "cortex-a53", "neoverse": "neoverse-n1"}
 
 
 def _qemu_cpu(tgt: Any) -> str:
@@ -439,7 +447,8 @@ def _emulator(tgt: Any) -> Any:
 
 def _parity_images(infos: list[BundleInfo], ev: EvalSet | None, n: int, seed: int,
                    folder: Path) -> list[Path]:
-    """``n`` evaluation images (stratified), else ``n`` synthetic phantoms of the bundle's kind."""
+    """``n`` evaluation images (a seeded random sample), else ``n`` synthetic phantoms of the
+    bundle's kind."""
     if ev is not None:
         rng = np.random.default_rng(seed)
         idx = sorted(rng.choice(len(ev.paths), size=min(n, len(ev.paths)), replace=False))
@@ -621,7 +630,7 @@ def _time_all(infos: list[BundleInfo], artifacts: list[dict[str, Any]], counts: 
                         row = executor.time_artifact(info.path, art["name"], t, single,
                                                      tgt.runtime_options.get(art["backend"]))
                     trials[i].append(row)
-                except RunFailed as exc:
+                except (RunFailed, EdgekitError) as exc:  # incl. a dropped SSH connection
                     status(f"[red]{art['id']} ×{t} failed:[/] {exc}")
                     errors[i] = str(exc)
     rows = []

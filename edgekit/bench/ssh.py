@@ -78,7 +78,11 @@ _UNREACHABLE = ("connection refused", "connection timed out", "no route to host"
 
 class DeviceError(EdgekitError):
     """The device cannot be used: unreachable, key refused, host key unknown or changed, no
-    Python/numpy/runtime there, or the copied files differ. The message says what to do."""
+    Python/numpy/runtime there, or the copied files differ. The message says what to do.
+    ``unreachable`` is true only when nothing answered (no route, refused, timed out, unknown
+    name): the one case in which a bench may fall back to predictions."""
+
+    unreachable = False
 
 
 # ----------------------------------------------------------------------------- host text
@@ -138,6 +142,17 @@ def format_host(user: str | None, host: str, port: int | None) -> str:
 _OPTION = re.compile(r"^([A-Za-z][A-Za-z0-9]*)\s*(?:=|\s)\s*(\S.*)$")
 
 
+# Options a target may add (-o): reaching the host and keeping the connection alive. Anything
+# that could weaken host-key checking or run a command (KnownHostsCommand, HostKeyAlias,
+# *KnownHostsFile, ProxyCommand, LocalCommand, Control*) belongs in the user's ~/.ssh/config.
+_ALLOWED_DISPLAY = ("ProxyJump", "ConnectTimeout", "ServerAliveInterval", "ServerAliveCountMax",
+                    "IdentityAgent", "IdentitiesOnly", "Ciphers", "KexAlgorithms", "MACs",
+                    "HostKeyAlgorithms", "PubkeyAcceptedAlgorithms", "Compression",
+                    "AddressFamily", "BindAddress", "StrictHostKeyChecking", "BatchMode",
+                    "UserKnownHostsFile", "CertificateFile", "IPQoS", "TCPKeepAlive")
+_ALLOWED_OPTIONS = {k.lower() for k in _ALLOWED_DISPLAY}
+
+
 def ssh_option_problem(option: str) -> str | None:
     """Why an extra ``ssh -o`` option is refused (None: acceptable). Host-key checking, batch
     mode and known_hosts cannot be turned off through options."""
@@ -155,6 +170,10 @@ def ssh_option_problem(option: str) -> str | None:
     if key == "batchmode" and value != "yes":
         return (f"ssh option {option!r} is refused: edgekit runs ssh without prompts "
                 "(BatchMode=yes); log in with a key or an agent")
+    if key not in _ALLOWED_OPTIONS:
+        return (f"ssh option {option!r} is not one edgekit passes on (it could change how host "
+                "keys are checked or run local commands); allowed: "
+                f"{', '.join(sorted(_ALLOWED_DISPLAY))}. Put anything else in ~/.ssh/config")
     return None
 
 
@@ -380,7 +399,9 @@ class SshExecutor:
                     f"{self.label.rsplit(':', 1)[0] if self.port else self.label} true)")
         else:
             hint = "ssh failed"
-        return DeviceError(f"cannot {action} {self.label}: {hint}. ssh said: {_tail(stderr)}")
+        error = DeviceError(f"cannot {action} {self.label}: {hint}. ssh said: {_tail(stderr)}")
+        error.unreachable = hint.startswith("the device is not reachable")
+        return error
 
     def _connect(self) -> None:
         """Open the shared connection (ControlMaster) once; errors are DeviceErrors."""
@@ -530,10 +551,10 @@ class SshExecutor:
                             info.size, info.mode = len(src), 0o644
                             tf.addfile(info, io.BytesIO(src))
                         else:
-                            info = tf.gettarinfo(str(src), arcname=name)
-                            info.uid = info.gid = 0
-                            info.uname = info.gname = ""
-                            with open(src, "rb") as fh:
+                            with open(src, "rb") as fh:  # a symlink sends its target's bytes
+                                info = tf.gettarinfo(arcname=name, fileobj=fh)
+                                info.uid = info.gid = 0
+                                info.uname = info.gname = ""
                                 tf.addfile(info, fh)
             except BrokenPipeError:
                 pass  # the remote side ended early; its error is read below
