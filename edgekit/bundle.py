@@ -118,6 +118,17 @@ def read_manifest(bundle: str | Path) -> dict[str, Any]:
     return manifest
 
 
+
+def artifact_backend(bundle: str | Path, artifact: str) -> str | None:
+    """The backend of the bundle's artifact ``artifact``; None when the bundle has no readable
+    manifest or no such artifact (the runner then reports that itself)."""
+    try:
+        manifest = json.loads((Path(bundle) / MANIFEST).read_text())
+    except (OSError, ValueError):
+        return None
+    return next((a.get("backend") for a in manifest.get("artifacts", [])
+                 if a.get("name") == artifact), None)
+
 def verify_bundle(bundle: str | Path, *, load: bool = True) -> list[dict[str, Any]]:
     """Re-hash every file in the manifest and (``load``) open every artifact and run it once.
 

@@ -52,6 +52,7 @@ import numpy as np
 from rich.markup import escape
 
 from edgekit.bench.local import RunFailed, _last_error, _options_args
+from edgekit.bundle import artifact_backend
 from edgekit.errors import ConfigError, EdgekitError
 from edgekit.ui import progress_bar, status
 
@@ -570,7 +571,7 @@ class EmulatedExecutor:
                options: dict[str, Any] | None = None) -> np.ndarray:
         """The artifact's raw outputs for ``images`` computed by the runner under QEMU."""
         bundle = Path(bundle).absolute()
-        backend = _artifact_backend(bundle, artifact)
+        backend = artifact_backend(bundle, artifact)
         why = self.unavailable(backend) if backend else None
         if why:
             raise RunFailed(f"{backend} unavailable under emulation ({self.qemu_cpu}): {why}")
@@ -602,15 +603,6 @@ def _explain(message: str, backend: str | None, cpu: str) -> str:
                 f"in this INT8 model, and oneDNN has no fp16 kernel on a CPU without fp16 "
                 f"arithmetic such as the {cpu}; use the LiteRT or ONNX Runtime artifact there)")
     return message
-
-
-def _artifact_backend(bundle: Path, artifact: str) -> str | None:
-    try:
-        manifest = json.loads((bundle / "manifest.json").read_text())
-    except (OSError, json.JSONDecodeError):
-        return None  # the runner reports the unreadable bundle itself
-    return next((a.get("backend") for a in manifest.get("artifacts", [])
-                 if a.get("name") == artifact), None)
 
 
 # ----------------------------------------------------------------------------------- parity

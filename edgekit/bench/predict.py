@@ -78,6 +78,8 @@ import torch
 import torch.nn as nn
 from torch.overrides import TorchFunctionMode
 
+from edgekit.bench.hostinfo import normalize_arch
+
 KINDS = ("conv1x1", "convkxk", "depthwise", "fc", "elementwise", "pool", "gate")
 CONV_KINDS = ("conv1x1", "convkxk", "depthwise", "fc")
 BYTES = {"fp32": 4, "fp16": 2, "int8": 1}
@@ -863,7 +865,7 @@ def detect_hardware(bandwidth_gbs: float | None = None) -> tuple[Hardware, dict[
     mhz = freq.get("max") or freq.get("current") or 2500.0
     clock = float(mhz) / 1000.0
     cores = int(info["logical_cores"])
-    if normalize_arch_name(info["arch"]) == "x86_64":
+    if normalize_arch(info["arch"]) == "x86_64":
         per_cycle = _mac_per_cycle(features, str(info["model"]))
         int8 = 4.0 if {"avx512_vnni", "avx_vnni", "amx_int8"} & set(features) else 2.0
     else:
@@ -872,19 +874,13 @@ def detect_hardware(bandwidth_gbs: float | None = None) -> tuple[Hardware, dict[
     peak = cores * clock * per_cycle
     cache = last_level_cache_mb()
     hw = Hardware(round(peak, 2), round(peak * int8, 2), round(bw, 2), cores, round(clock, 3),
-                  "fp16" in features and normalize_arch_name(info["arch"]) != "x86_64", cache)
+                  "fp16" in features and normalize_arch(info["arch"]) != "x86_64", cache)
     how = {"cpu_model": info["model"], "features": features, "clock_ghz": round(clock, 3),
            "clock_source": "cpufreq max" if freq.get("max") else "cpu MHz (current)",
            "fp32_mac_per_cycle_per_core": per_cycle, "int8_over_fp32": int8,
            "last_level_cache_mb": cache,
            "bandwidth": "given" if bandwidth_gbs else "numpy copy of 128 MB, best of 10 (read + write)"}
     return hw, how
-
-
-def normalize_arch_name(machine: str) -> str:
-    from edgekit.bench.hostinfo import normalize_arch
-
-    return normalize_arch(machine)
 
 
 def write_calibration(entry: dict[str, Any], path: str | Path | None = None,
@@ -951,7 +947,7 @@ def _local_entry(target: Any, path: str | Path | None = None
     if pred is None or pred.groups_from != "local-calibration":
         return None, f"the {target.name} profile is not predicted from a local calibration"
     ident = machine_identity()
-    if normalize_arch_name(ident["arch"]) != target.arch:
+    if normalize_arch(ident["arch"]) != target.arch:
         return None, (f"this machine is {ident['arch']}, the {target.name} profile "
                       f"{target.arch}: a local calibration cannot stand for it")
     try:

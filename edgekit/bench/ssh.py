@@ -51,6 +51,7 @@ import numpy as np
 
 from edgekit.bench.local import RunFailed, _last_error, _options_args
 from edgekit.bench.protocol import Protocol
+from edgekit.bundle import artifact_backend
 from edgekit.errors import ConfigError, DataError, EdgekitError
 
 if TYPE_CHECKING:
@@ -264,15 +265,6 @@ def _bundle_files(bundle: Path) -> list[str]:
             raise DataError(f"{bundle}/manifest.json lists an unsafe file path {rel!r}")
         out.append(p.as_posix())
     return out
-
-
-def _artifact_backend(bundle: Path, artifact: str) -> str | None:
-    from edgekit.bundle import read_manifest
-
-    for a in read_manifest(bundle).get("artifacts", []):
-        if a["name"] == artifact:
-            return a["backend"]
-    return None
 
 
 def _stop_master(args: list[str], tmp: str) -> None:
@@ -728,7 +720,7 @@ class SshExecutor:
         """One measurement on the device: the runner's ``--bench`` row (see LocalExecutor)."""
         from edgekit.bench.local import LocalExecutor
 
-        backend = _artifact_backend(Path(bundle), artifact)
+        backend = artifact_backend(Path(bundle), artifact)
         self._require_runtime(backend)
         remote = self.upload(bundle)
         cpus = self._cpus(protocol, threads)
@@ -751,7 +743,7 @@ class SshExecutor:
     def logits(self, bundle: Path, artifact: str, images: Sequence[Path],
                options: dict[str, Any] | None = None) -> np.ndarray:
         """The artifact's raw outputs for ``images`` (rows in order), computed on the device."""
-        backend = _artifact_backend(Path(bundle), artifact)
+        backend = artifact_backend(Path(bundle), artifact)
         self._require_runtime(backend)
         remote = self.upload(bundle)
         folder = f"inputs-{secrets.token_hex(4)}"
