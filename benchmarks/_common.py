@@ -5,6 +5,9 @@ from __future__ import annotations
 import json
 import os
 import platform
+import shutil
+import tempfile
+from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -43,3 +46,17 @@ def write_results(name: str, payload: dict, markdown: str) -> Path:
     (RESULTS / f"{name}.md").write_text(markdown.rstrip() + "\n")
     print(markdown)
     return RESULTS / f"{name}.json"
+
+
+def work_folder(workdir: Path | None, prefix: str) -> Path:
+    """``--workdir`` if given, else a new temporary folder (resolved)."""
+    return (workdir or Path(tempfile.mkdtemp(prefix=prefix))).resolve()
+
+
+def release_work_folder(work: Path, workdir: Path | None, keep: bool,
+                        say: Callable[[str], None]) -> None:
+    """Remove a temporary work folder (not a --workdir, not with --keep); else say where it is."""
+    if workdir is None and not keep:
+        shutil.rmtree(work, ignore_errors=True)
+    else:
+        say(f"work folder kept: {work}")

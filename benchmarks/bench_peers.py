@@ -18,10 +18,8 @@ import contextlib
 import json
 import math
 import os
-import shutil
 import statistics
 import sys
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -31,7 +29,7 @@ import openvino as ov
 import torch
 from onnxruntime.quantization import CalibrationDataReader, quantize_static
 
-from _common import environment, write_results
+from _common import environment, release_work_folder, work_folder, write_results
 from edgekit.backends.openvino import disable_telemetry
 from edgekit.bench.local import LocalExecutor, RunFailed
 from edgekit.bench.protocol import SPREAD_LIMIT, Protocol, merge_trials
@@ -263,7 +261,7 @@ def main() -> None:
     args = ap.parse_args()
     proto = Protocol.quick_protocol() if args.quick else Protocol()
     options = dict(load_target("x86-local").runtime_options)
-    work = (args.workdir or Path(tempfile.mkdtemp(prefix="bench-peers-"))).resolve()
+    work = work_folder(args.workdir, "bench-peers-")
     ex, t0 = PeerExecutor(), time.perf_counter()
     step = [0, len(ROWS) * len(args.models) * proto.trials]
     load = [round(x, 2) for x in os.getloadavg()]
@@ -285,10 +283,7 @@ def main() -> None:
                                     **{k: b[k] for k in ("calibration_images",
                                                          "same_calibration_images")}}
     finally:
-        if args.workdir is None and not args.keep:
-            shutil.rmtree(work, ignore_errors=True)
-        else:
-            say(f"work folder kept: {work}")
+        release_work_folder(work, args.workdir, args.keep, say)
     noisy = [f"{m}/{ROWS[k]} ({r['spread']:.3f})" for m, v in res["models"].items()
              for k, r in v["rows"].items() if "spread" in r and r["spread"] > SPREAD_LIMIT]
     res.update(seconds=round(time.perf_counter() - t0, 1), valid=not noisy, noisy_rows=noisy)

@@ -22,10 +22,8 @@ import dataclasses
 import json
 import os
 import re
-import shutil
 import statistics
 import sys
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -35,7 +33,7 @@ import torch
 import torch.nn as nn
 
 from _common import environment as host_environment
-from _common import write_results
+from _common import release_work_folder, work_folder, write_results
 from edgekit.backends import ExportRequest, require_backend
 from edgekit.backends.openvino import disable_telemetry
 from edgekit.bench.local import LocalExecutor, RunFailed
@@ -645,7 +643,7 @@ def main() -> None:
     single = Protocol.from_dict({**proto.to_dict(), "trials": 1})
     profile_iters = args.profile_iters or (10 if args.quick else 50)
     options = dict(load_target("x86-local").runtime_options.get(BACKEND) or {})
-    work = (args.workdir or Path(tempfile.mkdtemp(prefix="prune-speed-"))).resolve()
+    work = work_folder(args.workdir, "prune-speed-")
     ex, t0 = LocalExecutor(), time.perf_counter()
     load = [round(x, 2) for x in os.getloadavg()]
     if load[0] > 0.5:
@@ -689,10 +687,7 @@ def main() -> None:
             b["artifacts"] = {k: str(Path(p).relative_to(work)) for k, p in arts.items()}
             res["models"][model] = b
     finally:
-        if args.workdir is None and not args.keep:
-            shutil.rmtree(work, ignore_errors=True)
-        else:
-            say(f"work folder kept: {work}")
+        release_work_folder(work, args.workdir, args.keep, say)
     noisy = [f"{n}/{v} ({m['timing'][v]['spread']:.3f})" for n, m in res["models"].items()
              for v in VARIANTS if m.get("timing", {}).get(v, {}).get("spread", 0) > SPREAD_LIMIT]
     res.update(seconds=round(time.perf_counter() - t0, 1), noisy_rows=noisy,
