@@ -239,7 +239,9 @@ def test_logits_over_ssh_equal_local_runner_logits(device, bundle, mri_phantoms)
     local = LocalExecutor().logits(bundle, ONNX, images)
     assert remote.shape == (len(images), 4)
     np.testing.assert_array_equal(remote, local)
-    assert not list(Path(device._run_dir).glob("inputs-*"))  # the images are removed again
+    # the images stay for the next artifact (close() removes the run folder); each call's
+    # logits file is removed
+    assert not list(Path(device._run_dir).glob("inputs-*/logits-*.npy"))
 
 
 def test_each_bundle_is_uploaded_once(device, bundle, monkeypatch) -> None:
@@ -377,3 +379,18 @@ def test_a_device_without_python_or_numpy(sshd, tmp_path) -> None:
             pytest.raises(DeviceError, match="numpy is not installed") as err:
         ex.preflight()
     assert "pip install 'edgekit[litert]'" in str(err.value)
+
+
+def test_images_go_to_the_device_once_for_every_artifact(device, bundle, mri_phantoms,
+                                                         monkeypatch) -> None:
+    """The evaluation images are sent once per executor, not once per artifact."""
+    images = sorted(mri_phantoms.rglob("*.jpg"))[:4]
+    device.upload(bundle)
+    sent = []
+    real = device._send
+    monkeypatch.setattr(device, "_send", lambda members: (sent.append(len(members)),
+                                                          real(members))[1])
+    a = device.logits(bundle, ONNX, images)
+    b = device.logits(bundle, "openvino-int8", images)
+    assert len(sent) == 1 and sent[0] == len(images) + 1
+    assert a.shape == b.shape == (4, 4)

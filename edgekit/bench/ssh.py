@@ -328,6 +328,7 @@ class SshExecutor:
         self._run_dir: str | None = None  # absolute remote path, once created
         self._runner: str | None = None  # remote path of the runner, relative to the run dir
         self._bundles: dict[Path, str] = {}
+        self._inputs: dict[tuple[str, ...], str] = {}  # image lists already on the device
         self._closed = False
 
     @classmethod
@@ -746,6 +747,32 @@ class SshExecutor:
         backend = artifact_backend(Path(bundle), artifact)
         self._require_runtime(backend)
         remote = self.upload(bundle)
+        folder = self._upload_images(images)
+        out = f"{folder}/logits-{secrets.token_hex(4)}.npy"
+        try:
+            self._run([self._runner, remote, "--artifact", artifact, "--image-list",
+                       f"{folder}/images.txt", "--save-logits", out,
+                       *_options_args(options)], backend=backend)
+            done = self._ssh(_sh(f"cd {shlex.quote(self._remote_dir())} && cat {out}"),
+                             timeout=self.timeout, action="fetch the logits from")
+            if done.returncode != 0:
+                raise RunFailed(f"cannot fetch the logits from {self.label}: "
+                                f"{_tail(done.stderr.decode(errors='replace'))}")
+            return np.load(io.BytesIO(done.stdout), allow_pickle=False)
+        finally:
+            try:
+                self._ssh(_sh(f"rm -f {shlex.quote(self._remote_dir())}/{out}"),
+                          timeout=self.connect_timeout + 30, action="clean up on")
+            except DeviceError:
+                pass
+
+    def _upload_images(self, images: Sequence[Path]) -> str:
+        """The run-folder subfolder holding ``images`` + ``images.txt`` on the device: sent once
+        per executor for the same list (every artifact classifies the same evaluation images);
+        removed with the run folder by ``close()``."""
+        key = tuple(str(Path(p).resolve()) for p in images)
+        if key in self._inputs:
+            return self._inputs[key]
         folder = f"inputs-{secrets.token_hex(4)}"
         members: list[tuple[str, Path | bytes]] = []
         names = []
@@ -756,23 +783,8 @@ class SshExecutor:
             members.append((names[-1], p))
         members.append((f"{folder}/images.txt", "".join(f"{n}\n" for n in names).encode()))
         self._send(members)
-        try:
-            self._run([self._runner, remote, "--artifact", artifact, "--image-list",
-                       f"{folder}/images.txt", "--save-logits", f"{folder}/logits.npy",
-                       *_options_args(options)], backend=backend)
-            done = self._ssh(_sh(f"cd {shlex.quote(self._remote_dir())} && cat "
-                                 f"{folder}/logits.npy"), timeout=self.timeout,
-                             action="fetch the logits from")
-            if done.returncode != 0:
-                raise RunFailed(f"cannot fetch the logits from {self.label}: "
-                                f"{_tail(done.stderr.decode(errors='replace'))}")
-            return np.load(io.BytesIO(done.stdout), allow_pickle=False)
-        finally:
-            try:
-                self._ssh(_sh(f"rm -rf {shlex.quote(self._remote_dir())}/{folder}"),
-                          timeout=self.connect_timeout + 30, action="clean up on")
-            except DeviceError:
-                pass
+        self._inputs[key] = folder
+        return folder
 
     # ------------------------------------------------------------------------------ closing
     def close(self) -> None:
