@@ -70,12 +70,39 @@ def predict(module: Any, x: np.ndarray, *, batch_size: int = 64) -> np.ndarray:
     return np.concatenate(outs, axis=0)
 
 
+def metrics_task(task: str, outputs: np.ndarray) -> str:
+    """The metrics task of a model's outputs: "multilabel", "binary" (one output unit: a sigmoid
+    head whose two classes are the data's two folders) or "multiclass"."""
+    if task == "multilabel":
+        return "multilabel"
+    return "binary" if outputs.ndim == 1 or outputs.shape[1] == 1 else "multiclass"
+
+
+def as_logits(outputs: np.ndarray, head: dict[str, Any] | None, kind: str) -> np.ndarray:
+    """Model outputs as logits for scoring (``kind``: the metrics task). Probabilities (an
+    in-graph softmax or sigmoid) map back exactly where it matters: softmax(log p) = p / Σp
+    (robust to INT8 rows that do not sum to 1), and a sigmoid output p becomes log(p / (1 − p)),
+    so thresholds and rankings are kept."""
+    if not head or head.get("scores_are", "logits") == "logits":
+        return outputs
+    p = np.clip(np.asarray(outputs, np.float64), 1e-7, 1.0 - 1e-7)
+    return np.log(p) if kind == "multiclass" else np.log(p) - np.log1p(-p)
+
+
 def score(y: np.ndarray, logits: np.ndarray, *, task: str, class_names: tuple[str, ...],
-          ci: bool = True, seed: int = 0) -> dict[str, Any]:
-    """All metrics for ``logits`` against ``y`` (a JSON-ready dict, see ``edgekit.metrics``)."""
-    kind = "multilabel" if task == "multilabel" else ("binary" if logits.ndim == 1 or logits.shape[1] == 1 else "multiclass")
-    return metrics.evaluate(y, logits, task=kind, class_names=list(class_names),
-                            scores_are="logits", ci=ci, seed=seed)
+          ci: bool = True, seed: int = 0, head: dict[str, Any] | None = None) -> dict[str, Any]:
+    """All metrics for ``logits`` against ``y`` (a JSON-ready dict, see ``edgekit.metrics``).
+
+    ``head`` (a LoadedModel's / manifest's) says whether the outputs are probabilities and the
+    decision threshold of sigmoid heads; binary heads get sensitivity, specificity and AUROC."""
+    kind = metrics_task(task, logits)
+    return metrics.evaluate(y, as_logits(logits, head, kind), task=kind,
+                            class_names=list(class_names), scores_are="logits", ci=ci,
+                            seed=seed, threshold=threshold_of(head))
+
+
+def threshold_of(head: dict[str, Any] | None) -> float:
+    return float((head or {}).get("threshold", 0.5))
 
 
 @dataclass
@@ -118,8 +145,10 @@ def evaluate_model(loaded: Any, data: str | Path | Dataset, *, on_error: str = "
         dataset = scan(data, task=loaded.task, on_error=on_error,
                        expected_classes=None if loaded.task == "multilabel" else loaded.class_names)
     x, y = load_arrays(dataset, loaded.spec, on_error=on_error, description="Loading images")
-    logits = predict(loaded.module, x, batch_size=batch_size)
+    from edgekit.sources import reference_outputs
+
+    logits = reference_outputs(loaded, x, batch_size=batch_size)
     return Evaluation(dataset.root, len(dataset),
                       score(y, logits, task=loaded.task, class_names=loaded.class_names,
-                            seed=seed),
+                            seed=seed, head=loaded.head),
                       [str(p) for p, _ in dataset.skipped])

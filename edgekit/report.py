@@ -1492,6 +1492,10 @@ def render_markdown(report: Json, chart: str | None = "pareto.png") -> str:
     lines += ["| " + " | ".join(_md_cell(c) for c in row) + " |" for row in rows]
     lines += ["", "★ recommended. Δ: change against the source model; gate: the recipe's "
               f"accuracy gate.{_legend_extra(report)}", ""]
+    binary = [(a["id"], text) for a in report["artifacts"]
+              if (text := binary_summary(((a.get("accuracy") or {}).get("metrics")) or {}))]
+    if binary:
+        lines += ["## Binary head", ""] + [f"- `{i}`: {t}" for i, t in binary] + [""]
     if chart:
         lines += [f"![latency vs accuracy]({chart})", ""]
     lines += _md_sections(report)
@@ -1644,6 +1648,7 @@ def _html_accuracy(report: Json, rec: Json) -> str:
                    f"n = {_e(acc.get('n'))}, source: {_e(art.get('accuracy_source') or 'n/a')}")
         is_open = " open" if art["id"] == rec.get("artifact") else ""
         parts.append(f"<details{is_open}><summary>{summary}</summary>")
+        parts.append(_html_binary(acc.get("metrics") or {}))
         parts.append(_html_per_class(acc.get("metrics") or {}))
         parts.append(_html_checks(acc.get("checks") or []))
         parts.append(_html_confusion(acc.get("metrics") or {}))
@@ -1658,6 +1663,22 @@ def _fmt_pct(m: Any) -> str:
     lo, hi = _ci(m)
     return f"{100 * v:.1f} %" + (f" [{100 * lo:.1f}, {100 * hi:.1f}]" if lo is not None
                                   and hi is not None else "")
+
+
+def binary_summary(metrics: Json) -> str | None:
+    """``sensitivity … · specificity … · AUROC …`` of a binary (one sigmoid unit) head."""
+    if metrics.get("task") != "binary":
+        return None
+    auroc = Score("mean_auroc", _v(metrics.get("auroc")), *_ci(metrics.get("auroc")))
+    return (f"binary head (positive class {metrics.get('positive_class')}, threshold "
+            f"{metrics.get('threshold', 0.5):g}): sensitivity {_fmt_pct(metrics.get('sensitivity'))}"
+            f" · specificity {_fmt_pct(metrics.get('specificity'))} · AUROC "
+            f"{auroc.fmt() if auroc.value is not None else 'n/a'}")
+
+
+def _html_binary(metrics: Json) -> str:
+    text = binary_summary(metrics)
+    return f"<p>{_e(text)}</p>" if text else ""
 
 
 def _html_per_class(metrics: Json) -> str:

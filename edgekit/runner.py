@@ -64,6 +64,8 @@ class Runner:
         self.spec = PreprocessSpec.from_dict(self.manifest["preprocess"])
         self.classes = list(self.manifest["class_names"])
         self.task = self.manifest["task"]
+        # bundles before heads were recorded: logits, threshold 0.5
+        self.head = dict(self.manifest.get("head") or {"scores_are": "logits", "threshold": 0.5})
         self.backend = get_backend(self.artifact["backend"])
         hint = self.backend.available()
         if hint:
@@ -104,15 +106,29 @@ class Runner:
     def logits(self, x: np.ndarray) -> np.ndarray:
         return self.session.run(x)
 
-    def predict_one(self, path: str | Path) -> dict[str, Any]:
-        logits = self.logits(self.spec.load(path)[None])[0].astype(np.float64)
-        if self.task == "multilabel":
-            probs = 1.0 / (1.0 + np.exp(-logits))
-            return {"image": str(path), "labels": {c: float(p) for c, p in zip(
-                self.classes, probs, strict=True)},
-                "positive": [c for c, p in zip(self.classes, probs, strict=True) if p >= 0.5]}
-        e = np.exp(logits - logits.max())
-        probs = e / e.sum()
+    def predict_one(self, path: str | Path, threshold: float | None = None) -> dict[str, Any]:
+        """One image's prediction. Sigmoid heads (multi-label, or one output unit for two
+        classes) are thresholded at ``threshold`` [default: the bundle's, 0.5]."""
+        outputs = self.logits(self.spec.load(path)[None])[0].astype(np.float64)
+        probs_out = self.head.get("scores_are") == "probs"
+        t = float(self.head.get("threshold", 0.5) if threshold is None else threshold)
+        if self.task == "multilabel" or outputs.shape[0] == 1:
+            probs = np.clip(outputs, 0, 1) if probs_out else 1.0 / (1.0 + np.exp(-outputs))
+            if self.task == "multilabel":
+                return {"image": str(path), "labels": {c: float(p) for c, p in zip(
+                    self.classes, probs, strict=True)}, "threshold": t,
+                    "positive": [c for c, p in zip(self.classes, probs, strict=True) if p >= t]}
+            p1 = float(probs[0])  # binary head: P(second class), the data's second folder
+            top = int(p1 >= t)
+            return {"image": str(path), "prediction": self.classes[top],
+                    "probability": p1 if top else 1.0 - p1, "threshold": t,
+                    "probabilities": {self.classes[0]: 1.0 - p1, self.classes[1]: p1}}
+        if probs_out:
+            probs = np.clip(outputs, 0, None)
+            probs = probs / probs.sum() if probs.sum() > 0 else np.full_like(probs, 1 / len(probs))
+        else:
+            e = np.exp(outputs - outputs.max())
+            probs = e / e.sum()
         top = int(probs.argmax())
         return {"image": str(path), "prediction": self.classes[top],
                 "probability": float(probs[top]),
@@ -127,6 +143,9 @@ def _parser() -> argparse.ArgumentParser:
     ap.add_argument("images", nargs="*", help="image files (or CT DICOM slices)")
     ap.add_argument("--artifact", help="artifact name from the manifest [default: best installed]")
     ap.add_argument("--json", action="store_true", help="print JSON lines")
+    ap.add_argument("--threshold", type=float, default=None,
+                    help="decision threshold of a sigmoid head (binary or multi-label) "
+                         "[default: the bundle's, 0.5]")
     ap.add_argument("--bench", action="store_true", help="time the artifact; print one JSON object")
     ap.add_argument("--image-list", type=Path, help="file with one image path per line")
     ap.add_argument("--save-logits", type=Path, help="write the raw outputs to this .npy file")
@@ -172,6 +191,8 @@ def main(argv: list[str] | None = None) -> int:
         return special
     if not args.images:
         ap.error("give image files to classify (or --bench / --image-list with --save-logits)")
+    if args.threshold is not None and not 0.0 <= args.threshold <= 1.0:
+        ap.error(f"--threshold must be a probability in [0, 1], got {args.threshold}")
     try:
         runner = Runner(args.bundle, args.artifact, args.threads)
     except EdgekitError as exc:
@@ -181,7 +202,7 @@ def main(argv: list[str] | None = None) -> int:
     failed = 0
     for path in args.images:
         try:
-            res = runner.predict_one(path)
+            res = runner.predict_one(path, args.threshold)
         except DataError as exc:
             print(f"Error: {exc}", file=sys.stderr)
             failed += 1

@@ -16,7 +16,13 @@ from typing import Any
 import numpy as np
 
 from edgekit import metrics
-from edgekit.evaluate import score
+from edgekit.evaluate import as_logits, metrics_task, score, threshold_of
+
+
+def _within(drop: float, limit: float) -> bool:
+    """``drop <= limit`` up to float rounding: a drop of exactly the limit (e.g. 0.912 − 0.902
+    = 1.0000000000000009 points) passes."""
+    return drop <= limit + 1e-9 * max(1.0, abs(limit))
 
 
 def _v(m: Any) -> float | None:
@@ -26,22 +32,27 @@ def _v(m: Any) -> float | None:
 def compare(ref: np.ndarray, out: np.ndarray, y: np.ndarray, *, task: str,
             class_names: tuple[str, ...], precision: str, recipe: Any,
             source_metrics: dict[str, Any], seed: int = 0,
-            parity_ref: np.ndarray | None = None) -> dict[str, Any]:
+            parity_ref: np.ndarray | None = None,
+            head: dict[str, Any] | None = None) -> dict[str, Any]:
     """Everything the bundle records about one artifact's agreement with its source.
 
     ``ref`` and ``source_metrics`` are the source model's; ``parity_ref`` (pruned bundles) the
-    logits of the pruned model the artifact was converted from."""
+    logits of the pruned model the artifact was converted from; ``head`` how to read the outputs
+    (probabilities or logits, the threshold of a binary sigmoid head)."""
     diff = np.abs(out.astype(np.float64) - ref.astype(np.float64))
-    kind = "multilabel" if task == "multilabel" else "multiclass"
+    kind = metrics_task(task, ref)
     result: dict[str, Any] = {
         "n": int(len(y)),
         "max_abs_logit_diff": float(diff.max()),
         "mean_abs_logit_diff": float(diff.mean()),
-        "metrics": score(y, out, task=task, class_names=class_names, seed=seed),
+        "metrics": score(y, out, task=task, class_names=class_names, seed=seed, head=head),
     }
-    if kind == "multiclass":
-        result["top1_agreement"] = metrics.top1_agreement(out, ref)
-        delta = metrics.delta_ci("accuracy", y, out, ref, task="multiclass",
+    if kind != "multilabel":  # single-label: argmax, or a binary head's thresholded decision
+        t = threshold_of(head)
+        lo_out, lo_ref = as_logits(out, head, kind), as_logits(ref, head, kind)
+        result["top1_agreement"] = metrics.top1_agreement(lo_out, lo_ref, task=kind,
+                                                          threshold=t)
+        delta = metrics.delta_ci("accuracy", y, lo_out, lo_ref, task=kind, threshold=t,
                                  class_names=list(class_names), seed=seed)
         result["accuracy_delta"] = {"value": delta.value, "ci95": [delta.lo, delta.hi]}
     checks = []
@@ -64,7 +75,7 @@ def compare(ref: np.ndarray, out: np.ndarray, y: np.ndarray, *, task: str,
             drop = src - art
             checks.append({"check": "mean AUROC drop", "value": drop,
                            "limit": gate.max_auroc_drop,
-                           "passed": exempt or drop <= gate.max_auroc_drop})
+                           "passed": exempt or _within(drop, gate.max_auroc_drop)})
         elif not exempt:  # no label has positives and negatives: nothing was checked
             checks.append({"check": "mean AUROC drop (undefined: no label has both positive "
                                     "and negative images)", "value": None,
@@ -73,16 +84,26 @@ def compare(ref: np.ndarray, out: np.ndarray, y: np.ndarray, *, task: str,
         drop = 100 * (_v(source_metrics["accuracy"]) - _v(am["accuracy"]))
         checks.append({"check": "top-1 accuracy drop (points)", "value": drop,
                        "limit": gate.max_top1_drop,
-                       "passed": exempt or drop <= gate.max_top1_drop})
+                       "passed": exempt or _within(drop, gate.max_top1_drop)})
+        positive = class_names[-1] if kind == "binary" else None
         for name in class_names:
             s_src = _v(source_metrics["per_class"][name]["sensitivity"])
             s_art = _v(am["per_class"][name]["sensitivity"])
             if s_src is None or s_art is None:
                 continue
             drop = 100 * (s_src - s_art)
-            checks.append({"check": f"sensitivity drop: {name} (points)", "value": drop,
+            # a binary head: the negative class's sensitivity is the specificity
+            what = (f"sensitivity drop: {name} (points)" if kind != "binary" else
+                    f"sensitivity drop: {name} (points)" if name == positive else
+                    f"specificity drop: {positive} vs {name} (points)")
+            checks.append({"check": what, "value": drop,
                            "limit": gate.max_sensitivity_drop,
-                           "passed": exempt or drop <= gate.max_sensitivity_drop})
+                           "passed": exempt or _within(drop, gate.max_sensitivity_drop)})
+        if kind == "binary" and _v(source_metrics.get("auroc")) is not None \
+                and _v(am.get("auroc")) is not None:
+            drop = _v(source_metrics["auroc"]) - _v(am["auroc"])
+            checks.append({"check": "AUROC drop", "value": drop, "limit": gate.max_auroc_drop,
+                           "passed": exempt or _within(drop, gate.max_auroc_drop)})
     result["checks"] = checks
     result["passed"] = all(c["passed"] for c in checks)
     return result
