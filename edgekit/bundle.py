@@ -36,6 +36,18 @@ def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
     return h.hexdigest()
 
 
+def sha256_path(path: Path) -> str:
+    """sha256 of a file, or of a folder (a SavedModel): every file's relative path and sha256,
+    sorted, hashed together."""
+    path = Path(path)
+    if path.is_file():
+        return sha256_file(path)
+    h = hashlib.sha256()
+    for f in sorted(p for p in path.rglob("*") if p.is_file()):
+        h.update(f"{f.relative_to(path).as_posix()}\0{sha256_file(f)}\n".encode())
+    return h.hexdigest()
+
+
 def package_versions() -> dict[str, str]:
     """Installed versions of the packages that shape an artifact (absent ones are omitted)."""
     out = {}

@@ -20,7 +20,7 @@ import numpy as np
 from edgekit import __version__
 from edgekit.backends import Artifact, ExportRequest, QuantOptions, require_backend
 from edgekit.backends.base import check_supported
-from edgekit.bundle import BundleWriter, package_versions, sha256_file
+from edgekit.bundle import BundleWriter, package_versions, sha256_path
 from edgekit.calibrate import DataPlan, StreamedImages, plan_data
 from edgekit.errors import ConfigError, VerificationFailed
 from edgekit.evaluate import load_arrays, score
@@ -89,7 +89,8 @@ def compress(source: str | Path | LoadedModel, *, data: str | Path, out: str | P
              allow_accuracy_drop: bool = False, overwrite: bool = False,
              on_error: str = "skip", target_macs: float | None = None,
              target_latency_ms: float | None = None, target: str = "x86-local",
-             threads: int | None = None) -> CompressResult:
+             threads: int | None = None, threshold: float | None = None,
+             trust_source: bool = False, input_range: str | None = None) -> CompressResult:
     """Quantize/export ``source`` per the recipe, verify every artifact, write the bundle.
 
     Pruning recipes prune + recover first; ``target_macs`` (fraction of the original MACs) or
@@ -116,12 +117,20 @@ def compress(source: str | Path | LoadedModel, *, data: str | Path, out: str | P
         from edgekit.prune import pruning_recipe
 
         rec = pruning_recipe(rec, **{"pruning.target_macs": target_macs})
-    loaded = source if isinstance(source, LoadedModel) else load_model(source,
-                                                                          input_size=input_size)
-    if not loaded.class_names:  # .onnx / .pt2 / TorchScript: classes come from the data folder
+    loaded = (source if isinstance(source, LoadedModel) else
+              load_model(source, input_size=input_size, trust_source=trust_source,
+                         input_range=input_range))
+    if rec.pruning is not None and loaded.kind == "keras":
+        raise ConfigError(f"{loaded.source}: structured pruning is not supported for Keras models "
+                          f"(edgekit's pruning engine works on PyTorch graphs); recipe "
+                          f"{rec.name!r} prunes. Use an unpruned recipe (fp32, fp16, int8) for "
+                          "this model.")
+    if not loaded.class_names:  # .onnx/.pt2/TorchScript/Keras: classes come from the data folder
         from edgekit.data.folder import scan
 
         loaded = loaded.with_classes(scan(data, on_error=on_error).classes)
+    if threshold is not None:
+        loaded = with_threshold(loaded, threshold)
     plugins = _check_plan(loaded, rec)
     latency_rows: list[dict] = []
     if target_latency_ms is not None:
@@ -142,7 +151,8 @@ def compress(source: str | Path | LoadedModel, *, data: str | Path, out: str | P
     plan.skipped += [str(p) for p, _ in verify_set.skipped]
     plan.verification = verify_set.samples  # minus any file that could not be decoded
     ref = reference_outputs(loaded, x)
-    source_metrics = score(y, ref, task=loaded.task, class_names=loaded.class_names, seed=rec.seed)
+    source_metrics = score(y, ref, task=loaded.task, class_names=loaded.class_names, seed=rec.seed,
+                           head=loaded.head)
     model, pruning, parity_ref = loaded, None, None
     if rec.pruning is not None:
         from edgekit.prune import prune_and_verify
@@ -175,6 +185,20 @@ def compress(source: str | Path | LoadedModel, *, data: str | Path, out: str | P
         exc.result = result  # type: ignore[attr-defined]
         raise exc
     return result
+
+
+def with_threshold(loaded: LoadedModel, threshold: float) -> LoadedModel:
+    """``loaded`` with its sigmoid head's decision threshold set (a usage error otherwise)."""
+    import dataclasses
+
+    if not 0.0 < threshold < 1.0:
+        raise ConfigError(f"--threshold must be a probability strictly between 0 and 1, "
+                          f"got {threshold}")
+    if loaded.task != "multilabel" and len(loaded.class_names) != 2:
+        raise ConfigError(f"--threshold is for sigmoid heads (one output for two classes, or "
+                          f"multi-label); {loaded.source} picks one of {len(loaded.class_names)} "
+                          "classes by arg-max")
+    return dataclasses.replace(loaded, head={**loaded.head, "threshold": float(threshold)})
 
 
 def _save_pruned(model: LoadedModel, record: dict[str, Any], writer: BundleWriter
@@ -221,7 +245,8 @@ def _export_one(backend: Any, loaded: LoadedModel, rec: Recipe, plan: DataPlan,
             bar.advance(len(x[i:i + 16]))
     verification = compare(ref, np.concatenate(outs), y, task=loaded.task,
                            class_names=loaded.class_names, precision=rec.precision, recipe=rec,
-                           source_metrics=source_metrics, seed=rec.seed, parity_ref=parity_ref)
+                           source_metrics=source_metrics, seed=rec.seed, parity_ref=parity_ref,
+                           head=loaded.head)
     size = sum(p.stat().st_size for p in artifact.files)
     status(f"{name}: {size / 1e6:.2f} MB in {seconds:.1f} s — "
            f"{'[green]passed[/]' if verification['passed'] else '[red]FAILED[/]'} verification")
@@ -236,11 +261,13 @@ def _manifest(loaded: LoadedModel, rec: Recipe, plan: DataPlan, source_metrics: 
         "source": str(loaded.source),
         "kind": loaded.kind,
         "architecture": loaded.name,
-        "sha256": sha256_file(src_path) if src_path.is_file() else None,
+        "sha256": sha256_path(src_path) if src_path.exists() else None,
         "trained": loaded.pretrained,
         "parameters": loaded.metadata.get("parameters"),
         "data_note": loaded.metadata.get("data_note"),
     }
+    if "keras" in loaded.metadata:
+        source["keras"] = loaded.metadata["keras"]
     artifacts = []
     for r in results:
         a = r.artifact
@@ -267,6 +294,7 @@ def _manifest(loaded: LoadedModel, rec: Recipe, plan: DataPlan, source_metrics: 
         "source": source,
         "task": loaded.task,
         "class_names": list(loaded.class_names),
+        "head": _head(loaded),
         "preprocess": loaded.spec.to_dict(),
         "recipe": rec.model_dump(),
         "data": plan.describe(),
@@ -275,6 +303,31 @@ def _manifest(loaded: LoadedModel, rec: Recipe, plan: DataPlan, source_metrics: 
         "environment": {"edgekit": __version__, "python": platform.python_version(),
                         "machine": platform.machine(), "packages": package_versions()},
     }
+
+
+def _head(loaded: LoadedModel) -> dict[str, Any]:
+    """How to read the outputs: logits or probabilities; sigmoid heads' threshold and positive
+    class."""
+    head = {"scores_are": loaded.head.get("scores_are", "logits"),
+            "threshold": float(loaded.head.get("threshold", 0.5))}
+    if loaded.head.get("binary"):
+        head["type"] = "binary-sigmoid"
+        head["positive_class"] = loaded.class_names[1]
+    return head
+
+
+def _readme_extras(m: dict[str, Any]) -> str:
+    """Keras pixel range and binary head lines of the bundle README (empty otherwise)."""
+    text = ""
+    keras = m["source"].get("keras")
+    if keras:
+        text += (f"\nKeras source: the model takes {keras['input_range']} pixels "
+                 f"({keras['input_range_reason']}); do not scale them again.")
+    head = m.get("head") or {}
+    if head.get("type") == "binary-sigmoid":
+        text += (f"\nBinary head: one sigmoid output, the probability of "
+                 f"**{head['positive_class']}**; predicted positive at ≥ {head['threshold']:g}.")
+    return text
 
 
 def _readme(m: dict[str, Any]) -> str:
@@ -314,7 +367,7 @@ Verified on {m['data']['verification_images']} held-out images ({m['data']['orig
 Classes: {', '.join(m['class_names'])} ({m['task']}). One image per call, shape
 {m['artifacts'][0]['input']['shape']} ({spec['layout']}, float32): {'CT DICOM → Hounsfield windows ' + ', '.join(w['name'] for w in spec['ct_windows']) if spec['ct_windows'] else 'RGB, pixel values scaled by ' + format(spec['scale'], '.6g')},
 resized to {spec['input_size'][0]}×{spec['input_size'][1]}, then (x − mean) / std with mean
-{spec['mean']} and std {spec['std']}. The runner below does all of this for you.
+{spec['mean']} and std {spec['std']}. The runner below does all of this for you.{_readme_extras(m)}
 
 ## Run it on a device (no torch needed)
 ```bash

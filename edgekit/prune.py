@@ -541,6 +541,10 @@ def require_prunable(loaded: Any, what: str = "structured pruning") -> None:
     whose channels can be removed: ONNX, TorchScript and torch.export have no editable graph)."""
     if loaded.kind == "torch" and getattr(loaded.module, "edgekit_name", None) is not None:
         return
+    if loaded.kind == "keras":
+        raise ConfigError(f"{loaded.source}: {what} is not supported for Keras models (edgekit's "
+                          "pruning engine works on PyTorch graphs). Compress it with an "
+                          "unpruned recipe (fp32, fp16, int8) instead.")
     kind = {"onnx": "an ONNX model", "torchscript": "a TorchScript archive"}.get(
         loaded.kind, "a torch.export program" if loaded.kind == "torch" else loaded.kind)
     raise ConfigError(f"{loaded.source}: {what} needs the PyTorch model of a zoo architecture "

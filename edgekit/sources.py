@@ -9,7 +9,11 @@ Sources:
 - a ``torch.export`` program (``.pt2``), a TorchScript archive (``.ts``/``.torchscript``, or a
   ``.pt`` that is one) or an ONNX file (``.onnx``). These carry no class names: they come from
   the data folder (``with_classes``). Their preprocessing is the default [0, 1] RGB spec at the
-  model's input size (``--input-size`` when the file does not fix it).
+  model's input size (``--input-size`` when the file does not fix it);
+- a Keras model (``.keras``, legacy ``.h5``, or a SavedModel folder; ``edgekit[keras]``), loaded in
+  safe mode and cleaned of inference-time no-ops (``edgekit.keras_source``). Its preprocessing is
+  NHWC at the scale the model's own in-graph layers expect (0–255 pixels after an in-graph
+  ``Rescaling``), so nothing scales twice; class names come from the data folder.
 """
 
 from __future__ import annotations
@@ -36,8 +40,13 @@ class LoadedModel:
     source: str
     metadata: dict[str, Any] = field(default_factory=dict)
     pretrained: bool = False
-    kind: str = "torch"  # "torch" (module) or "onnx" (onnx_path, no module)
+    kind: str = "torch"  # "torch" (module), "torchscript", "onnx" (onnx_path) or "keras"
     onnx_path: Path | None = None
+    keras: Any = None  # edgekit.keras_source.KerasModel (kind "keras")
+    # how to read the outputs: "logits" or "probs" (an in-graph softmax/sigmoid), and the
+    # decision threshold of sigmoid heads (binary: one output unit; multi-label)
+    head: dict[str, Any] = field(default_factory=lambda: {"scores_are": "logits",
+                                                          "threshold": 0.5})
 
     @property
     def num_classes(self) -> int:
@@ -53,16 +62,35 @@ class LoadedModel:
         if self.class_names:
             return self
         width = reference_outputs(self, np.zeros(self.spec.input_shape(1), np.float32)).shape[-1]
+        if width == 1 and len(class_names) == 2 and self.task != "multilabel":
+            return dataclasses.replace(self, class_names=tuple(class_names),  # binary head
+                                       head={**self.head, "binary": True})
         if width != len(class_names):
             raise DataError(f"{self.source} has {width} outputs but the data has "
                             f"{len(class_names)} classes ({', '.join(class_names)})")
         return dataclasses.replace(self, class_names=tuple(class_names))
+
+    def onnx_file(self) -> Path | None:
+        """The ONNX graph the ONNX Runtime and OpenVINO backends convert from: the source file
+        itself, or (Keras) the cleaned model converted once per process into a temp folder."""
+        if self.onnx_path is None and self.keras is not None:
+            import atexit
+            import shutil
+            import tempfile
+
+            tmp = Path(tempfile.mkdtemp(prefix="edgekit-keras-onnx-"))
+            atexit.register(shutil.rmtree, tmp, ignore_errors=True)
+            self.onnx_path = self.keras.to_onnx(tmp / "model.onnx", size=self.spec.input_size)
+        return self.onnx_path
 
 
 def reference_outputs(loaded: LoadedModel, x: Any, batch_size: int = 32) -> Any:
     """The source model's own float32 outputs for a batch: what every artifact is held to."""
     import numpy as np
 
+    if loaded.kind == "keras":
+        return np.asarray(loaded.keras.predict(np.asarray(x, np.float32), batch_size=batch_size),
+                          np.float32)
     if loaded.kind == "onnx":
         import onnxruntime as ort
 
@@ -87,14 +115,26 @@ def _from_zoo(name: str, *, input_size: int | None, num_classes: int | None) -> 
 
 
 def load_model(source: str | Path, *, input_size: int | None = None,
-               num_classes: int | None = None) -> LoadedModel:
-    """Resolve ``source``: a checkpoint, ``zoo_name:weights.pt``, ``.pt2``, TorchScript, ``.onnx``
-    or a bare zoo name."""
+               num_classes: int | None = None, trust_source: bool = False,
+               input_range: str | None = None) -> LoadedModel:
+    """Resolve ``source``: a checkpoint, ``zoo_name:weights.pt``, ``.pt2``, TorchScript, ``.onnx``,
+    a Keras model (``.keras``/``.h5``/SavedModel folder) or a bare zoo name.
+
+    ``trust_source`` lets a Keras model with ``Lambda`` layers (arbitrary Python) load;
+    ``input_range`` ("0-255" or "0-1") overrides the pixel range edgekit reads from a Keras
+    model's in-graph preprocessing."""
+    from edgekit.keras_source import is_keras_source
+
     text = str(source)
     name, sep, weights = text.partition(":")
     if sep and name in list_models():
         return _from_checkpoint(Path(weights), text, arch=name, input_size=input_size)
     path = Path(text)
+    if is_keras_source(path):
+        return _from_keras(path, input_size, trust_source, input_range)
+    if input_range is not None:
+        raise ConfigError("--input-range applies to Keras sources only (edgekit checkpoints "
+                          "carry their preprocessing; ONNX/TorchScript/.pt2 take [0, 1] RGB)")
     if path.suffix.lower() == ".onnx":
         return _from_onnx(path, input_size)
     if path.suffix.lower() == ".pt2":
@@ -243,3 +283,46 @@ def _from_torchscript(path: Path, input_size: int | None) -> LoadedModel:
         raise DataError(f"{path}: not a readable TorchScript archive ({exc})") from exc
     return LoadedModel(module, path.stem, "multiclass", (), _plain_spec(None, input_size, path),
                        str(path), pretrained=True, kind="torchscript")
+
+
+INPUT_RANGES = ("0-255", "0-1")
+
+
+def _from_keras(path: Path, input_size: int | None, trust_source: bool,
+                input_range: str | None) -> LoadedModel:
+    """A Keras model, cleaned for inference. The spec is NHWC, RGB (or grey for 1 channel), at
+    the pixel range the model's own first layers expect: an in-graph ``Rescaling(1/255)`` means
+    the model takes 0–255 pixels and the spec must not scale them again."""
+    from edgekit.keras_source import load_keras
+
+    if input_range is not None and input_range not in INPUT_RANGES:
+        raise ConfigError(f"--input-range must be one of {', '.join(INPUT_RANGES)}, "
+                          f"got {input_range!r}")
+    km = load_keras(path, trust_source=trust_source)
+    size = km.input_size
+    if size is None:
+        if input_size is None:
+            raise ConfigError(f"{path} does not fix its input size: pass --input-size")
+        size = (input_size, input_size)
+    elif input_size is not None and tuple(size) != (input_size, input_size):
+        raise ConfigError(f"{path} takes {size[0]}×{size[1]} inputs, not --input-size {input_size}")
+    if km.channels not in (1, 3):
+        raise ConfigError(f"{path} takes {km.channels}-channel images; edgekit reads RGB (3) or "
+                          "greyscale (1) images")
+    rng = input_range or km.input_range
+    reason = (km.range_reason if input_range is None or input_range == km.input_range
+              else f"--input-range {input_range} (edgekit had read {km.input_range}: "
+                   f"{km.range_reason})")
+    c = km.channels
+    spec = PreprocessSpec(input_size=size, color="rgb" if c == 3 else "gray",
+                          scale=1.0 if rng == "0-255" else 1.0 / 255.0, mean=(0.0,) * c,
+                          std=(1.0,) * c, layout="NHWC")
+    activation = km.final_activation
+    task = "multilabel" if activation == "sigmoid" and km.outputs > 1 else "multiclass"
+    head = {"scores_are": "probs" if activation in ("softmax", "sigmoid") else "logits",
+            "threshold": 0.5}
+    meta = {"keras": {"flavor": km.flavor, "removed_layers": list(km.removed),
+                      "input_range": rng, "input_range_reason": reason,
+                      "final_activation": activation, "outputs": km.outputs}}
+    return LoadedModel(None, km.name, task, (), spec, str(path), meta, pretrained=True,
+                       kind="keras", keras=km, head=head)

@@ -109,7 +109,7 @@ def test_registered_and_available() -> None:
     assert backend is BACKEND
     assert (backend.name, backend.extra, backend.suffix) == ("litert", "litert", ".tflite")
     assert backend.precisions == ("fp32", "fp16", "int8")
-    assert backend.sources == ("torch",)
+    assert backend.sources == ("torch", "keras")
     assert backend.available() is None
 
 

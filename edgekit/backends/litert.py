@@ -20,6 +20,9 @@ Export (workstation, needs ``edgekit[compress]``):
   ``_litert_converter_flags`` only reach the experimental V2 pipeline, which needs a TensorFlow
   newer than 2.21), hence the post-conversion step.
 
+Keras sources (``edgekit[keras]``) convert with TensorFlow's ``tf.lite.TFLiteConverter`` instead
+(fp32; fp16 weights; int8 full-integer PTQ with float or int8 I/O): see "Keras sources" below.
+
 Runtime (device, ``edgekit[litert]``): ``open`` uses ``ai_edge_litert.interpreter.Interpreter``
 (or ``tflite_runtime``) and numpy only — this module never imports torch or litert-torch outside
 ``export``.
@@ -173,7 +176,7 @@ class LiteRTBackend:
     extra = "litert"
     suffix = ".tflite"
     precisions = ("fp32", "fp16", "int8")
-    sources = ("torch",)
+    sources = ("torch", "keras")
 
     def available(self) -> str | None:
         return None if _interpreter_class() is not None else RUNTIME_HINT
@@ -187,6 +190,8 @@ class LiteRTBackend:
 
     def export(self, request: ExportRequest) -> Artifact:
         _check_request(request)
+        if getattr(request.model, "kind", None) == "keras":
+            return _export_keras(request)
         loaded = request.model
         out_dir = Path(request.out_dir)
         out_dir.mkdir(parents=True, exist_ok=True)
@@ -226,6 +231,9 @@ def _check_request(request: ExportRequest) -> None:
     loaded = request.model
     kind = str(getattr(loaded, "kind", "torch"))
     source = getattr(loaded, "source", "?")
+    if kind == "keras":
+        _check_keras_request(request)
+        return
     if kind == "onnx":
         raise ConfigError(
             f"Backend 'litert' cannot convert the ONNX source ({source}): edgekit converts "
@@ -448,6 +456,102 @@ def _notes(request: ExportRequest, details: dict[str, Any]) -> list[str]:
                      "core with FP16 arithmetic (Cortex-A55/A76, Raspberry Pi 5; not the "
                      "Cortex-A72 of a Pi 4).")
     return notes
+
+
+# ----------------------------------------------------------------------------- Keras sources
+# A Keras source (``LoadedModel.kind == "keras"``) converts with TensorFlow's own
+# ``tf.lite.TFLiteConverter`` (``edgekit.keras_source.KerasModel.to_tflite``), not litert-torch:
+# fp32 as is, fp16 as float16 weights (the converter's float16 quantization), int8 as full-integer
+# post-training quantization calibrated on the request's images (min/max ranges). The artifact
+# takes the NHWC float32 input the Keras model takes, in-graph preprocessing included.
+_KERAS_METHODS = ("minmax",)
+
+
+def _check_keras_request(request: ExportRequest) -> None:
+    loaded = request.model
+    source = getattr(loaded, "source", "?")
+    if getattr(loaded, "keras", None) is None:
+        raise ConfigError(f"Backend 'litert': the Keras source {source} carries no loaded "
+                          "Keras model")
+    if request.precision not in BACKEND.precisions:
+        raise ConfigError(f"Backend 'litert' does not offer precision {request.precision!r} "
+                          f"(it offers {', '.join(BACKEND.precisions)})")
+    opts = request.options
+    if opts.int8_io and request.precision != "int8":
+        raise ConfigError(f"int8_io (integer input/output tensors) needs precision 'int8', "
+                          f"not {request.precision!r}")
+    if request.precision != "int8":
+        return
+    if opts.method not in _KERAS_METHODS:
+        raise ConfigError(
+            f"Calibration method {opts.method!r} is not supported by backend 'litert' for Keras "
+            "sources: TensorFlow's TFLite converter calibrates activation ranges with min/max "
+            "only. Use: " + ", ".join(_KERAS_METHODS))
+    if request.calibration is None or len(request.calibration) == 0:
+        raise ConfigError("Backend 'litert' needs calibration data for int8 (the TFLite "
+                          "converter's representative dataset): pass preprocessed images, e.g. "
+                          "--data DIR")
+
+
+def _export_keras(request: ExportRequest) -> Artifact:
+    """A Keras source to ``.tflite`` with ``tf.lite.TFLiteConverter``; the same Artifact fields
+    as the PyTorch path (layout NHWC)."""
+    loaded = request.model
+    km = loaded.keras
+    opts = request.options
+    out_dir = Path(request.out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    path = out_dir / f"{request.stem}{BACKEND.suffix}"
+    shape = tuple(loaded.spec.input_shape(1))
+    facts = km.to_tflite(path, precision=request.precision, calibration=request.calibration,
+                         int8_io=opts.int8_io, size=tuple(loaded.spec.input_size),
+                         per_channel=opts.per_channel)
+    details = _describe(path)
+    quant: dict[str, Any] = {}
+    notes = [f"input: {details['input_dtype']} NHWC {list(shape)} as the Keras model takes it "
+             f"({km.input_range} pixels: {km.range_reason}); batch size 1",
+             f"converted with {facts.get('converter')} from the {facts.get('from')}"]
+    if km.removed:
+        notes.append("removed before conversion (the identity at inference): "
+                     + "; ".join(km.removed))
+    notes += list(getattr(km, "notes", []) or [])
+    ops = details["ops"]
+    if request.precision == "int8":
+        weights = "per-channel" if opts.per_channel else "per-tensor"
+        quant.update(scheme=f"TFLite full-integer post-training quantization: int8 weights "
+                            f"({weights} symmetric), int8 activations (per-tensor affine)",
+                     method="minmax", calibration_images=facts.get("calibration_images"))
+        if opts.int8_io:
+            quant.update(input=details["input_q"], output=details["output_q"])
+        notes.append(f"int8: TFLite post-training quantization calibrated on "
+                     f"{facts.get('calibration_images')} images (min/max activation ranges, "
+                     f"{weights} weights)")
+        wrap = 0 if opts.int8_io else 2
+        islands = max(ops.count("DEQUANTIZE") + ops.count("QUANTIZE") - wrap, 0)
+        if islands:
+            notes.append(f"int8: {islands} QUANTIZE/DEQUANTIZE ops inside the graph: ops the "
+                         "converter has no int8 kernel for run in float between them")
+        if opts.int8_io:
+            qi, qo = details["input_q"], details["output_q"]
+            notes.append(f"int8 I/O: feed q = clip(round(x / {qi['scale']:.6g}) "
+                         f"{qi['zero_point']:+d}, -128, 127); outputs = (y {-qo['zero_point']:+d})"
+                         f" * {qo['scale']:.6g} (edgekit's Session/runner does both)")
+        else:
+            notes.append("int8 with float32 input/output: QUANTIZE/DEQUANTIZE at the model "
+                         "boundary, callers never handle scales")
+        notes.append("ARM: XNNPACK runs the int8 ops; cores with dot-product instructions "
+                     "(Cortex-A76, Raspberry Pi 5) gain considerably more over fp32 than "
+                     "Cortex-A72 (Raspberry Pi 4). Benchmark on the target.")
+    elif request.precision == "fp16":
+        quant.update(weights="float16")
+        notes.append("fp16: float16 weights with DEQUANTIZE ops (the TFLite converter's float16 "
+                     "quantization), about half the fp32 file; LiteRT's default CPU path "
+                     "computes in fp32")
+    return Artifact(
+        backend=BACKEND.name, precision=request.precision, path=path, files=[path],
+        input_name=details["input_name"], input_shape=list(shape),
+        input_dtype=details["input_dtype"], output_dtype=details["output_dtype"],
+        layout="NHWC", quantization=quant, notes=notes)
 
 
 # ----------------------------------------------------------------------------- flatbuffer edit

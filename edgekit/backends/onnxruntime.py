@@ -207,7 +207,7 @@ class OnnxRuntimeBackend:
     extra: str = "onnxruntime"
     suffix: str = ".onnx"
     precisions: tuple[str, ...] = ("fp32", "int8")
-    sources: tuple[str, ...] = ("torch", "torchscript", "onnx")
+    sources: tuple[str, ...] = ("torch", "torchscript", "onnx", "keras")
     activation_type: str = "uint8"  # "uint8" (QUInt8) or "int8" (QInt8)
     reduce_range: bool = False
     exclude_op_types: tuple[str, ...] = ()
@@ -318,7 +318,8 @@ class OnnxRuntimeBackend:
     def _from_onnx(self, model: Any, path: Path, notes: list[str]) -> tuple[str, tuple[int, ...]]:
         import onnx
 
-        source = Path(model.onnx_path) if model.onnx_path else None
+        onnx_file = model.onnx_file()  # a Keras source is converted (tf2onnx) on first use
+        source = Path(onnx_file) if onnx_file else None
         if source is None or not source.is_file():
             raise DataError(f"ONNX model file not found: {source}")
         try:

@@ -208,7 +208,7 @@ class OpenVINOBackend:
     extra: str = "openvino"
     suffix: str = ".xml"
     precisions: tuple[str, ...] = ("fp32", "fp16", "int8")
-    sources: tuple[str, ...] = ("torch", "torchscript", "onnx")
+    sources: tuple[str, ...] = ("torch", "torchscript", "onnx", "keras")
     preset: str = "performance"
     ignored_types: tuple[str, ...] = ()
 
@@ -326,7 +326,8 @@ class OpenVINOBackend:
     def _from_onnx(self, model: Any, notes: list[str]) -> Any:
         import openvino as ov
 
-        source = Path(model.onnx_path) if model.onnx_path else None
+        onnx_file = model.onnx_file()  # a Keras source is converted (tf2onnx) on first use
+        source = Path(onnx_file) if onnx_file else None
         if source is None or not source.is_file():
             raise DataError(f"ONNX model file not found: {source}")
         try:

@@ -25,7 +25,7 @@ import numpy as np
 from edgekit import __version__
 from edgekit.bench.local import LocalExecutor, RunFailed
 from edgekit.bench.protocol import Protocol, merge_trials
-from edgekit.bundle import read_manifest, sha256_file, verify_bundle
+from edgekit.bundle import read_manifest, sha256_path, verify_bundle
 from edgekit.errors import ConfigError, DataError, EdgekitError
 from edgekit.ui import progress_bar, status
 
@@ -112,16 +112,26 @@ def _load_source(info: BundleInfo) -> None:
         info.source_note = (f"source {text!r} is a zoo architecture with fresh weights: timed, but "
                             "accuracy is compared with the bundle's fp32 artifact instead")
         return
-    if not path.is_file():
+    if not path.exists():
         info.source_note = f"source {path} not found: accuracy reference is an fp32 artifact"
         return
-    elif sha256_file(path) != src["sha256"]:
+    elif sha256_path(path) != src["sha256"]:
         info.source_note = f"source {path} changed since compress: not used as the reference"
         return
     try:
+        import dataclasses
+
+        from edgekit.data.preprocess import PreprocessSpec
         from edgekit.sources import load_model
 
-        info.source = load_model(text, input_size=info.input_size)
+        keras = src.get("keras") or {}
+        loaded = load_model(text, input_size=info.input_size,
+                            input_range=keras.get("input_range") if keras else None)
+        # the bundle's classes, head and preprocessing are what its artifacts were held to
+        info.source = dataclasses.replace(
+            loaded, class_names=tuple(info.manifest["class_names"]),
+            head=dict(info.manifest.get("head") or loaded.head),
+            spec=PreprocessSpec.from_dict(info.manifest["preprocess"]))
     except (ImportError, EdgekitError) as exc:
         info.source_note = (f"source {path} not loadable here ({exc}); accuracy reference is "
                             "an fp32 artifact of the same source, if one is benched")
@@ -195,10 +205,16 @@ def _accuracy(info: BundleInfo, art: dict[str, Any], logits: np.ndarray, ref: np
     from edgekit.verify import compare
 
     recipe = Recipe.model_validate(info.manifest["recipe"])
-    source_metrics = score(ev.y, ref, task=ev.task, class_names=ev.class_names, seed=seed)
+    head = info.manifest.get("head")
+    source_metrics = score(ev.y, ref, task=ev.task, class_names=ev.class_names, seed=seed,
+                           head=head)
     return compare(ref, logits, ev.y, task=ev.task, class_names=ev.class_names,
                    precision=art["precision"], recipe=recipe, source_metrics=source_metrics,
-                   seed=seed)
+                   seed=seed, head=head)
+
+
+_SOURCE_RUNTIME = {"onnx": "onnxruntime", "keras": "keras"}
+_SOURCE_LABEL = {"onnx": "ONNX Runtime", "keras": "Keras/TensorFlow"}
 
 
 def _artifact_record(info: BundleInfo, art: dict[str, Any]) -> dict[str, Any]:
@@ -213,7 +229,7 @@ def _artifact_record(info: BundleInfo, art: dict[str, Any]) -> dict[str, Any]:
 def _source_record(info: BundleInfo) -> dict[str, Any]:
     src = info.manifest["source"]
     path = _source_path(str(src["source"]))
-    backend = "onnxruntime" if src["kind"] == "onnx" else "pytorch"
+    backend = _SOURCE_RUNTIME.get(src["kind"], "pytorch")
     return {"id": f"{info.name}/source", "bundle": str(info.path), "bundle_name": info.name,
             "name": "source", "backend": backend, "precision": "fp32", "kind": "source",
             "status": "reference", "recipe": info.manifest["recipe"]["name"],
@@ -557,7 +573,7 @@ def _score_all(infos: list[BundleInfo], per_bundle: list[list[dict[str, Any]]],
         if reference is None:
             kind = info.manifest["source"]["kind"]
             reference = {"artifact": ref_id, "description": (
-                f"source model ({'ONNX Runtime' if kind == 'onnx' else 'PyTorch eager'} fp32)"
+                f"source model ({_SOURCE_LABEL.get(kind, 'PyTorch eager')} fp32)"
                 if ref_id.endswith("/source") else "fp32 artifact of the same source model")}
     return reference
 

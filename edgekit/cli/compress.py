@@ -11,6 +11,7 @@ import click
 from rich.table import Table
 
 from edgekit.cli.prune import latency_target_options
+from edgekit.cli.sourceopts import source_options
 from edgekit.errors import VerificationFailed
 from edgekit.ui import out as stdout
 from edgekit.ui import status
@@ -19,6 +20,7 @@ from edgekit.ui import status
 def verification_table(result: Any) -> Table:
     """One row per artifact: size, agreement, |logit diff|, accuracy delta and gate verdict."""
     multilabel = result.manifest["task"] == "multilabel"
+    binary = result.source_metrics.get("task") == "binary"
     headline = "mean_auroc" if multilabel else "accuracy"
     src = result.source_metrics[headline]["value"]
     table = Table(title=f"Verification on {result.data.get('verification_images')} held-out "
@@ -29,6 +31,9 @@ def verification_table(result: Any) -> Table:
                       ("max |Δlogit|", "right"), (headline.replace("_", " "), "right"),
                       ("Δ vs source [95 % CI]", "right"), ("gate", "left")):
         table.add_column(col, justify=just, no_wrap=col == "artifact")
+        if binary and col == "Δ vs source [95 % CI]":
+            for extra in ("sensitivity", "specificity", "AUROC"):
+                table.add_column(extra, justify="right")
     for a in result.artifacts:
         v = a.verification
         value = v["metrics"][headline]["value"]
@@ -36,12 +41,20 @@ def verification_table(result: Any) -> Table:
         dtxt = (f"{100 * delta['value']:+.1f} [{100 * delta['ci95'][0]:+.1f}, "
                 f"{100 * delta['ci95'][1]:+.1f}]" if delta else f"{value - src:+.4f}")
         failed = [c["check"] for c in v["checks"] if not c["passed"]]
+        m = v["metrics"]
+        extras = ([_pct(m["sensitivity"]), _pct(m["specificity"]),
+                   "n/a" if m["auroc"]["value"] is None else f"{m['auroc']['value']:.3f}"]
+                  if binary else [])
         table.add_row(a.name, f"{a.bytes / 1e6:.2f} MB",
                       f"{v['top1_agreement']:.3f}" if "top1_agreement" in v else "-",
                       f"{v['max_abs_logit_diff']:.2e}",
-                      f"{value:.4f}" if multilabel else f"{100 * value:.1f} %", dtxt,
+                      f"{value:.4f}" if multilabel else f"{100 * value:.1f} %", dtxt, *extras,
                       "[green]pass[/]" if not failed else "[red]FAIL[/]: " + "; ".join(failed))
     return table
+
+
+def _pct(m: dict[str, Any]) -> str:
+    return "n/a" if m.get("value") is None else f"{100 * m['value']:.1f} %"
 
 
 def _terminate(signum: int, frame: Any) -> None:  # SIGTERM behaves like Ctrl-C: clean up
@@ -75,6 +88,10 @@ def _terminate(signum: int, frame: Any) -> None:  # SIGTERM behaves like Ctrl-C:
               default=None, help="Pruning recipes: keep this fraction of the original MACs "
                                  "(e.g. 0.5) instead of the recipe's target.")
 @latency_target_options
+@source_options
+@click.option("--threshold", type=click.FloatRange(0, 1, min_open=True, max_open=True),
+              default=None, help="Decision threshold of a sigmoid head (one output for two "
+                                 "classes, or multi-label), recorded in the bundle [default: 0.5].")
 @click.option("--seed", type=int, default=None, help="[default: the recipe's]")
 @click.option("--allow-accuracy-drop", is_flag=True,
               help="Exit 0 even when an artifact misses the recipe's accuracy gate.")
@@ -88,7 +105,11 @@ def command(model: str, data: Path, out: Path, recipe: str, backends: tuple[str,
     a bundle (artifacts + manifest.json + README.md).
 
     MODEL is an edgekit checkpoint (model.pt), ARCH:weights.pt, a torch.export .pt2, a
-    TorchScript file or an .onnx file. Pruning recipes (prune30-int8 …) first remove whole
+    TorchScript file, an .onnx file, or a Keras model (.keras, .h5 or a SavedModel folder;
+    needs edgekit[keras]). Keras models are loaded in safe mode, cleaned of inference no-ops
+    (random augmentation, noise, dropout) and keep their in-graph Rescaling, so the bundle
+    feeds them the pixel range they expect; a one-unit sigmoid head is a binary classifier
+    whose classes are DIR's two folders (the second is the positive class). Pruning recipes (prune30-int8 …) first remove whole
     channels from a PyTorch checkpoint and recover it by distillation on DIR's
     non-verification images; their gate compares every artifact with the UNPRUNED model, and
     the pruned checkpoint is kept in the bundle (source/pruned.pt). Exits 1 when an artifact misses the recipe's accuracy
@@ -116,5 +137,14 @@ def command(model: str, data: Path, out: Path, recipe: str, backends: tuple[str,
                f"({pruning['macs_before']:,} → {pruning['macs_after']:,}), parameters "
                f"{pruning['params_before']:,} → {pruning['params_after']:,}; the table's Δ is "
                "against the unpruned model")
+    head = result.manifest.get("head") or {}
+    if head.get("type") == "binary-sigmoid":
+        status(f"Binary head: positive class {head['positive_class']!r} when its probability "
+               f">= {head['threshold']:g} (sensitivity/specificity/AUROC in the table)")
+    keras = result.manifest["source"].get("keras")
+    if keras:
+        removed = ", ".join(keras["removed_layers"]) or "none"
+        status(f"Keras source: inputs {keras['input_range']} ({keras['input_range_reason']}); "
+               f"removed for inference: {removed}")
     status(f"Bundle: {result.bundle} ({len(result.artifacts)} artifacts, "
            f"{result.seconds:.0f} s). Check it any time with: edgekit verify {result.bundle}")

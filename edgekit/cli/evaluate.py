@@ -8,6 +8,7 @@ from pathlib import Path
 import click
 
 from edgekit.cli.display import print_metrics
+from edgekit.cli.sourceopts import source_options
 
 
 @click.command("evaluate")
@@ -18,14 +19,30 @@ from edgekit.cli.display import print_metrics
               show_default=True, help="Corrupt or non-image files: skip with a warning, or fail.")
 @click.option("--seed", type=int, default=0, show_default=True,
               help="Seed of the bootstrap confidence intervals.")
+@click.option("--threshold", type=click.FloatRange(0, 1, min_open=True, max_open=True),
+              default=None, help="Decision threshold of a sigmoid head [default: 0.5].")
+@click.option("--input-size", type=click.IntRange(8, 4096), default=None,
+              help="Input size for sources that do not fix it.")
+@source_options
 @click.option("--json", "as_json", is_flag=True, help="Print the metrics as JSON on stdout.")
-def command(model: str, data: Path, on_error: str, seed: int, as_json: bool) -> None:
-    """Evaluate MODEL (a checkpoint) on every image in --data: accuracy, per-class
-    sensitivity/specificity, macro-F1, kappa, calibration error, with 95 % bootstrap CIs."""
+def command(model: str, data: Path, on_error: str, seed: int, threshold: float | None,
+            input_size: int | None, trust_source: bool, input_range: str | None,
+            as_json: bool) -> None:
+    """Evaluate MODEL (a checkpoint, ONNX or Keras model) on every image in --data: accuracy,
+    per-class sensitivity/specificity, macro-F1, kappa, calibration error, with 95 % bootstrap
+    CIs; binary (one sigmoid unit) heads add sensitivity, specificity and AUROC."""
+    from edgekit.compress import with_threshold
+    from edgekit.data.folder import scan
     from edgekit.evaluate import evaluate_model
     from edgekit.sources import load_model
 
-    ev = evaluate_model(load_model(model), data, on_error=on_error, seed=seed)
+    loaded = load_model(model, input_size=input_size, trust_source=trust_source,
+                        input_range=input_range)
+    if not loaded.class_names:  # ONNX / Keras: the classes are the data's folders
+        loaded = loaded.with_classes(scan(data, on_error=on_error).classes)
+    if threshold is not None:
+        loaded = with_threshold(loaded, threshold)
+    ev = evaluate_model(loaded, data, on_error=on_error, seed=seed)
     if as_json:
         click.echo(json.dumps({"data": str(ev.data), "n": ev.n, "metrics": ev.metrics,
                                "skipped": ev.skipped}, indent=2))
