@@ -65,7 +65,7 @@ def test_backend_registered_with_interface() -> None:
     assert backend is BACKEND
     assert (backend.name, backend.extra, backend.suffix) == ("onnxruntime", "onnxruntime", ".onnx")
     assert backend.precisions == ("fp32", "int8")
-    assert backend.sources == ("torch", "torchscript", "onnx")
+    assert backend.sources == ("torch", "torchscript", "onnx", "keras")
     assert backend.available() is None
 
 

@@ -68,7 +68,7 @@ def test_backend_registered_with_interface() -> None:
     assert backend is BACKEND
     assert (backend.name, backend.extra, backend.suffix) == ("openvino", "openvino", ".xml")
     assert backend.precisions == ("fp32", "fp16", "int8")
-    assert backend.sources == ("torch", "torchscript", "onnx")
+    assert backend.sources == ("torch", "torchscript", "onnx", "keras")
     assert backend.available() is None
 
 
