@@ -425,8 +425,8 @@ class KerasModel:
             raise
         except Exception as exc:  # noqa: BLE001 - every converter failure becomes one error
             raise _onnx_error(self.name, exc) from exc
-        _rename_input(proto, INPUT_NAME)
-        _rename_output(proto, OUTPUT_NAME)
+        _rename_io(proto, "input", INPUT_NAME)
+        _rename_io(proto, "output", OUTPUT_NAME)
         _check_onnx(proto, self.name)
         import onnx
 
@@ -560,36 +560,22 @@ def _tflite_error(name: str, precision: str, exc: BaseException, log: str = "") 
     return ExportError(f"{what}: {_first_line(exc)}")
 
 
-def _rename_input(proto: Any, new: str) -> None:
-    """The frozen graph's single input ``input:0`` becomes ``input``."""
+def _rename_io(proto: Any, which: str, new: str) -> None:
+    """Rename the graph's single ``which`` ("input" or "output") to ``new`` (``input:0`` →
+    ``input``), in every node that uses it."""
     graph = proto.graph
-    if len(graph.input) != 1 or graph.input[0].name == new:
+    ports = graph.input if which == "input" else graph.output
+    if len(ports) != 1 or ports[0].name == new:
         return
     if any(new in (list(n.input) + list(n.output)) for n in graph.node):
         return
-    old = graph.input[0].name
-    graph.input[0].name = new
+    old = ports[0].name
+    ports[0].name = new
     for node in graph.node:
-        for i, name in enumerate(node.input):
-            if name == old:
-                node.input[i] = new
-
-
-def _rename_output(proto: Any, new: str) -> None:
-    graph = proto.graph
-    if len(graph.output) != 1 or graph.output[0].name == new:
-        return
-    if any(new in (list(n.input) + list(n.output)) for n in graph.node):
-        return
-    old = graph.output[0].name
-    graph.output[0].name = new
-    for node in graph.node:
-        for i, name in enumerate(node.output):
-            if name == old:
-                node.output[i] = new
-        for i, name in enumerate(node.input):
-            if name == old:
-                node.input[i] = new
+        for names in (node.input, node.output):
+            for i, name in enumerate(names):
+                if name == old:
+                    names[i] = new
 
 
 def _check_onnx(proto: Any, name: str) -> None:
