@@ -17,8 +17,9 @@ import sys
 from _common import real_data_dir
 from edgekit.calibrate import plan_data
 from edgekit.checkpoint import save_checkpoint
-from edgekit.evaluate import load_arrays, predict
+from edgekit.evaluate import load_arrays
 from edgekit.sources import load_model
+from edgekit.sources.torch import predict_module as predict
 from edgekit.train import recalibrate_batchnorm
 
 

@@ -9,6 +9,7 @@ seed and data give the same images — and byte-identical artifacts where a back
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -101,8 +102,6 @@ class DataPlan:
 def check_readable(samples: list[Sample], spec: PreprocessSpec, on_error: str,
                     what: str) -> tuple[list[Sample], list[str]]:
     """Decode each chosen image once, before any conversion starts (fail early, by path)."""
-    import warnings
-
     kept, skipped = [], []
     with progress_bar(f"Checking {what} images", len(samples)) as bar:
         for s in samples:

@@ -22,10 +22,14 @@ from edgekit.backends import Artifact, ExportRequest, QuantOptions, require_back
 from edgekit.backends.base import check_supported
 from edgekit.bundle import BundleWriter, package_versions, sha256_path
 from edgekit.calibrate import DataPlan, StreamedImages, plan_data
+from edgekit.checkpoint import save_checkpoint
+from edgekit.data.folder import scan
 from edgekit.errors import ConfigError, VerificationFailed
 from edgekit.evaluate import load_arrays, score
-from edgekit.recipes import Recipe, load_recipe
-from edgekit.sources import LoadedModel, load_model, reference_outputs
+from edgekit.prune.latency import for_latency
+from edgekit.prune.recover import prune_and_verify
+from edgekit.recipes import Recipe, load_recipe, pruning_recipe
+from edgekit.sources import Source, load_model, reference_outputs
 from edgekit.ui import progress_bar, status
 from edgekit.verify import compare
 
@@ -60,7 +64,7 @@ class CompressResult:
         return all(a.passed for a in self.artifacts)
 
 
-def _check_plan(loaded: LoadedModel, recipe: Recipe) -> list[Any]:
+def _check_plan(loaded: Source, recipe: Recipe) -> list[Any]:
     """Resolve every backend and refuse impossible combinations before any work starts."""
     backends = []
     for name in recipe.backends:
@@ -81,7 +85,7 @@ _SOURCE_HINTS = {
 }
 
 
-def compress(source: str | Path | LoadedModel, *, data: str | Path, out: str | Path,
+def compress(source: str | Path | Source, *, data: str | Path, out: str | Path,
              recipe: str | Path | Recipe = "int8", backends: list[str] | None = None,
              calibration_images: int | None = None, calibration_method: str | None = None,
              verification_images: int | None = None, int8_io: bool | None = None,
@@ -114,10 +118,8 @@ def compress(source: str | Path | LoadedModel, *, data: str | Path, out: str | P
                           f"{rec.name!r} does not; use prune30, prune50, prune30-int8 or "
                           "prune50-int8")
     if target_macs is not None:
-        from edgekit.prune import pruning_recipe
-
         rec = pruning_recipe(rec, **{"pruning.target_macs": target_macs})
-    loaded = (source if isinstance(source, LoadedModel) else
+    loaded = (source if isinstance(source, Source) else
               load_model(source, input_size=input_size, trust_source=trust_source,
                          input_range=input_range))
     if rec.pruning is not None and loaded.kind == "keras":
@@ -126,16 +128,13 @@ def compress(source: str | Path | LoadedModel, *, data: str | Path, out: str | P
                           f"{rec.name!r} prunes. Use an unpruned recipe (fp32, fp16, int8) for "
                           "this model.")
     if not loaded.class_names:  # .onnx/.pt2/TorchScript/Keras: classes come from the data folder
-        from edgekit.data.folder import scan
 
         loaded = loaded.with_classes(scan(data, on_error=on_error).classes)
     if threshold is not None:
-        loaded = with_threshold(loaded, threshold)
+        loaded = loaded.with_threshold(threshold)
     plugins = _check_plan(loaded, rec)
     latency_rows: list[dict] = []
     if target_latency_ms is not None:
-        from edgekit.prune import for_latency
-
         rec, latency_rows = for_latency(loaded, rec, target_latency_ms, target, threads)
     if not loaded.pretrained:
         status("[yellow]Note:[/] compressing a zoo model with fresh (untrained) weights")
@@ -155,8 +154,6 @@ def compress(source: str | Path | LoadedModel, *, data: str | Path, out: str | P
                            head=loaded.head)
     model, pruning, parity_ref = loaded, None, None
     if rec.pruning is not None:
-        from edgekit.prune import prune_and_verify
-
         model, pruning, parity_ref = prune_and_verify(loaded, rec, plan, x, y, ref,
                                                       source_metrics, on_error)
         pruning["latency_search"] = latency_rows
@@ -187,26 +184,10 @@ def compress(source: str | Path | LoadedModel, *, data: str | Path, out: str | P
     return result
 
 
-def with_threshold(loaded: LoadedModel, threshold: float) -> LoadedModel:
-    """``loaded`` with its sigmoid head's decision threshold set (a usage error otherwise)."""
-    import dataclasses
-
-    if not 0.0 < threshold < 1.0:
-        raise ConfigError(f"--threshold must be a probability strictly between 0 and 1, "
-                          f"got {threshold}")
-    if loaded.task != "multilabel" and len(loaded.class_names) != 2:
-        raise ConfigError(f"--threshold is for sigmoid heads (one output for two classes, or "
-                          f"multi-label); {loaded.source} picks one of {len(loaded.class_names)} "
-                          "classes by arg-max")
-    return dataclasses.replace(loaded, head={**loaded.head, "threshold": float(threshold)})
-
-
-def _save_pruned(model: LoadedModel, record: dict[str, Any], writer: BundleWriter
+def _save_pruned(model: Source, record: dict[str, Any], writer: BundleWriter
                  ) -> dict[str, Any]:
     """Put the pruned PyTorch checkpoint (plan + weights) in the bundle; the manifest's
     ``pruning`` section without the bulky plan (it lives in the checkpoint)."""
-    from edgekit.checkpoint import save_checkpoint
-
     path = writer.tmp / "source" / "pruned.pt"
     save_checkpoint(path, model.module.state_dict(), model.metadata)
     summary = {k: v for k, v in record.items() if k != "plan"}
@@ -215,7 +196,7 @@ def _save_pruned(model: LoadedModel, record: dict[str, Any], writer: BundleWrite
     return summary
 
 
-def _export_one(backend: Any, loaded: LoadedModel, rec: Recipe, plan: DataPlan,
+def _export_one(backend: Any, loaded: Source, rec: Recipe, plan: DataPlan,
                 writer: BundleWriter, x: np.ndarray, y: np.ndarray, ref: np.ndarray,
                 source_metrics: dict[str, Any], parity_ref: np.ndarray | None = None
                 ) -> ArtifactResult:
@@ -253,7 +234,7 @@ def _export_one(backend: Any, loaded: LoadedModel, rec: Recipe, plan: DataPlan,
     return ArtifactResult(name, artifact, verification, seconds, size)
 
 
-def _manifest(loaded: LoadedModel, rec: Recipe, plan: DataPlan, source_metrics: dict[str, Any],
+def _manifest(loaded: Source, rec: Recipe, plan: DataPlan, source_metrics: dict[str, Any],
               results: list[ArtifactResult], writer: BundleWriter, started: str,
               seconds: float) -> dict[str, Any]:
     src_path = Path(str(loaded.source).partition(":")[2] or loaded.source)
@@ -305,7 +286,7 @@ def _manifest(loaded: LoadedModel, rec: Recipe, plan: DataPlan, source_metrics: 
     }
 
 
-def _head(loaded: LoadedModel) -> dict[str, Any]:
+def _head(loaded: Source) -> dict[str, Any]:
     """How to read the outputs: logits or probabilities; sigmoid heads' threshold and positive
     class."""
     head = {"scores_are": loaded.head.get("scores_are", "logits"),

@@ -17,7 +17,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from edgekit.bench.protocol import Protocol
+from edgekit.bench.run import bench
+from edgekit.compress import compress
+from edgekit.data.phantoms import MRI_CLASSES, generate_mri_dataset
 from edgekit.errors import ConfigError
+from edgekit.evaluate import evaluate_model, held_out_dataset
+from edgekit.inspect import summarize
+from edgekit.sources import load_model
+from edgekit.train import TrainConfig, train
 from edgekit.ui import progress_bar, status
 
 MARKER = ".edgekit-demo"
@@ -41,8 +49,6 @@ class DemoConfig:
     @staticmethod
     def bench_protocol() -> Any:
         """Shortened (labelled quick in reports): 3 trials of >= 100 calls and 1 s each."""
-        from edgekit.bench.protocol import Protocol
-
         return Protocol(warmup_iters=10, warmup_seconds=0.5, iters=100, min_seconds=1.0,
                         trials=3, quick=True)
 
@@ -74,13 +80,6 @@ def _prepare_out(out: Path) -> None:
 
 def run_demo(cfg: DemoConfig) -> DemoResult:
     """Run the demo end to end and return what it produced (also written to OUT/summary.json)."""
-    from edgekit.compress import compress
-    from edgekit.data.phantoms import MRI_CLASSES, generate_mri_dataset
-    from edgekit.evaluate import evaluate_model, held_out_dataset
-    from edgekit.inspect import summarize
-    from edgekit.sources import load_model
-    from edgekit.train import TrainConfig, train
-
     out = Path(cfg.out)
     _prepare_out(out)
     seconds: dict[str, float] = {}
@@ -138,9 +137,6 @@ def run_demo(cfg: DemoConfig) -> DemoResult:
 
 def _bench(cfg: DemoConfig, out: Path, n: int, seconds: dict[str, float]) -> Any:
     """Step 5: a fresh phantom test set (another seed), then ``edgekit bench`` on the bundle."""
-    from edgekit.bench.run import bench
-    from edgekit.data.phantoms import generate_mri_dataset
-
     t = time.perf_counter()
     test = out / "test-data"
     if test.exists():

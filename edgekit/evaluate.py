@@ -1,4 +1,4 @@
-"""Run a torch model over images and score it with ``edgekit.metrics``.
+"""Score a source model on images with ``edgekit.metrics``.
 
 ``load_arrays`` is the one place where a dataset is read through its preprocessing spec into
 memory; training, evaluation and (later) calibration and verification share it.
@@ -55,19 +55,6 @@ def load_arrays(dataset: Dataset, spec: PreprocessSpec, *, dtype: Any = np.float
         raise DataError(f"{dataset.root}: none of the {n} images could be read")
     dataset.samples = kept
     return x[:len(kept)], targets_of(dataset)
-
-
-def predict(module: Any, x: np.ndarray, *, batch_size: int = 64) -> np.ndarray:
-    """Logits of a torch module on an in-memory batch array, in eval mode, as float32 numpy."""
-    import torch
-
-    module.eval()
-    outs = []
-    with torch.inference_mode():
-        for i in range(0, len(x), batch_size):
-            xb = torch.from_numpy(np.ascontiguousarray(x[i:i + batch_size], dtype=np.float32))
-            outs.append(module(xb).float().numpy())
-    return np.concatenate(outs, axis=0)
 
 
 def metrics_task(task: str, outputs: np.ndarray) -> str:
@@ -145,9 +132,7 @@ def evaluate_model(loaded: Any, data: str | Path | Dataset, *, on_error: str = "
         dataset = scan(data, task=loaded.task, on_error=on_error,
                        expected_classes=None if loaded.task == "multilabel" else loaded.class_names)
     x, y = load_arrays(dataset, loaded.spec, on_error=on_error, description="Loading images")
-    from edgekit.sources import reference_outputs
-
-    logits = reference_outputs(loaded, x, batch_size=batch_size)
+    logits = loaded.predict(x, batch_size=batch_size)
     return Evaluation(dataset.root, len(dataset),
                       score(y, logits, task=loaded.task, class_names=loaded.class_names,
                             seed=seed, head=loaded.head),

@@ -9,9 +9,12 @@ the preceding convolution at export.
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from edgekit.sources import LoadedModel
+from edgekit.errors import ConfigError
+
+if TYPE_CHECKING:  # sources load pruned checkpoints with the pruning engine, which counts MACs here
+    from edgekit.sources import Source
 
 
 @dataclass
@@ -84,11 +87,9 @@ def layer_table(module: Any, input_shape: tuple[int, ...]) -> list[LayerInfo]:
     return rows
 
 
-def summarize(loaded: LoadedModel, input_size: int | None = None) -> ModelSummary:
+def summarize(loaded: Source, input_size: int | None = None) -> ModelSummary:
     """Run one batch-1 forward pass with hooks and return the per-layer table and totals."""
-    if loaded.kind == "onnx" or loaded.module is None:
-        from edgekit.errors import ConfigError
-
+    if getattr(loaded, "module", None) is None:  # ONNX and Keras sources have no torch module
         raise ConfigError(f"{loaded.source}: inspect counts layers of a PyTorch model; this "
                           f"is a {loaded.kind} file (open it in Netron, or inspect the "
                           "checkpoint it was exported from)")

@@ -128,7 +128,12 @@ class Recipe(BaseModel):
             for p in parents:
                 node = node[p]
             node[leaf] = value
+            if key in _EXCLUSIVE:  # a MACs target replaces a channel ratio and vice versa
+                data["pruning"][_EXCLUSIVE[key]] = None
         return _validate(data, f"recipe {self.name!r} with overrides")
+
+
+_EXCLUSIVE = {"pruning.target_macs": "ratio", "pruning.ratio": "target_macs"}
 
 
 def builtin_recipes() -> dict[str, Path]:
@@ -143,3 +148,13 @@ def _validate(data: Any, where: str) -> Recipe:
 def load_recipe(name_or_path: str | Path) -> Recipe:
     """A built-in recipe by name (``int8``) or a user's YAML file."""
     return config.load(Recipe, name_or_path, "recipes", "recipe")
+
+
+def pruning_recipe(recipe: str | Path | Recipe = "prune30", **overrides: Any) -> Recipe:
+    """A pruning recipe with ``pruning.*`` / top-level overrides (None = keep the recipe's).
+    ``target_macs`` and ``ratio`` replace each other."""
+    rec = recipe if isinstance(recipe, Recipe) else load_recipe(recipe)
+    if rec.pruning is None:
+        raise ConfigError(f"recipe {rec.name!r} has no 'pruning' section; use prune30, "
+                          "prune50, prune30-int8, prune50-int8 or a recipe of your own with one")
+    return rec.with_overrides(**overrides)

@@ -25,6 +25,7 @@ from pydantic import (
 from edgekit import config
 from edgekit.backends import backend_names
 from edgekit.bench.hostinfo import FEATURES_BY_ARCH, cpu_info, normalize_arch
+from edgekit.bench.ssh import ssh_option_problem
 
 _STRICT = ConfigDict(extra="forbid", frozen=True)
 _ACCESS_KINDS = ("local", "ssh", "emulated")
@@ -70,8 +71,6 @@ class SshAccess(BaseModel):
     @field_validator("options")
     @classmethod
     def _ssh_options(cls, value: list[str]) -> list[str]:
-        from edgekit.bench.ssh import ssh_option_problem
-
         for option in value:
             problem = ssh_option_problem(option)
             if problem:

@@ -29,7 +29,8 @@ from edgekit import __version__
 from edgekit.checkpoint import save_checkpoint
 from edgekit.data.folder import Dataset, Split, scan, split_dataset
 from edgekit.errors import ConfigError, DataError
-from edgekit.evaluate import load_arrays, predict, score
+from edgekit.evaluate import load_arrays, score
+from edgekit.sources.torch import predict_module
 from edgekit.ui import progress_bar, status
 from edgekit.zoo import create_model, model_config
 
@@ -365,7 +366,7 @@ def _fit(model: Any, x_train: np.ndarray, y_train: np.ndarray, x_val: np.ndarray
     if start_is_candidate:
         if loop.recalibrate_bn:
             recalibrate_batchnorm(model, x_train, images=loop.recalibrate_bn)
-        start_metric = _headline_value(score(y_val, predict(model, x_val), task=task,
+        start_metric = _headline_value(score(y_val, predict_module(model, x_val), task=task,
                                              class_names=class_names, ci=False), key)
         best = (start_metric, 0)
         status(f"  epoch   0/{loop.epochs}  (start)  val {key} {start_metric:.4f}")
@@ -404,7 +405,7 @@ def _fit(model: Any, x_train: np.ndarray, y_train: np.ndarray, x_val: np.ndarray
                 bar.advance()
             if loop.recalibrate_bn:
                 recalibrate_batchnorm(model, x_train, images=loop.recalibrate_bn)
-            logits = predict(model, x_val)
+            logits = predict_module(model, x_val)
             with torch.no_grad():
                 val_loss = float(loss_fn(torch.from_numpy(logits), to_soft(torch.from_numpy(y_val))))
             value = _headline_value(score(y_val, logits, task=task, class_names=class_names,
@@ -472,7 +473,7 @@ def train(cfg: TrainConfig) -> TrainResult:
     fit = _fit(model, x_train, y_train, x_val, y_val, task=arch.task, class_names=dataset.classes,
                loop=_loop_of(cfg), description=f"Training {cfg.model}")
 
-    final = score(y_val, predict(model, x_val), task=arch.task, class_names=dataset.classes,
+    final = score(y_val, predict_module(model, x_val), task=arch.task, class_names=dataset.classes,
                   seed=cfg.seed)
     seconds = time.perf_counter() - start
     split_info = split.summary() | {
@@ -648,7 +649,7 @@ def recover(student: Any, teacher: Any, x_train: np.ndarray, y_train: np.ndarray
         with torch.no_grad():
             probe = torch.from_numpy(np.ascontiguousarray(x_val[:2], dtype=np.float32))
             t_out = teacher(probe).shape[1:]
-        s_out = predict(student, x_val[:2]).shape[1:]
+        s_out = predict_module(student, x_val[:2]).shape[1:]
         want = (len(class_names),)
         if tuple(s_out) != want or tuple(t_out) != want:
             raise ConfigError(f"student and teacher must both output {want[0]} logits "

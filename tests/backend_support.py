@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from edgekit.data.preprocess import PreprocessSpec
-from edgekit.sources import LoadedModel, load_model
+from edgekit.sources import OnnxSource, Source, load_model
 from edgekit.zoo import model_config
 
 SIZE = 64
@@ -37,7 +37,7 @@ class LazyImages:
         return len(self.files)
 
 
-def zoo_model(name: str) -> LoadedModel:
+def zoo_model(name: str) -> Source:
     torch.manual_seed(0)
     return load_model(name, input_size=SIZE)
 
@@ -51,7 +51,7 @@ def eval_batch(name: str, files: dict[str, list[Path]], spec: PreprocessSpec) ->
     return np.stack([spec.load(f) for f in chosen]).astype(np.float32)
 
 
-def eager(model: LoadedModel, batch: np.ndarray) -> np.ndarray:
+def eager(model: Source, batch: np.ndarray) -> np.ndarray:
     with torch.no_grad():
         return model.module(torch.from_numpy(batch)).numpy()
 
@@ -69,7 +69,7 @@ def assert_int8_sound(fp32: np.ndarray, int8: np.ndarray) -> None:
     assert int8.std(axis=0).max() > 0, "int8 logits do not depend on the input"
 
 
-def onnx_source(model: LoadedModel, path: Path, *, dynamic_batch: bool) -> LoadedModel:
+def onnx_source(model: Source, path: Path, *, dynamic_batch: bool) -> Source:
     """Export ``model`` to ``path`` the way a user would and wrap it as an "onnx" source."""
     pytest.importorskip("onnxscript", reason="pip install 'edgekit[torch]'")
     kwargs = {}
@@ -78,5 +78,5 @@ def onnx_source(model: LoadedModel, path: Path, *, dynamic_batch: bool) -> Loade
     torch.onnx.export(model.module, (torch.zeros(model.spec.input_shape(1)),), str(path),
                       dynamo=True, opset_version=18, external_data=False, verbose=False,
                       input_names=["pixels"], output_names=["scores"], **kwargs)
-    return LoadedModel(None, model.name, model.task, model.class_names, model.spec, str(path),
-                       kind="onnx", onnx_path=path)
+    return OnnxSource(path=path, name=model.name, task=model.task,
+                      class_names=model.class_names, spec=model.spec, source=str(path))

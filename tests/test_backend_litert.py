@@ -27,7 +27,7 @@ from edgekit.backends.base import ExportRequest, QuantOptions, Session  # noqa: 
 from edgekit.backends.litert import BACKEND, pt2e_quantize  # noqa: E402
 from edgekit.data import phantoms  # noqa: E402
 from edgekit.errors import ConfigError, DataError, ExportError  # noqa: E402
-from edgekit.sources import LoadedModel, load_model  # noqa: E402
+from edgekit.sources import OnnxSource, Source, TorchSource, load_model  # noqa: E402
 from edgekit.zoo import list_models, model_config  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
@@ -35,7 +35,7 @@ SIZE = 64
 FAST = "dsconv_cbam_gap"  # the quickest zoo model: the int8 cases that run by default use it
 
 
-def phantom_inputs(loaded: LoadedModel, indices: range) -> list[np.ndarray]:
+def phantom_inputs(loaded: Source, indices: range) -> list[np.ndarray]:
     """Preprocessed SYNTHETIC images the model's own spec makes: (1, C, H, W) float32 each."""
     from PIL import Image
 
@@ -56,10 +56,10 @@ class Store:
 
     def __init__(self, root: Path) -> None:
         self.root = root
-        self.models: dict[str, tuple[LoadedModel, list[np.ndarray], np.ndarray]] = {}
+        self.models: dict[str, tuple[Source, list[np.ndarray], np.ndarray]] = {}
         self.artifacts: dict[tuple[str, str, bool], object] = {}
 
-    def model(self, name: str) -> tuple[LoadedModel, list[np.ndarray], np.ndarray]:
+    def model(self, name: str) -> tuple[Source, list[np.ndarray], np.ndarray]:
         if name not in self.models:
             torch.manual_seed(0)
             loaded = load_model(name, input_size=SIZE)
@@ -88,7 +88,7 @@ def store(tmp_path_factory: pytest.TempPathFactory) -> Store:
     return Store(tmp_path_factory.mktemp("litert"))
 
 
-def torch_logits(loaded: LoadedModel, x: np.ndarray) -> np.ndarray:
+def torch_logits(loaded: Source, x: np.ndarray) -> np.ndarray:
     with torch.no_grad():
         return loaded.module(torch.from_numpy(x)).numpy()
 
@@ -259,10 +259,13 @@ def test_reexport_is_byte_identical(store: Store, tmp_path: Path,
 
 
 # ----------------------------------------------------------------------------- clear errors
-def _tiny(module: object, kind: str = "torch") -> LoadedModel:
+def _tiny(module: object, kind: str = "torch") -> Source:
     loaded = load_model(FAST, input_size=SIZE)
-    return LoadedModel(module, "tiny", "multiclass", ("a", "b"), loaded.spec, "tiny.pt",
-                       kind=kind, onnx_path=Path("tiny.onnx") if kind == "onnx" else None)
+    common = {"name": "tiny", "task": "multiclass", "class_names": ("a", "b"),
+              "spec": loaded.spec, "source": "tiny.pt"}
+    if kind == "onnx":
+        return OnnxSource(path=Path("tiny.onnx"), **common)
+    return TorchSource(module=module, **common)
 
 
 def test_unsupported_operator_is_named(tmp_path: Path) -> None:

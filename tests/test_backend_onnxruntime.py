@@ -45,13 +45,13 @@ from edgekit.backends.onnxruntime import (  # noqa: E402
 )
 from edgekit.data.preprocess import PreprocessSpec  # noqa: E402
 from edgekit.errors import ConfigError, DataError, ExportError  # noqa: E402
-from edgekit.sources import LoadedModel  # noqa: E402
+from edgekit.sources import OnnxSource, Source, TorchSource  # noqa: E402
 from edgekit.zoo import list_models, model_config  # noqa: E402
 
 pytestmark = pytest.mark.usefixtures("single_torch_thread")
 
 
-def export(model: LoadedModel, precision: str, out: Path, stem: str, calibration=None,
+def export(model: Source, precision: str, out: Path, stem: str, calibration=None,
            backend=BACKEND, **options):
     return backend.export(ExportRequest(model, precision, out, stem, calibration,
                                         QuantOptions(**options)))
@@ -142,12 +142,12 @@ def test_onnx_source_fp32_and_int8(dynamic_batch: bool, tmp_path: Path, phantom_
 def test_onnx_source_with_wrong_input_size_is_config_error(tmp_path: Path) -> None:
     model = zoo_model("dsconv_cbam_gap")
     source = onnx_source(model, tmp_path / "user.onnx", dynamic_batch=False)
-    source.spec = model.spec.with_size(32)
+    source = dataclasses.replace(source, spec=model.spec.with_size(32))
     with pytest.raises(ConfigError, match=r"\[1, 3, 64, 64\].*\[1, 3, 32, 32\]"):
         export(source, "fp32", tmp_path / "out", "m")
 
 
-def _graph_with_unknown_op(path: Path, domain: str) -> LoadedModel:
+def _graph_with_unknown_op(path: Path, domain: str) -> Source:
     from onnx import TensorProto, helper
 
     nodes = [helper.make_node("GlobalAveragePool", ["input"], ["pooled"]),
@@ -162,8 +162,8 @@ def _graph_with_unknown_op(path: Path, domain: str) -> LoadedModel:
     opsets = [helper.make_opsetid("", 18)] + ([helper.make_opsetid(domain, 1)] if domain else [])
     onnx.save(helper.make_model(graph, opset_imports=opsets, ir_version=10), str(path))
     spec = PreprocessSpec(input_size=SIZE)
-    return LoadedModel(None, "handmade", "multiclass", ("a", "b", "c", "d"), spec, str(path),
-                       kind="onnx", onnx_path=path)
+    return OnnxSource(path=path, name="handmade", task="multiclass",
+                      class_names=("a", "b", "c", "d"), spec=spec, source=str(path))
 
 
 @pytest.mark.parametrize("domain", ["", "com.example"], ids=["onnx-domain", "custom-domain"])
@@ -183,7 +183,8 @@ def test_operator_the_exporter_rejects_names_op_and_backend(tmp_path: Path) -> N
             return torch.special.i1e(x).mean(dim=(2, 3))
 
     spec = PreprocessSpec(input_size=16)
-    model = LoadedModel(Bessel().eval(), "bessel", "multiclass", ("a", "b", "c"), spec, "test")
+    model = TorchSource(module=Bessel().eval(), name="bessel", task="multiclass",
+                        class_names=("a", "b", "c"), spec=spec, source="test")
     with pytest.raises(ExportError, match="onnxruntime") as info:
         export(model, "fp32", tmp_path, "bessel")
     assert "i1e" in str(info.value)

@@ -41,7 +41,7 @@ from edgekit.backends import ExportRequest, QuantOptions, get_backend  # noqa: E
 from edgekit.backends.openvino import BACKEND, _constant_precision  # noqa: E402
 from edgekit.data.preprocess import PreprocessSpec  # noqa: E402
 from edgekit.errors import ConfigError, DataError, ExportError  # noqa: E402
-from edgekit.sources import LoadedModel  # noqa: E402
+from edgekit.sources import OnnxSource, Source, TorchSource  # noqa: E402
 from edgekit.zoo import list_models, model_config  # noqa: E402
 
 pytestmark = pytest.mark.usefixtures("single_torch_thread")
@@ -54,7 +54,7 @@ def total_size(artifact) -> int:
     return sum(f.stat().st_size for f in artifact.files)
 
 
-def export(model: LoadedModel, precision: str, out: Path, stem: str, calibration=None,
+def export(model: Source, precision: str, out: Path, stem: str, calibration=None,
            backend=BACKEND, **options):
     return backend.export(ExportRequest(model, precision, out, stem, calibration,
                                         QuantOptions(**options)))
@@ -151,7 +151,7 @@ def test_onnx_source_fp32_and_int8(dynamic_batch: bool, tmp_path: Path, phantom_
 def test_onnx_source_with_wrong_input_size_is_config_error(tmp_path: Path) -> None:
     model = zoo_model("dsconv_cbam_gap")
     source = onnx_source(model, tmp_path / "user.onnx", dynamic_batch=False)
-    source.spec = model.spec.with_size(32)
+    source = dataclasses.replace(source, spec=model.spec.with_size(32))
     with pytest.raises(ConfigError, match=r"\[1,3,64,64\].*\[1, 3, 32, 32\]"):
         export(source, "fp32", tmp_path / "out", "m")
 
@@ -172,8 +172,9 @@ def test_unknown_operator_in_onnx_source_names_op_and_backend(tmp_path: Path) ->
     path = tmp_path / "odd.onnx"
     onnx.save(helper.make_model(graph, ir_version=10, opset_imports=[
         helper.make_opsetid("", 18), helper.make_opsetid("com.example", 1)]), str(path))
-    source = LoadedModel(None, "handmade", "multiclass", ("a", "b", "c", "d"),
-                         PreprocessSpec(input_size=SIZE), str(path), kind="onnx", onnx_path=path)
+    source = OnnxSource(path=path, name="handmade", task="multiclass",
+                        class_names=("a", "b", "c", "d"), spec=PreprocessSpec(input_size=SIZE),
+                        source=str(path))
     out = tmp_path / "out"
     with pytest.raises(ExportError, match="openvino") as info:
         export(source, "fp32", out, "odd")
@@ -187,7 +188,8 @@ def test_operator_the_converter_rejects_names_op_and_backend(tmp_path: Path) -> 
             return torch.special.i1e(x).mean(dim=(2, 3))
 
     spec = PreprocessSpec(input_size=16)
-    model = LoadedModel(Bessel().eval(), "bessel", "multiclass", ("a", "b", "c"), spec, "test")
+    model = TorchSource(module=Bessel().eval(), name="bessel", task="multiclass",
+                        class_names=("a", "b", "c"), spec=spec, source="test")
     with pytest.raises(ExportError, match="openvino") as info:
         export(model, "fp32", tmp_path, "bessel")
     assert "aten::special_i1e" in str(info.value)

@@ -76,6 +76,7 @@ def test_prune_writes_a_smaller_checkpoint(pruned, trained, cli):
 def test_prune_json_and_the_accuracy_gate(trained, mri_phantoms, tmp_path, cli, monkeypatch):
     """A (forced) gate failure exits 1 after writing the checkpoint; --json still prints the
     record; --allow-accuracy-drop exits 0. A channel ratio with no recovery."""
+    import edgekit.prune.recover
     import edgekit.verify
 
     real = edgekit.verify.compare
@@ -87,7 +88,7 @@ def test_prune_json_and_the_accuracy_gate(trained, mri_phantoms, tmp_path, cli, 
         v["passed"] = False
         return v
 
-    monkeypatch.setattr(edgekit.verify, "compare", failing)
+    monkeypatch.setattr(edgekit.prune.recover, "compare", failing)
     out = tmp_path / "p.pt"
     args = ("prune", trained, "--data", mri_phantoms, "--out", out, "--ratio", "0.25",
             "--epochs", "0", "--verification-images", "24")

@@ -1,4 +1,4 @@
-"""Keras sources (edgekit.keras_source) and the LiteRT backend's Keras path.
+"""Keras sources (edgekit.sources.keras) and the LiteRT backend's Keras path.
 
 Every model is built in code (tests/keras_models.py) at 64 px or less and saved to tmp_path;
 nothing is downloaded. The heavier Keras Applications models appear only in the input-range
@@ -31,7 +31,7 @@ from edgekit.errors import (  # noqa: E402
     ExportError,
     UnsafeSourceError,
 )
-from edgekit.keras_source import (  # noqa: E402
+from edgekit.sources.keras import (  # noqa: E402
     KERAS_HINT,
     KerasModel,
     is_keras_source,
@@ -154,7 +154,7 @@ def test_unsafe_layers_reads_the_config_without_tensorflow(tmp_path):
         import sys
         for name in ("tensorflow", "keras", "tf_keras", "tf2onnx", "torch"):
             sys.modules[name] = None
-        from edgekit.keras_source import unsafe_layers
+        from edgekit.sources.keras import unsafe_layers
         print(unsafe_layers({str(tmp_path / "lambda.keras")!r}))
     """)
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
@@ -281,11 +281,11 @@ def _keras_request(loaded: KerasModel, out: Path, precision: str, calibration=No
                    int8_io: bool = False):
     from edgekit.backends.base import ExportRequest, QuantOptions
     from edgekit.data.preprocess import PreprocessSpec
-    from edgekit.sources import LoadedModel
+    from edgekit.sources import KerasSource
 
     spec = PreprocessSpec(input_size=loaded.input_size, scale=1.0, layout="NHWC")
-    source = LoadedModel(None, loaded.name, "multiclass", (), spec, str(loaded.path),
-                         pretrained=True, kind="keras", keras=loaded)
+    source = KerasSource(keras=loaded, name=loaded.name, task="multiclass", class_names=(),
+                         spec=spec, source=str(loaded.path), pretrained=True)
     return ExportRequest(model=source, precision=precision, out_dir=out,
                          stem=f"model-{precision}{'-io' if int8_io else ''}",
                          calibration=calibration, options=QuantOptions(int8_io=int8_io))
@@ -387,7 +387,7 @@ def test_unconvertible_op_is_an_export_error_naming_it():
     augmentation ops of a Keras export reach ONNX Runtime): the check names them."""
     from onnx import TensorProto, helper
 
-    from edgekit.keras_source import _check_onnx
+    from edgekit.sources.keras.convert import _check_onnx
 
     node = helper.make_node("StatelessRandomUniformV2", ["shape"], ["y"])
     graph = helper.make_graph([node], "g", [helper.make_tensor_value_info("shape", TensorProto.INT64, [4])],
@@ -425,7 +425,7 @@ def test_without_tensorflow_loading_says_how_to_install_and_tflite_still_runs(au
         import numpy as np
         from edgekit.backends.litert import BACKEND
         from edgekit.errors import BackendUnavailable
-        from edgekit.keras_source import is_keras_source, load_keras
+        from edgekit.sources.keras import is_keras_source, load_keras
         assert is_keras_source({str(path)!r})
         try:
             load_keras({str(path)!r})

@@ -14,7 +14,7 @@ import pytest
 import torch
 
 from edgekit.errors import ConfigError, DataError
-from edgekit.evaluate import predict
+from edgekit.sources.torch import predict_module as predict
 from edgekit.train import RecoveryConfig, RecoveryResult, recover
 from edgekit.zoo import create_model
 

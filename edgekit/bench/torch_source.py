@@ -16,6 +16,8 @@ from typing import Any
 import numpy as np
 
 from edgekit.bench.protocol import add_protocol_args, protocol_from_args, time_session
+from edgekit.errors import EdgekitError
+from edgekit.sources import load_model
 
 
 class EagerSession:
@@ -23,8 +25,6 @@ class EagerSession:
 
     def __init__(self, source: str, input_size: int | None, threads: int | None) -> None:
         import torch
-
-        from edgekit.sources import load_model
 
         if threads is not None:
             torch.set_num_threads(int(threads))
@@ -58,7 +58,6 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--shape", required=True, help="input shape, e.g. 1,3,224,224")
     add_protocol_args(ap)
     args = ap.parse_args(argv)
-    from edgekit.errors import EdgekitError
 
     try:
         import torch

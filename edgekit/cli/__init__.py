@@ -11,6 +11,21 @@ import warnings
 import click
 
 from edgekit import __version__
+from edgekit.cli import (
+    backends,
+    bench,
+    compress,
+    demo,
+    evaluate,
+    inspect,
+    models,
+    phantoms,
+    prune,
+    report,
+    targets,
+    train,
+    verify,
+)
 from edgekit.errors import EdgekitError
 from edgekit.ui import console, set_quiet
 
@@ -54,22 +69,6 @@ def main(quiet: bool) -> None:
 
 
 def _register() -> None:
-    from edgekit.cli import (
-        backends,
-        bench,
-        compress,
-        demo,
-        evaluate,
-        inspect,
-        models,
-        phantoms,
-        prune,
-        report,
-        targets,
-        train,
-        verify,
-    )
-
     for mod in (models, backends, targets, inspect, phantoms, train, evaluate, prune, compress,
                 verify, bench, report, demo):
         main.add_command(mod.command)

@@ -7,13 +7,13 @@ from pathlib import Path
 from typing import Any
 
 import click
+from rich.table import Table
 
+from edgekit.bench.calibrate import calibrate
 from edgekit.ui import out, status
 
 
 def _summary_table(entry: dict[str, Any]) -> Any:
-    from rich.table import Table
-
     table = Table(title=f"Latency model of {entry['target']} fitted on "
                         f"{entry['identity']['cpu_model']}")
     for col in ("group", "points", "expected error", "η conv1x1", "η convkxk", "η depthwise",
@@ -73,7 +73,6 @@ def calibrate_command(target: str, quick: bool, out_file: Path | None, backends:
                                  param_hint="--threads") from None
     if counts is not None and (not counts or min(counts) < 1):
         raise click.BadParameter("thread counts must be >= 1", param_hint="--threads")
-    from edgekit.bench.calibrate import calibrate
 
     entry = calibrate(target, quick=quick, out_file=out_file, backends=backends or None,
                       threads=counts, rounds=rounds, int8=int8, include_zoo=not no_zoo)

@@ -12,6 +12,7 @@ from rich.table import Table
 
 from edgekit.cli.prune import latency_target_options
 from edgekit.cli.sourceopts import source_options
+from edgekit.compress import compress
 from edgekit.errors import VerificationFailed
 from edgekit.ui import out as stdout
 from edgekit.ui import status
@@ -115,8 +116,6 @@ def command(model: str, data: Path, out: Path, recipe: str, backends: tuple[str,
     the pruned checkpoint is kept in the bundle (source/pruned.pt). Exits 1 when an artifact misses the recipe's accuracy
     gate (the bundle is still written, marked as failing) unless --allow-accuracy-drop.
     """
-    from edgekit.compress import compress
-
     previous = signal.signal(signal.SIGTERM, _terminate)
     try:
         result = compress(model, data=data, out=out, recipe=recipe,

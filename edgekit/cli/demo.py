@@ -11,7 +11,7 @@ from edgekit.cli.compress import verification_table
 from edgekit.cli.display import print_metrics
 from edgekit.cli.inspect import fmt_count
 from edgekit.cli.report import print_summary
-from edgekit.demo import DemoConfig
+from edgekit.demo import DemoConfig, run_demo
 from edgekit.ui import out as stdout
 from edgekit.ui import status
 
@@ -43,8 +43,6 @@ def command(out: Path, model: str, images_per_class: int, epochs: int, input_siz
     4 minutes on 2 CPU cores). The phantoms are synthetic: the numbers say nothing about
     clinical accuracy.
     """
-    from edgekit.demo import run_demo
-
     res = run_demo(DemoConfig(out=out, model=model, images_per_class=images_per_class,
                               epochs=epochs, input_size=input_size, seed=seed,
                               bench=not no_bench, test_images_per_class=test_images_per_class))

@@ -10,6 +10,7 @@ import click
 from rich.markup import escape
 from rich.table import Table
 
+from edgekit.bench.emulated import default_cache, prepare, prepared
 from edgekit.ui import out, status
 
 
@@ -69,8 +70,6 @@ def prepare_emulation_command(cache: Path | None, force: bool, as_json: bool) ->
       edgekit targets prepare-emulation --cache /data/edgekit-emulation --json
       edgekit targets prepare-emulation --force     # rebuild (new runtime versions)
     """
-    from edgekit.bench.emulated import default_cache, prepare, prepared
-
     root = (cache or default_cache()).expanduser().absolute()
     env = prepared(root)
     if env is not None and not force:

@@ -9,6 +9,9 @@ import click
 
 from edgekit.cli.display import print_metrics
 from edgekit.cli.sourceopts import source_options
+from edgekit.data.folder import scan
+from edgekit.evaluate import evaluate_model
+from edgekit.sources import load_model
 
 
 @click.command("evaluate")
@@ -31,17 +34,12 @@ def command(model: str, data: Path, on_error: str, seed: int, threshold: float |
     """Evaluate MODEL (a checkpoint, ONNX or Keras model) on every image in --data: accuracy,
     per-class sensitivity/specificity, macro-F1, kappa, calibration error, with 95 % bootstrap
     CIs; binary (one sigmoid unit) heads add sensitivity, specificity and AUROC."""
-    from edgekit.compress import with_threshold
-    from edgekit.data.folder import scan
-    from edgekit.evaluate import evaluate_model
-    from edgekit.sources import load_model
-
     loaded = load_model(model, input_size=input_size, trust_source=trust_source,
                         input_range=input_range)
     if not loaded.class_names:  # ONNX / Keras: the classes are the data's folders
         loaded = loaded.with_classes(scan(data, on_error=on_error).classes)
     if threshold is not None:
-        loaded = with_threshold(loaded, threshold)
+        loaded = loaded.with_threshold(threshold)
     ev = evaluate_model(loaded, data, on_error=on_error, seed=seed)
     if as_json:
         click.echo(json.dumps({"data": str(ev.data), "n": ev.n, "metrics": ev.metrics,

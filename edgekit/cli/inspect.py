@@ -9,6 +9,10 @@ import click
 from rich import box
 from rich.table import Table
 
+from edgekit.inspect import summarize
+from edgekit.prune.engine import prunable_groups
+from edgekit.prune.recover import require_prunable
+from edgekit.sources import load_model
 from edgekit.ui import out
 
 
@@ -50,15 +54,10 @@ def command(model: str, input_size: int | None, layers: bool, with_groups: bool,
     zoo name (fresh weights; see `edgekit models`). With --groups, also the prunable channel
     groups (PyTorch zoo models only), e.g. `edgekit inspect model.pt --groups --no-layers`.
     """
-    from edgekit.inspect import summarize
-    from edgekit.sources import load_model
-
     loaded = load_model(model, input_size=input_size)
     groups = None
     if with_groups:
         import torch
-
-        from edgekit.prune import prunable_groups, require_prunable
 
         require_prunable(loaded, "--groups")
         spec = loaded.spec if input_size is None else loaded.spec.with_size(input_size)

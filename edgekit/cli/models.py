@@ -8,14 +8,13 @@ import click
 from rich.table import Table
 
 from edgekit.ui import out
+from edgekit.zoo import list_models, model_config
 
 
 @click.command("models")
 @click.option("--json", "as_json", is_flag=True, help="Print machine-readable JSON to stdout.")
 def command(as_json: bool) -> None:
     """List the zoo's architectures with their task, classes and default input size."""
-    from edgekit.zoo import list_models, model_config
-
     rows = [model_config(n) for n in list_models()]
     if as_json:
         click.echo(json.dumps([{"name": c.name, "task": c.task, "modality": c.modality,

@@ -6,6 +6,7 @@ from pathlib import Path
 
 import click
 
+from edgekit.data import phantoms
 from edgekit.ui import progress_bar, status
 
 
@@ -25,8 +26,6 @@ def command(out: Path, kind: str, count: int, size: int, seed: int) -> None:
     mri: OUT/<glioma|meningioma|notumor|pituitary>/*.jpg, the Kaggle Brain Tumor MRI layout.
     ct:  OUT/ID_<hex>.dcm head-CT slices in Hounsfield units + OUT/labels.csv (RSNA ICH format).
     """
-    from edgekit.data import phantoms
-
     total = count * len(phantoms.MRI_CLASSES) if kind == "mri" else count
     with progress_bar(f"Writing {kind.upper()} phantoms", total) as bar:
         if kind == "mri":

@@ -13,7 +13,9 @@ from rich.table import Table
 
 from edgekit.cli.inspect import fmt_count
 from edgekit.errors import VerificationFailed
-from edgekit.prune import require_prunable
+from edgekit.inspect import summarize
+from edgekit.prune.recover import prune_file, require_prunable, scan_source
+from edgekit.sources import load_model
 from edgekit.ui import out as stdout
 from edgekit.ui import status
 
@@ -198,10 +200,6 @@ def scan_table(scan: dict[str, Any], total_macs: int, task: str, round_to: int) 
 def _scan(model: str, data: Path, scan_ratio: float, round_to: int | None,
           protect: tuple[str, ...], verification_images: int | None, seed: int | None,
           on_error: str, as_json: bool) -> None:
-    from edgekit.inspect import summarize
-    from edgekit.prune import scan_source
-    from edgekit.sources import load_model
-
     loaded = load_model(model)
     require_prunable(loaded, "edgekit prune --scan")
     round_to = 8 if round_to is None else round_to
@@ -326,9 +324,6 @@ def command(ctx: click.Context, model: str, data: Path, out: Path | None, recipe
         raise click.UsageError(f"{', '.join(map(_flag, unused))} only "
                                f"{'applies' if len(unused) == 1 else 'apply'} with "
                                "--target-latency-ms.", ctx)
-
-    from edgekit.prune import prune_file
-    from edgekit.sources import load_model
 
     loaded = load_model(model)
     require_prunable(loaded, "edgekit prune")

@@ -7,6 +7,10 @@ import json
 import click
 from rich.table import Table
 
+from edgekit.bench.hostinfo import cpu_info
+from edgekit.cli.calibrate import calibrate_command
+from edgekit.cli.emulation import prepare_emulation_command
+from edgekit.targets import describe_host, isa_notes, list_targets, load_target
 from edgekit.ui import out
 
 
@@ -32,8 +36,6 @@ def list_command(as_json: bool) -> None:
       edgekit targets list
       edgekit targets list --json
     """
-    from edgekit.targets import list_targets
-
     targets = list_targets()
     if as_json:
         click.echo(json.dumps([t.model_dump(mode="json") for t in targets], indent=2))
@@ -84,9 +86,6 @@ def show_command(name_or_path: str, as_json: bool) -> None:
       edgekit targets show x86-avx512-vnni --json
       edgekit targets show ./targets/my-board.yaml
     """
-    from edgekit.bench.hostinfo import cpu_info
-    from edgekit.targets import describe_host, isa_notes, load_target
-
     target = load_target(name_or_path)
     host = cpu_info()
     threads = target.thread_counts(host["logical_cores"])
@@ -121,9 +120,6 @@ def show_command(name_or_path: str, as_json: bool) -> None:
 
 def _register() -> None:
     """The subcommands that live in their own modules (they import more)."""
-    from edgekit.cli.calibrate import calibrate_command
-    from edgekit.cli.emulation import prepare_emulation_command
-
     command.add_command(calibrate_command)
     command.add_command(prepare_emulation_command)
 

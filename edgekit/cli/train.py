@@ -8,6 +8,7 @@ from pathlib import Path
 import click
 
 from edgekit.cli.display import print_metrics
+from edgekit.train import TrainConfig, train
 from edgekit.ui import status
 
 
@@ -53,8 +54,6 @@ def command(model: str, data: Path, out: Path, as_json: bool, **options) -> None
     The split is seeded, stratified and de-duplicated; the checkpoint records the classes,
     preprocessing spec, metrics and validation files, and loads with weights_only=True.
     """
-    from edgekit.train import TrainConfig, train
-
     result = train(TrainConfig(model=model, data=str(data), out=str(out), **options))
     if as_json:
         click.echo(json.dumps({"checkpoint": str(result.checkpoint), "best_epoch": result.best_epoch,

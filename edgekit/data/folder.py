@@ -16,8 +16,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+from PIL import Image, UnidentifiedImageError
 
-from edgekit.data.dicom import ICH_LABELS, is_dicom, read_hu, read_rsna_labels
+from edgekit.data.dicom import BRAIN_WINDOW, ICH_LABELS, is_dicom, read_hu, read_rsna_labels
 from edgekit.data.preprocess import DICOM_EXTENSIONS, RASTER_EXTENSIONS
 from edgekit.errors import ConfigError, DataError
 
@@ -180,8 +181,6 @@ HASH_MARGIN = 1.0  # grey levels: differences within ±1 count as "not brighter"
 def _dhash_gray(img) -> bytes:
     """dHash computed in float with a small dead zone, so re-encoding and contrast changes of
     flat regions (black background) do not flip bits."""
-    from PIL import Image
-
     small = np.asarray(img.convert("F").resize((HASH_ROWS + 1, HASH_ROWS),
                                                Image.Resampling.BILINEAR), dtype=np.float32)
     return np.packbits((small[:, 1:] - small[:, :-1]) > HASH_MARGIN).tobytes()
@@ -189,11 +188,7 @@ def _dhash_gray(img) -> bytes:
 
 def dhash_file(path: Path) -> bytes:
     """Decode one image (raster or CT DICOM) and return its 256-bit dHash; DataError if corrupt."""
-    from PIL import Image, UnidentifiedImageError
-
     if is_dicom(path):
-        from edgekit.data.dicom import BRAIN_WINDOW
-
         return _dhash_gray(Image.fromarray((BRAIN_WINDOW.apply(read_hu(path)) * 255).astype(np.uint8)))
     try:
         with Image.open(path) as im:

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from PIL import Image, UnidentifiedImageError
 
 from edgekit.data.dicom import DEFAULT_CT_WINDOWS, CTWindow, is_dicom, read_hu, stack_windows
 from edgekit.errors import ConfigError, DataError
@@ -170,8 +171,6 @@ class PreprocessSpec:
 
     def from_pil(self, image: Any) -> np.ndarray:
         """Preprocess a decoded PIL image (any mode, any size)."""
-        from PIL import Image
-
         img = image.convert("RGB" if self.color == "rgb" else "L")
         if img.size != (self.width, self.height):
             img = img.resize((self.width, self.height), Image.Resampling.BILINEAR)
@@ -199,8 +198,6 @@ class PreprocessSpec:
 
 
 def _open_image(path: Path) -> Any:
-    from PIL import Image, UnidentifiedImageError
-
     try:
         with Image.open(path) as im:
             im.load()
@@ -210,8 +207,6 @@ def _open_image(path: Path) -> Any:
 
 
 def _resize_float(channel: np.ndarray, width: int, height: int) -> np.ndarray:
-    from PIL import Image
-
     if channel.shape == (height, width):
         return channel.astype(np.float32)
     img = Image.fromarray(channel.astype(np.float32))

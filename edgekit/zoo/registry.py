@@ -6,17 +6,21 @@ explicit keyword arguments only, so a typo fails at the top instead of four laye
 
 from __future__ import annotations
 
+import difflib
 from collections.abc import Callable
 from dataclasses import dataclass
+from importlib import import_module
 from typing import TYPE_CHECKING
 
+from edgekit.data.preprocess import PreprocessSpec
 from edgekit.errors import ConfigError
 
 if TYPE_CHECKING:  # pragma: no cover
     import torch.nn as nn
 
-    from edgekit.data.preprocess import PreprocessSpec
-
+# One module per architecture: adding one means a new file and a line here.
+ARCHITECTURES = ("edgekit.zoo.dsconv_cbam", "edgekit.zoo.ich_mrf", "edgekit.zoo.mobilenetv2",
+                 "edgekit.zoo.prudensnet")
 TASKS = ("multiclass", "multilabel")
 MODALITIES = ("mri", "ct")
 
@@ -37,8 +41,6 @@ class ModelConfig:
 
     def default_spec(self, input_size: int | None = None) -> PreprocessSpec:
         """The preprocessing spec this model is trained with by default."""
-        from edgekit.data.preprocess import PreprocessSpec
-
         size = input_size or self.input_size
         if self.modality == "ct":
             return PreprocessSpec.for_ct(size)
@@ -89,8 +91,6 @@ def model_config(name: str) -> ModelConfig:
     try:
         return _REGISTRY[name]
     except KeyError:
-        import difflib
-
         close = difflib.get_close_matches(name, _REGISTRY, n=1)
         hint = f" Did you mean {close[0]!r}?" if close else ""
         raise ConfigError(
@@ -120,5 +120,7 @@ def create_model(name: str, *, num_classes: int | None = None,
 
 
 def _ensure_loaded() -> None:
-    # Importing the architecture modules runs their @register_model decorators.
-    from edgekit.zoo import dsconv_cbam, ich_mrf, mobilenetv2, prudensnet  # noqa: F401
+    """Import the architecture modules (torch-bound), which runs their ``@register_model``
+    decorators: on the first query, so that ``import edgekit.zoo`` stays free of torch."""
+    for module in ARCHITECTURES:
+        import_module(module)

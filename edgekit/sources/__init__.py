@@ -1,0 +1,87 @@
+"""Load a model source into a ``Source``: the model plus everything needed to use it.
+
+Sources:
+
+- an edgekit checkpoint (``model.pt``, whose metadata names the architecture, classes and
+  preprocessing), or ``zoo_name:weights.pt`` for a plain state_dict — read with
+  ``torch.load(weights_only=True)``; a pickle that needs code execution is refused;
+- a bare zoo name (fresh weights, for inspection and tests);
+- a ``torch.export`` program (``.pt2``), a TorchScript archive (``.ts``/``.torchscript``, or a
+  ``.pt`` that is one) or an ONNX file (``.onnx``). These carry no class names: they come from
+  the data folder (``with_classes``). Their preprocessing is the default [0, 1] RGB spec at the
+  model's input size (``--input-size`` when the file does not fix it);
+- a Keras model (``.keras``, legacy ``.h5``, or a SavedModel folder; ``edgekit[keras]``), loaded in
+  safe mode and cleaned of inference-time no-ops (``edgekit.sources.keras``). Its preprocessing is
+  NHWC at the scale the model's own in-graph layers expect (0–255 pixels after an in-graph
+  ``Rescaling``), so nothing scales twice; class names come from the data folder.
+
+One class per kind (``TorchSource``, ``TorchScriptSource``, ``OnnxSource``, ``KerasSource``), all
+``Source``s: ``predict()`` gives the source's own outputs, ``onnx_file()`` the ONNX graph the ONNX
+Runtime and OpenVINO backends convert from.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from edgekit.errors import ConfigError
+from edgekit.sources.base import Source
+from edgekit.sources.keras import KerasSource, from_keras, is_keras_source
+from edgekit.sources.onnx import OnnxSource, from_onnx
+from edgekit.sources.torch import (
+    TorchScriptSource,
+    TorchSource,
+    from_checkpoint,
+    from_exported,
+    from_torchscript,
+    from_zoo,
+    is_torchscript,
+    predict_module,
+)
+from edgekit.zoo import list_models, model_config
+
+LoadedModel = Source  # the name of the 0.1 API
+
+__all__ = ["KerasSource", "LoadedModel", "OnnxSource", "Source", "TorchScriptSource",
+           "TorchSource", "load_model", "predict_module", "reference_outputs"]
+
+
+def load_model(source: str | Path, *, input_size: int | None = None,
+               num_classes: int | None = None, trust_source: bool = False,
+               input_range: str | None = None) -> Source:
+    """Resolve ``source``: a checkpoint, ``zoo_name:weights.pt``, ``.pt2``, TorchScript, ``.onnx``,
+    a Keras model (``.keras``/``.h5``/SavedModel folder) or a bare zoo name.
+
+    ``trust_source`` lets a Keras model with ``Lambda`` layers (arbitrary Python) load;
+    ``input_range`` ("0-255" or "0-1") overrides the pixel range edgekit reads from a Keras
+    model's in-graph preprocessing."""
+    text = str(source)
+    name, sep, weights = text.partition(":")
+    if sep and name in list_models():
+        return from_checkpoint(Path(weights), text, arch=name, input_size=input_size)
+    path = Path(text)
+    if is_keras_source(path):
+        return from_keras(path, input_size, trust_source, input_range)
+    if input_range is not None:
+        raise ConfigError("--input-range applies to Keras sources only (edgekit checkpoints "
+                          "carry their preprocessing; ONNX/TorchScript/.pt2 take [0, 1] RGB)")
+    if path.suffix.lower() == ".onnx":
+        return from_onnx(path, input_size)
+    if path.suffix.lower() == ".pt2":
+        return from_exported(path)
+    if path.suffix.lower() in (".ts", ".torchscript") or is_torchscript(path):
+        return from_torchscript(path, input_size)
+    if path.suffix in (".pt", ".pth") or path.is_file():
+        return from_checkpoint(path, text, arch=None, input_size=input_size)
+    if text in list_models():
+        return from_zoo(text, input_size=input_size, num_classes=num_classes)
+    model_config(text)  # raises ConfigError with the known names and a close match
+    raise ConfigError(f"Unknown model source {text!r}")  # pragma: no cover
+
+
+def reference_outputs(source: Source, x: Any, batch_size: int = 32) -> np.ndarray:
+    """The source model's own float32 outputs for a batch: what every artifact is held to."""
+    return source.predict(x, batch_size=batch_size)

@@ -1,0 +1,57 @@
+"""ONNX sources (``.onnx``): the user's file, run as it is by ONNX Runtime for the reference.
+
+An ONNX file carries no class names (they come from the data folder); its preprocessing is the
+default [0, 1] RGB NCHW spec at the size the graph fixes (or ``--input-size``). The ONNX Runtime
+and OpenVINO backends convert from the file itself; TFLite cannot (edgekit does not use onnx2tf,
+which downloads sample data during conversion).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import ClassVar
+
+import numpy as np
+
+from edgekit.errors import BackendUnavailable, DataError
+from edgekit.sources.base import Source, plain_spec, require_file
+
+
+@dataclass(frozen=True, kw_only=True)
+class OnnxSource(Source):
+    """An ONNX graph on disk."""
+
+    kind: ClassVar[str] = "onnx"
+    runtime: ClassVar[str] = "onnxruntime"
+
+    path: Path
+
+    def predict(self, x: np.ndarray, batch_size: int = 32) -> np.ndarray:
+        import onnxruntime as ort
+
+        sess = ort.InferenceSession(str(self.path), providers=["CPUExecutionProvider"])
+        name = sess.get_inputs()[0].name
+        fixed = sess.get_inputs()[0].shape[0] == 1
+        step = 1 if fixed else batch_size
+        return np.concatenate([sess.run(None, {name: np.ascontiguousarray(x[i:i + step])})[0]
+                               for i in range(0, len(x), step)]).astype(np.float32)
+
+    def onnx_file(self) -> Path:
+        return self.path
+
+
+def from_onnx(path: Path, input_size: int | None) -> OnnxSource:
+    require_file(path)
+    try:
+        import onnx
+    except ImportError as exc:
+        raise BackendUnavailable("Reading ONNX sources needs onnx: pip install 'edgekit[torch]'") from exc
+    try:
+        model = onnx.load(str(path), load_external_data=False)
+    except Exception as exc:
+        raise DataError(f"{path}: not a readable ONNX model ({exc})") from exc
+    dims = [d.dim_value if d.HasField("dim_value") else None
+            for d in model.graph.input[0].type.tensor_type.shape.dim]
+    return OnnxSource(path=path, name=path.stem, task="multiclass", class_names=(),
+                      spec=plain_spec(dims, input_size, path), source=str(path), pretrained=True)

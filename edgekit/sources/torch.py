@@ -1,0 +1,173 @@
+"""PyTorch sources: edgekit checkpoints, ``ARCH:weights.pt``, zoo names, ``torch.export``
+programs (``.pt2``) and TorchScript archives.
+
+Checkpoints are read with ``torch.load(weights_only=True)`` (``edgekit.checkpoint``): a pickle
+that needs code execution is refused. A pruned checkpoint carries a replayable JSON plan that
+rebuilds the pruned widths on the zoo architecture before the weights load. ``.pt2`` and
+TorchScript files carry no class names (they come from the data folder) and take the default
+[0, 1] RGB spec at the size the file fixes (or ``--input-size``).
+
+torch is imported inside the functions: this module is imported by ``edgekit.sources``, which
+the CLI imports without torch.
+"""
+
+from __future__ import annotations
+
+import functools
+import zipfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, ClassVar
+
+import numpy as np
+
+from edgekit.checkpoint import load_checkpoint
+from edgekit.data.preprocess import PreprocessSpec
+from edgekit.errors import ConfigError, DataError
+from edgekit.prune.engine import apply_plan
+from edgekit.sources.base import Source, plain_spec, require_file
+from edgekit.zoo import create_model, list_models, model_config
+
+
+def predict_module(module: Any, x: np.ndarray, *, batch_size: int = 64) -> np.ndarray:
+    """Logits of a torch module on an in-memory batch array, in eval mode, as float32 numpy."""
+    import torch
+
+    module.eval()
+    outs = []
+    with torch.inference_mode():
+        for i in range(0, len(x), batch_size):
+            xb = torch.from_numpy(np.ascontiguousarray(x[i:i + batch_size], dtype=np.float32))
+            outs.append(module(xb).float().numpy())
+    return np.concatenate(outs, axis=0)
+
+
+@dataclass(frozen=True, kw_only=True)
+class TorchSource(Source):
+    """A ``torch.nn.Module`` in eval mode: an edgekit checkpoint or zoo model (prunable, its
+    ``module.edgekit_name`` names the architecture) or a ``torch.export`` program."""
+
+    kind: ClassVar[str] = "torch"
+    runtime: ClassVar[str] = "pytorch"
+
+    module: Any
+
+    def predict(self, x: np.ndarray, batch_size: int = 32) -> np.ndarray:
+        return predict_module(self.module, x, batch_size=batch_size)
+
+
+@dataclass(frozen=True, kw_only=True)
+class TorchScriptSource(TorchSource):
+    """A TorchScript archive: runs like a module, but has no ``torch.export`` graph (litert
+    cannot convert it) and no editable graph (it cannot be pruned)."""
+
+    kind: ClassVar[str] = "torchscript"
+
+
+def from_zoo(name: str, *, input_size: int | None, num_classes: int | None) -> TorchSource:
+    """A zoo architecture with fresh (untrained) weights."""
+    cfg = model_config(name)
+    n = num_classes or cfg.num_classes
+    size = input_size or cfg.input_size
+    labels = cfg.labels if n == cfg.num_classes else tuple(f"class_{i}" for i in range(n))
+    module = create_model(name, num_classes=n, input_size=size).eval()
+    return TorchSource(module=module, name=name, task=cfg.task, class_names=labels,
+                       spec=cfg.default_spec(size), source=name)
+
+
+def from_checkpoint(path: Path, source: str, *, arch: str | None,
+                    input_size: int | None = None) -> TorchSource:
+    """An edgekit checkpoint (its metadata wins) or a plain state_dict of zoo model ``arch``
+    (default classes; ``input_size`` or the model's published size)."""
+    import torch
+
+    state, meta = load_checkpoint(path)
+    arch = arch or meta.get("architecture")
+    if not arch:
+        raise ConfigError(
+            f"{path}: a plain state_dict does not say its architecture; "
+            f"name it as ARCH:{path} with ARCH one of {', '.join(list_models())}")
+    cfg = model_config(arch)
+    spec = (PreprocessSpec.from_dict(meta["preprocess"]) if "preprocess" in meta
+            else cfg.default_spec(input_size))
+    classes = tuple(meta.get("class_names") or cfg.labels)
+    module = create_model(arch, num_classes=len(classes), input_size=spec.height)
+    what = f"{arch} with {len(classes)} classes at {spec.height}px"
+    plan = (meta.get("pruning") or {}).get("plan")
+    if plan:  # a pruned checkpoint: rebuild the pruned widths from the recorded plan
+        apply_plan(module, torch.zeros(spec.input_shape(1)), plan)
+        what += " (pruned)"
+    try:
+        missing, unexpected = module.load_state_dict(state, strict=False)
+    except RuntimeError as exc:  # shape mismatches
+        first = next((ln.strip() for ln in str(exc).splitlines() if "size mismatch" in ln), "")
+        raise DataError(f"{path}: weights do not fit {what}: {first or exc}") from exc
+    if missing or unexpected:
+        raise DataError(
+            f"{path}: weights do not fit {what} (missing: {', '.join(missing[:3]) or '-'}; "
+            f"unexpected: {', '.join(unexpected[:3]) or '-'})")
+    return TorchSource(module=module.eval(), name=arch, task=meta.get("task", cfg.task),
+                       class_names=classes, spec=spec, source=source, metadata=meta,
+                       pretrained=True)
+
+
+def from_exported(path: Path) -> TorchSource:
+    """A ``torch.export`` program: its example input fixes the spec; loaded without pickles."""
+    import torch
+
+    require_file(path)
+    try:
+        program = torch.export.load(str(path))
+    except Exception as exc:
+        raise DataError(f"{path}: not a readable torch.export program ({exc})") from exc
+    shape = [list(a.shape) for a in program.example_inputs[0]][0] if program.example_inputs else None
+    module = _exported_module_class()(program.module(), shape[0] if shape else None)
+    return TorchSource(module=module, name=path.stem, task="multiclass", class_names=(),
+                       spec=plain_spec(shape, None, path), source=str(path), pretrained=True)
+
+
+@functools.cache
+def _exported_module_class() -> type:
+    import torch
+
+    class ExportedModule(torch.nn.Module):
+        """Wraps ``ExportedProgram.module()``, which refuses ``.eval()``/``.train()``: an exported
+        program is already in inference form, so mode switches are recorded, not propagated.
+        A program exported at batch 1 is called row by row for larger batches."""
+
+        def __init__(self, graph_module: Any, batch: int | None) -> None:
+            super().__init__()
+            self.graph_module = graph_module
+            self.batch = batch
+
+        def forward(self, x: Any) -> Any:
+            if self.batch == 1 and x.shape[0] != 1:
+                return torch.cat([self.graph_module(x[i:i + 1]) for i in range(x.shape[0])])
+            return self.graph_module(x)
+
+        def train(self, mode: bool = True) -> ExportedModule:
+            self.training = mode
+            return self
+
+    return ExportedModule
+
+
+def is_torchscript(path: Path) -> bool:
+    """A zip archive with a ``code/`` folder: what ``torch.jit.save`` writes."""
+    if not path.is_file() or not zipfile.is_zipfile(path):
+        return False
+    with zipfile.ZipFile(path) as zf:
+        return any(n.split("/", 2)[1:2] == ["code"] for n in zf.namelist())
+
+
+def from_torchscript(path: Path, input_size: int | None) -> TorchScriptSource:
+    import torch
+
+    require_file(path)
+    try:
+        module = torch.jit.load(str(path), map_location="cpu").eval()
+    except Exception as exc:
+        raise DataError(f"{path}: not a readable TorchScript archive ({exc})") from exc
+    return TorchScriptSource(module=module, name=path.stem, task="multiclass", class_names=(),
+                             spec=plain_spec(None, input_size, path), source=str(path),
+                             pretrained=True)
