@@ -9,8 +9,10 @@ one JSON object; ``--save-logits`` writes the raw outputs for every listed image
 line) so metrics are computed from exactly what the device computes.
 
 Never imports torch: it runs on a Raspberry Pi with only ``pip install 'edgekit[litert]'`` (or
-``[onnxruntime]`` / ``[openvino]``). It checks the artifact's sha256 against the manifest,
-applies the manifest's preprocessing spec exactly as training did, and prints predictions.
+``[onnxruntime]`` / ``[openvino]``). It reads the manifest strictly (``edgekit.manifest``, no
+pydantic), refuses an artifact file outside the bundle or whose sha256 differs from the
+manifest, applies the manifest's preprocessing spec exactly as training did, and prints
+predictions.
 """
 
 from __future__ import annotations
