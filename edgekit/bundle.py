@@ -2,10 +2,12 @@
 
 A bundle is built in a hidden temporary folder next to its destination (``.NAME.partial-*``)
 and renamed into place only when complete, so a crash or Ctrl-C never leaves a half-written
-bundle behind. ``manifest.json`` records the source, recipe, preprocessing spec, classes, every
-artifact (sha256, size, backend, precision, input layout and dtype), the verification results,
-package versions and timestamps. ``verify_bundle`` re-checks the hashes and that each artifact
-loads.
+bundle behind. ``manifest.json`` (a ``edgekit.manifest.Manifest``) records the source, recipe,
+preprocessing spec, classes, every artifact (sha256, size, backend, precision, input layout and
+dtype), the verification results, package versions and timestamps; ``commit`` refuses to write
+one that a reader would refuse. ``verify_bundle`` re-checks the hashes, that every listed path
+stays inside the bundle (symlinks included), which files the manifest does not list, and that
+each artifact loads and has one output per class.
 """
 
 from __future__ import annotations
@@ -19,10 +21,19 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-from edgekit.errors import ConfigError, DataError, VerificationFailed
+import numpy as np
 
-SCHEMA_VERSION = 1
-MANIFEST = "manifest.json"
+from edgekit.backends import get_backend
+from edgekit.errors import ConfigError, DataError, VerificationFailed
+from edgekit.manifest import (
+    MANIFEST,
+    SCHEMA_VERSION,
+    ArtifactEntry,
+    FileEntry,
+    Manifest,
+    path_problem,
+)
+
 ARTIFACTS = "artifacts"
 _PACKAGES = ("edgekit", "numpy", "torch", "onnx", "onnxruntime", "openvino", "nncf",
              "litert-torch", "ai-edge-litert", "tensorflow", "torch-pruning")
@@ -91,17 +102,29 @@ class BundleWriter:
         if not self.committed:
             shutil.rmtree(self.tmp, ignore_errors=True)
 
+    def entry(self, path: Path) -> FileEntry:
+        """The manifest entry (path, sha256, bytes) of a file inside the bundle being written."""
+        return FileEntry(path=path.relative_to(self.tmp).as_posix(), sha256=sha256_file(path),
+                         bytes=path.stat().st_size)
+
     def file_entry(self, path: Path) -> dict[str, Any]:
         """``{"path", "sha256", "bytes"}`` of a file inside the bundle being written."""
-        return {"path": path.relative_to(self.tmp).as_posix(), "sha256": sha256_file(path),
-                "bytes": path.stat().st_size}
+        return self.entry(path).to_json()
 
-    def commit(self, manifest: dict[str, Any], readme: str) -> Path:
-        """Write manifest.json and README.md, then move the bundle into place atomically."""
+    def commit(self, manifest: Manifest | dict[str, Any], readme: str) -> Path:
+        """Write manifest.json and README.md, then move the bundle into place atomically.
+
+        ``manifest`` is a Manifest, or its JSON without ``schema_version`` (as compress builds
+        it); either way it is checked as strictly as a reader checks it (DataError naming every
+        problem), so no bundle is written that edgekit would refuse to read.
+        """
         (self.tmp / "README.md").write_text(readme)
-        manifest = {"schema_version": SCHEMA_VERSION, **manifest}
-        manifest["files"] = [self.file_entry(self.tmp / "README.md"), *manifest.get("files", [])]
-        (self.tmp / MANIFEST).write_text(json.dumps(manifest, indent=2, sort_keys=False) + "\n")
+        data = (manifest.to_json() if isinstance(manifest, Manifest)
+                else {"schema_version": SCHEMA_VERSION, **manifest})
+        data["files"] = [self.file_entry(self.tmp / "README.md"), *data.get("files", [])]
+        checked = Manifest.from_json(data, where=self.out / MANIFEST)
+        (self.tmp / MANIFEST).write_text(json.dumps(checked.to_json(), indent=2,
+                                                    sort_keys=False) + "\n")
         self._check_destination()
         old = None
         if self.out.exists():
@@ -114,21 +137,23 @@ class BundleWriter:
         return self.out
 
 
-def read_manifest(bundle: str | Path) -> dict[str, Any]:
+def load_manifest(bundle: str | Path) -> Manifest:
+    """The bundle's manifest, typed and checked strictly: a DataError names the file and every
+    problem (unknown or missing keys, wrong types, paths that leave the bundle, ...)."""
     bundle = Path(bundle)
     path = bundle / MANIFEST
     if not path.is_file():
         raise DataError(f"{bundle}: not an edgekit bundle (no {MANIFEST})")
     try:
-        manifest = json.loads(path.read_text())
+        data = json.loads(path.read_text())
     except json.JSONDecodeError as exc:
         raise DataError(f"{path}: not valid JSON ({exc})") from None
-    version = manifest.get("schema_version")
-    if version != SCHEMA_VERSION:
-        raise DataError(f"{path}: manifest schema version {version!r}; this edgekit reads "
-                        f"version {SCHEMA_VERSION}")
-    return manifest
+    return Manifest.from_json(data, where=path)
 
+
+def read_manifest(bundle: str | Path) -> dict[str, Any]:
+    """``load_manifest`` as JSON (exactly the file's content), for callers that index it."""
+    return load_manifest(bundle).to_json()
 
 
 def artifact_backend(bundle: str | Path, artifact: str) -> str | None:
@@ -141,54 +166,116 @@ def artifact_backend(bundle: str | Path, artifact: str) -> str | None:
     return next((a.get("backend") for a in manifest.get("artifacts", [])
                  if a.get("name") == artifact), None)
 
+
+def bundle_file(bundle: str | Path, rel: str) -> Path:
+    """``bundle / rel`` for a path the manifest lists; a DataError naming it when it is not a
+    plain relative path or when it resolves (through a symlink) outside the bundle."""
+    bundle = Path(bundle)
+    problem = path_problem(rel)
+    if problem:
+        raise DataError(f"{bundle / MANIFEST}: {problem}")
+    path = bundle / rel
+    real = path.resolve()
+    if not real.is_relative_to(bundle.resolve()):
+        raise DataError(f"{path}: resolves to {real}, outside the bundle")
+    return path
+
+
+def _file_problem(bundle: Path, entry: FileEntry) -> str | None:
+    """Why a listed file does not check out (outside the bundle, missing, modified); None."""
+    try:
+        path = bundle_file(bundle, entry.path)
+    except DataError as exc:
+        return str(exc)
+    if not path.is_file():
+        return f"{entry.path}: missing"
+    if path.stat().st_size != entry.bytes or sha256_file(path) != entry.sha256:
+        return f"{entry.path}: sha256 mismatch (modified or corrupt)"
+    return None
+
+
+def _check_loads(bundle: Path, manifest: Manifest, art: ArtifactEntry) -> tuple[str, str | None]:
+    """Open the artifact and run it once on zeros: the row's ``loads`` cell and a problem."""
+    backend = get_backend(art.backend)
+    hint = backend.available()
+    if hint:
+        return f"skipped ({art.backend} not installed: {hint})", None
+    try:
+        session = backend.open(bundle / art.files[0].path, threads=1)
+        out = session.run(np.zeros(art.input.shape, dtype=np.float32))
+        if not np.all(np.isfinite(out)):
+            raise ValueError("non-finite output")
+    except Exception as exc:  # any runtime failure is a verification failure
+        return f"failed: {type(exc).__name__}: {exc}", f"{art.name}: does not load ({exc})"
+    problem = manifest.width_problem(int(np.asarray(out)[0].size))
+    if problem:
+        return f"failed: {problem}", f"{art.name}: {problem}"
+    return "ok", None
+
+
+def unlisted_files(bundle: str | Path, manifest: Manifest) -> list[str]:
+    """Files (and symlinks) in the bundle folder that the manifest does not list, sorted,
+    relative POSIX paths. A listed path reached through an in-bundle symlink counts as listed;
+    a symlinked folder is one entry (it is not walked into)."""
+    bundle = Path(bundle)
+    listed = {(bundle / MANIFEST).resolve()}
+    listed |= {(bundle / f.path).resolve() for f in manifest.all_files()}
+    found = []
+    for top, dirs, files in os.walk(bundle):
+        dirs.sort()
+        here = Path(top)
+        found += [here / d for d in dirs if (here / d).is_symlink()]
+        found += [here / f for f in files]
+    return sorted(p.relative_to(bundle).as_posix() for p in found if p.resolve() not in listed)
+
+
+def _summary(paths: list[str]) -> str:
+    """``bench/ (12 files), notes.txt``: loose files by name, folders by their file count."""
+    groups: dict[str, int] = {}
+    for p in paths:
+        top, sep, _ = p.partition("/")
+        groups[top + sep] = groups.get(top + sep, 0) + 1
+    return ", ".join(k if not k.endswith("/") else f"{k} ({n} file{'s' if n > 1 else ''})"
+                     for k, n in groups.items())
+
+
 def verify_bundle(bundle: str | Path, *, load: bool = True) -> list[dict[str, Any]]:
     """Re-hash every file in the manifest and (``load``) open every artifact and run it once.
 
-    Returns one row per artifact (plus one for the bundle's own files); raises
-    VerificationFailed naming every problem when anything is off.
+    Returns one row per artifact (plus one for the bundle's own files, and one naming the files
+    the manifest does not list, if any); raises VerificationFailed naming every problem when
+    anything is off: a file missing, modified or (through a symlink) outside the bundle, an
+    artifact that does not load or whose output width does not fit the class names, a file
+    under ``artifacts/`` that the manifest does not list. Other unlisted files (a ``bench/``
+    folder of results, notes) are only reported. A manifest that breaks the schema is a
+    DataError (``load_manifest``).
     """
-    import numpy as np
-
-    from edgekit.backends import get_backend
-
     bundle = Path(bundle)
-    manifest = read_manifest(bundle)
+    manifest = load_manifest(bundle)
     rows, problems = [], []
 
-    def check_files(entries: list[dict[str, Any]]) -> list[str]:
-        bad = []
-        for f in entries:
-            p = bundle / f["path"]
-            if not p.is_file():
-                bad.append(f"{f['path']}: missing")
-            elif p.stat().st_size != f["bytes"] or sha256_file(p) != f["sha256"]:
-                bad.append(f"{f['path']}: sha256 mismatch (modified or corrupt)")
-        return bad
+    def check_files(entries: tuple[FileEntry, ...]) -> list[str]:
+        return [p for p in (_file_problem(bundle, f) for f in entries) if p]
 
-    bad = check_files(manifest.get("files", []))
+    bad = check_files(manifest.files)
     rows.append({"name": "bundle files", "hashes": "ok" if not bad else "; ".join(bad),
                  "loads": "-"})
     problems += bad
-    for art in manifest.get("artifacts", []):
-        bad = check_files(art["files"])
-        row = {"name": art["name"], "hashes": "ok" if not bad else "; ".join(bad), "loads": "-"}
+    for art in manifest.artifacts:
+        bad = check_files(art.files)
+        row = {"name": art.name, "hashes": "ok" if not bad else "; ".join(bad), "loads": "-"}
         problems += bad
         if load and not bad:
-            backend = get_backend(art["backend"])
-            hint = backend.available()
-            if hint:
-                row["loads"] = f"skipped ({art['backend']} not installed: {hint})"
-            else:
-                try:
-                    session = backend.open(bundle / art["files"][0]["path"], threads=1)
-                    out = session.run(np.zeros(art["input"]["shape"], dtype=np.float32))
-                    if not np.all(np.isfinite(out)):
-                        raise ValueError("non-finite output")
-                    row["loads"] = "ok"
-                except Exception as exc:  # any runtime failure is a verification failure
-                    row["loads"] = f"failed: {type(exc).__name__}: {exc}"
-                    problems.append(f"{art['name']}: does not load ({exc})")
+            row["loads"], problem = _check_loads(bundle, manifest, art)
+            problems += [problem] if problem else []
         rows.append(row)
+    unlisted = unlisted_files(bundle, manifest)
+    problems += [f"{p}: not in {MANIFEST}" for p in unlisted if p.startswith(f"{ARTIFACTS}/")]
+    others = [p for p in unlisted if not p.startswith(f"{ARTIFACTS}/")]
+    if others:
+        rows.append({"name": "unlisted files",
+                     "hashes": f"not in {MANIFEST} (not checked): {_summary(others)}",
+                     "loads": "-"})
     if problems:
         raise VerificationFailed(f"{bundle}: " + "; ".join(problems))
     return rows

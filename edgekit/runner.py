@@ -9,8 +9,10 @@ one JSON object; ``--save-logits`` writes the raw outputs for every listed image
 line) so metrics are computed from exactly what the device computes.
 
 Never imports torch: it runs on a Raspberry Pi with only ``pip install 'edgekit[litert]'`` (or
-``[onnxruntime]`` / ``[openvino]``). It checks the artifact's sha256 against the manifest,
-applies the manifest's preprocessing spec exactly as training did, and prints predictions.
+``[onnxruntime]`` / ``[openvino]``). It reads the manifest strictly (``edgekit.manifest``, no
+pydantic), refuses an artifact file outside the bundle or whose sha256 differs from the
+manifest, applies the manifest's preprocessing spec exactly as training did, and prints
+predictions.
 """
 
 from __future__ import annotations
@@ -24,28 +26,35 @@ from typing import Any
 import numpy as np
 
 from edgekit.backends import get_backend
-from edgekit.bundle import read_manifest, sha256_file
-from edgekit.data.preprocess import PreprocessSpec
+from edgekit.bench.protocol import (
+    add_protocol_args,
+    one_line,
+    options_from_args,
+    protocol_from_args,
+    time_session,
+)
+from edgekit.bundle import bundle_file, load_manifest, sha256_file
 from edgekit.errors import BackendUnavailable, ConfigError, DataError, EdgekitError
+from edgekit.manifest import ArtifactEntry, Head, Manifest
 
 _PREFERENCE = {"int8": 0, "fp16": 1, "fp32": 2}
 
 
-def choose_artifact(manifest: dict[str, Any], name: str | None = None) -> dict[str, Any]:
+def choose_artifact(manifest: Manifest, name: str | None = None) -> ArtifactEntry:
     """The named artifact, or the best installed one: passing, INT8 first, then fp16, fp32."""
-    arts = manifest.get("artifacts", [])
+    arts = manifest.artifacts
     if name is not None:
-        for a in arts:
-            if a["name"] == name:
-                return a
+        found = manifest.artifact(name)
+        if found is not None:
+            return found
         raise ConfigError(f"No artifact {name!r} in the bundle; it has: "
-                          f"{', '.join(a['name'] for a in arts)}")
-    usable = [a for a in arts if get_backend(a["backend"]).available() is None]
+                          f"{', '.join(a.name for a in arts)}")
+    usable = [a for a in arts if get_backend(a.backend).available() is None]
     if not usable:
-        hints = {a["backend"]: get_backend(a["backend"]).available() for a in arts}
+        hints = {a.backend: get_backend(a.backend).available() for a in arts}
         raise BackendUnavailable("No runtime for any artifact in this bundle is installed: "
                                  + "; ".join(f"{b}: {h}" for b, h in hints.items()))
-    return min(usable, key=lambda a: (a["status"] != "passed", _PREFERENCE.get(a["precision"], 9)))
+    return min(usable, key=lambda a: (a.status != "passed", _PREFERENCE.get(a.precision, 9)))
 
 
 class Runner:
@@ -55,35 +64,38 @@ class Runner:
                  threads: int | None = None, options: dict[str, Any] | None = None,
                  *, open_session: bool = True) -> None:
         self.bundle = Path(bundle)
-        self.manifest = read_manifest(self.bundle)
-        self.artifact = choose_artifact(self.manifest, artifact)
-        for f in self.artifact["files"]:
-            path = self.bundle / f["path"]
-            if not path.is_file() or sha256_file(path) != f["sha256"]:
+        self.manifest = load_manifest(self.bundle)
+        self.entry = choose_artifact(self.manifest, artifact)
+        for f in self.entry.files:
+            path = bundle_file(self.bundle, f.path)  # refuses a symlink out of the bundle
+            if not path.is_file() or sha256_file(path) != f.sha256:
                 raise DataError(f"{path}: missing or modified (sha256 differs from manifest.json)")
-        self.spec = PreprocessSpec.from_dict(self.manifest["preprocess"])
-        self.classes = list(self.manifest["class_names"])
-        self.task = self.manifest["task"]
+        self.spec = self.manifest.preprocess
+        self.classes = list(self.manifest.class_names)
+        self.task = self.manifest.task
         # bundles before heads were recorded: logits, threshold 0.5
-        self.head = dict(self.manifest.get("head") or {"scores_are": "logits", "threshold": 0.5})
-        self.backend = get_backend(self.artifact["backend"])
+        self.head = (self.manifest.head or Head()).to_json()
+        self.backend = get_backend(self.entry.backend)
         hint = self.backend.available()
         if hint:
-            raise BackendUnavailable(f"{self.artifact['backend']} is not installed: {hint}")
+            raise BackendUnavailable(f"{self.entry.backend} is not installed: {hint}")
         self.threads, self.options = threads, options
         self.session = self.open() if open_session else None
 
+    @property
+    def artifact(self) -> dict[str, Any]:
+        """The chosen artifact's manifest entry as JSON (``entry`` is the typed one)."""
+        return self.entry.to_json()
+
     def open(self) -> Any:
-        return self.backend.open(self.bundle / self.artifact["files"][0]["path"], self.threads,
+        return self.backend.open(self.bundle / self.entry.files[0].path, self.threads,
                                  options=self.options)
 
     def bench(self, protocol: Any) -> dict[str, Any]:
         """Time this artifact (load included) with the timing protocol: one result row."""
-        from edgekit.bench.protocol import time_session
-
-        row = time_session(self.open, self.spec.input_shape(1), backend=self.artifact["backend"],
+        row = time_session(self.open, self.spec.input_shape(1), backend=self.entry.backend,
                            threads=self.threads, protocol=protocol)
-        return {"artifact": self.artifact["name"], **row}
+        return {"artifact": self.entry.name, **row}
 
     def save_logits(self, paths: list[str], out: str | Path) -> list[str]:
         """Raw outputs for every image into ``out`` (.npy, rows in ``paths`` order).
@@ -95,7 +107,7 @@ class Runner:
         for p in paths:
             row = self.logits(self.spec.load(p)[None])[0]
             if not np.all(np.isfinite(row)):
-                raise DataError(f"{p}: {self.artifact['name']} returned non-finite outputs "
+                raise DataError(f"{p}: {self.entry.name} returned non-finite outputs "
                                 "(NaN/inf) for this image")
             rows.append(row)
         tmp = Path(f"{out}.tmp.npy")
@@ -104,7 +116,13 @@ class Runner:
         return paths
 
     def logits(self, x: np.ndarray) -> np.ndarray:
-        return self.session.run(x)
+        """The artifact's raw outputs for a batch; a DataError when their width does not fit
+        the class names (a manifest that names fewer or more classes than the model has)."""
+        out = self.session.run(x)
+        problem = self.manifest.width_problem(int(np.asarray(out).reshape(len(out), -1).shape[1]))
+        if problem:
+            raise DataError(f"{self.entry.name}: {problem}")
+        return out
 
     def predict_one(self, path: str | Path, threshold: float | None = None) -> dict[str, Any]:
         """One image's prediction. Sigmoid heads (multi-label, or one output unit for two
@@ -136,8 +154,6 @@ class Runner:
 
 
 def _parser() -> argparse.ArgumentParser:
-    from edgekit.bench.protocol import add_protocol_args
-
     ap = argparse.ArgumentParser(prog="python -m edgekit.runner", description=__doc__.split("\n")[0])
     ap.add_argument("bundle", help="bundle folder written by `edgekit compress`")
     ap.add_argument("images", nargs="*", help="image files (or CT DICOM slices)")
@@ -155,8 +171,6 @@ def _parser() -> argparse.ArgumentParser:
 
 def _special(args: argparse.Namespace, ap: argparse.ArgumentParser) -> int | None:
     """--bench and --save-logits modes; None when neither was asked for."""
-    from edgekit.bench.protocol import one_line, options_from_args, protocol_from_args
-
     if not (args.bench or args.save_logits):
         return None
     try:
@@ -198,7 +212,7 @@ def main(argv: list[str] | None = None) -> int:
     except EdgekitError as exc:
         print(f"Error: {exc}", file=sys.stderr)
         return exc.exit_code
-    print(f"{runner.artifact['name']} ({runner.artifact['status']})", file=sys.stderr)
+    print(f"{runner.entry.name} ({runner.entry.status})", file=sys.stderr)
     failed = 0
     for path in args.images:
         try:

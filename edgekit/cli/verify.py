@@ -8,6 +8,7 @@ from pathlib import Path
 import click
 from rich.table import Table
 
+from edgekit.bundle import verify_bundle
 from edgekit.ui import out
 
 
@@ -18,8 +19,6 @@ from edgekit.ui import out
 def command(bundle: Path, no_load: bool, as_json: bool) -> None:
     """Re-check BUNDLE: every file's sha256 against manifest.json, and that each artifact
     loads in its runtime and runs. Exits 1 naming every problem."""
-    from edgekit.bundle import verify_bundle
-
     rows = verify_bundle(bundle, load=not no_load)
     if as_json:
         click.echo(json.dumps(rows, indent=2))
