@@ -229,9 +229,9 @@ def test_held_out_split_of_the_source_checkpoint(bundle: Path, trained: Path,
 
     val = load_model(trained).metadata["split"]["val_files"]
     run = bench([bundle], held_out=True, threads=[1], quick=True, out=tmp_path, source=False)
-    data = run.results["data"]
+    data = run.results.to_dict()["data"]
     assert data["n"] == len(val) and data["split"].startswith("held-out")
-    assert all(a["accuracy"]["n"] == len(val) for a in run.results["artifacts"])
+    assert all(a["accuracy"]["n"] == len(val) for a in run.results.to_dict()["artifacts"])
     with pytest.raises(ConfigError, match="source checkpoint"):
         copy = tmp_path / "nosource"
         shutil.copytree(bundle, copy)
@@ -249,7 +249,7 @@ def test_a_failing_runtime_costs_its_rows_not_the_run(fp32_bundle: Path, bundle:
     target.write_text((Path(__file__).parents[1] / "targets" / "x86-local.yaml").read_text()
                       .replace("INFERENCE_PRECISION_HINT: f32", "INFERENCE_PRECISION_HINT: nope"))
     run = bench([bundle], target=target, threads=[1], quick=True, out=tmp_path, source=False)
-    rows = {r["artifact"]: r for r in run.results["rows"]}
+    rows = {r["artifact"]: r for r in run.results.to_dict()["rows"]}
     assert rows["model-int8/openvino-int8"]["error"]
     assert "INFERENCE_PRECISION_HINT" in rows["model-int8/openvino-int8"]["error"]
     assert rows["model-int8/litert-int8"]["error"] is None
@@ -310,12 +310,12 @@ def test_without_the_source_an_fp32_bundle_of_the_same_source_is_the_reference(
         copies.append(copy)
     run = bench(copies, data=mri_phantoms, threads=[1], quick=True, out=tmp_path / "runs",
                 max_images=24)
-    arts = {a["id"]: a for a in run.results["artifacts"]}
+    arts = {a["id"]: a for a in run.results.to_dict()["artifacts"]}
     assert not any(a["kind"] == "source" for a in arts.values())
     int8 = arts["model-int8/litert-int8"]
     assert int8["accuracy_source"] == "bench"
     assert int8["reference"] == "model-fp32/onnxruntime-fp32"
-    assert run.results["reference"]["artifact"] == "model-fp32/onnxruntime-fp32"
+    assert run.results.to_dict()["reference"]["artifact"] == "model-fp32/onnxruntime-fp32"
 
 
 def test_measurements_survive_a_failing_report_and_non_finite_numbers(tmp_path: Path) -> None:

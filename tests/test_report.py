@@ -309,6 +309,18 @@ def test_load_results_errors(tmp_path):
         report.load_results(tmp_path)
 
 
+def test_results_round_trip_key_for_key_and_types_are_strict(tmp_path):
+    results = arm_results("rpi4", measured=True, preds={"litert-int8": 23.1},
+                          parity={"litert-fp32": "failed"})
+    results["rows"][0] = {"threads": 4, **results["rows"][0], "from_a_newer_writer": [1]}
+    run = _write(tmp_path, results)
+    assert json.dumps(report.load_results(run).to_dict()) == (run / "results.json").read_text()
+    results["rows"][0]["threads"] = "4"
+    (run / "results.json").write_text(json.dumps(results))
+    with pytest.raises(ConfigError, match=r"rows\.0\.threads: Input should be a valid integer"):
+        report.load_results(run)
+
+
 # ----------------------------------------------------------------------------------- writing
 def _check_files(paths: dict[str, Path], results: dict[str, Any], rec_text: str) -> None:
     assert set(paths) == set(report.FILES)

@@ -1,19 +1,19 @@
 """Benchmarking: protocol, host facts, local/ssh/emulated runners and latency prediction.
 
-``from edgekit.bench import bench`` is the public entry point (``edgekit.bench.run.bench``); it is
-imported lazily so the device runner, which imports ``edgekit.bench.protocol``, stays light.
+``from edgekit.bench import bench, BenchOptions`` is the public entry point
+(``edgekit.bench.run``); it is imported on first use so the device runner, which imports
+``edgekit.bench.protocol``, stays light (numpy and the standard library only).
 """
 
 from __future__ import annotations
 
+from importlib import import_module
 from typing import Any
 
-__all__ = ["bench"]
+__all__ = ["BenchOptions", "BenchRun", "bench"]
 
 
 def __getattr__(name: str) -> Any:
-    if name == "bench":
-        from edgekit.bench.run import bench
-
-        return bench
+    if name in __all__:
+        return getattr(import_module("edgekit.bench.run"), name)
     raise AttributeError(f"module 'edgekit.bench' has no attribute {name!r}")

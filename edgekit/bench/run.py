@@ -9,12 +9,15 @@ gate. The run is written atomically to a new run folder (``results.json`` + repo
 
 from __future__ import annotations
 
+import dataclasses
+import json
 import math
 import os
 import shutil
 import tempfile
 import time
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -23,13 +26,64 @@ from typing import Any
 import numpy as np
 
 from edgekit import __version__
+from edgekit.bench import hostinfo
+from edgekit.bench.emulated import EmulatedExecutor, check_bundle
 from edgekit.bench.local import LocalExecutor, RunFailed
 from edgekit.bench.protocol import Protocol, merge_trials
+from edgekit.bench.ssh import DeviceError, SshExecutor
 from edgekit.bundle import read_manifest, sha256_path, verify_bundle
+from edgekit.calibrate import check_readable, stratified_sample
+from edgekit.data.folder import scan
+from edgekit.data.phantoms import generate_ct_dataset, generate_mri_dataset
+from edgekit.data.preprocess import PreprocessSpec
 from edgekit.errors import ConfigError, DataError, EdgekitError
+from edgekit.evaluate import held_out_dataset, score, targets_of
+from edgekit.recipes import Recipe
+from edgekit.report import write_report
+from edgekit.report.results import (
+    RESULTS_SCHEMA,
+    ArtifactRecord,
+    BenchResults,
+    DataInfo,
+    Emulated,
+    EmulatedRow,
+    Json,
+    Predicted,
+    PredictedRow,
+    Reference,
+    Row,
+    as_results,
+)
+from edgekit.sources import load_model, reference_outputs
+from edgekit.targets import isa_notes, load_target
 from edgekit.ui import progress_bar, status
+from edgekit.verify import compare
+from edgekit.zoo import list_models
 
-SCHEMA = "edgekit.bench/1"
+SCHEMA = RESULTS_SCHEMA
+
+
+@dataclass
+class BenchOptions:
+    """What ``bench`` measures, where and how: one object the CLI builds once. Every field has
+    the CLI's default."""
+
+    target: str | Path = "x86-local"  # built-in target name or a target YAML file
+    data: str | Path | None = None  # labelled evaluation images (else: bundle accuracy)
+    threads: list[int] | None = None  # thread counts (else: the target's)
+    quick: bool = False  # a few iterations instead of the full protocol (labelled)
+    protocol: Protocol | None = None  # the timing protocol (overrides ``quick``)
+    out: str | Path | None = None  # folder for the run folder (else: BUNDLE/bench)
+    source: bool = True  # time the PyTorch source next to the artifacts (local targets)
+    max_images: int | None = None  # at most this many evaluation images (stratified)
+    seed: int = 0  # image sampling and bootstrap CIs
+    on_error: str = "skip"  # unreadable images: "skip" (warn) or "fail"
+    pin: list[int] | None = None  # CPU ids every measurement is pinned to
+    held_out: bool = False  # evaluate on the source checkpoint's recorded validation split
+    host: str | None = None  # user@host[:port] of an SSH target's board
+    emulate: bool = False  # output parity of every artifact under QEMU (aarch64 targets)
+    predict: bool = True  # add the latency model's predictions
+    emulate_images: int = 16  # images for the emulated parity check
 
 
 @dataclass
@@ -58,14 +112,10 @@ class BundleInfo:
 
     @property
     def shape(self) -> list[int]:
-        from edgekit.data.preprocess import PreprocessSpec
-
         return list(PreprocessSpec.from_dict(self.manifest["preprocess"]).input_shape(1))
 
     @property
     def input_size(self) -> int:
-        from edgekit.data.preprocess import PreprocessSpec
-
         return PreprocessSpec.from_dict(self.manifest["preprocess"]).height
 
     @property
@@ -76,8 +126,10 @@ class BundleInfo:
 
 @dataclass
 class BenchRun:
+    """A written run folder: its results (as in its results.json) and report files."""
+
     run_dir: Path
-    results: dict[str, Any]
+    results: BenchResults
     report: dict[str, Path]
 
 
@@ -119,11 +171,6 @@ def _load_source(info: BundleInfo) -> None:
         info.source_note = f"source {path} changed since compress: not used as the reference"
         return
     try:
-        import dataclasses
-
-        from edgekit.data.preprocess import PreprocessSpec
-        from edgekit.sources import load_model
-
         keras = src.get("keras") or {}
         loaded = load_model(text, input_size=info.input_size,
                             input_range=keras.get("input_range") if keras else None)
@@ -140,9 +187,6 @@ def _load_source(info: BundleInfo) -> None:
 def _dataset(data: str | Path | None, info: BundleInfo, held_out: bool, on_error: str) -> Any:
     """Every image of ``data``, or (``held_out``) the validation split recorded in the source
     checkpoint by ``edgekit train`` — images the model never trained on (``data``: its root)."""
-    from edgekit.data.folder import scan
-    from edgekit.evaluate import held_out_dataset
-
     if held_out:
         if info.source is None:
             raise ConfigError(f"--held-out needs {info.name}'s source checkpoint (written by "
@@ -155,18 +199,12 @@ def _dataset(data: str | Path | None, info: BundleInfo, held_out: bool, on_error
 
 def _source_path(text: str) -> Path:
     """The file of a manifest source: ``ARCH:weights.pt`` → weights.pt, else the path itself."""
-    from edgekit.zoo import list_models
-
     arch, sep, rest = text.partition(":")
     return Path(rest) if sep and arch in list_models() else Path(text)
 
 
 def _eval_set(dataset: Any, info: BundleInfo, max_images: int | None, seed: int,
               on_error: str) -> EvalSet:
-    from edgekit.calibrate import check_readable, stratified_sample
-    from edgekit.data.preprocess import PreprocessSpec
-    from edgekit.evaluate import targets_of
-
     m = info.manifest
     task, classes = m["task"], tuple(m["class_names"])
     samples = dataset.samples
@@ -183,9 +221,6 @@ def _eval_set(dataset: Any, info: BundleInfo, max_images: int | None, seed: int,
 
 
 def _source_logits(info: BundleInfo, ev: EvalSet, chunk: int = 64) -> np.ndarray:
-    from edgekit.data.preprocess import PreprocessSpec
-    from edgekit.sources import reference_outputs
-
     spec = PreprocessSpec.from_dict(info.manifest["preprocess"])
     outs = []
     with progress_bar(f"{info.name}: source model on {len(ev.paths)} images",
@@ -198,44 +233,54 @@ def _source_logits(info: BundleInfo, ev: EvalSet, chunk: int = 64) -> np.ndarray
 
 
 # ------------------------------------------------------------------------------------ scoring
-def _accuracy(info: BundleInfo, art: dict[str, Any], logits: np.ndarray, ref: np.ndarray,
-              ev: EvalSet, seed: int) -> dict[str, Any]:
-    from edgekit.evaluate import score
-    from edgekit.recipes import Recipe
-    from edgekit.verify import compare
-
+def _accuracy(info: BundleInfo, precision: str | None, logits: np.ndarray, ref: np.ndarray,
+              ev: EvalSet, seed: int) -> Json:
+    """``compare()`` of ``logits`` with the reference's on the evaluation images, held to the
+    bundle's recipe gate for ``precision``."""
     recipe = Recipe.model_validate(info.manifest["recipe"])
     head = info.manifest.get("head")
     source_metrics = score(ev.y, ref, task=ev.task, class_names=ev.class_names, seed=seed,
                            head=head)
     return compare(ref, logits, ev.y, task=ev.task, class_names=ev.class_names,
-                   precision=art["precision"], recipe=recipe, source_metrics=source_metrics,
+                   precision=precision, recipe=recipe, source_metrics=source_metrics,
                    seed=seed, head=head)
 
 
+# What bench needs to know about a source kind, one function each: these move to the
+# sources (edgekit.sources) and only their bodies change.
 _SOURCE_RUNTIME = {"onnx": "onnxruntime", "keras": "keras"}
 _SOURCE_LABEL = {"onnx": "ONNX Runtime", "keras": "Keras/TensorFlow"}
 
 
-def _artifact_record(info: BundleInfo, art: dict[str, Any]) -> dict[str, Any]:
-    return {"id": f"{info.name}/{art['name']}", "bundle": str(info.path),
-            "bundle_name": info.name, "name": art["name"], "backend": art["backend"],
-            "precision": art["precision"], "kind": "artifact", "status": art["status"],
-            "recipe": info.manifest["recipe"]["name"], "bytes": art["bytes"],
-            "notes": list(art.get("notes", [])), "accuracy": art.get("verification"),
-            "accuracy_source": "bundle"}
+def _source_runtime(kind: str) -> str:
+    """The runtime that runs a source model of ``kind`` (its record's ``backend``)."""
+    return _SOURCE_RUNTIME.get(kind, "pytorch")
 
 
-def _source_record(info: BundleInfo) -> dict[str, Any]:
+def _source_label(kind: str) -> str:
+    """How the report names the runtime of a source model of ``kind``."""
+    return _SOURCE_LABEL.get(kind, "PyTorch eager")
+
+
+def _artifact_record(info: BundleInfo, art: dict[str, Any]) -> ArtifactRecord:
+    return ArtifactRecord(
+        id=f"{info.name}/{art['name']}", bundle=str(info.path), bundle_name=info.name,
+        name=art["name"], backend=art["backend"], precision=art["precision"], kind="artifact",
+        status=art["status"], recipe=info.manifest["recipe"]["name"], bytes=art["bytes"],
+        notes=list(art.get("notes", [])), accuracy=art.get("verification"),
+        accuracy_source="bundle")
+
+
+def _source_record(info: BundleInfo) -> ArtifactRecord:
     src = info.manifest["source"]
     path = _source_path(str(src["source"]))
-    backend = _SOURCE_RUNTIME.get(src["kind"], "pytorch")
-    return {"id": f"{info.name}/source", "bundle": str(info.path), "bundle_name": info.name,
-            "name": "source", "backend": backend, "precision": "fp32", "kind": "source",
-            "status": "reference", "recipe": info.manifest["recipe"]["name"],
-            "bytes": path.stat().st_size if path.is_file() else None,
-            "notes": [info.source_note] if info.source_note else [], "accuracy": None,
-            "accuracy_source": "bundle"}
+    return ArtifactRecord(
+        id=f"{info.name}/source", bundle=str(info.path), bundle_name=info.name, name="source",
+        backend=_source_runtime(src["kind"]), precision="fp32", kind="source",
+        status="reference", recipe=info.manifest["recipe"]["name"],
+        bytes=path.stat().st_size if path.is_file() else None,
+        notes=[info.source_note] if info.source_note else [], accuracy=None,
+        accuracy_source="bundle")
 
 
 def _reference_logits(info: BundleInfo, ev: EvalSet, outputs: dict[str, np.ndarray],
@@ -269,14 +314,14 @@ def _run_folder(bundles: list[BundleInfo], out: str | Path | None, target: str) 
     return run
 
 
-def bench(bundles: list[str | Path], *, target: str | Path = "x86-local",
-          data: str | Path | None = None, threads: list[int] | None = None,
-          quick: bool = False, protocol: Protocol | None = None, out: str | Path | None = None,
-          source: bool = True, max_images: int | None = None, seed: int = 0,
-          on_error: str = "skip", pin: list[int] | None = None, held_out: bool = False,
-          host: str | None = None, emulate: bool = False, predict: bool = True,
-          emulate_images: int = 16, executor: Any = None) -> BenchRun:
-    """Measure every artifact of ``bundles`` on ``target``; write and return the run.
+def bench(bundles: list[str | Path], options: BenchOptions | None = None, *,
+          executor: Any = None, **settings: Any) -> BenchRun:
+    """Measure every artifact of ``bundles`` on the target; write and return the run.
+
+    ``options`` says what to measure and how (:class:`BenchOptions`); ``settings`` override
+    its fields by name, e.g. ``bench(["bundle/"], target="x86-local", data="Testing",
+    threads=[2])``. ``executor`` measures instead of the one the target calls for (it is
+    not closed here).
 
     How the target is reached decides what is *measured*: a local target here; an SSH target
     (``host`` overrides the profile's ``user@host:port``) on the board, and when the profile's
@@ -285,22 +330,16 @@ def bench(bundles: list[str | Path], *, target: str | Path = "x86-local",
     ``predict`` adds the latency model's predictions (labelled, with their expected error).
     ``pin`` restricts every measurement to these CPU ids (a local target with ``pin: true`` pins
     to the CPUs this process may use)."""
-    from edgekit.report import write_report
-    from edgekit.targets import load_target
-
-    tgt = load_target(target)
-    if threads and any(t < 1 for t in threads):
-        raise ConfigError(f"--threads must be >= 1, got {threads}")
+    opts = dataclasses.replace(options or BenchOptions(), **settings)
+    tgt = load_target(opts.target)
+    if opts.threads and any(t < 1 for t in opts.threads):
+        raise ConfigError(f"--threads must be >= 1, got {opts.threads}")
     notes: list[str] = []
     given = executor
-    executor, measured_by = _executor(tgt, host, executor, notes)
+    executor, measured_by = _executor(tgt, opts.host, executor, notes)
     t_start = time.perf_counter()
     try:
-        return _bench(bundles, tgt, executor, measured_by, notes, data=data, threads=threads,
-                      quick=quick, protocol=protocol, out=out, source=source,
-                      max_images=max_images, seed=seed, on_error=on_error, pin=pin,
-                      held_out=held_out, emulate=emulate, predict=predict,
-                      emulate_images=emulate_images, t_start=t_start, write_report=write_report)
+        return _bench(bundles, opts, tgt, executor, measured_by, notes, t_start)
     finally:  # the executors bench made (an SSH connection, its remote folder); not a caller's
         close = getattr(executor, "close", None)
         if close is not None and executor is not given:
@@ -321,8 +360,6 @@ def _executor(tgt: Any, host: str | None, executor: Any, notes: list[str]) -> tu
         notes.append(f"{tgt.name} is an emulated target: outputs are checked under QEMU "
                      f"({tgt.access.qemu_cpu}); latencies are predicted, never measured")
         return None, None
-    from edgekit.bench.ssh import DeviceError, SshExecutor
-
     ssh = SshExecutor.for_target(tgt, host=host)
     status(f"Connecting to {ssh.label} ...")
     try:
@@ -343,59 +380,54 @@ def _executor(tgt: Any, host: str | None, executor: Any, notes: list[str]) -> tu
     return ssh, "ssh"
 
 
-def _bench(bundles: list[str | Path], tgt: Any, executor: Any, measured_by: str | None,
-           notes: list[str], *, data: str | Path | None, threads: list[int] | None,
-           quick: bool, protocol: Protocol | None, out: str | Path | None, source: bool,
-           max_images: int | None, seed: int, on_error: str, pin: list[int] | None,
-           held_out: bool, emulate: bool, predict: bool, emulate_images: int, t_start: float,
-           write_report: Any) -> BenchRun:
-    from edgekit.bench import hostinfo
-    from edgekit.targets import isa_notes
-
+def _bench(bundles: list[str | Path], opts: BenchOptions, tgt: Any, executor: Any,
+           measured_by: str | None, notes: list[str], t_start: float) -> BenchRun:
     local = measured_by == "local"
     env0 = executor.environment() if executor is not None else None
     cores = (env0 or {}).get("cpu", {}).get("logical_cores") if executor is not None else None
     cores = cores or (hostinfo.cpu_info()["logical_cores"] if local or tgt.detect
                       else tgt.cpu.cores or 1)
-    counts = sorted(set(threads)) if threads else tgt.thread_counts(cores)
+    counts = sorted(set(opts.threads)) if opts.threads else tgt.thread_counts(cores)
     if executor is not None and max(counts) > cores:
         status(f"[yellow]Note:[/] measuring {max(counts)} threads on {cores} usable cores: "
                "threads will share cores")
-    proto = protocol or (Protocol.quick_protocol() if quick else Protocol())
+    proto = opts.protocol or (Protocol.quick_protocol() if opts.quick else Protocol())
+    pin = opts.pin
     if local and pin and not set(pin) <= os.sched_getaffinity(0):
         raise ConfigError(f"cannot pin to CPUs {sorted(set(pin) - os.sched_getaffinity(0))}: "
                           f"this process may use CPUs {sorted(os.sched_getaffinity(0))}")
     if pin or (local and tgt.pin and proto.pin is None):
         cpus = pin or sorted(os.sched_getaffinity(0))
         proto = Protocol.from_dict({**proto.to_dict(), "pin": list(cpus)})
-    if emulate and tgt.arch != "aarch64":
+    if opts.emulate and tgt.arch != "aarch64":
         raise ConfigError(f"--emulate checks aarch64 artifacts under QEMU; {tgt.name!r} is "
                           f"{tgt.arch} (try --target rpi4 --emulate)")
-    emulate = emulate or tgt.access.kind == "emulated"
+    emulate = opts.emulate or tgt.access.kind == "emulated"
     infos = _load_bundles(bundles)
     if len({i.source_key for i in infos}) > 1:
-        if held_out:
+        if opts.held_out:
             raise ConfigError("--held-out uses one checkpoint's validation split, but these "
                               "bundles come from different source models; use --data with a "
                               "folder none of them trained on")
         notes.append("These bundles come from different source models: each is gated against "
                      "its own source, so compare their absolute accuracy, not only the deltas.")
-    run_dir = _run_folder(infos, out, tgt.name)
+    run_dir = _run_folder(infos, opts.out, tgt.name)
     _check_writable(run_dir.parent)
     emu = _emulator(tgt) if emulate else None  # fail before measuring when not prepared
 
-    if source or data is not None or held_out or predict:
+    scoring = opts.data is not None or opts.held_out
+    if opts.source or scoring or opts.predict:
         for info in infos:
             _load_source(info)
-            if info.source_note and (source or data is not None or held_out):
+            if info.source_note and (opts.source or scoring):
                 status(f"[yellow]Note:[/] {info.name}: {info.source_note}")
     ev = None
-    if data is not None or held_out:
-        ev = _eval_set(_dataset(data, infos[0], held_out, on_error), infos[0], max_images, seed,
-                       on_error)
+    if scoring:
+        ev = _eval_set(_dataset(opts.data, infos[0], opts.held_out, opts.on_error), infos[0],
+                       opts.max_images, opts.seed, opts.on_error)
 
     # the PyTorch source is timed only where it runs: on this machine
-    per_bundle, source_ids = _records(infos, source and local)
+    per_bundle, source_ids = _records(infos, opts.source and local)
     artifacts = [rec for records in per_bundle for rec in records]
     reference = None
     scorer = executor or LocalExecutor()
@@ -404,38 +436,34 @@ def _bench(bundles: list[str | Path], tgt: Any, executor: Any, measured_by: str 
             notes.append("accuracy was computed on this machine (no board was reached): the "
                          "artifacts are the ones the board would run, on this machine's runtimes")
         reference = _score_all(infos, per_bundle, artifacts, source_ids, ev, scorer,
-                               tgt.runtime_options, seed)
+                               tgt.runtime_options, opts.seed)
 
-    rows = _time_all(infos, artifacts, counts, proto, executor, tgt) if executor else []
-    emulated = _emulate_all(infos, artifacts, emu, ev, tgt, emulate_images, seed) if emu else None
-    predicted = _predict_all(infos, tgt, counts) if predict else None
-    env = next((r["environment"] for r in rows if "environment" in r), None) \
-        or env0 or LocalExecutor().environment()
-    for r in rows:
-        r.pop("environment", None)
-        pinned = (r.pop("protocol", None) or {}).get("pin")
-        if pinned:
-            r["pin"] = pinned
+    rows, env = _time_all(infos, artifacts, counts, proto, executor, tgt) if executor \
+        else ([], None)
+    emulated = (_emulate_all(infos, artifacts, emu, ev, tgt, opts.emulate_images, opts.seed)
+                if emu else None)
+    predicted = _predict_all(infos, tgt, counts) if opts.predict else None
+    env = env or env0 or LocalExecutor().environment()
     target_dict = tgt.model_dump(mode="json")
     target_dict["isa_notes"] = (isa_notes(tgt, env["cpu"])
                                 if executor is not None and not tgt.detect else [])
-    results = {
-        "schema": SCHEMA, "created": datetime.now(UTC).isoformat(timespec="seconds"),
-        "edgekit": __version__, "seconds": round(time.perf_counter() - t_start, 1),
-        "target": target_dict, "measured_by": measured_by,
-        "measured_host": getattr(executor, "label", None) if measured_by == "ssh" else None,
-        "environment": env,
-        "protocol": proto.to_dict(),
-        "data": None if ev is None else {
-            "path": str(ev.root.resolve()), "n": len(ev.paths), "task": ev.task,
-            "split": "held-out split recorded in the source checkpoint" if held_out
-            else "every image of the folder" + (f" (at most {max_images}, stratified)"
-                                                 if max_images else ""),
-            "class_names": list(ev.class_names), "skipped": ev.skipped},
-        "reference": reference, "notes": notes, "artifacts": artifacts, "rows": rows,
-        "predicted": predicted, "emulated": emulated,
-    }
-    return BenchRun(run_dir, results, _write_run(run_dir, results, write_report))
+    results = BenchResults(
+        schema=SCHEMA, created=datetime.now(UTC).isoformat(timespec="seconds"),
+        edgekit=__version__, seconds=round(time.perf_counter() - t_start, 1),
+        target=target_dict, measured_by=measured_by,
+        measured_host=getattr(executor, "label", None) if measured_by == "ssh" else None,
+        environment=env, protocol=proto.to_dict(),
+        data=None if ev is None else DataInfo(
+            path=str(ev.root.resolve()), n=len(ev.paths), task=ev.task,
+            split="held-out split recorded in the source checkpoint" if opts.held_out
+            else "every image of the folder" + (f" (at most {opts.max_images}, stratified)"
+                                                if opts.max_images else ""),
+            class_names=list(ev.class_names), skipped=ev.skipped),
+        reference=reference, notes=notes, artifacts=artifacts, rows=rows,
+        predicted=predicted, emulated=emulated)
+    data = _finite(results.to_dict())  # what results.json holds
+    written = _write_run(run_dir, data, write_report)
+    return BenchRun(run_dir, as_results(data), written)
 
 
 # ------------------------------------------------------------------ emulation and prediction
@@ -455,9 +483,7 @@ def _qemu_cpu(tgt: Any) -> str:
     return "cortex-a76" if "dotprod" in tgt.cpu.features else "cortex-a72"
 
 
-def _emulator(tgt: Any) -> Any:
-    from edgekit.bench.emulated import EmulatedExecutor
-
+def _emulator(tgt: Any) -> EmulatedExecutor:
     return EmulatedExecutor(_qemu_cpu(tgt))
 
 
@@ -469,8 +495,6 @@ def _parity_images(infos: list[BundleInfo], ev: EvalSet | None, n: int, seed: in
         rng = np.random.default_rng(seed)
         idx = sorted(rng.choice(len(ev.paths), size=min(n, len(ev.paths)), replace=False))
         return [ev.paths[i] for i in idx]
-    from edgekit.data.phantoms import generate_ct_dataset, generate_mri_dataset
-
     size = max(infos[0].input_size, 64)
     if infos[0].manifest["preprocess"].get("ct_windows"):
         root = generate_ct_dataset(folder, n, size=size, seed=seed)
@@ -479,36 +503,36 @@ def _parity_images(infos: list[BundleInfo], ev: EvalSet | None, n: int, seed: in
     return sorted(root.glob("*/*.png"))[:n]
 
 
-def _emulate_all(infos: list[BundleInfo], artifacts: list[dict[str, Any]], emu: Any,
-                 ev: EvalSet | None, tgt: Any, n: int, seed: int) -> dict[str, Any]:
+def _emulate_all(infos: list[BundleInfo], artifacts: list[ArtifactRecord],
+                 emu: EmulatedExecutor, ev: EvalSet | None, tgt: Any, n: int,
+                 seed: int) -> Emulated:
     """Every artifact's outputs under QEMU against the same artifact run here (x86)."""
-    from edgekit.bench.emulated import check_bundle
-
     rows = []
     with tempfile.TemporaryDirectory(prefix="edgekit-parity-") as tmp:
         images = _parity_images(infos, ev, n, seed, Path(tmp))
         with progress_bar(f"Emulated parity on {emu.qemu_cpu}", len(infos)) as bar:
             for info in infos:
-                names = [a["name"] for a in artifacts
-                         if a["kind"] == "artifact" and a["bundle_name"] == info.name]
+                names = [a.name for a in artifacts
+                         if a.kind == "artifact" and a.bundle_name == info.name]
                 bar.update(note=info.name)
                 for row in check_bundle(info.path, images, cpus=[emu.qemu_cpu], artifacts=names,
                                         options=tgt.runtime_options, cache=emu.cache):
                     row["artifact"] = f"{info.name}/{row['artifact']}"
                     if row["status"] == "error":
                         status(f"[red]{row['artifact']} under emulation:[/] {row['reason']}")
-                    rows.append(row)
+                    rows.append(EmulatedRow.model_validate(row))
                 bar.advance()
-    return {"qemu_cpu": emu.qemu_cpu, "images": len(images),
-            "inputs": "evaluation images" if ev is not None else "synthetic phantoms",
-            "note": "output parity under QEMU user-mode emulation against the same artifact "
-                    "on this machine; emulated timings mean nothing and are never reported",
-            "environment": emu.environment(), "rows": rows}
+    return Emulated(qemu_cpu=emu.qemu_cpu, images=len(images),
+                    inputs="evaluation images" if ev is not None else "synthetic phantoms",
+                    note="output parity under QEMU user-mode emulation against the same "
+                         "artifact on this machine; emulated timings mean nothing and are "
+                         "never reported",
+                    environment=emu.environment(), rows=rows)
 
 
-def _predict_all(infos: list[BundleInfo], tgt: Any, counts: list[int]) -> dict[str, Any]:
+def _predict_all(infos: list[BundleInfo], tgt: Any, counts: list[int]) -> Predicted:
     """The latency model's prediction of every artifact at every thread count (labelled)."""
-    from edgekit.bench.predict import predict_bundle
+    from edgekit.bench.predict import predict_bundle  # imports torch
 
     rows: list[dict[str, Any]] = []
     for info in infos:
@@ -519,15 +543,15 @@ def _predict_all(infos: list[BundleInfo], tgt: Any, counts: list[int]) -> dict[s
             rows += [{"artifact": f"{info.name}/{a['name']}", "threads": t,
                       "error": f"no prediction: {exc}"}
                      for a in info.manifest["artifacts"] for t in counts]
-    return {"label": "predicted",
-            "notes": ["predicted by edgekit's per-kernel roofline latency model (see "
-                      "`edgekit targets show " + tgt.name + "`); each number carries the "
-                      "model's expected relative error and is not a measurement"],
-            "rows": rows}
+    return Predicted(label="predicted",
+                     notes=["predicted by edgekit's per-kernel roofline latency model (see "
+                            "`edgekit targets show " + tgt.name + "`); each number carries the "
+                            "model's expected relative error and is not a measurement"],
+                     rows=[PredictedRow.model_validate(r) for r in rows])
 
 
 def _records(infos: list[BundleInfo], source: bool,
-             ) -> tuple[list[list[dict[str, Any]]], dict[tuple[str, str | None], str]]:
+             ) -> tuple[list[list[ArtifactRecord]], dict[tuple[str, str | None], str]]:
     """Each bundle's artifact records, led by its PyTorch source when that is timed (once per
     source model), and the id of each source model's record."""
     per_bundle, source_ids = [], {}
@@ -538,15 +562,15 @@ def _records(infos: list[BundleInfo], source: bool,
                 and info.source_key not in source_ids
                 and (info.source is not None or src.get("sha256") is None)):
             records.insert(0, _source_record(info))
-            source_ids[info.source_key] = records[0]["id"]
+            source_ids[info.source_key] = records[0].id
         per_bundle.append(records)
     return per_bundle, source_ids
 
 
-def _score_all(infos: list[BundleInfo], per_bundle: list[list[dict[str, Any]]],
-               artifacts: list[dict[str, Any]], source_ids: dict[tuple[str, str | None], str],
+def _score_all(infos: list[BundleInfo], per_bundle: list[list[ArtifactRecord]],
+               artifacts: list[ArtifactRecord], source_ids: dict[tuple[str, str | None], str],
                ev: EvalSet, executor: Any, runtime_options: dict[str, Any],
-               seed: int) -> dict[str, Any] | None:
+               seed: int) -> Reference | None:
     """Classify the evaluation images with every artifact and score each bundle against its
     reference; a source used as reference but not timed gets an untimed record. Returns the
     first bundle's reference ({artifact, description}) or None."""
@@ -560,45 +584,46 @@ def _score_all(infos: list[BundleInfo], per_bundle: list[list[dict[str, Any]]],
             if info.source_key in source_ids:
                 ref_id = source_ids[info.source_key]  # one record per source model
             else:
-                untimed = {**_source_record(info), "timed": False}
+                untimed = _source_record(info)
+                untimed.timed = False
                 artifacts.insert(artifacts.index(records[0]), untimed)
                 records.insert(0, untimed)
                 source_ids[info.source_key] = ref_id
             for rec in records:
-                if rec.get("reference"):
-                    rec["reference"] = ref_id
-            ref_rec = next(a for a in artifacts if a["id"] == ref_id)
-            ref_rec["accuracy"] = _accuracy(info, {"precision": "fp32"}, ref, ref, ev, seed)
-            ref_rec["accuracy_source"] = "bench"
+                if rec.reference:
+                    rec.reference = ref_id
+            ref_rec = next(a for a in artifacts if a.id == ref_id)
+            ref_rec.accuracy = _accuracy(info, "fp32", ref, ref, ev, seed)
+            ref_rec.accuracy_source = "bench"
         if reference is None:
             kind = info.manifest["source"]["kind"]
-            reference = {"artifact": ref_id, "description": (
-                f"source model ({_SOURCE_LABEL.get(kind, 'PyTorch eager')} fp32)"
-                if ref_id.endswith("/source") else "fp32 artifact of the same source model")}
+            reference = Reference(artifact=ref_id, description=(
+                f"source model ({_source_label(kind)} fp32)"
+                if ref_id.endswith("/source") else "fp32 artifact of the same source model"))
     return reference
 
 
-def _classify_all(infos: list[BundleInfo], per_bundle: list[list[dict[str, Any]]],
+def _classify_all(infos: list[BundleInfo], per_bundle: list[list[ArtifactRecord]],
                   ev: EvalSet, executor: Any, runtime_options: dict[str, Any],
                   ) -> dict[str, np.ndarray]:
     """Every artifact's logits on the evaluation images, computed by the runner."""
     outputs: dict[str, np.ndarray] = {}
     for info, records in zip(infos, per_bundle, strict=True):
-        arts = [r for r in records if r["kind"] == "artifact"]
+        arts = [r for r in records if r.kind == "artifact"]
         with progress_bar(f"{info.name}: classifying {len(ev.paths)} images", len(arts)) as bar:
             for rec in arts:
                 try:
-                    outputs[rec["id"]] = executor.logits(info.path, rec["name"], ev.paths,
-                                                         runtime_options.get(rec["backend"]))
+                    outputs[rec.id] = executor.logits(info.path, rec.name, ev.paths,
+                                                      runtime_options.get(rec.backend))
                 except RunFailed as exc:
-                    rec["notes"].append(f"could not classify the evaluation images: {exc}")
-                    status(f"[red]{rec['id']}:[/] could not classify the evaluation images: "
+                    rec.notes.append(f"could not classify the evaluation images: {exc}")
+                    status(f"[red]{rec.id}:[/] could not classify the evaluation images: "
                            f"{exc}")
                 bar.advance()
     return outputs
 
 
-def _score_bundle(info: BundleInfo, records: list[dict[str, Any]], ev: EvalSet,
+def _score_bundle(info: BundleInfo, records: list[ArtifactRecord], ev: EvalSet,
                   outputs: dict[str, np.ndarray], infos: list[BundleInfo],
                   seed: int) -> tuple[str | None, np.ndarray | None]:
     """Score every artifact of one bundle against its reference: (reference id, logits)."""
@@ -608,23 +633,24 @@ def _score_bundle(info: BundleInfo, records: list[dict[str, Any]], ev: EvalSet,
                "artifact of the same source); accuracy is the bundle's own verification")
         return None, None
     for rec in records:
-        logits = outputs.get(rec["id"])
-        if logits is None or rec["kind"] != "artifact":
+        logits = outputs.get(rec.id)
+        if logits is None or rec.kind != "artifact":
             continue
-        rec["accuracy"] = _accuracy(info, rec, logits, ref, ev, seed)
-        rec["accuracy_source"] = "bench"
-        rec["reference"] = ref_id
+        rec.accuracy = _accuracy(info, rec.precision, logits, ref, ev, seed)
+        rec.accuracy_source = "bench"
+        rec.reference = ref_id
     return ref_id, ref
 
 
-def _time_all(infos: list[BundleInfo], artifacts: list[dict[str, Any]], counts: list[int],
-              proto: Protocol, executor: Any, tgt: Any) -> list[dict[str, Any]]:
+def _time_all(infos: list[BundleInfo], artifacts: list[ArtifactRecord], counts: list[int],
+              proto: Protocol, executor: Any, tgt: Any) -> tuple[list[Row], Json | None]:
     """Time every (artifact, threads) in ``proto.trials`` interleaved rounds: each round runs
     every measurement once, one trial each, in a fresh process, so slow drift of a shared
     machine (other tenants, clocks) lands on every artifact alike instead of on whichever
-    happened to run last. The rounds are merged with ``merge_trials``."""
+    happened to run last. The rounds are merged with ``merge_trials``. Returns the rows and
+    the environment the first measurement reported (None when every one failed)."""
     by_bundle = {i.name: i for i in infos}
-    jobs = [(a, t) for a in artifacts if a.get("timed", True) for t in counts]
+    jobs = [(a, t) for a in artifacts if a.timed is not False for t in counts]
     single = Protocol.from_dict({**proto.to_dict(), "trials": 1})
     trials: dict[int, list[dict[str, Any]]] = {i: [] for i in range(len(jobs))}
     errors: dict[int, str] = {}
@@ -634,28 +660,34 @@ def _time_all(infos: list[BundleInfo], artifacts: list[dict[str, Any]], counts: 
                 bar.advance()
                 if i in errors:
                     continue
-                info = by_bundle[art["bundle_name"]]
-                bar.update(note=f"{art['id']} ×{t}")
-                status(f"Timing {art['id']} with {t} thread{'s' if t > 1 else ''} "
+                info = by_bundle[str(art.bundle_name)]
+                bar.update(note=f"{art.id} ×{t}")
+                status(f"Timing {art.id} with {t} thread{'s' if t > 1 else ''} "
                        f"(round {r + 1}/{proto.trials})")
                 try:
-                    if art["kind"] == "source":
+                    if art.kind == "source":
                         row = executor.time_source(str(info.manifest["source"]["source"]),
                                                    info.shape, t, single)
                     else:
-                        row = executor.time_artifact(info.path, art["name"], t, single,
-                                                     tgt.runtime_options.get(art["backend"]))
+                        row = executor.time_artifact(info.path, art.name, t, single,
+                                                     tgt.runtime_options.get(art.backend))
                     trials[i].append(row)
                 except (RunFailed, EdgekitError) as exc:  # incl. a dropped SSH connection
-                    status(f"[red]{art['id']} ×{t} failed:[/] {exc}")
+                    status(f"[red]{art.id} ×{t} failed:[/] {exc}")
                     errors[i] = str(exc)
-    rows = []
+    rows, env = [], None
     for i, (art, t) in enumerate(jobs):
         if i in errors:
-            rows.append({"artifact": art["id"], "threads": t, "error": errors[i]})
-        else:
-            rows.append({"artifact": art["id"], **merge_trials(trials[i])})
-    return rows
+            rows.append(Row(artifact=art.id, threads=t, error=errors[i]))
+            continue
+        merged = {"artifact": art.id, **merge_trials(trials[i])}
+        row_env = merged.pop("environment", None)
+        env = row_env if env is None else env
+        pinned = (merged.pop("protocol", None) or {}).get("pin")
+        if pinned:
+            merged["pin"] = pinned
+        rows.append(Row.model_validate(merged))
+    return rows, env
 
 
 def _check_writable(parent: Path) -> None:
@@ -680,13 +712,13 @@ def _finite(x: Any) -> Any:
     return x
 
 
-def _write_run(run_dir: Path, results: dict[str, Any], write_report: Any) -> dict[str, Path]:
-    """results.json + report files into a hidden temporary sibling, then one rename into place.
+def _write_run(run_dir: Path, results: Json,
+               write_report: Callable[[Path, Json], dict[str, Path]]) -> dict[str, Path]:
+    """``results`` (the JSON of the run) as results.json + the report files into a hidden
+    temporary sibling, then one rename into place.
 
     A report that fails to render does not cost the measurements: results.json is kept (with a
     warning; ``edgekit report RUN_DIR`` rebuilds the rest)."""
-    import json
-
     results.update(_finite(results))
     tmp = Path(tempfile.mkdtemp(dir=run_dir.parent, prefix=f".{run_dir.name}.", suffix=".tmp"))
     written: dict[str, Path] = {}

@@ -9,13 +9,15 @@ from typing import Any
 
 import click
 
+from edgekit.bench.run import BenchOptions, BenchRun, bench
+from edgekit.cli.report import print_summary
 from edgekit.ui import status
 
 
-def report_of(run: Any) -> dict[str, Any]:
+def report_of(run: BenchRun) -> dict[str, Any]:
     """report.json of a bench run, or its bare results when the report could not be written."""
     path = run.report.get("report.json")
-    return json.loads(path.read_text()) if path is not None else run.results
+    return json.loads(path.read_text()) if path is not None else run.results.to_dict()
 
 
 def _terminate(signum: int, frame: Any) -> None:  # SIGTERM behaves like Ctrl-C: clean up
@@ -92,22 +94,20 @@ def command(bundles: tuple[Path, ...], target: str, data: Path | None,
       edgekit bench model-int8/ --target rpi4 --host pi@10.0.0.7
       edgekit bench model-int8/ --target rpi4 --emulate        # + ARM output parity
     """
-    from edgekit.bench.run import bench
-    from edgekit.cli.report import print_summary
-
     try:
         cpus = [int(c) for c in pin.split(",")] if pin else None
     except ValueError:
         raise click.BadParameter(f"{pin!r} is not a comma-separated list of CPU ids",
                                  param_hint="--pin") from None
 
+    options = BenchOptions(target=target, data=data, threads=list(threads) or None,
+                           quick=quick, out=out, source=not no_source, max_images=max_images,
+                           seed=seed, on_error=on_error, pin=cpus, held_out=held_out,
+                           host=host, emulate=emulate, emulate_images=emulate_images,
+                           predict=not no_predict)
     previous = signal.signal(signal.SIGTERM, _terminate)
     try:
-        run = bench(list(bundles), target=target, data=data, threads=list(threads) or None,
-                    quick=quick, out=out, source=not no_source, max_images=max_images,
-                    seed=seed, on_error=on_error, pin=cpus, held_out=held_out,
-                    host=host, emulate=emulate, emulate_images=emulate_images,
-                    predict=not no_predict)
+        run = bench(list(bundles), options)
     finally:
         signal.signal(signal.SIGTERM, previous)
     report = report_of(run)

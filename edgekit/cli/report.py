@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -11,24 +12,44 @@ from rich import box
 from rich.table import Table
 from rich.text import Text
 
+from edgekit.report import (
+    BenchResults,
+    Report,
+    artifact_delta,
+    artifact_score,
+    emulated,
+    fmt_delta,
+    fmt_ms,
+    fmt_parity,
+    fmt_predicted,
+    gate_text,
+    load_results,
+    predicted_rows,
+    recommend,
+    score_header,
+    table_entries,
+    valid_row,
+    write_report,
+)
+from edgekit.report.recommend import as_report
 from edgekit.ui import out
 
 
-def print_summary(report: dict[str, Any]) -> None:
+def print_summary(report: Report | BenchResults | Mapping[str, Any]) -> None:
     """A table of the rows (artifact, threads, p50, p90, accuracy [CI], Δ, gate; with predicted
     or emulated results: p50, predicted p50, emulated parity, accuracy, Δ, gate) on stdout, then the recommendation and its flags. ``report`` is a
-    results dict, with or without its ``recommendation`` (computed when missing)."""
-    from edgekit import report as rp
-
-    rec = report.get("recommendation") or rp.recommend(report)
-    entries = rp.table_entries(report)
+    :class:`Report` or a results dict, with or without its ``recommendation`` (computed when
+    missing)."""
+    rep = as_report(report)
+    res, rec = rep.results, rep.recommendation
+    entries = table_entries(res)
     ids = {e.artifact for e in entries}
     one_bundle = len({i.split("/")[0] for i in ids}) == 1
-    labels = [(str(e.art.get("name") or e.artifact) if one_bundle else e.artifact)
+    labels = [(str(e.art.name or e.artifact) if one_bundle else e.artifact)
               + ("" if e.threads is None else f" ×{e.threads}") for e in entries]
-    pred = bool(rp.predicted_rows(report))
-    emu = rp.emulated(report) is not None
-    measured = bool(report["rows"])
+    pred = bool(predicted_rows(res))
+    emu = emulated(res) is not None
+    measured = bool(res.rows)
     table = Table(title=f"bench on {rec['target']}", box=box.SIMPLE_HEAD, pad_edge=False,
                   collapse_padding=True)
     table.add_column("artifact × threads", min_width=min(max(map(len, labels), default=8), 40))
@@ -36,33 +57,33 @@ def print_summary(report: dict[str, Any]) -> None:
     cols = [*(["p50 ms"] if measured or not pred else []),
             *(["p90 ms"] if not compact else []),
             *(["predicted p50"] if pred else []), *(["parity"] if emu else []),
-            rp.score_header(report).split(" [")[0] if compact else rp.score_header(report), "Δ"]
+            score_header(res).split(" [")[0] if compact else score_header(res), "Δ"]
     for col in cols:
         table.add_column(col, justify="right", no_wrap=True)
     table.add_column("gate")
     for e, label in zip(entries, labels, strict=True):
-        row, art = e.row or {}, e.art
-        lat = (row.get("latency_ms") if rp._ok(row) else None) or {}
-        score = rp.artifact_score(art)
-        gate = rp.gate_text(row, art).replace(" (points)", "").replace("accuracy drop", "drop")
-        delta = rp.fmt_delta(rp.artifact_delta(art), ci=False).replace(" points", " pt")
+        row, art = e.row, e.art
+        lat = row.latency_ms if row is not None and row.ok else None
+        score = artifact_score(art)
+        gate = gate_text(row, art).replace(" (points)", "").replace("accuracy drop", "drop")
+        delta = fmt_delta(artifact_delta(art), ci=False).replace(" points", " pt")
         star = (e.artifact, e.threads) == (rec["artifact"], rec["threads"])
         cells: list[Any] = [label]
         if measured or not pred:
-            p50 = rp.fmt_ms(lat.get("p50")) if e.row is not None else "—"
-            if e.row is not None and rp._ok(row) and not rp.valid_row(row):
+            p50 = fmt_ms(lat.p50 if lat else None) if row is not None else "—"
+            if row is not None and row.ok and not valid_row(row):
                 p50 += " (invalid)"
             cells.append(p50)
         if not compact:
-            cells.append(rp.fmt_ms(lat.get("p90")) if e.row is not None else "—")
+            cells.append(fmt_ms(lat.p90 if lat else None) if row is not None else "—")
         if pred:
-            cells.append(rp.fmt_predicted(e.pred, unit=False).replace("no prediction", "—"))
+            cells.append(fmt_predicted(e.pred, unit=False).replace("no prediction", "—"))
         if emu:
-            parity = rp.fmt_parity(e.emu).split(" (")[0].split(":")[0]
+            parity = fmt_parity(e.emu).split(" (")[0].split(":")[0]
             cells.append(Text(parity, style="red" if parity.startswith(("FAIL", "error"))
                               else None))
         cells += [score.fmt(ci=not compact) if score else "not measured",
-                  "—" if art.get("kind") == "source" else delta,
+                  "—" if art.kind == "source" else delta,
                   Text(gate, style="red" if gate.startswith(("FAIL", "error")) else None)]
         table.add_row(*cells, style="bold" if star else None)
     out.print(table)
@@ -84,8 +105,6 @@ def command(run_dir: Path, as_json: bool) -> None:
       edgekit report model-int8/bench/20261122T093000Z-x86-local
       edgekit report model-int8/bench/20261122T093000Z-x86-local --json
     """
-    from edgekit.report import load_results, recommend, write_report
-
     results = load_results(run_dir)
     paths = write_report(run_dir, results)
     if as_json:
