@@ -34,7 +34,7 @@ def test_no_board_gives_labelled_predictions_only(bundle, tmp_path) -> None:
     from edgekit.bench.run import bench
 
     run = bench([bundle], target=_unreachable_rpi4(tmp_path), quick=True, out=tmp_path / "runs")
-    res = run.results
+    res = run.results.to_dict()
     assert res["measured_by"] is None and res["rows"] == []
     assert any("nothing was measured" in n for n in res["notes"])
     pred = res["predicted"]
@@ -106,7 +106,7 @@ def test_bench_through_sshd_measures_on_the_device(bundle, mri_phantoms, sshd, t
     workdir.mkdir()
     run = bench([bundle], target=_rpi4_via(sshd, workdir, tmp_path), data=mri_phantoms,
                 max_images=24, threads=[1], quick=True, out=tmp_path / "runs")
-    res = run.results
+    res = run.results.to_dict()
     assert res["measured_by"] == "ssh"
     assert res["environment"]["host"].endswith(f":{sshd.port}")
     arts = [a for a in res["artifacts"] if a["kind"] == "artifact"]
@@ -134,7 +134,7 @@ def test_emulate_checks_every_artifact_on_the_boards_cpu(bundle, tmp_path) -> No
                     "prepare-emulation` (scripts/setup.sh does)")
     run = bench([bundle], target=_unreachable_rpi4(tmp_path), emulate=True, emulate_images=4,
                 quick=True, out=tmp_path / "runs")
-    emu = run.results["emulated"]
+    emu = run.results.to_dict()["emulated"]
     assert emu["qemu_cpu"] == "cortex-a72" and emu["images"] == 4
     rows = {r["artifact"].split("/", 1)[1]: r for r in emu["rows"]}
     assert set(rows) == {"onnxruntime-int8", "openvino-int8", "litert-int8"}
@@ -144,7 +144,7 @@ def test_emulate_checks_every_artifact_on_the_boards_cpu(bundle, tmp_path) -> No
     assert rows["openvino-int8"]["status"] in ("passed", "error")
     if rows["openvino-int8"]["status"] == "error":
         assert rows["openvino-int8"]["reason"]
-    assert run.results["rows"] == []  # nothing timed under emulation
+    assert run.results.to_dict()["rows"] == []  # nothing timed under emulation
     rec = json.loads((run.run_dir / "report.json").read_text())["recommendation"]
     assert rec["artifact"] != f"{bundle.name}/openvino-int8" or \
         rows["openvino-int8"]["status"] == "passed"
