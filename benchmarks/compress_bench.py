@@ -67,7 +67,7 @@ def main() -> None:
     src_acc = res.source_metrics["accuracy"]["value"]
     rows = []
     for a in res.artifacts:
-        v = a.verification
+        v = a.verification.to_json()
         rows.append({"artifact": a.name, "bytes": a.bytes, "export_seconds": a.export_seconds,
                      "accuracy": v["metrics"]["accuracy"]["value"],
                      "accuracy_delta_points": 100 * (v["metrics"]["accuracy"]["value"] - src_acc),
@@ -76,7 +76,7 @@ def main() -> None:
                      "max_abs_logit_diff": v["max_abs_logit_diff"], "passed": a.passed,
                      "failed_checks": [f"{c['check']} {c['value']:+.2f} > {c['limit']}"
                                        for c in v["checks"] if not c["passed"]]})
-    pruning = res.manifest.get("pruning")
+    pruning = res.manifest.pruning
     md_pruning = []
     if pruning:
         pv = pruning["verification"]

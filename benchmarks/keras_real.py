@@ -429,7 +429,7 @@ def main() -> None:
             release_work_folder(work, args.workdir, True, say)
             raise
         cseconds = time.perf_counter() - t0
-        manifest = res.manifest
+        manifest = res.manifest.to_json()
         held_out = {split.val.relative(s) for s in split.val.samples}
         payload["compress"] = {
             "seconds": round(cseconds, 1), "bundle_status": manifest.get("status"),

@@ -7,6 +7,7 @@ One function over the pieces: recipes (what), calibrate (which images), backends
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import platform
 import sys
 import time
@@ -20,18 +21,59 @@ import numpy as np
 from edgekit import __version__
 from edgekit.backends import Artifact, ExportRequest, QuantOptions, require_backend
 from edgekit.backends.base import check_supported
-from edgekit.bundle import BundleWriter, package_versions, sha256_path
+from edgekit.bundle import BundleWriter, load_manifest, package_versions, sha256_path
 from edgekit.calibrate import DataPlan, StreamedImages, plan_data
 from edgekit.checkpoint import save_checkpoint
 from edgekit.data.folder import scan
 from edgekit.errors import ConfigError, VerificationFailed
 from edgekit.evaluate import load_arrays, score
+from edgekit.manifest import (
+    ArtifactEntry,
+    ArtifactInput,
+    ArtifactOutput,
+    DataRecord,
+    EnvironmentRecord,
+    FileEntry,
+    Head,
+    Manifest,
+    SourceRecord,
+)
 from edgekit.prune.latency import for_latency
 from edgekit.prune.recover import prune_and_verify
 from edgekit.recipes import Recipe, load_recipe, pruning_recipe
 from edgekit.sources import Source, load_model, reference_outputs
 from edgekit.ui import progress_bar, status
-from edgekit.verify import compare
+from edgekit.verify import Verification, compare
+
+
+@dataclass(frozen=True)
+class CompressOptions:
+    """Everything ``compress`` can be told besides the source, the data and the bundle folder.
+
+    ``None`` keeps the recipe's value (backends, calibration/verification images, calibration
+    method, integer I/O, seed). ``target_macs`` / ``target_latency_ms`` (measured on the local
+    ``target`` with ``threads``) replace a pruning recipe's target. ``input_size``,
+    ``trust_source`` and ``input_range`` are how the source is loaded; ``threshold`` sets a sigmoid
+    head's decision threshold."""
+
+    recipe: str | Path | Recipe = "int8"
+    backends: list[str] | None = None
+    calibration_images: int | None = None
+    calibration_method: str | None = None
+    verification_images: int | None = None
+    int8_io: bool | None = None
+    seed: int | None = None
+    input_size: int | None = None
+    allow_accuracy_drop: bool = False
+    overwrite: bool = False
+    on_error: str = "skip"
+    target_macs: float | None = None
+    target_latency_ms: float | None = None
+    target: str = "x86-local"
+    threads: int | None = None
+    threshold: float | None = None
+    trust_source: bool = False
+    input_range: str | None = None
 
 
 @dataclass
@@ -40,13 +82,13 @@ class ArtifactResult:
 
     name: str
     artifact: Artifact
-    verification: dict[str, Any]
+    verification: Verification
     export_seconds: float
     bytes: int
 
     @property
     def passed(self) -> bool:
-        return bool(self.verification["passed"])
+        return self.verification.passed
 
 
 @dataclass
@@ -55,13 +97,51 @@ class CompressResult:
     recipe: Recipe
     source_metrics: dict[str, Any]
     artifacts: list[ArtifactResult]
-    manifest: dict[str, Any]
+    manifest: Manifest  # as written to the bundle
     seconds: float
     data: dict[str, Any] = field(default_factory=dict)
 
     @property
     def passed(self) -> bool:
         return all(a.passed for a in self.artifacts)
+
+
+def _recipe(opts: CompressOptions) -> Recipe:
+    """The recipe with the options' overrides, a pruning target checked against it."""
+    rec = opts.recipe if isinstance(opts.recipe, Recipe) else load_recipe(opts.recipe)
+    rec = rec.with_overrides(backends=opts.backends, seed=opts.seed, int8_io=opts.int8_io,
+                             **{"calibration.images": opts.calibration_images,
+                                "calibration.method": opts.calibration_method,
+                                "verification.images": opts.verification_images})
+    if opts.target_macs is not None and opts.target_latency_ms is not None:
+        raise ConfigError("give --target-macs or --target-latency-ms, not both")
+    if (opts.target_macs is not None or opts.target_latency_ms is not None) \
+            and rec.pruning is None:
+        raise ConfigError(f"--target-macs/--target-latency-ms prune the model, but recipe "
+                          f"{rec.name!r} does not; use prune30, prune50, prune30-int8 or "
+                          "prune50-int8")
+    if opts.target_macs is not None:
+        rec = pruning_recipe(rec, **{"pruning.target_macs": opts.target_macs})
+    return rec
+
+
+def _source(source: str | Path | Source, rec: Recipe, opts: CompressOptions,
+            data: str | Path) -> Source:
+    """The source model with its classes (from the data folder when the file has none) and its
+    sigmoid threshold; a pruning recipe on a Keras model is a usage error."""
+    loaded = (source if isinstance(source, Source) else
+              load_model(source, input_size=opts.input_size, trust_source=opts.trust_source,
+                         input_range=opts.input_range))
+    if rec.pruning is not None and loaded.kind == "keras":
+        raise ConfigError(f"{loaded.source}: structured pruning is not supported for Keras models "
+                          f"(edgekit's pruning engine works on PyTorch graphs); recipe "
+                          f"{rec.name!r} prunes. Use an unpruned recipe (fp32, fp16, int8) for "
+                          "this model.")
+    if not loaded.class_names:  # .onnx/.pt2/TorchScript/Keras: classes come from the data folder
+        loaded = loaded.with_classes(scan(data, on_error=opts.on_error).classes)
+    if opts.threshold is not None:
+        loaded = loaded.with_threshold(opts.threshold)
+    return loaded
 
 
 def _check_plan(loaded: Source, recipe: Recipe) -> list[Any]:
@@ -86,56 +166,28 @@ _SOURCE_HINTS = {
 
 
 def compress(source: str | Path | Source, *, data: str | Path, out: str | Path,
-             recipe: str | Path | Recipe = "int8", backends: list[str] | None = None,
-             calibration_images: int | None = None, calibration_method: str | None = None,
-             verification_images: int | None = None, int8_io: bool | None = None,
-             seed: int | None = None, input_size: int | None = None,
-             allow_accuracy_drop: bool = False, overwrite: bool = False,
-             on_error: str = "skip", target_macs: float | None = None,
-             target_latency_ms: float | None = None, target: str = "x86-local",
-             threads: int | None = None, threshold: float | None = None,
-             trust_source: bool = False, input_range: str | None = None) -> CompressResult:
+             options: CompressOptions | None = None, **settings: Any) -> CompressResult:
     """Quantize/export ``source`` per the recipe, verify every artifact, write the bundle.
 
-    Pruning recipes prune + recover first; ``target_macs`` (fraction of the original MACs) or
-    ``target_latency_ms`` (measured on the local ``target`` with ``threads``) replace the
-    recipe's pruning target.
+    ``options`` (a ``CompressOptions``; keyword ``settings`` replace its fields, e.g.
+    ``recipe="fp32", backends=["openvino"]``). Pruning recipes prune + recover first;
+    ``target_macs`` (fraction of the original MACs) or ``target_latency_ms`` (measured on the local
+    ``target`` with ``threads``) replace the recipe's pruning target.
 
     Raises VerificationFailed (after writing the bundle, marked as failing) when an artifact
     misses the recipe's accuracy gate, unless ``allow_accuracy_drop``.
     """
+    opts = dataclasses.replace(options or CompressOptions(), **settings)
+    on_error = opts.on_error
     start = time.perf_counter()
     started = datetime.now(UTC).isoformat(timespec="seconds")
-    rec = recipe if isinstance(recipe, Recipe) else load_recipe(recipe)
-    rec = rec.with_overrides(backends=backends, seed=seed, int8_io=int8_io,
-                             **{"calibration.images": calibration_images,
-                                "calibration.method": calibration_method,
-                                "verification.images": verification_images})
-    if target_macs is not None and target_latency_ms is not None:
-        raise ConfigError("give --target-macs or --target-latency-ms, not both")
-    if (target_macs is not None or target_latency_ms is not None) and rec.pruning is None:
-        raise ConfigError(f"--target-macs/--target-latency-ms prune the model, but recipe "
-                          f"{rec.name!r} does not; use prune30, prune50, prune30-int8 or "
-                          "prune50-int8")
-    if target_macs is not None:
-        rec = pruning_recipe(rec, **{"pruning.target_macs": target_macs})
-    loaded = (source if isinstance(source, Source) else
-              load_model(source, input_size=input_size, trust_source=trust_source,
-                         input_range=input_range))
-    if rec.pruning is not None and loaded.kind == "keras":
-        raise ConfigError(f"{loaded.source}: structured pruning is not supported for Keras models "
-                          f"(edgekit's pruning engine works on PyTorch graphs); recipe "
-                          f"{rec.name!r} prunes. Use an unpruned recipe (fp32, fp16, int8) for "
-                          "this model.")
-    if not loaded.class_names:  # .onnx/.pt2/TorchScript/Keras: classes come from the data folder
-
-        loaded = loaded.with_classes(scan(data, on_error=on_error).classes)
-    if threshold is not None:
-        loaded = loaded.with_threshold(threshold)
+    rec = _recipe(opts)
+    loaded = _source(source, rec, opts, data)
     plugins = _check_plan(loaded, rec)
     latency_rows: list[dict] = []
-    if target_latency_ms is not None:
-        rec, latency_rows = for_latency(loaded, rec, target_latency_ms, target, threads)
+    if opts.target_latency_ms is not None:
+        rec, latency_rows = for_latency(loaded, rec, opts.target_latency_ms, opts.target,
+                                        opts.threads)
     if not loaded.pretrained:
         status("[yellow]Note:[/] compressing a zoo model with fresh (untrained) weights")
 
@@ -159,22 +211,21 @@ def compress(source: str | Path | Source, *, data: str | Path, out: str | Path,
         pruning["latency_search"] = latency_rows
 
     results: list[ArtifactResult] = []
-    with BundleWriter(out, overwrite=overwrite) as writer:
+    with BundleWriter(out, overwrite=opts.overwrite) as writer:
         for backend in plugins:
             results.append(_export_one(backend, model, rec, plan, writer, x, y, ref,
                                        source_metrics, parity_ref))
+        pruned = None if pruning is None else _save_pruned(model, pruning, writer)
         manifest = _manifest(loaded, rec, plan, source_metrics, results, writer, started,
-                             time.perf_counter() - start)
-        if pruning is not None:
-            manifest["pruning"] = _save_pruned(model, pruning, writer)
-            manifest["files"] = [manifest["pruning"]["checkpoint"]]
-        writer.commit(manifest, _readme(manifest))
+                             time.perf_counter() - start, pruned)
+        writer.commit(manifest, _readme(manifest.to_json()))
+    manifest = load_manifest(writer.out)  # as written: the README's entry included
     for r in results:  # point the returned artifacts at their final place in the bundle
         r.artifact.path = writer.out / r.artifact.path.relative_to(writer.tmp)
         r.artifact.files = [writer.out / p.relative_to(writer.tmp) for p in r.artifact.files]
     result = CompressResult(Path(out), rec, source_metrics, results, manifest,
                             time.perf_counter() - start, plan.describe())
-    if not result.passed and not allow_accuracy_drop:
+    if not result.passed and not opts.allow_accuracy_drop:
         failing = ", ".join(a.name for a in results if not a.passed)
         exc = VerificationFailed(
             f"{failing} failed the {rec.name!r} recipe's accuracy gate; the bundle was written "
@@ -230,71 +281,52 @@ def _export_one(backend: Any, loaded: Source, rec: Recipe, plan: DataPlan,
                            head=loaded.head)
     size = sum(p.stat().st_size for p in artifact.files)
     status(f"{name}: {size / 1e6:.2f} MB in {seconds:.1f} s — "
-           f"{'[green]passed[/]' if verification['passed'] else '[red]FAILED[/]'} verification")
+           f"{'[green]passed[/]' if verification.passed else '[red]FAILED[/]'} verification")
     return ArtifactResult(name, artifact, verification, seconds, size)
 
 
 def _manifest(loaded: Source, rec: Recipe, plan: DataPlan, source_metrics: dict[str, Any],
               results: list[ArtifactResult], writer: BundleWriter, started: str,
-              seconds: float) -> dict[str, Any]:
+              seconds: float, pruning: dict[str, Any] | None = None) -> Manifest:
     src_path = Path(str(loaded.source).partition(":")[2] or loaded.source)
-    source = {
-        "source": str(loaded.source),
-        "kind": loaded.kind,
-        "architecture": loaded.name,
-        "sha256": sha256_path(src_path) if src_path.exists() else None,
-        "trained": loaded.pretrained,
-        "parameters": loaded.metadata.get("parameters"),
-        "data_note": loaded.metadata.get("data_note"),
-    }
-    if "keras" in loaded.metadata:
-        source["keras"] = loaded.metadata["keras"]
-    artifacts = []
-    for r in results:
-        a = r.artifact
-        artifacts.append({
-            "name": r.name,
-            "backend": a.backend,
-            "precision": a.precision,
-            "status": "passed" if r.passed else "failed-gate",
-            "files": [writer.file_entry(p) for p in a.files],
-            "bytes": r.bytes,
-            "input": {"name": a.input_name, "shape": a.input_shape, "dtype": a.input_dtype,
-                      "layout": a.layout},
-            "output": {"dtype": a.output_dtype},
-            "quantization": a.quantization,
-            "notes": a.notes,
-            "export_seconds": round(r.export_seconds, 2),
-            "verification": r.verification,
-        })
-    return {
-        "created": datetime.now(UTC).isoformat(timespec="seconds"),
-        "started": started,
-        "seconds": round(seconds, 1),
-        "status": "passed" if all(r.passed for r in results) else "failed-gate",
-        "source": source,
-        "task": loaded.task,
-        "class_names": list(loaded.class_names),
-        "head": _head(loaded),
-        "preprocess": loaded.spec.to_dict(),
-        "recipe": rec.model_dump(),
-        "data": plan.describe(),
-        "source_metrics": source_metrics,
-        "artifacts": artifacts,
-        "environment": {"edgekit": __version__, "python": platform.python_version(),
-                        "machine": platform.machine(), "packages": package_versions()},
-    }
+    source = SourceRecord(source=str(loaded.source), kind=loaded.kind, architecture=loaded.name,
+                          sha256=sha256_path(src_path) if src_path.exists() else None,
+                          trained=loaded.pretrained,
+                          parameters=loaded.metadata.get("parameters"),
+                          data_note=loaded.metadata.get("data_note"),
+                          keras=loaded.metadata.get("keras"))
+    artifacts = tuple(ArtifactEntry(
+        name=r.name, backend=r.artifact.backend, precision=r.artifact.precision,
+        status="passed" if r.passed else "failed-gate",
+        files=tuple(writer.entry(p) for p in r.artifact.files), bytes=r.bytes,
+        input=ArtifactInput(name=r.artifact.input_name, shape=tuple(r.artifact.input_shape),
+                            dtype=r.artifact.input_dtype, layout=r.artifact.layout),
+        output=ArtifactOutput(dtype=r.artifact.output_dtype),
+        quantization=r.artifact.quantization, notes=tuple(r.artifact.notes),
+        export_seconds=round(r.export_seconds, 2), verification=r.verification.to_json())
+        for r in results)
+    return Manifest(
+        created=datetime.now(UTC).isoformat(timespec="seconds"), started=started,
+        seconds=round(seconds, 1),
+        status="passed" if all(r.passed for r in results) else "failed-gate",
+        source=source, task=loaded.task, class_names=tuple(loaded.class_names),
+        head=_head(loaded), preprocess=loaded.spec, recipe=rec.model_dump(),
+        data=DataRecord.from_json(plan.describe()), source_metrics=source_metrics,
+        artifacts=artifacts,
+        environment=EnvironmentRecord(edgekit=__version__, python=platform.python_version(),
+                                      machine=platform.machine(), packages=package_versions()),
+        pruning=pruning,
+        files=() if pruning is None else (FileEntry.from_json(pruning["checkpoint"]),))
 
 
-def _head(loaded: Source) -> dict[str, Any]:
+def _head(loaded: Source) -> Head:
     """How to read the outputs: logits or probabilities; sigmoid heads' threshold and positive
     class."""
-    head = {"scores_are": loaded.head.get("scores_are", "logits"),
-            "threshold": float(loaded.head.get("threshold", 0.5))}
-    if loaded.head.get("binary"):
-        head["type"] = "binary-sigmoid"
-        head["positive_class"] = loaded.class_names[1]
-    return head
+    binary = bool(loaded.head.get("binary"))
+    return Head(scores_are=loaded.head.get("scores_are", "logits"),
+                threshold=float(loaded.head.get("threshold", 0.5)),
+                type="binary-sigmoid" if binary else None,
+                positive_class=loaded.class_names[1] if binary else None)
 
 
 def _readme_extras(m: dict[str, Any]) -> str:

@@ -125,9 +125,9 @@ def run_demo(cfg: DemoConfig) -> DemoResult:
         "model": cfg.model, "checkpoint": str(demo.checkpoint), "parameters": demo.params,
         "macs": demo.macs, "input_size": cfg.input_size, "best_epoch": demo.best_epoch,
         "validation_images": demo.val_images, "metrics": demo.metrics,
-        "bundle": str(out / "bundle"), "bundle_status": compressed.manifest["status"],
+        "bundle": str(out / "bundle"), "bundle_status": compressed.manifest.status,
         "artifacts": {a.name: {"bytes": a.bytes, "passed": a.passed,
-                               "top1_agreement": a.verification.get("top1_agreement")}
+                               "top1_agreement": a.verification.top1_agreement}
                       for a in compressed.artifacts},
         "bench_report": str(run.run_dir / "report.html") if run else None,
         "seconds": {k: round(v, 1) for k, v in seconds.items()},

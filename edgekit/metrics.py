@@ -100,6 +100,18 @@ class DeltaInterval(Interval):
 
 
 # ---------------------------------------------------------------------------------- scores
+def metric_value(m: Any) -> float | None:
+    """The number of a metric written as ``{"value", "ci95"}`` (``evaluate``'s JSON) or as a
+    bare number."""
+    return m.get("value") if isinstance(m, dict) else m
+
+
+def metric_ci(m: Any) -> tuple[float | None, float | None]:
+    """The 95 % CI of a ``{"value", "ci95"}`` metric, (None, None) when it has none."""
+    ci = m.get("ci95") if isinstance(m, dict) else None
+    return (ci[0], ci[1]) if ci else (None, None)
+
+
 def softmax(logits: npt.ArrayLike, axis: int = -1) -> np.ndarray:
     """Numerically stable softmax along ``axis`` (float64)."""
     x = np.asarray(logits, dtype=np.float64)

@@ -82,11 +82,6 @@ class Runner:
         self.threads, self.options = threads, options
         self.session = self.open() if open_session else None
 
-    @property
-    def artifact(self) -> dict[str, Any]:
-        """The chosen artifact's manifest entry as JSON (``entry`` is the typed one)."""
-        return self.entry.to_json()
-
     def open(self) -> Any:
         return self.backend.open(self.bundle / self.entry.files[0].path, self.threads,
                                  options=self.options)

@@ -30,6 +30,7 @@ from edgekit.checkpoint import save_checkpoint
 from edgekit.data.folder import Dataset, Split, scan, split_dataset
 from edgekit.errors import ConfigError, DataError
 from edgekit.evaluate import load_arrays, score
+from edgekit.metrics import metric_value
 from edgekit.sources.torch import predict_module
 from edgekit.ui import progress_bar, status
 from edgekit.zoo import create_model, model_config
@@ -97,8 +98,7 @@ class TrainResult:
     def headline(self) -> tuple[str, float]:
         """The early-stopping metric: accuracy (multiclass) or mean AUROC (multilabel)."""
         key = "mean_auroc" if "mean_auroc" in self.metrics else "accuracy"
-        value = self.metrics[key]
-        return key, value["value"] if isinstance(value, dict) else value
+        return key, metric_value(self.metrics[key])
 
 
 # --------------------------------------------------------------------------- augmentation
@@ -275,7 +275,7 @@ def _headline_key(task: str) -> str:
 
 
 def _headline_value(m: dict[str, Any], key: str) -> float:
-    value = m[key]["value"] if isinstance(m[key], dict) else m[key]
+    value = metric_value(m[key])
     return -math.inf if value is None else float(value)  # undefined (e.g. one-class val) never wins
 
 

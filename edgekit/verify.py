@@ -11,12 +11,68 @@ model within the tolerance (``parity_ref``, available at compress time).
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
 from edgekit import metrics
 from edgekit.evaluate import as_logits, metrics_task, score, threshold_of
+from edgekit.metrics import metric_value as _v
+
+
+@dataclass(frozen=True)
+class Check:
+    """One line of the gate: what was measured, its limit, and whether it is within it."""
+
+    check: str
+    value: float | None
+    limit: float
+    passed: bool
+
+    def to_json(self) -> dict[str, Any]:
+        return {"check": self.check, "value": self.value, "limit": self.limit,
+                "passed": self.passed}
+
+
+@dataclass(frozen=True)
+class Verification:
+    """One artifact (or pruned model) held to its source on the same held-out images.
+
+    ``metrics`` is ``edgekit.metrics``' JSON for the artifact's outputs; ``top1_agreement`` and
+    ``accuracy_delta`` (the paired accuracy difference with its 95 % CI) are single-label only;
+    ``max_abs_logit_diff_vs_pruned`` only for artifacts of a pruned model. ``passed``: every
+    check of the gate passed. ``to_json()`` is the record in the bundle manifest."""
+
+    n: int
+    max_abs_logit_diff: float
+    mean_abs_logit_diff: float
+    metrics: dict[str, Any]
+    checks: tuple[Check, ...]
+    top1_agreement: float | None = None
+    accuracy_delta: dict[str, Any] | None = None
+    max_abs_logit_diff_vs_pruned: float | None = None
+
+    @property
+    def passed(self) -> bool:
+        return all(c.passed for c in self.checks)
+
+    @property
+    def failed_checks(self) -> list[Check]:
+        return [c for c in self.checks if not c.passed]
+
+    def to_json(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"n": self.n, "max_abs_logit_diff": self.max_abs_logit_diff,
+                               "mean_abs_logit_diff": self.mean_abs_logit_diff,
+                               "metrics": self.metrics}
+        if self.top1_agreement is not None:
+            out["top1_agreement"] = self.top1_agreement
+            out["accuracy_delta"] = self.accuracy_delta
+        if self.max_abs_logit_diff_vs_pruned is not None:
+            out["max_abs_logit_diff_vs_pruned"] = self.max_abs_logit_diff_vs_pruned
+        out["checks"] = [c.to_json() for c in self.checks]
+        out["passed"] = self.passed
+        return out
 
 
 def _within(drop: float, limit: float) -> bool:
@@ -25,15 +81,11 @@ def _within(drop: float, limit: float) -> bool:
     return drop <= limit + 1e-9 * max(1.0, abs(limit))
 
 
-def _v(m: Any) -> float | None:
-    return m.get("value") if isinstance(m, dict) else m
-
-
 def compare(ref: np.ndarray, out: np.ndarray, y: np.ndarray, *, task: str,
             class_names: tuple[str, ...], precision: str, recipe: Any,
             source_metrics: dict[str, Any], seed: int = 0,
             parity_ref: np.ndarray | None = None,
-            head: dict[str, Any] | None = None) -> dict[str, Any]:
+            head: dict[str, Any] | None = None) -> Verification:
     """Everything the bundle records about one artifact's agreement with its source.
 
     ``ref`` and ``source_metrics`` are the source model's; ``parity_ref`` (pruned bundles) the
@@ -104,6 +156,4 @@ def compare(ref: np.ndarray, out: np.ndarray, y: np.ndarray, *, task: str,
             drop = _v(source_metrics["auroc"]) - _v(am["auroc"])
             checks.append({"check": "AUROC drop", "value": drop, "limit": gate.max_auroc_drop,
                            "passed": exempt or _within(drop, gate.max_auroc_drop)})
-    result["checks"] = checks
-    result["passed"] = all(c["passed"] for c in checks)
-    return result
+    return Verification(**result, checks=tuple(Check(**c) for c in checks))

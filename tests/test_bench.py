@@ -105,10 +105,10 @@ def test_bound_call_runs_the_same_inference(bundle: Path, art: str) -> None:
     expected = runner.session.run(x)
     call = runner.session.bind(x)
     call()
-    result = time_session(runner.open, x.shape, backend=runner.artifact["backend"], threads=1,
+    result = time_session(runner.open, x.shape, backend=runner.entry.backend, threads=1,
                           protocol=QUICK)
     assert result["latency_ms"]["n"] >= 20 and result["load_ms"] > 0
-    assert result["runtime"]["name"] == runner.artifact["backend"]
+    assert result["runtime"]["name"] == runner.entry.backend
     assert result["environment"]["cpu"]["logical_cores"] >= 1
     np.testing.assert_allclose(runner.session.run(x), expected)
     if art.startswith("openvino"):
@@ -345,7 +345,7 @@ def test_multilabel_gate_without_any_defined_auroc_fails() -> None:
     names = ("a", "b")
     src = score(y, logits, task="multilabel", class_names=names)
     out = compare(logits, logits + 0.1, y, task="multilabel", class_names=names,
-                  precision="int8", recipe=load_recipe("int8"), source_metrics=src)
+                  precision="int8", recipe=load_recipe("int8"), source_metrics=src).to_json()
     assert not out["passed"] and "undefined" in out["checks"][0]["check"]
 
 

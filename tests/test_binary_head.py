@@ -56,14 +56,14 @@ def test_binary_verification_gates_sensitivity_specificity_and_auroc():
     src = score(y, ref, task="multiclass", class_names=CLASSES, head=PROBS)
     close = np.clip(ref + 0.01, 0, 1)
     v = compare(ref, close, y, task="multiclass", class_names=CLASSES, precision="int8",
-                recipe=recipe, source_metrics=src, head=PROBS)
+                recipe=recipe, source_metrics=src, head=PROBS).to_json()
     checks = {c["check"] for c in v["checks"]}
     assert "AUROC drop" in checks and "sensitivity drop: yes (points)" in checks
     assert "specificity drop: yes vs no (points)" in checks
     assert v["top1_agreement"] > 0.9 and "accuracy_delta" in v
     flipped = 1.0 - ref  # an artifact that inverted its output
     bad = compare(ref, flipped, y, task="multiclass", class_names=CLASSES, precision="int8",
-                  recipe=recipe, source_metrics=src, head=PROBS)
+                  recipe=recipe, source_metrics=src, head=PROBS).to_json()
     assert not bad["passed"] and bad["top1_agreement"] < 0.2
 
 

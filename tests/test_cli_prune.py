@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import re
 from pathlib import Path
@@ -11,6 +12,7 @@ import pytest
 from click.testing import CliRunner, Result
 
 from edgekit.cli import main
+from edgekit.verify import Check
 
 PRUNE_ONLY_FLAGS = ("--out", "--target-macs", "--epochs")
 
@@ -83,10 +85,8 @@ def test_prune_json_and_the_accuracy_gate(trained, mri_phantoms, tmp_path, cli, 
 
     def failing(*args, **kwargs):
         v = real(*args, **kwargs)
-        v["checks"].append({"check": "forced by the test", "value": 1.0, "limit": 0.0,
-                            "passed": False})
-        v["passed"] = False
-        return v
+        forced = Check(check="forced by the test", value=1.0, limit=0.0, passed=False)
+        return dataclasses.replace(v, checks=(*v.checks, forced))
 
     monkeypatch.setattr(edgekit.prune.recover, "compare", failing)
     out = tmp_path / "p.pt"

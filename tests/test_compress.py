@@ -49,9 +49,10 @@ def test_every_zoo_model_every_backend_fp32_and_int8(name, mri_phantoms, ct_phan
             "onnxruntime", "openvino", "litert"]
         verify_bundle(out)
     for a in results["fp32"].artifacts:
-        assert a.verification["max_abs_logit_diff"] <= 1e-4 and a.passed, a.name
+        assert a.verification.max_abs_logit_diff <= 1e-4 and a.passed, a.name
     pairs = zip(results["int8"].artifacts, results["fp32"].artifacts,
-                results["int8"].manifest["artifacts"], results["fp32"].manifest["artifacts"],
+                results["int8"].manifest.to_json()["artifacts"],
+                results["fp32"].manifest.to_json()["artifacts"],
                 strict=True)
     for q, f, mq, mf in pairs:
         # weights always shrink; an OpenVINO IR of a tiny model (dsconv_cbam_gap, 31 k
@@ -60,7 +61,7 @@ def test_every_zoo_model_every_backend_fp32_and_int8(name, mri_phantoms, ct_phan
         assert weights[0] < weights[1], f"{q.name} weights are not smaller than {f.name}'s"
         if weights[1] >= 256_000:
             assert q.bytes < f.bytes, f"{q.name} ({q.bytes} B) is not smaller than {f.name}"
-        assert np.isfinite(q.verification["max_abs_logit_diff"])
+        assert np.isfinite(q.verification.max_abs_logit_diff)
 
 
 def test_multilabel_ct_model(ct_phantoms, tmp_path):
@@ -72,7 +73,7 @@ def test_multilabel_ct_model(ct_phantoms, tmp_path):
     m = read_manifest(tmp_path / "b")
     assert m["task"] == "multilabel" and m["preprocess"]["ct_windows"]
     assert m["class_names"][0] == "any"
-    v = res.artifacts[0].verification
+    v = res.artifacts[0].verification.to_json()
     assert "mean_auroc" in v["metrics"] and v["checks"][0]["check"] == "mean AUROC drop"
 
 
@@ -198,7 +199,7 @@ def test_onnx_source(trained, mri_phantoms, tmp_path):
     res = compress(onnx_path, data=mri_phantoms, out=tmp_path / "b", recipe="int8",
                    backends=["onnxruntime", "openvino"], allow_accuracy_drop=True, **SMALL)
     assert [a.name for a in res.artifacts] == ["onnxruntime-int8", "openvino-int8"]
-    assert res.manifest["class_names"] == ["glioma", "meningioma", "notumor", "pituitary"]
+    assert res.manifest.to_json()["class_names"] == ["glioma", "meningioma", "notumor", "pituitary"]
     fp32 = compress(onnx_path, data=mri_phantoms, out=tmp_path / "f", recipe="fp32",
                     backends=["onnxruntime", "openvino"], **SMALL)
     assert fp32.passed
@@ -262,4 +263,4 @@ def test_torchscript_source(trained, mri_phantoms, tmp_path):
         compress(path, input_size=64, data=mri_phantoms, out=tmp_path / "b", recipe="fp32")
     res = compress(path, input_size=64, data=mri_phantoms, out=tmp_path / "b", recipe="fp32",
                    backends=["onnxruntime", "openvino"], **SMALL)
-    assert res.passed and res.manifest["source"]["kind"] == "torchscript"
+    assert res.passed and res.manifest.source.kind == "torchscript"

@@ -27,7 +27,7 @@ def pruned_bundle(trained: Path, mri_phantoms: Path, tmp_path_factory: pytest.Te
 
 
 def test_pruned_bundle_records_the_pruning(pruned_bundle) -> None:
-    m = pruned_bundle.manifest
+    m = pruned_bundle.manifest.to_json()
     p = m["pruning"]
     assert p["macs_after"] <= 0.7 * p["macs_before"]
     assert p["params_after"] < p["params_before"]
@@ -52,13 +52,13 @@ def test_pruned_checkpoint_reloads_and_matches_the_fp32_artifacts(pruned_bundle,
 
     bundle = pruned_bundle.bundle
     pruned = load_model(bundle / "source" / "pruned.pt")
-    assert summarize(pruned).macs == pruned_bundle.manifest["pruning"]["macs_after"]
+    assert summarize(pruned).macs == pruned_bundle.manifest.pruning["macs_after"]
     x = np.stack([pruned.spec.load(p) for p in sorted(mri_phantoms.rglob("*.jpg"))[:6]])
     ref = reference_outputs(pruned, x)
     assert {a.name for a in pruned_bundle.artifacts} == {
         "onnxruntime-fp32", "openvino-fp32", "litert-fp32"}
     for a in pruned_bundle.artifacts:
-        v = a.verification
+        v = a.verification.to_json()
         parity = [c for c in v["checks"] if c["check"] == "max |logit diff| vs the pruned model"]
         assert parity and parity[0]["passed"], a.name
         assert v["max_abs_logit_diff_vs_pruned"] <= 1e-4
@@ -136,11 +136,11 @@ def test_compare_gates_fp32_of_a_pruned_recipe() -> None:
 
     sm = score(y, ref, task="multiclass", class_names=names, seed=0)
     plain = compare(ref, worse, y, task="multiclass", class_names=names, precision="fp32",
-                    recipe=load_recipe("fp32"), source_metrics=sm)
+                    recipe=load_recipe("fp32"), source_metrics=sm).to_json()
     assert not plain["passed"]  # fp32 parity fails, accuracy is not gated
     assert all(c["passed"] for c in plain["checks"] if "drop" in c["check"])
     pruned = compare(ref, worse, y, task="multiclass", class_names=names, precision="fp32",
-                     recipe=load_recipe("prune30"), source_metrics=sm, parity_ref=worse)
+                     recipe=load_recipe("prune30"), source_metrics=sm, parity_ref=worse).to_json()
     drop = next(c for c in pruned["checks"] if c["check"] == "top-1 accuracy drop (points)")
     assert drop["value"] == pytest.approx(10.0) and not drop["passed"]
     parity = next(c for c in pruned["checks"] if c["check"].startswith("max |logit diff|"))

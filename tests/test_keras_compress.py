@@ -88,7 +88,7 @@ def test_in_graph_rescaling_is_kept_and_never_applied_twice(trained_keras, mri_p
     res = compress(trained_keras, data=mri_phantoms, out=out, recipe="int8", backends=BACKENDS,
                    allow_accuracy_drop=True, **SMALL)
     for a in res.artifacts:  # 32 images: one flip is 3 points, so agreement, not the gate
-        assert a.verification["top1_agreement"] >= 0.9, (a.name, a.verification["checks"])
+        assert a.verification.top1_agreement >= 0.9, (a.name, a.verification.checks)
     m = read_manifest(out)
     assert m["preprocess"]["scale"] == 1.0 and m["preprocess"]["layout"] == "NHWC"
     assert m["source"]["kind"] == "keras" and m["head"]["scores_are"] == "probs"
@@ -155,7 +155,7 @@ def test_each_keras_model_compresses_verifies_and_benches(name, mri_phantoms, bi
                        allow_accuracy_drop=True, **SMALL)
         assert [a.name for a in res.artifacts] == [f"{b}-{recipe}" for b in BACKENDS]
         for a in res.artifacts:
-            v = a.verification
+            v = a.verification.to_json()
             assert v["n"] >= 16 and np.isfinite(v["max_abs_logit_diff"])
             if recipe == "fp32":  # exact conversions: held to the logit tolerance
                 assert v["passed"], (a.name, v["checks"])
@@ -193,7 +193,7 @@ def test_binary_threshold_is_configurable_and_recorded(binary_data, mri_phantoms
                    threshold=0.3, **SMALL)
     m = read_manifest(out)
     assert m["head"]["threshold"] == 0.3
-    assert res.artifacts[0].verification["metrics"]["threshold"] == 0.3
+    assert res.artifacts[0].verification.metrics["threshold"] == 0.3
     four = tmp_path / "four.keras"
     km.augmented_cnn(64, 4).save(four)
     with pytest.raises(ConfigError, match="sigmoid heads"):

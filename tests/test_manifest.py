@@ -195,7 +195,7 @@ def test_a_valid_bundle_verifies_loads_and_runs(tiny: Path, image: Path) -> None
     assert [r["name"] for r in rows] == ["bundle files", "onnxruntime-fp32"]
     assert all(r["hashes"] == "ok" for r in rows) and rows[1]["loads"] == "ok"
     runner = Runner(tiny)
-    assert runner.artifact["backend"] == "onnxruntime" and runner.entry.name == "onnxruntime-fp32"
+    assert runner.entry.backend == "onnxruntime" and runner.entry.name == "onnxruntime-fp32"
     res = runner.predict_one(image)
     assert res["prediction"] in CLASSES and abs(sum(res["probabilities"].values()) - 1) < 1e-6
 

@@ -72,7 +72,7 @@ def _accuracy(task: str, n: int, precision: str, quality: str, flips: int = 0) -
             out[i, (c + 1) % len(names)] += 10.0
     acc = compare(ref, out, y, task=task, class_names=names, precision=precision,
                   recipe=load_recipe("int8"), source_metrics=src, seed=0)
-    return json.dumps(acc)
+    return json.dumps(acc.to_json())
 
 
 def _artifact(bundle: str, name: str, backend: str, precision: str, kind: str, quality: str,

@@ -31,13 +31,13 @@ from edgekit.bench.emulated import EmulatedExecutor, check_bundle
 from edgekit.bench.local import LocalExecutor, RunFailed
 from edgekit.bench.protocol import Protocol, merge_trials
 from edgekit.bench.ssh import DeviceError, SshExecutor
-from edgekit.bundle import read_manifest, sha256_path, verify_bundle
+from edgekit.bundle import load_manifest, sha256_path, verify_bundle
 from edgekit.calibrate import check_readable, stratified_sample
 from edgekit.data.folder import scan
 from edgekit.data.phantoms import generate_ct_dataset, generate_mri_dataset
-from edgekit.data.preprocess import PreprocessSpec
 from edgekit.errors import ConfigError, DataError, EdgekitError
 from edgekit.evaluate import held_out_dataset, score, targets_of
+from edgekit.manifest import ArtifactEntry, Manifest
 from edgekit.recipes import Recipe
 from edgekit.report import write_report
 from edgekit.report.results import (
@@ -54,7 +54,7 @@ from edgekit.report.results import (
     Row,
     as_results,
 )
-from edgekit.sources import load_model, reference_outputs
+from edgekit.sources import Source, load_model, reference_outputs, source_class
 from edgekit.targets import isa_notes, load_target
 from edgekit.ui import progress_bar, status
 from edgekit.verify import compare
@@ -102,8 +102,8 @@ class EvalSet:
 @dataclass
 class BundleInfo:
     path: Path
-    manifest: dict[str, Any]
-    source: Any = None  # LoadedModel when the source model could be loaded, else None
+    manifest: Manifest
+    source: Source | None = None  # when the source model could be loaded
     source_note: str = ""
 
     @property
@@ -112,16 +112,15 @@ class BundleInfo:
 
     @property
     def shape(self) -> list[int]:
-        return list(PreprocessSpec.from_dict(self.manifest["preprocess"]).input_shape(1))
+        return list(self.manifest.preprocess.input_shape(1))
 
     @property
     def input_size(self) -> int:
-        return PreprocessSpec.from_dict(self.manifest["preprocess"]).height
+        return self.manifest.preprocess.height
 
     @property
     def source_key(self) -> tuple[str, str | None]:
-        src = self.manifest["source"]
-        return str(src["source"]), src.get("sha256")
+        return self.manifest.source.source, self.manifest.source.sha256
 
 
 @dataclass
@@ -140,7 +139,7 @@ def _load_bundles(bundles: list[str | Path]) -> list[BundleInfo]:
     infos = []
     for b in bundles:
         path = Path(b).resolve()
-        manifest = read_manifest(path)
+        manifest = load_manifest(path)
         verify_bundle(path, load=False)  # every file present and unmodified
         infos.append(BundleInfo(path, manifest))
     names = [i.name for i in infos]
@@ -149,36 +148,37 @@ def _load_bundles(bundles: list[str | Path]) -> list[BundleInfo]:
     first = infos[0].manifest
     for info in infos[1:]:
         m = info.manifest
-        if m["task"] != first["task"] or m["class_names"] != first["class_names"]:
-            raise ConfigError(f"{info.path}: its classes ({', '.join(m['class_names'])}) differ "
+        if m.task != first.task or m.class_names != first.class_names:
+            raise ConfigError(f"{info.path}: its classes ({', '.join(m.class_names)}) differ "
                               f"from {infos[0].path}'s; bench bundles of one model family together")
     return infos
 
 
 def _load_source(info: BundleInfo) -> None:
     """Attach the PyTorch/ONNX source model if it is still where compress found it, unchanged."""
-    src = info.manifest["source"]
-    text = str(src["source"])
+    src = info.manifest.source
+    text = src.source
     path = _source_path(text)
-    if src.get("sha256") is None:
+    if src.sha256 is None:
         info.source_note = (f"source {text!r} is a zoo architecture with fresh weights: timed, but "
                             "accuracy is compared with the bundle's fp32 artifact instead")
         return
     if not path.exists():
         info.source_note = f"source {path} not found: accuracy reference is an fp32 artifact"
         return
-    elif sha256_path(path) != src["sha256"]:
+    elif sha256_path(path) != src.sha256:
         info.source_note = f"source {path} changed since compress: not used as the reference"
         return
     try:
-        keras = src.get("keras") or {}
+        keras = src.keras or {}
         loaded = load_model(text, input_size=info.input_size,
                             input_range=keras.get("input_range") if keras else None)
         # the bundle's classes, head and preprocessing are what its artifacts were held to
+        head = info.manifest.head
         info.source = dataclasses.replace(
-            loaded, class_names=tuple(info.manifest["class_names"]),
-            head=dict(info.manifest.get("head") or loaded.head),
-            spec=PreprocessSpec.from_dict(info.manifest["preprocess"]))
+            loaded, class_names=info.manifest.class_names,
+            head=head.to_json() if head is not None else dict(loaded.head),
+            spec=info.manifest.preprocess)
     except (ImportError, EdgekitError) as exc:
         info.source_note = (f"source {path} not loadable here ({exc}); accuracy reference is "
                             "an fp32 artifact of the same source, if one is benched")
@@ -192,7 +192,7 @@ def _dataset(data: str | Path | None, info: BundleInfo, held_out: bool, on_error
             raise ConfigError(f"--held-out needs {info.name}'s source checkpoint (written by "
                               f"edgekit train) where compress found it: {info.source_note}")
         return held_out_dataset(info.source, data)
-    task, classes = info.manifest["task"], tuple(info.manifest["class_names"])
+    task, classes = info.manifest.task, info.manifest.class_names
     return scan(data, task=task, on_error=on_error,
                 expected_classes=None if task == "multilabel" else classes)
 
@@ -206,11 +206,11 @@ def _source_path(text: str) -> Path:
 def _eval_set(dataset: Any, info: BundleInfo, max_images: int | None, seed: int,
               on_error: str) -> EvalSet:
     m = info.manifest
-    task, classes = m["task"], tuple(m["class_names"])
+    task, classes = m.task, m.class_names
     samples = dataset.samples
     if max_images and len(samples) > max_images:
         samples = stratified_sample(samples, max_images, seed)
-    spec = PreprocessSpec.from_dict(m["preprocess"])
+    spec = m.preprocess
     kept, unreadable = check_readable(samples, spec, on_error, "evaluation")
     skipped = [str(p) for p, _ in dataset.skipped] + unreadable
     if not kept:
@@ -221,7 +221,7 @@ def _eval_set(dataset: Any, info: BundleInfo, max_images: int | None, seed: int,
 
 
 def _source_logits(info: BundleInfo, ev: EvalSet, chunk: int = 64) -> np.ndarray:
-    spec = PreprocessSpec.from_dict(info.manifest["preprocess"])
+    spec = info.manifest.preprocess
     outs = []
     with progress_bar(f"{info.name}: source model on {len(ev.paths)} images",
                       len(ev.paths)) as bar:
@@ -237,47 +237,30 @@ def _accuracy(info: BundleInfo, precision: str | None, logits: np.ndarray, ref: 
               ev: EvalSet, seed: int) -> Json:
     """``compare()`` of ``logits`` with the reference's on the evaluation images, held to the
     bundle's recipe gate for ``precision``."""
-    recipe = Recipe.model_validate(info.manifest["recipe"])
-    head = info.manifest.get("head")
+    recipe = Recipe.model_validate(info.manifest.recipe)
+    head = None if info.manifest.head is None else info.manifest.head.to_json()
     source_metrics = score(ev.y, ref, task=ev.task, class_names=ev.class_names, seed=seed,
                            head=head)
     return compare(ref, logits, ev.y, task=ev.task, class_names=ev.class_names,
                    precision=precision, recipe=recipe, source_metrics=source_metrics,
-                   seed=seed, head=head)
+                   seed=seed, head=head).to_json()
 
 
-# What bench needs to know about a source kind, one function each: these move to the
-# sources (edgekit.sources) and only their bodies change.
-_SOURCE_RUNTIME = {"onnx": "onnxruntime", "keras": "keras"}
-_SOURCE_LABEL = {"onnx": "ONNX Runtime", "keras": "Keras/TensorFlow"}
-
-
-def _source_runtime(kind: str) -> str:
-    """The runtime that runs a source model of ``kind`` (its record's ``backend``)."""
-    return _SOURCE_RUNTIME.get(kind, "pytorch")
-
-
-def _source_label(kind: str) -> str:
-    """How the report names the runtime of a source model of ``kind``."""
-    return _SOURCE_LABEL.get(kind, "PyTorch eager")
-
-
-def _artifact_record(info: BundleInfo, art: dict[str, Any]) -> ArtifactRecord:
+def _artifact_record(info: BundleInfo, art: ArtifactEntry) -> ArtifactRecord:
     return ArtifactRecord(
-        id=f"{info.name}/{art['name']}", bundle=str(info.path), bundle_name=info.name,
-        name=art["name"], backend=art["backend"], precision=art["precision"], kind="artifact",
-        status=art["status"], recipe=info.manifest["recipe"]["name"], bytes=art["bytes"],
-        notes=list(art.get("notes", [])), accuracy=art.get("verification"),
-        accuracy_source="bundle")
+        id=f"{info.name}/{art.name}", bundle=str(info.path), bundle_name=info.name,
+        name=art.name, backend=art.backend, precision=art.precision, kind="artifact",
+        status=art.status, recipe=info.manifest.recipe["name"], bytes=art.bytes,
+        notes=list(art.notes), accuracy=art.verification, accuracy_source="bundle")
 
 
 def _source_record(info: BundleInfo) -> ArtifactRecord:
-    src = info.manifest["source"]
-    path = _source_path(str(src["source"]))
+    src = info.manifest.source
+    path = _source_path(src.source)
     return ArtifactRecord(
         id=f"{info.name}/source", bundle=str(info.path), bundle_name=info.name, name="source",
-        backend=_source_runtime(src["kind"]), precision="fp32", kind="source",
-        status="reference", recipe=info.manifest["recipe"]["name"],
+        backend=source_class(src.kind).runtime, precision="fp32", kind="source",
+        status="reference", recipe=info.manifest.recipe["name"],
         bytes=path.stat().st_size if path.is_file() else None,
         notes=[info.source_note] if info.source_note else [], accuracy=None,
         accuracy_source="bundle")
@@ -295,9 +278,9 @@ def _reference_logits(info: BundleInfo, ev: EvalSet, outputs: dict[str, np.ndarr
         i for i in infos if i is not info and i.source_key == info.source_key
         and info.source_key[1] is not None]
     for other in same:
-        for art in other.manifest["artifacts"]:
-            key = f"{other.name}/{art['name']}"
-            if art["precision"] == "fp32" and key in outputs:
+        for art in other.manifest.artifacts:
+            key = f"{other.name}/{art.name}"
+            if art.precision == "fp32" and key in outputs:
                 return outputs[key], key
     return None, None
 
@@ -496,7 +479,7 @@ def _parity_images(infos: list[BundleInfo], ev: EvalSet | None, n: int, seed: in
         idx = sorted(rng.choice(len(ev.paths), size=min(n, len(ev.paths)), replace=False))
         return [ev.paths[i] for i in idx]
     size = max(infos[0].input_size, 64)
-    if infos[0].manifest["preprocess"].get("ct_windows"):
+    if infos[0].manifest.preprocess.ct_windows:
         root = generate_ct_dataset(folder, n, size=size, seed=seed)
         return sorted(root.glob("*.dcm"))
     root = generate_mri_dataset(folder, max(1, -(-n // 4)), size=size, seed=seed, fmt="png")
@@ -538,11 +521,12 @@ def _predict_all(infos: list[BundleInfo], tgt: Any, counts: list[int]) -> Predic
     for info in infos:
         module = getattr(info.source, "module", None)
         try:
-            rows += predict_bundle(info.path, info.manifest, tgt, counts, module=module)
+            rows += predict_bundle(info.path, info.manifest.to_json(), tgt, counts,
+                                   module=module)
         except (EdgekitError, ValueError, KeyError) as exc:
-            rows += [{"artifact": f"{info.name}/{a['name']}", "threads": t,
+            rows += [{"artifact": f"{info.name}/{a.name}", "threads": t,
                       "error": f"no prediction: {exc}"}
-                     for a in info.manifest["artifacts"] for t in counts]
+                     for a in info.manifest.artifacts for t in counts]
     return Predicted(label="predicted",
                      notes=["predicted by edgekit's per-kernel roofline latency model (see "
                             "`edgekit targets show " + tgt.name + "`); each number carries the "
@@ -556,11 +540,11 @@ def _records(infos: list[BundleInfo], source: bool,
     source model), and the id of each source model's record."""
     per_bundle, source_ids = [], {}
     for info in infos:
-        records = [_artifact_record(info, a) for a in info.manifest["artifacts"]]
-        src = info.manifest["source"]
-        if (source and src["kind"] in ("torch", "torchscript")
+        records = [_artifact_record(info, a) for a in info.manifest.artifacts]
+        src = info.manifest.source
+        if (source and source_class(src.kind).timed_by_bench
                 and info.source_key not in source_ids
-                and (info.source is not None or src.get("sha256") is None)):
+                and (info.source is not None or src.sha256 is None)):
             records.insert(0, _source_record(info))
             source_ids[info.source_key] = records[0].id
         per_bundle.append(records)
@@ -596,9 +580,9 @@ def _score_all(infos: list[BundleInfo], per_bundle: list[list[ArtifactRecord]],
             ref_rec.accuracy = _accuracy(info, "fp32", ref, ref, ev, seed)
             ref_rec.accuracy_source = "bench"
         if reference is None:
-            kind = info.manifest["source"]["kind"]
+            kind = info.manifest.source.kind
             reference = Reference(artifact=ref_id, description=(
-                f"source model ({_source_label(kind)} fp32)"
+                f"source model ({source_class(kind).runtime_label} fp32)"
                 if ref_id.endswith("/source") else "fp32 artifact of the same source model"))
     return reference
 
@@ -666,7 +650,7 @@ def _time_all(infos: list[BundleInfo], artifacts: list[ArtifactRecord], counts: 
                        f"(round {r + 1}/{proto.trials})")
                 try:
                     if art.kind == "source":
-                        row = executor.time_source(str(info.manifest["source"]["source"]),
+                        row = executor.time_source(info.manifest.source.source,
                                                    info.shape, t, single)
                     else:
                         row = executor.time_artifact(info.path, art.name, t, single,

@@ -9,15 +9,9 @@ from typing import Any
 
 import click
 
-from edgekit.bench.run import BenchOptions, BenchRun, bench
-from edgekit.cli.report import print_summary
+from edgekit.bench.run import BenchOptions, bench
+from edgekit.cli.display import print_summary, report_of
 from edgekit.ui import status
-
-
-def report_of(run: BenchRun) -> dict[str, Any]:
-    """report.json of a bench run, or its bare results when the report could not be written."""
-    path = run.report.get("report.json")
-    return json.loads(path.read_text()) if path is not None else run.results.to_dict()
 
 
 def _terminate(signum: int, frame: Any) -> None:  # SIGTERM behaves like Ctrl-C: clean up

@@ -8,54 +8,13 @@ from pathlib import Path
 from typing import Any
 
 import click
-from rich.table import Table
 
-from edgekit.cli.prune import latency_target_options
-from edgekit.cli.sourceopts import source_options
-from edgekit.compress import compress
+from edgekit.cli.display import verification_table
+from edgekit.cli.options import latency_target_options, source_options
+from edgekit.compress import CompressOptions, compress
 from edgekit.errors import VerificationFailed
 from edgekit.ui import out as stdout
 from edgekit.ui import status
-
-
-def verification_table(result: Any) -> Table:
-    """One row per artifact: size, agreement, |logit diff|, accuracy delta and gate verdict."""
-    multilabel = result.manifest["task"] == "multilabel"
-    binary = result.source_metrics.get("task") == "binary"
-    headline = "mean_auroc" if multilabel else "accuracy"
-    src = result.source_metrics[headline]["value"]
-    table = Table(title=f"Verification on {result.data.get('verification_images')} held-out "
-                        f"images (source {headline.replace('_', ' ')} "
-                        f"{src if multilabel else 100 * src:.{3 if multilabel else 1}f}"
-                        f"{'' if multilabel else ' %'})")
-    for col, just in (("artifact", "left"), ("size", "right"), ("top-1 agree", "right"),
-                      ("max |Δlogit|", "right"), (headline.replace("_", " "), "right"),
-                      ("Δ vs source [95 % CI]", "right"), ("gate", "left")):
-        table.add_column(col, justify=just, no_wrap=col == "artifact")
-        if binary and col == "Δ vs source [95 % CI]":
-            for extra in ("sensitivity", "specificity", "AUROC"):
-                table.add_column(extra, justify="right")
-    for a in result.artifacts:
-        v = a.verification
-        value = v["metrics"][headline]["value"]
-        delta = v.get("accuracy_delta")
-        dtxt = (f"{100 * delta['value']:+.1f} [{100 * delta['ci95'][0]:+.1f}, "
-                f"{100 * delta['ci95'][1]:+.1f}]" if delta else f"{value - src:+.4f}")
-        failed = [c["check"] for c in v["checks"] if not c["passed"]]
-        m = v["metrics"]
-        extras = ([_pct(m["sensitivity"]), _pct(m["specificity"]),
-                   "n/a" if m["auroc"]["value"] is None else f"{m['auroc']['value']:.3f}"]
-                  if binary else [])
-        table.add_row(a.name, f"{a.bytes / 1e6:.2f} MB",
-                      f"{v['top1_agreement']:.3f}" if "top1_agreement" in v else "-",
-                      f"{v['max_abs_logit_diff']:.2e}",
-                      f"{value:.4f}" if multilabel else f"{100 * value:.1f} %", dtxt, *extras,
-                      "[green]pass[/]" if not failed else "[red]FAIL[/]: " + "; ".join(failed))
-    return table
-
-
-def _pct(m: dict[str, Any]) -> str:
-    return "n/a" if m.get("value") is None else f"{100 * m['value']:.1f} %"
 
 
 def _terminate(signum: int, frame: Any) -> None:  # SIGTERM behaves like Ctrl-C: clean up
@@ -118,8 +77,8 @@ def command(model: str, data: Path, out: Path, recipe: str, backends: tuple[str,
     """
     previous = signal.signal(signal.SIGTERM, _terminate)
     try:
-        result = compress(model, data=data, out=out, recipe=recipe,
-                          backends=list(backends) or None, **options)
+        result = compress(model, data=data, out=out, options=CompressOptions(
+            recipe=recipe, backends=list(backends) or None, **options))
     except VerificationFailed as exc:
         if getattr(exc, "result", None) is not None:
             stdout.print(verification_table(exc.result))
@@ -127,20 +86,20 @@ def command(model: str, data: Path, out: Path, recipe: str, backends: tuple[str,
     finally:
         signal.signal(signal.SIGTERM, previous)
     if as_json:
-        click.echo(json.dumps(result.manifest, indent=2))
+        click.echo(json.dumps(result.manifest.to_json(), indent=2))
         return
     stdout.print(verification_table(result))
-    pruning = result.manifest.get("pruning")
+    pruning = result.manifest.pruning
     if pruning:
         status(f"Pruned: {100 * pruning['macs_fraction']:.1f} % of the MACs "
                f"({pruning['macs_before']:,} → {pruning['macs_after']:,}), parameters "
                f"{pruning['params_before']:,} → {pruning['params_after']:,}; the table's Δ is "
                "against the unpruned model")
-    head = result.manifest.get("head") or {}
-    if head.get("type") == "binary-sigmoid":
-        status(f"Binary head: positive class {head['positive_class']!r} when its probability "
-               f">= {head['threshold']:g} (sensitivity/specificity/AUROC in the table)")
-    keras = result.manifest["source"].get("keras")
+    head = result.manifest.head
+    if head is not None and head.type == "binary-sigmoid":
+        status(f"Binary head: positive class {head.positive_class!r} when its probability "
+               f">= {head.threshold:g} (sensitivity/specificity/AUROC in the table)")
+    keras = result.manifest.source.keras
     if keras:
         removed = ", ".join(keras["removed_layers"]) or "none"
         status(f"Keras source: inputs {keras['input_range']} ({keras['input_range_reason']}); "

@@ -6,11 +6,13 @@ from pathlib import Path
 
 import click
 
-from edgekit.cli.bench import report_of
-from edgekit.cli.compress import verification_table
-from edgekit.cli.display import print_metrics
-from edgekit.cli.inspect import fmt_count
-from edgekit.cli.report import print_summary
+from edgekit.cli.display import (
+    fmt_count,
+    print_metrics,
+    print_summary,
+    report_of,
+    verification_table,
+)
 from edgekit.demo import DemoConfig, run_demo
 from edgekit.ui import out as stdout
 from edgekit.ui import status

@@ -1,16 +1,37 @@
-"""Terminal tables for the metric dicts of ``edgekit.metrics.evaluate``."""
+"""What several commands print: metric tables (``edgekit.metrics``' JSON), the verification table of a
+compress result, a bench run's summary, counts. Commands share these instead of importing each
+other."""
 
 from __future__ import annotations
 
+import json
+from collections.abc import Mapping
 from typing import Any
 
+from rich import box
 from rich.table import Table
+from rich.text import Text
 
+from edgekit.bench.run import BenchRun
+from edgekit.metrics import metric_value as _value
+from edgekit.report import (
+    BenchResults,
+    Report,
+    artifact_delta,
+    artifact_score,
+    emulated,
+    fmt_delta,
+    fmt_ms,
+    fmt_parity,
+    fmt_predicted,
+    gate_text,
+    predicted_rows,
+    score_header,
+    table_entries,
+    valid_row,
+)
+from edgekit.report.recommend import as_report
 from edgekit.ui import out
-
-
-def _value(m: Any) -> float | None:
-    return m.get("value") if isinstance(m, dict) else m
 
 
 def fmt_metric(m: Any, pct: bool = True) -> str:
@@ -69,3 +90,113 @@ def print_metrics(metrics: dict[str, Any], *, title: str) -> None:
         for n, row in zip(names, cm, strict=True):
             table.add_row(n, *(str(v) for v in row))
         out.print(table)
+
+
+def fmt_count(n: float) -> str:
+    for unit, div in (("G", 1e9), ("M", 1e6), ("k", 1e3)):
+        if abs(n) >= div:
+            return f"{n / div:.2f} {unit}"
+    return str(int(n))
+
+
+def verification_table(result: Any) -> Table:
+    """One row per artifact: size, agreement, |logit diff|, accuracy delta and gate verdict."""
+    multilabel = result.manifest.task == "multilabel"
+    binary = result.source_metrics.get("task") == "binary"
+    headline = "mean_auroc" if multilabel else "accuracy"
+    src = result.source_metrics[headline]["value"]
+    table = Table(title=f"Verification on {result.data.get('verification_images')} held-out "
+                        f"images (source {headline.replace('_', ' ')} "
+                        f"{src if multilabel else 100 * src:.{3 if multilabel else 1}f}"
+                        f"{'' if multilabel else ' %'})")
+    for col, just in (("artifact", "left"), ("size", "right"), ("top-1 agree", "right"),
+                      ("max |Δlogit|", "right"), (headline.replace("_", " "), "right"),
+                      ("Δ vs source [95 % CI]", "right"), ("gate", "left")):
+        table.add_column(col, justify=just, no_wrap=col == "artifact")
+        if binary and col == "Δ vs source [95 % CI]":
+            for extra in ("sensitivity", "specificity", "AUROC"):
+                table.add_column(extra, justify="right")
+    for a in result.artifacts:
+        v = a.verification
+        value = v.metrics[headline]["value"]
+        delta = v.accuracy_delta
+        dtxt = (f"{100 * delta['value']:+.1f} [{100 * delta['ci95'][0]:+.1f}, "
+                f"{100 * delta['ci95'][1]:+.1f}]" if delta else f"{value - src:+.4f}")
+        failed = [c.check for c in v.failed_checks]
+        m = v.metrics
+        extras = ([_pct(m["sensitivity"]), _pct(m["specificity"]),
+                   "n/a" if m["auroc"]["value"] is None else f"{m['auroc']['value']:.3f}"]
+                  if binary else [])
+        table.add_row(a.name, f"{a.bytes / 1e6:.2f} MB",
+                      "-" if v.top1_agreement is None else f"{v.top1_agreement:.3f}",
+                      f"{v.max_abs_logit_diff:.2e}",
+                      f"{value:.4f}" if multilabel else f"{100 * value:.1f} %", dtxt, *extras,
+                      "[green]pass[/]" if not failed else "[red]FAIL[/]: " + "; ".join(failed))
+    return table
+
+
+def _pct(m: dict[str, Any]) -> str:
+    return "n/a" if m.get("value") is None else f"{100 * m['value']:.1f} %"
+
+
+def report_of(run: BenchRun) -> dict[str, Any]:
+    """report.json of a bench run, or its bare results when the report could not be written."""
+    path = run.report.get("report.json")
+    return json.loads(path.read_text()) if path is not None else run.results.to_dict()
+
+
+def print_summary(report: Report | BenchResults | Mapping[str, Any]) -> None:
+    """A table of the rows (artifact, threads, p50, p90, accuracy [CI], Δ, gate; with predicted
+    or emulated results: p50, predicted p50, emulated parity, accuracy, Δ, gate) on stdout, then the recommendation and its flags. ``report`` is a
+    :class:`Report` or a results dict, with or without its ``recommendation`` (computed when
+    missing)."""
+    rep = as_report(report)
+    res, rec = rep.results, rep.recommendation
+    entries = table_entries(res)
+    ids = {e.artifact for e in entries}
+    one_bundle = len({i.split("/")[0] for i in ids}) == 1
+    labels = [(str(e.art.name or e.artifact) if one_bundle else e.artifact)
+              + ("" if e.threads is None else f" ×{e.threads}") for e in entries]
+    pred = bool(predicted_rows(res))
+    emu = emulated(res) is not None
+    measured = bool(res.rows)
+    table = Table(title=f"bench on {rec['target']}", box=box.SIMPLE_HEAD, pad_edge=False,
+                  collapse_padding=True)
+    table.add_column("artifact × threads", min_width=min(max(map(len, labels), default=8), 40))
+    compact = pred or emu  # extra columns: no p90, no CI, to fit 80 columns
+    cols = [*(["p50 ms"] if measured or not pred else []),
+            *(["p90 ms"] if not compact else []),
+            *(["predicted p50"] if pred else []), *(["parity"] if emu else []),
+            score_header(res).split(" [")[0] if compact else score_header(res), "Δ"]
+    for col in cols:
+        table.add_column(col, justify="right", no_wrap=True)
+    table.add_column("gate")
+    for e, label in zip(entries, labels, strict=True):
+        row, art = e.row, e.art
+        lat = row.latency_ms if row is not None and row.ok else None
+        score = artifact_score(art)
+        gate = gate_text(row, art).replace(" (points)", "").replace("accuracy drop", "drop")
+        delta = fmt_delta(artifact_delta(art), ci=False).replace(" points", " pt")
+        star = (e.artifact, e.threads) == (rec["artifact"], rec["threads"])
+        cells: list[Any] = [label]
+        if measured or not pred:
+            p50 = fmt_ms(lat.p50 if lat else None) if row is not None else "—"
+            if row is not None and row.ok and not valid_row(row):
+                p50 += " (invalid)"
+            cells.append(p50)
+        if not compact:
+            cells.append(fmt_ms(lat.p90 if lat else None) if row is not None else "—")
+        if pred:
+            cells.append(fmt_predicted(e.pred, unit=False).replace("no prediction", "—"))
+        if emu:
+            parity = fmt_parity(e.emu).split(" (")[0].split(":")[0]
+            cells.append(Text(parity, style="red" if parity.startswith(("FAIL", "error"))
+                              else None))
+        cells += [score.fmt(ci=not compact) if score else "not measured",
+                  "—" if art.kind == "source" else delta,
+                  Text(gate, style="red" if gate.startswith(("FAIL", "error")) else None)]
+        table.add_row(*cells, style="bold" if star else None)
+    out.print(table)
+    out.print(Text(rec["text"], style="bold" if rec["artifact"] else "bold red"))
+    for flag in rec["flags"]:
+        out.print(Text.assemble(("  ! ", "yellow"), flag))

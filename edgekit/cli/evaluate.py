@@ -8,7 +8,7 @@ from pathlib import Path
 import click
 
 from edgekit.cli.display import print_metrics
-from edgekit.cli.sourceopts import source_options
+from edgekit.cli.options import source_options
 from edgekit.data.folder import scan
 from edgekit.evaluate import evaluate_model
 from edgekit.sources import load_model

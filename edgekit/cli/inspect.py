@@ -9,18 +9,12 @@ import click
 from rich import box
 from rich.table import Table
 
+from edgekit.cli.display import fmt_count
 from edgekit.inspect import summarize
 from edgekit.prune.engine import prunable_groups
 from edgekit.prune.recover import require_prunable
 from edgekit.sources import load_model
 from edgekit.ui import out
-
-
-def fmt_count(n: float) -> str:
-    for unit, div in (("G", 1e9), ("M", 1e6), ("k", 1e3)):
-        if abs(n) >= div:
-            return f"{n / div:.2f} {unit}"
-    return str(int(n))
 
 
 def groups_table(groups: list[Any], total_macs: int, title: str) -> Table:

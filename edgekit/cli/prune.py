@@ -11,9 +11,11 @@ from click.core import ParameterSource
 from rich import box
 from rich.table import Table
 
-from edgekit.cli.inspect import fmt_count
+from edgekit.cli.display import fmt_count
+from edgekit.cli.options import latency_target_options
 from edgekit.errors import VerificationFailed
 from edgekit.inspect import summarize
+from edgekit.metrics import metric_value as _value
 from edgekit.prune.recover import prune_file, require_prunable, scan_source
 from edgekit.sources import load_model
 from edgekit.ui import out as stdout
@@ -23,22 +25,6 @@ TARGETS = ("target_macs", "ratio", "target_latency_ms")
 # options that only mean something when pruning (refused with --scan)
 PRUNE_ONLY = ("out", "recipe", *TARGETS, "target", "threads", "importance", "global_pruning",
               "max_layer_ratio", "steps", "epochs", "overwrite", "allow_accuracy_drop")
-
-
-def latency_target_options(fn: Any) -> Any:
-    """``--target-latency-ms``, ``--target`` and ``--threads``: shared by prune and compress."""
-    for option in reversed((
-        click.option("--target-latency-ms", type=click.FloatRange(0, min_open=True),
-                     default=None,
-                     help="Prune step by step until the fp32 model's p50 latency on --target is "
-                          "at most this many ms (measured on this machine: local targets only)."),
-        click.option("--target", default="x86-local", show_default=True,
-                     help="Target for --target-latency-ms (see `edgekit targets`)."),
-        click.option("--threads", type=click.IntRange(1, 1024), default=None,
-                     help="Threads for --target-latency-ms [default: the target's largest]."),
-    )):
-        fn = option(fn)
-    return fn
 
 
 def _flag(name: str) -> str:
@@ -60,10 +46,6 @@ def _fmt(value: float | None, multilabel: bool) -> str:
     if value is None:
         return "n/a"
     return f"{value:.4f}" if multilabel else f"{100 * value:.1f} %"
-
-
-def _value(m: Any) -> float | None:
-    return m.get("value") if isinstance(m, dict) else m
 
 
 # --------------------------------------------------------------------------- pruning tables

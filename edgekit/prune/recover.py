@@ -24,6 +24,7 @@ from edgekit.calibrate import plan_data, stratified_sample
 from edgekit.checkpoint import save_checkpoint
 from edgekit.errors import ConfigError
 from edgekit.evaluate import load_arrays, score
+from edgekit.metrics import metric_value
 from edgekit.prune.engine import (
     accumulate_gradients,
     count,
@@ -184,18 +185,17 @@ def prune_and_verify(loaded: Any, rec: Any, plan: Any, x: np.ndarray, y: np.ndar
     pruned, record = prune_and_recover(loaded, rec.pruning, plan.dataset, plan.train_pool,
                                        seed=rec.seed, on_error=on_error)
     logits = reference_outputs(pruned, x)
-    v = record["verification"] = compare(ref, logits, y, task=loaded.task,
-                                         class_names=loaded.class_names, precision="pruned",
-                                         recipe=rec, source_metrics=source_metrics,
-                                         seed=rec.seed)
+    v = compare(ref, logits, y, task=loaded.task, class_names=loaded.class_names,
+                precision="pruned", recipe=rec, source_metrics=source_metrics, seed=rec.seed)
+    record["verification"] = v.to_json()  # the record is JSON: it goes into the checkpoint
     record["verification_origin"] = plan.origin
     headline = "mean_auroc" if loaded.task == "multilabel" else "accuracy"
-    before, after = source_metrics[headline]["value"], v["metrics"][headline]["value"]
+    before, after = source_metrics[headline]["value"], v.metrics[headline]["value"]
     scale, unit = (1, "") if loaded.task == "multilabel" else (100, " %")
     status(f"Pruned PyTorch model: MACs {record['macs_fraction']:.1%} of the original, "
            f"{headline.replace('_', ' ')} {scale * before:.4g}{unit} → {scale * after:.4g}{unit} "
            f"on the verification images — "
-           f"{'[green]within[/]' if v['passed'] else '[red]outside[/]'} the recipe's gate")
+           f"{'[green]within[/]' if v.passed else '[red]outside[/]'} the recipe's gate")
     return pruned, record, logits
 
 
@@ -274,7 +274,7 @@ def scan_source(source: Any, *, data: Any, ratio: float = 0.5, round_to: int = 8
     def evaluate(module: Any) -> float:
         m = score(y, predict_module(module, x), task=loaded.task, class_names=loaded.class_names,
                   ci=False)[key]
-        return float(m["value"] if isinstance(m, dict) else m)
+        return float(metric_value(m))
 
     example = torch.zeros(loaded.spec.input_shape(1))
     groups = prunable_groups(loaded.module, example, protect)

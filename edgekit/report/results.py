@@ -28,6 +28,7 @@ from pydantic import (
 
 from edgekit import config
 from edgekit.errors import ConfigError
+from edgekit.metrics import metric_ci, metric_value
 
 RESULTS_SCHEMA = "edgekit.bench/1"
 
@@ -436,17 +437,6 @@ def as_results(results: BenchResults | Mapping[str, Any], where: str = "results"
 
 
 # --------------------------------------------------------------------------------- accuracy
-def metric_value(m: Any) -> float | None:
-    """The number of a metric written as ``{"value", "ci95"}`` or as a bare number."""
-    return m.get("value") if isinstance(m, dict) else m
-
-
-def metric_ci(m: Any) -> tuple[float | None, float | None]:
-    """The 95 % CI of a ``{"value", "ci95"}`` metric, (None, None) when it has none."""
-    ci = m.get("ci95") if isinstance(m, dict) else None
-    return (ci[0], ci[1]) if ci else (None, None)
-
-
 @dataclass(frozen=True)
 class Score:
     """An artifact's headline accuracy: multi-class top-1 (a fraction) or mean AUROC."""

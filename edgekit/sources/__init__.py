@@ -44,9 +44,10 @@ from edgekit.sources.torch import (
 from edgekit.zoo import list_models, model_config
 
 LoadedModel = Source  # the name of the 0.1 API
+SOURCE_CLASSES: tuple[type[Source], ...] = (TorchSource, TorchScriptSource, OnnxSource, KerasSource)
 
 __all__ = ["KerasSource", "LoadedModel", "OnnxSource", "Source", "TorchScriptSource",
-           "TorchSource", "load_model", "predict_module", "reference_outputs"]
+           "TorchSource", "load_model", "predict_module", "reference_outputs", "source_class"]
 
 
 def load_model(source: str | Path, *, input_size: int | None = None,
@@ -80,6 +81,11 @@ def load_model(source: str | Path, *, input_size: int | None = None,
         return from_zoo(text, input_size=input_size, num_classes=num_classes)
     model_config(text)  # raises ConfigError with the known names and a close match
     raise ConfigError(f"Unknown model source {text!r}")  # pragma: no cover
+
+
+def source_class(kind: str) -> type[Source]:
+    """The Source class of a manifest's ``source.kind`` (a PyTorch module when unknown)."""
+    return next((c for c in SOURCE_CLASSES if c.kind == kind), TorchSource)
 
 
 def reference_outputs(source: Source, x: Any, batch_size: int = 32) -> np.ndarray:

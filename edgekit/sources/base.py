@@ -39,6 +39,8 @@ class Source:
 
     kind: ClassVar[str] = ""  # "torch", "torchscript", "onnx", "keras": what backends dispatch on
     runtime: ClassVar[str] = ""  # what computes the source's own outputs (reports name it)
+    runtime_label: ClassVar[str] = ""  # the same, for people
+    timed_by_bench: ClassVar[bool] = False  # bench times it in a fresh process, like artifacts
 
     name: str
     task: str

@@ -24,6 +24,7 @@ class OnnxSource(Source):
 
     kind: ClassVar[str] = "onnx"
     runtime: ClassVar[str] = "onnxruntime"
+    runtime_label: ClassVar[str] = "ONNX Runtime"
 
     path: Path
 

@@ -49,6 +49,8 @@ class TorchSource(Source):
 
     kind: ClassVar[str] = "torch"
     runtime: ClassVar[str] = "pytorch"
+    runtime_label: ClassVar[str] = "PyTorch eager"
+    timed_by_bench: ClassVar[bool] = True  # edgekit.bench.torch_source
 
     module: Any
 

@@ -29,6 +29,7 @@ class KerasSource(Source):
 
     kind: ClassVar[str] = "keras"
     runtime: ClassVar[str] = "keras"
+    runtime_label: ClassVar[str] = "Keras/TensorFlow"
 
     keras: KerasModel
 
