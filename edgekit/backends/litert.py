@@ -48,8 +48,9 @@ from edgekit.backends.base import (
     CALIBRATION_METHODS,
     Artifact,
     ExportRequest,
+    Session,
+    first_line,
     iter_calibration,
-    run_batched,
 )
 from edgekit.errors import (
     BackendUnavailable,
@@ -66,6 +67,8 @@ CONVERTER_HINT = "pip install 'edgekit[compress]'"
 # HistogramObserver (histogram search for the clipping range with the least quantization error,
 # which drops outliers the way percentile calibration does). No KL/entropy observer exists.
 _METHODS = ("minmax", "percentile")
+# TensorFlow's TFLite converter (Keras sources) calibrates with min/max ranges only.
+_KERAS_METHODS = ("minmax",)
 
 # Loggers that talk during ``import litert_torch`` / conversion; raised to ERROR while exporting.
 _NOISY_LOGGERS = ("torchao", "torch.utils._pytree", "torch._export", "torch.export", "absl",
@@ -87,7 +90,7 @@ def _interpreter_class() -> Any:
     return Interpreter
 
 
-class LiteRTSession:
+class LiteRTSession(Session):
     """An opened ``.tflite`` artifact: float32 batch in, float32 logits (N, K) out.
 
     Integer-I/O models are handled here: the float input is quantized with the model's own input
@@ -112,6 +115,7 @@ class LiteRTSession:
             raise DataError(f"{path}: edgekit runs classifiers with one input and one output; "
                             f"this model has {len(inputs)} input(s), {len(outputs)} output(s)")
         self.path = path
+        self.threads = threads
         self.input_name: str = inputs[0]["name"]
         self.input_shape: list[int] = [int(s) for s in inputs[0]["shape"]]
         self._in_index = int(inputs[0]["index"])
@@ -159,13 +163,12 @@ class LiteRTSession:
         self._run_one(np.ascontiguousarray(x, dtype=np.float32))
         return self._interp.invoke
 
-    def run(self, batch: np.ndarray) -> np.ndarray:
-        batch = np.ascontiguousarray(batch, dtype=np.float32)
+    def _check_batch(self, batch: np.ndarray) -> None:
+        """TFLite artifacts have static shapes: every dimension after N must match."""
         if batch.ndim != len(self.input_shape) or list(batch.shape[1:]) != self.input_shape[1:]:
             raise DataError(f"{self.path.name}: expected a batch of shape "
                             f"(N, {', '.join(map(str, self.input_shape[1:]))}), "
                             f"got {tuple(batch.shape)}")
-        return run_batched(self._run_one, batch)
 
 
 # ----------------------------------------------------------------------------- the plugin
@@ -227,21 +230,23 @@ BACKEND = LiteRTBackend()
 
 # ----------------------------------------------------------------------------- export helpers
 def _check_request(request: ExportRequest) -> None:
-    """Refuse impossible requests before importing anything heavy."""
+    """Refuse impossible requests before importing anything heavy (PyTorch and Keras sources)."""
     loaded = request.model
     kind = str(getattr(loaded, "kind", "torch"))
     source = getattr(loaded, "source", "?")
-    if kind == "keras":
-        _check_keras_request(request)
-        return
-    if kind == "onnx":
+    keras = kind == "keras"
+    if keras:
+        if getattr(loaded, "keras", None) is None:
+            raise ConfigError(f"Backend 'litert': the Keras source {source} carries no loaded "
+                              "Keras model")
+    elif kind == "onnx":
         raise ConfigError(
             f"Backend 'litert' cannot convert the ONNX source ({source}): edgekit converts "
             "PyTorch models to TFLite with litert-torch, and an ONNX file has no PyTorch graph "
             "to convert. edgekit deliberately does not use onnx2tf (it downloads sample data at "
             "conversion time). Use the onnxruntime or openvino backends for ONNX sources, or "
             "export from the PyTorch checkpoint to get a TFLite artifact.")
-    if kind != "torch" or getattr(loaded, "module", None) is None:
+    elif kind != "torch" or getattr(loaded, "module", None) is None:
         raise ConfigError(
             f"Backend 'litert' cannot convert the {kind} source ({source}): litert-torch "
             "converts a PyTorch nn.Module through torch.export (a checkpoint or .pt2 source).")
@@ -254,17 +259,28 @@ def _check_request(request: ExportRequest) -> None:
                           f"not {request.precision!r}")
     if request.precision != "int8":
         return
-    if opts.method not in _METHODS:
-        known = ("" if opts.method in CALIBRATION_METHODS
-                 else f" ({opts.method!r} is not a calibration method edgekit knows)")
-        raise ConfigError(
-            f"Calibration method {opts.method!r} is not supported by backend 'litert'{known}: "
+    if opts.method not in (_KERAS_METHODS if keras else _METHODS):
+        raise ConfigError(_method_refusal(opts.method, keras))
+    if request.calibration is None or len(request.calibration) == 0:
+        what = ("the TFLite converter's representative dataset" if keras
+                else "static PT2E quantization")
+        raise ConfigError(f"Backend 'litert' needs calibration data for int8 ({what}): pass "
+                          "preprocessed images, e.g. --data DIR")
+
+
+def _method_refusal(method: str, keras: bool) -> str:
+    """Why litert cannot calibrate with ``method`` (TensorFlow's converter for Keras sources,
+    litert-torch's PT2E observers for PyTorch ones)."""
+    if keras:
+        return (f"Calibration method {method!r} is not supported by backend 'litert' for Keras "
+                "sources: TensorFlow's TFLite converter calibrates activation ranges with min/max "
+                "only. Use: " + ", ".join(_KERAS_METHODS))
+    known = ("" if method in CALIBRATION_METHODS
+             else f" ({method!r} is not a calibration method edgekit knows)")
+    return (f"Calibration method {method!r} is not supported by backend 'litert'{known}: "
             "litert-torch's PT2E quantizer offers 'minmax' (MinMaxObserver) and 'percentile' "
             "(HistogramObserver, a histogram search for the least-error clipping range); it "
             "has no entropy/KL observer. Use one of: " + ", ".join(_METHODS))
-    if request.calibration is None or len(request.calibration) == 0:
-        raise ConfigError("Backend 'litert' needs calibration data for int8 (static PT2E "
-                          "quantization): pass preprocessed images, e.g. --data DIR")
 
 
 def _import_converter() -> tuple[Any, Any]:
@@ -391,7 +407,7 @@ def _conversion_error(exc: BaseException, loaded: Any, precision: str) -> Export
     """One ExportError naming the backend and, where the converter says so, the operator."""
     text = f"{type(exc).__name__}: {exc}"
     op = next((m.group(1) for p in _OP_PATTERNS if (m := p.search(text))), None)
-    first = next((ln.strip() for ln in str(exc).splitlines() if ln.strip()), type(exc).__name__)
+    first = first_line(exc, None).strip()
     what = f"Backend 'litert': converting {getattr(loaded, 'name', 'the model')} to TFLite " \
            f"({precision}) failed"
     if op:
@@ -459,38 +475,11 @@ def _notes(request: ExportRequest, details: dict[str, Any]) -> list[str]:
 
 
 # ----------------------------------------------------------------------------- Keras sources
-# A Keras source (``LoadedModel.kind == "keras"``) converts with TensorFlow's own
+# A Keras source (``kind == "keras"``) converts with TensorFlow's own
 # ``tf.lite.TFLiteConverter`` (``edgekit.keras_source.KerasModel.to_tflite``), not litert-torch:
 # fp32 as is, fp16 as float16 weights (the converter's float16 quantization), int8 as full-integer
 # post-training quantization calibrated on the request's images (min/max ranges). The artifact
 # takes the NHWC float32 input the Keras model takes, in-graph preprocessing included.
-_KERAS_METHODS = ("minmax",)
-
-
-def _check_keras_request(request: ExportRequest) -> None:
-    loaded = request.model
-    source = getattr(loaded, "source", "?")
-    if getattr(loaded, "keras", None) is None:
-        raise ConfigError(f"Backend 'litert': the Keras source {source} carries no loaded "
-                          "Keras model")
-    if request.precision not in BACKEND.precisions:
-        raise ConfigError(f"Backend 'litert' does not offer precision {request.precision!r} "
-                          f"(it offers {', '.join(BACKEND.precisions)})")
-    opts = request.options
-    if opts.int8_io and request.precision != "int8":
-        raise ConfigError(f"int8_io (integer input/output tensors) needs precision 'int8', "
-                          f"not {request.precision!r}")
-    if request.precision != "int8":
-        return
-    if opts.method not in _KERAS_METHODS:
-        raise ConfigError(
-            f"Calibration method {opts.method!r} is not supported by backend 'litert' for Keras "
-            "sources: TensorFlow's TFLite converter calibrates activation ranges with min/max "
-            "only. Use: " + ", ".join(_KERAS_METHODS))
-    if request.calibration is None or len(request.calibration) == 0:
-        raise ConfigError("Backend 'litert' needs calibration data for int8 (the TFLite "
-                          "converter's representative dataset): pass preprocessed images, e.g. "
-                          "--data DIR")
 
 
 def _export_keras(request: ExportRequest) -> Artifact:
