@@ -1,8 +1,11 @@
-"""The one small interface every runtime plugin implements.
+"""The one small interface every runtime plugin implements, and every fact about a runtime.
 
 A backend turns a source model into an artifact file (``export``) and opens an artifact for
 inference (``open``). Everything a backend needs arrives in an ``ExportRequest``; everything the
-bundle must record about the result comes back in an ``Artifact``.
+bundle must record about the result comes back in an ``Artifact``. What the rest of edgekit
+needs to know about a runtime (labels, chart colour, pip packages, ARM behaviour, why a source
+cannot reach it) is a plain attribute or method of its plugin (``Runtime``, ``Backend``), so
+reports, the benchmark protocol, SSH and emulation ask the registry instead of listing backends.
 
 ``open`` and ``Session.run`` must work with numpy and the runtime alone — never torch — because
 the device runner (``edgekit.runner``) uses them on boards without torch. Import torch and the
@@ -13,7 +16,7 @@ a plugin implements ``_run_one`` for one image, the base loops rows.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Collection, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
@@ -84,6 +87,41 @@ class Artifact:
     notes: list[str] = field(default_factory=list)  # facts a deploy engineer should know
 
 
+class Runtime(Protocol):
+    """What edgekit knows about an inference runtime without importing it.
+
+    Reports, the benchmark protocol, the SSH preflight and the emulated ARM environment read
+    these facts instead of keeping their own tables of runtime names. Every backend plugin is a
+    Runtime; so is ``TORCH_REFERENCE``, the eager PyTorch timing of a source model.
+    """
+
+    name: str  # registry key; the ``backend`` of every artifact, result row and manifest entry
+    label: str  # short name for chart and table labels, e.g. "ort"
+    title: str  # human name, e.g. "ONNX Runtime"
+    colour: str  # chart colour (matplotlib colour string)
+    # (pip distribution, import name) of the runtime, any one of which runs its artifacts; the
+    # first is the one to install (on a device, in the emulated aarch64 environment) and the one
+    # whose version a measurement reports.
+    packages: tuple[tuple[str, str], ...]
+    module: str  # what to import to run an artifact (checked on a device and under emulation)
+
+
+@dataclass(frozen=True)
+class RuntimeFacts:
+    """A Runtime that is no backend plugin: it times sources, it exports nothing."""
+
+    name: str
+    label: str
+    title: str
+    colour: str
+    packages: tuple[tuple[str, str], ...]
+    module: str
+
+
+TORCH_REFERENCE = RuntimeFacts(name="pytorch", label="torch", title="PyTorch", colour="#7f7f7f",
+                               packages=(("torch", "torch"),), module="torch")
+
+
 class Session(ABC):
     """An opened artifact, run one image at a time (edge inference is batch 1).
 
@@ -127,14 +165,28 @@ class Session(ABC):
                             f"fit the artifact's input {self.input_shape} (N first)")
 
 
-class Backend(Protocol):
-    """A runtime plugin. ``name`` is the registry key; ``extra`` is the pip extra to install."""
+class Backend(Runtime, Protocol):
+    """A runtime plugin: its facts (``Runtime`` plus the ones below) and what it does.
 
-    name: str
+    ``name`` is the registry key; ``extra`` is the pip extra to install. Facts are plain
+    attributes so that listing them never imports the runtime or its converters.
+    """
+
     extra: str
     suffix: str  # main artifact file suffix, e.g. ".onnx"
     precisions: tuple[str, ...]
     sources: tuple[str, ...]  # source kinds it can export from: "torch", "onnx", ...
+    converter_packages: tuple[str, ...]  # pip distributions whose versions shape its artifacts
+    slow_export: bool  # exports take seconds per model: left out of quick calibrations
+    int8_as_fp16_on_arm: bool  # runs INT8 artifacts in fp16 on ARM CPUs (no INT8 speed-up)
+
+    def source_hint(self, kind: str) -> str:
+        """Why a ``kind`` source cannot reach this backend and what to do instead ("" if the
+        backend has nothing to add to the list of sources it takes)."""
+
+    def arm_failure_hint(self, message: str, cpu: str, features: Collection[str]) -> str | None:
+        """What is known about a runner failure ``message`` of this runtime on the ARM CPU
+        model ``cpu`` with these /proc/cpuinfo ``features``; None when nothing is."""
 
     def available(self) -> str | None:
         """None when the runtime is importable; otherwise a one-line install hint."""
@@ -143,6 +195,17 @@ class Backend(Protocol):
 
     def open(self, path: Path, threads: int | None = None,
              options: dict[str, Any] | None = None) -> Session: ...
+
+
+class QuietHooks:
+    """The answers of a backend with nothing to add: no source hint, no known ARM failure.
+    Plugins derive from it and override the hook they have something to say in."""
+
+    def source_hint(self, kind: str) -> str:
+        return ""
+
+    def arm_failure_hint(self, message: str, cpu: str, features: Collection[str]) -> str | None:
+        return None
 
 
 def first_line(exc: BaseException, limit: int | None = 500, *, typed: bool = False) -> str:

@@ -48,6 +48,7 @@ from edgekit.backends.base import (
     CALIBRATION_METHODS,
     Artifact,
     ExportRequest,
+    QuietHooks,
     Session,
     first_line,
     iter_calibration,
@@ -172,7 +173,7 @@ class LiteRTSession(Session):
 
 
 # ----------------------------------------------------------------------------- the plugin
-class LiteRTBackend:
+class LiteRTBackend(QuietHooks):
     """TFLite artifacts for CPU edge devices (Raspberry Pi, ARM boards) via litert-torch."""
 
     name = "litert"
@@ -180,6 +181,17 @@ class LiteRTBackend:
     suffix = ".tflite"
     precisions = ("fp32", "fp16", "int8")
     sources = ("torch", "keras")
+    label = "litert"
+    title = "LiteRT"
+    colour = "#2ca02c"
+    packages = (("ai-edge-litert", "ai_edge_litert"), ("tflite-runtime", "tflite_runtime"))
+    module = "ai_edge_litert.interpreter"
+    converter_packages = ("litert-torch", "ai-edge-litert", "tensorflow")
+    slow_export = True  # litert-torch conversions take 4-30 s per model
+    int8_as_fp16_on_arm = False
+
+    def source_hint(self, kind: str) -> str:
+        return _SOURCE_HINTS.get(kind, "")
 
     def available(self) -> str | None:
         return None if _interpreter_class() is not None else RUNTIME_HINT
@@ -226,6 +238,16 @@ class LiteRTBackend:
 
 
 BACKEND = LiteRTBackend()
+
+# Why a source kind litert does not take cannot reach it (``source_hint``).
+_SOURCE_HINTS = {
+    "onnx": "TFLite artifacts are converted from PyTorch with litert-torch; an ONNX file has no "
+    "PyTorch graph to convert, and edgekit does not use onnx2tf because it downloads sample data "
+    "during conversion. Use the onnxruntime and openvino backends for ONNX sources, or compress "
+    "the PyTorch model (checkpoint or .pt2) to get a TFLite artifact.",
+    "torchscript": "litert-torch needs torch.export; save the model with "
+    "torch.export.save(torch.export.export(model, (example,)), 'model.pt2') and compress that.",
+}
 
 
 # ----------------------------------------------------------------------------- export helpers

@@ -43,6 +43,7 @@ from edgekit.backends.base import (
     Artifact,
     CalibrationData,
     ExportRequest,
+    QuietHooks,
     Session,
     check_request,
     first_line,
@@ -169,7 +170,7 @@ class StreamingCalibrationReader:
 
 # ------------------------------------------------------------------------------------ backend
 @dataclass(frozen=True)
-class OnnxRuntimeBackend:
+class OnnxRuntimeBackend(QuietHooks):
     """ONNX Runtime plugin. ``BACKEND`` is the default instance; variants are made with
     ``dataclasses.replace(BACKEND, ...)``.
 
@@ -206,6 +207,16 @@ class OnnxRuntimeBackend:
     exclude_op_types: tuple[str, ...] = ()
     exclude_nodes: tuple[str, ...] = ()
     percentile: float = 99.999  # ORT's default for method "percentile"
+
+    # facts (class constants, not dataclass fields: a variant is the same runtime)
+    label = "ort"
+    title = "ONNX Runtime"
+    colour = "#ff7f0e"
+    packages = (("onnxruntime", "onnxruntime"),)
+    module = "onnxruntime"
+    converter_packages = ("onnx", "onnxruntime")
+    slow_export = False
+    int8_as_fp16_on_arm = False
 
     # --------------------------------------------------------------------------- protocol
     def available(self) -> str | None:

@@ -47,7 +47,7 @@ import re
 import shutil
 import sys
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -58,6 +58,7 @@ from edgekit.backends.base import (
     CALIBRATION_METHODS,
     Artifact,
     ExportRequest,
+    QuietHooks,
     Session,
     check_request,
     first_line,
@@ -186,7 +187,7 @@ def _constant_precision(model: Any) -> str:
 
 # ------------------------------------------------------------------------------------ backend
 @dataclass(frozen=True)
-class OpenVINOBackend:
+class OpenVINOBackend(QuietHooks):
     """OpenVINO plugin. ``BACKEND`` is the default instance; variants via
     ``dataclasses.replace(BACKEND, preset="mixed")``.
 
@@ -204,6 +205,24 @@ class OpenVINOBackend:
     sources: tuple[str, ...] = ("torch", "torchscript", "onnx", "keras")
     preset: str = "performance"
     ignored_types: tuple[str, ...] = ()
+
+    # facts (class constants, not dataclass fields: a variant is the same runtime)
+    label = "ov"
+    title = "OpenVINO"
+    colour = "#1f77b4"
+    packages = (("openvino", "openvino"),)
+    module = "openvino"
+    converter_packages = ("openvino", "nncf")
+    slow_export = False
+    # The ARM CPU plugin has little INT8 support: it computes INT8 models in fp16.
+    int8_as_fp16_on_arm = True
+
+    def arm_failure_hint(self, message: str, cpu: str, features: Collection[str]) -> str | None:
+        if "object is not initialized" in message and "fphp" not in features:
+            return (f"OpenVINO's ARM CPU plugin asks oneDNN for an fp16 convolution in this INT8 "
+                    f"model, and oneDNN has no fp16 kernel on a CPU without fp16 arithmetic such "
+                    f"as the {cpu}; use the LiteRT or ONNX Runtime artifact there")
+        return None
 
     # --------------------------------------------------------------------------- protocol
     def available(self) -> str | None:
