@@ -1,7 +1,9 @@
 """Runtime plugins. Adding a runtime = one file here + one line in ``_REGISTRY``.
 
 ``get_backend(name)`` imports the plugin module (never the runtime itself: plugins import their
-SDK lazily), so listing backends and their install status is cheap.
+SDK lazily), so listing backends, their facts and their install status is cheap. Everything
+else in edgekit that needs to know about runtimes (reports, the benchmark protocol, SSH,
+emulation, the CLI) asks these functions instead of keeping its own table of backend names.
 """
 
 from __future__ import annotations
@@ -9,11 +11,13 @@ from __future__ import annotations
 from importlib import import_module
 
 from edgekit.backends.base import (
+    TORCH_REFERENCE,
     Artifact,
     Backend,
     CalibrationData,
     ExportRequest,
     QuantOptions,
+    Runtime,
     Session,
 )
 from edgekit.errors import BackendUnavailable, ConfigError
@@ -23,9 +27,14 @@ _REGISTRY: dict[str, str] = {
     "openvino": "edgekit.backends.openvino",
     "litert": "edgekit.backends.litert",
 }
+# The runtime a board is told to install first (``device_install_hint``): the smallest wheel,
+# and it runs every precision.
+DEVICE_BACKEND = "litert"
 
-__all__ = ["Artifact", "Backend", "CalibrationData", "ExportRequest", "QuantOptions", "Session",
-           "backend_names", "get_backend", "require_backend"]
+__all__ = ["DEVICE_BACKEND", "TORCH_REFERENCE", "Artifact", "Backend", "CalibrationData",
+           "ExportRequest", "QuantOptions", "Runtime", "Session", "all_backends",
+           "backend_names", "device_install_hint", "get_backend", "require_backend", "runtime",
+           "runtimes"]
 
 
 def backend_names() -> list[str]:
@@ -46,3 +55,29 @@ def require_backend(name: str) -> Backend:
     if hint:
         raise BackendUnavailable(f"Backend {name!r} is not installed: {hint}")
     return backend
+
+
+def all_backends() -> list[Backend]:
+    """Every plugin, in registry order (imports the plugin modules, none of the runtimes)."""
+    return [get_backend(name) for name in _REGISTRY]
+
+
+def runtimes() -> list[Runtime]:
+    """Every runtime a measurement can name: the plugins, then the PyTorch reference."""
+    return [*all_backends(), TORCH_REFERENCE]
+
+
+def runtime(name: str) -> Runtime | None:
+    """The facts of the runtime ``name`` (a plugin or the PyTorch reference); None when edgekit
+    does not know it (e.g. a results file from a newer edgekit)."""
+    if name == TORCH_REFERENCE.name:
+        return TORCH_REFERENCE
+    return get_backend(name) if name in _REGISTRY else None
+
+
+def device_install_hint() -> str:
+    """What to pip install on a device so the runner can run: numpy, Pillow and one runtime."""
+    *others, last = sorted(b.packages[0][0] for b in all_backends())
+    one_of = f"{', '.join(others)} or {last}" if others else last
+    return (f"pip install 'edgekit[{get_backend(DEVICE_BACKEND).extra}]' (or: pip install numpy "
+            f"pillow plus one runtime: {one_of})")

@@ -48,8 +48,10 @@ from edgekit.backends.base import (
     CALIBRATION_METHODS,
     Artifact,
     ExportRequest,
+    QuietHooks,
+    Session,
+    first_line,
     iter_calibration,
-    run_batched,
 )
 from edgekit.errors import (
     BackendUnavailable,
@@ -66,6 +68,8 @@ CONVERTER_HINT = "pip install 'edgekit[compress]'"
 # HistogramObserver (histogram search for the clipping range with the least quantization error,
 # which drops outliers the way percentile calibration does). No KL/entropy observer exists.
 _METHODS = ("minmax", "percentile")
+# TensorFlow's TFLite converter (Keras sources) calibrates with min/max ranges only.
+_KERAS_METHODS = ("minmax",)
 
 # Loggers that talk during ``import litert_torch`` / conversion; raised to ERROR while exporting.
 _NOISY_LOGGERS = ("torchao", "torch.utils._pytree", "torch._export", "torch.export", "absl",
@@ -87,7 +91,7 @@ def _interpreter_class() -> Any:
     return Interpreter
 
 
-class LiteRTSession:
+class LiteRTSession(Session):
     """An opened ``.tflite`` artifact: float32 batch in, float32 logits (N, K) out.
 
     Integer-I/O models are handled here: the float input is quantized with the model's own input
@@ -112,6 +116,7 @@ class LiteRTSession:
             raise DataError(f"{path}: edgekit runs classifiers with one input and one output; "
                             f"this model has {len(inputs)} input(s), {len(outputs)} output(s)")
         self.path = path
+        self.threads = threads
         self.input_name: str = inputs[0]["name"]
         self.input_shape: list[int] = [int(s) for s in inputs[0]["shape"]]
         self._in_index = int(inputs[0]["index"])
@@ -159,17 +164,16 @@ class LiteRTSession:
         self._run_one(np.ascontiguousarray(x, dtype=np.float32))
         return self._interp.invoke
 
-    def run(self, batch: np.ndarray) -> np.ndarray:
-        batch = np.ascontiguousarray(batch, dtype=np.float32)
+    def _check_batch(self, batch: np.ndarray) -> None:
+        """TFLite artifacts have static shapes: every dimension after N must match."""
         if batch.ndim != len(self.input_shape) or list(batch.shape[1:]) != self.input_shape[1:]:
             raise DataError(f"{self.path.name}: expected a batch of shape "
                             f"(N, {', '.join(map(str, self.input_shape[1:]))}), "
                             f"got {tuple(batch.shape)}")
-        return run_batched(self._run_one, batch)
 
 
 # ----------------------------------------------------------------------------- the plugin
-class LiteRTBackend:
+class LiteRTBackend(QuietHooks):
     """TFLite artifacts for CPU edge devices (Raspberry Pi, ARM boards) via litert-torch."""
 
     name = "litert"
@@ -177,6 +181,17 @@ class LiteRTBackend:
     suffix = ".tflite"
     precisions = ("fp32", "fp16", "int8")
     sources = ("torch", "keras")
+    label = "litert"
+    title = "LiteRT"
+    colour = "#2ca02c"
+    packages = (("ai-edge-litert", "ai_edge_litert"), ("tflite-runtime", "tflite_runtime"))
+    module = "ai_edge_litert.interpreter"
+    converter_packages = ("litert-torch", "ai-edge-litert", "tensorflow")
+    slow_export = True  # litert-torch conversions take 4-30 s per model
+    int8_as_fp16_on_arm = False
+
+    def source_hint(self, kind: str) -> str:
+        return _SOURCE_HINTS.get(kind, "")
 
     def available(self) -> str | None:
         return None if _interpreter_class() is not None else RUNTIME_HINT
@@ -224,24 +239,36 @@ class LiteRTBackend:
 
 BACKEND = LiteRTBackend()
 
+# Why a source kind litert does not take cannot reach it (``source_hint``).
+_SOURCE_HINTS = {
+    "onnx": "TFLite artifacts are converted from PyTorch with litert-torch; an ONNX file has no "
+    "PyTorch graph to convert, and edgekit does not use onnx2tf because it downloads sample data "
+    "during conversion. Use the onnxruntime and openvino backends for ONNX sources, or compress "
+    "the PyTorch model (checkpoint or .pt2) to get a TFLite artifact.",
+    "torchscript": "litert-torch needs torch.export; save the model with "
+    "torch.export.save(torch.export.export(model, (example,)), 'model.pt2') and compress that.",
+}
+
 
 # ----------------------------------------------------------------------------- export helpers
 def _check_request(request: ExportRequest) -> None:
-    """Refuse impossible requests before importing anything heavy."""
+    """Refuse impossible requests before importing anything heavy (PyTorch and Keras sources)."""
     loaded = request.model
     kind = str(getattr(loaded, "kind", "torch"))
     source = getattr(loaded, "source", "?")
-    if kind == "keras":
-        _check_keras_request(request)
-        return
-    if kind == "onnx":
+    keras = kind == "keras"
+    if keras:
+        if getattr(loaded, "keras", None) is None:
+            raise ConfigError(f"Backend 'litert': the Keras source {source} carries no loaded "
+                              "Keras model")
+    elif kind == "onnx":
         raise ConfigError(
             f"Backend 'litert' cannot convert the ONNX source ({source}): edgekit converts "
             "PyTorch models to TFLite with litert-torch, and an ONNX file has no PyTorch graph "
             "to convert. edgekit deliberately does not use onnx2tf (it downloads sample data at "
             "conversion time). Use the onnxruntime or openvino backends for ONNX sources, or "
             "export from the PyTorch checkpoint to get a TFLite artifact.")
-    if kind != "torch" or getattr(loaded, "module", None) is None:
+    elif kind != "torch" or getattr(loaded, "module", None) is None:
         raise ConfigError(
             f"Backend 'litert' cannot convert the {kind} source ({source}): litert-torch "
             "converts a PyTorch nn.Module through torch.export (a checkpoint or .pt2 source).")
@@ -254,17 +281,28 @@ def _check_request(request: ExportRequest) -> None:
                           f"not {request.precision!r}")
     if request.precision != "int8":
         return
-    if opts.method not in _METHODS:
-        known = ("" if opts.method in CALIBRATION_METHODS
-                 else f" ({opts.method!r} is not a calibration method edgekit knows)")
-        raise ConfigError(
-            f"Calibration method {opts.method!r} is not supported by backend 'litert'{known}: "
+    if opts.method not in (_KERAS_METHODS if keras else _METHODS):
+        raise ConfigError(_method_refusal(opts.method, keras))
+    if request.calibration is None or len(request.calibration) == 0:
+        what = ("the TFLite converter's representative dataset" if keras
+                else "static PT2E quantization")
+        raise ConfigError(f"Backend 'litert' needs calibration data for int8 ({what}): pass "
+                          "preprocessed images, e.g. --data DIR")
+
+
+def _method_refusal(method: str, keras: bool) -> str:
+    """Why litert cannot calibrate with ``method`` (TensorFlow's converter for Keras sources,
+    litert-torch's PT2E observers for PyTorch ones)."""
+    if keras:
+        return (f"Calibration method {method!r} is not supported by backend 'litert' for Keras "
+                "sources: TensorFlow's TFLite converter calibrates activation ranges with min/max "
+                "only. Use: " + ", ".join(_KERAS_METHODS))
+    known = ("" if method in CALIBRATION_METHODS
+             else f" ({method!r} is not a calibration method edgekit knows)")
+    return (f"Calibration method {method!r} is not supported by backend 'litert'{known}: "
             "litert-torch's PT2E quantizer offers 'minmax' (MinMaxObserver) and 'percentile' "
             "(HistogramObserver, a histogram search for the least-error clipping range); it "
             "has no entropy/KL observer. Use one of: " + ", ".join(_METHODS))
-    if request.calibration is None or len(request.calibration) == 0:
-        raise ConfigError("Backend 'litert' needs calibration data for int8 (static PT2E "
-                          "quantization): pass preprocessed images, e.g. --data DIR")
 
 
 def _import_converter() -> tuple[Any, Any]:
@@ -391,7 +429,7 @@ def _conversion_error(exc: BaseException, loaded: Any, precision: str) -> Export
     """One ExportError naming the backend and, where the converter says so, the operator."""
     text = f"{type(exc).__name__}: {exc}"
     op = next((m.group(1) for p in _OP_PATTERNS if (m := p.search(text))), None)
-    first = next((ln.strip() for ln in str(exc).splitlines() if ln.strip()), type(exc).__name__)
+    first = first_line(exc, None).strip()
     what = f"Backend 'litert': converting {getattr(loaded, 'name', 'the model')} to TFLite " \
            f"({precision}) failed"
     if op:
@@ -459,38 +497,11 @@ def _notes(request: ExportRequest, details: dict[str, Any]) -> list[str]:
 
 
 # ----------------------------------------------------------------------------- Keras sources
-# A Keras source (``LoadedModel.kind == "keras"``) converts with TensorFlow's own
+# A Keras source (``kind == "keras"``) converts with TensorFlow's own
 # ``tf.lite.TFLiteConverter`` (``edgekit.keras_source.KerasModel.to_tflite``), not litert-torch:
 # fp32 as is, fp16 as float16 weights (the converter's float16 quantization), int8 as full-integer
 # post-training quantization calibrated on the request's images (min/max ranges). The artifact
 # takes the NHWC float32 input the Keras model takes, in-graph preprocessing included.
-_KERAS_METHODS = ("minmax",)
-
-
-def _check_keras_request(request: ExportRequest) -> None:
-    loaded = request.model
-    source = getattr(loaded, "source", "?")
-    if getattr(loaded, "keras", None) is None:
-        raise ConfigError(f"Backend 'litert': the Keras source {source} carries no loaded "
-                          "Keras model")
-    if request.precision not in BACKEND.precisions:
-        raise ConfigError(f"Backend 'litert' does not offer precision {request.precision!r} "
-                          f"(it offers {', '.join(BACKEND.precisions)})")
-    opts = request.options
-    if opts.int8_io and request.precision != "int8":
-        raise ConfigError(f"int8_io (integer input/output tensors) needs precision 'int8', "
-                          f"not {request.precision!r}")
-    if request.precision != "int8":
-        return
-    if opts.method not in _KERAS_METHODS:
-        raise ConfigError(
-            f"Calibration method {opts.method!r} is not supported by backend 'litert' for Keras "
-            "sources: TensorFlow's TFLite converter calibrates activation ranges with min/max "
-            "only. Use: " + ", ".join(_KERAS_METHODS))
-    if request.calibration is None or len(request.calibration) == 0:
-        raise ConfigError("Backend 'litert' needs calibration data for int8 (the TFLite "
-                          "converter's representative dataset): pass preprocessed images, e.g. "
-                          "--data DIR")
 
 
 def _export_keras(request: ExportRequest) -> Artifact:

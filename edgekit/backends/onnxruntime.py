@@ -43,9 +43,12 @@ from edgekit.backends.base import (
     Artifact,
     CalibrationData,
     ExportRequest,
+    QuietHooks,
+    Session,
     check_request,
+    first_line,
     iter_calibration,
-    run_batched,
+    onnx_source_file,
 )
 from edgekit.errors import (
     BackendUnavailable,
@@ -72,7 +75,7 @@ def _bad_option(key: str, value: Any) -> Any:
                       "ORT_DISABLE_ALL, ORT_ENABLE_BASIC, ORT_ENABLE_EXTENDED, ORT_ENABLE_ALL")
 
 
-class OnnxRuntimeSession:
+class OnnxRuntimeSession(Session):
     """An opened .onnx artifact on the CPU execution provider; ``run`` loops batch-1 calls."""
 
     def __init__(self, path: Path, threads: int | None = None,
@@ -93,7 +96,7 @@ class OnnxRuntimeSession:
             options.inter_op_num_threads = 1
             options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
         self.path = Path(path)
-        self.threads = threads
+        self.threads: int | None = threads
         self._session = ort.InferenceSession(str(path), sess_options=options,
                                              providers=["CPUExecutionProvider"])
         (inp,) = self._session.get_inputs()
@@ -110,15 +113,6 @@ class OnnxRuntimeSession:
         """The bare inference call on a fixed input (the timing protocol's timed call)."""
         run, names, feed = self._session.run, [self.output_name], {self.input_name: x}
         return lambda: run(names, feed)
-
-    def run(self, batch: np.ndarray) -> np.ndarray:
-        batch = np.ascontiguousarray(batch, dtype=np.float32)
-        expected = self.input_shape[1:]
-        if batch.ndim != len(self.input_shape) or any(
-                e > 0 and e != s for e, s in zip(expected, batch.shape[1:], strict=True)):
-            raise DataError(f"{self.path.name}: input batch of shape {tuple(batch.shape)} does not "
-                            f"fit the artifact's input {self.input_shape} (N first)")
-        return run_batched(self._run_one, batch)
 
 
 # ------------------------------------------------------------------------ calibration reader
@@ -176,7 +170,7 @@ class StreamingCalibrationReader:
 
 # ------------------------------------------------------------------------------------ backend
 @dataclass(frozen=True)
-class OnnxRuntimeBackend:
+class OnnxRuntimeBackend(QuietHooks):
     """ONNX Runtime plugin. ``BACKEND`` is the default instance; variants are made with
     ``dataclasses.replace(BACKEND, ...)``.
 
@@ -213,6 +207,16 @@ class OnnxRuntimeBackend:
     exclude_op_types: tuple[str, ...] = ()
     exclude_nodes: tuple[str, ...] = ()
     percentile: float = 99.999  # ORT's default for method "percentile"
+
+    # facts (class constants, not dataclass fields: a variant is the same runtime)
+    label = "ort"
+    title = "ONNX Runtime"
+    colour = "#ff7f0e"
+    packages = (("onnxruntime", "onnxruntime"),)
+    module = "onnxruntime"
+    converter_packages = ("onnx", "onnxruntime")
+    slow_export = False
+    int8_as_fp16_on_arm = False
 
     # --------------------------------------------------------------------------- protocol
     def available(self) -> str | None:
@@ -318,10 +322,7 @@ class OnnxRuntimeBackend:
     def _from_onnx(self, model: Any, path: Path, notes: list[str]) -> tuple[str, tuple[int, ...]]:
         import onnx
 
-        onnx_file = model.onnx_file()  # a Keras source is converted (tf2onnx) on first use
-        source = Path(onnx_file) if onnx_file else None
-        if source is None or not source.is_file():
-            raise DataError(f"ONNX model file not found: {source}")
+        source = onnx_source_file(model)  # a Keras source is converted (tf2onnx) on first use
         try:
             proto = onnx.load(str(source))
         except Exception as exc:
@@ -394,7 +395,7 @@ class OnnxRuntimeBackend:
             raise
         except Exception as exc:
             raise ExportError(f"onnxruntime: static INT8 quantization of "
-                              f"{request.model.name} failed: {_first_line(exc)}") from exc
+                              f"{request.model.name} failed: {first_line(exc)}") from exc
         if ort_method == "Entropy":
             notes.append("Calibration 'entropy' uses ORT's EntropyCalibrater with its defaults "
                          "(128 histogram bins = 128 quantized bins; quantize_static does not "
@@ -447,11 +448,6 @@ def _chunk_stride(count: int, chunk: int) -> int:
     if count <= chunk:
         return count
     return max(d for d in range(1, chunk + 1) if count % d == 0)
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip() or type(exc).__name__
-    return text.splitlines()[0][:500]
 
 
 def _strip_metadata(proto: Any) -> None:
@@ -526,7 +522,7 @@ def _check_model(proto: Any, what: str) -> None:
             raise ExportError(f"onnxruntime: operator {match.group(1)!r} in {what} is not an "
                               f"ONNX operator (opset {OPSET}); onnxruntime cannot run it") from exc
         raise ExportError(f"onnxruntime: {what} is not a valid ONNX model: "
-                          f"{_first_line(exc)}") from exc
+                          f"{first_line(exc)}") from exc
 
 
 def _describe_exporter_failure(exc: BaseException, what: str) -> str:
@@ -539,7 +535,7 @@ def _describe_exporter_failure(exc: BaseException, what: str) -> str:
             op = re.sub(r"\.(default|Tensor|Scalar|int|dim|out)$", "", match.group(1))
             break
     reason = next((line.split(">: ", 1)[1] for line in text.splitlines()
-                   if line.startswith("<class ") and ">: " in line), _first_line(exc))
+                   if line.startswith("<class ") and ">: " in line), first_line(exc))
     if op:
         return (f"onnxruntime: torch operator {op!r} in {what} cannot be exported to ONNX "
                 f"(opset {OPSET}): {reason[:300]}")
@@ -554,8 +550,8 @@ def _describe_ort_failure(exc: BaseException, path: Path) -> str:
         match = re.search(pattern, text)
         if match:
             return (f"onnxruntime cannot run operator {match.group(1)!r} "
-                    f"(CPUExecutionProvider): {_first_line(exc)}")
-    return f"onnxruntime cannot load the exported model: {_first_line(exc)}"
+                    f"(CPUExecutionProvider): {first_line(exc)}")
+    return f"onnxruntime cannot load the exported model: {first_line(exc)}"
 
 
 def _chain(exc: BaseException) -> Iterator[BaseException]:

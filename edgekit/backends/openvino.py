@@ -47,7 +47,7 @@ import re
 import shutil
 import sys
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -58,9 +58,12 @@ from edgekit.backends.base import (
     CALIBRATION_METHODS,
     Artifact,
     ExportRequest,
+    QuietHooks,
+    Session,
     check_request,
+    first_line,
     iter_calibration,
-    run_batched,
+    onnx_source_file,
 )
 from edgekit.errors import (
     BackendUnavailable,
@@ -108,7 +111,7 @@ def _is_arm() -> bool:
 
 
 # ------------------------------------------------------------------------------------ session
-class OpenVINOSession:
+class OpenVINOSession(Session):
     """A compiled IR on the CPU plugin with one preallocated infer request."""
 
     def __init__(self, path: Path, threads: int | None = None,
@@ -165,15 +168,6 @@ class OpenVINOSession:
         self._request.set_input_tensor(ov.Tensor(x, shared_memory=True))
         return self._request.infer
 
-    def run(self, batch: np.ndarray) -> np.ndarray:
-        batch = np.ascontiguousarray(batch, dtype=np.float32)
-        expected = self.input_shape[1:]
-        if batch.ndim != len(self.input_shape) or any(
-                e > 0 and e != s for e, s in zip(expected, batch.shape[1:], strict=True)):
-            raise DataError(f"{self.path.name}: input batch of shape {tuple(batch.shape)} does not "
-                            f"fit the artifact's input {self.input_shape} (N first)")
-        return run_batched(self._run_one, batch)
-
 
 def _artifact_precision(model: Any) -> str:
     if model.has_rt_info(_PRECISION_KEY):
@@ -193,7 +187,7 @@ def _constant_precision(model: Any) -> str:
 
 # ------------------------------------------------------------------------------------ backend
 @dataclass(frozen=True)
-class OpenVINOBackend:
+class OpenVINOBackend(QuietHooks):
     """OpenVINO plugin. ``BACKEND`` is the default instance; variants via
     ``dataclasses.replace(BACKEND, preset="mixed")``.
 
@@ -211,6 +205,24 @@ class OpenVINOBackend:
     sources: tuple[str, ...] = ("torch", "torchscript", "onnx", "keras")
     preset: str = "performance"
     ignored_types: tuple[str, ...] = ()
+
+    # facts (class constants, not dataclass fields: a variant is the same runtime)
+    label = "ov"
+    title = "OpenVINO"
+    colour = "#1f77b4"
+    packages = (("openvino", "openvino"),)
+    module = "openvino"
+    converter_packages = ("openvino", "nncf")
+    slow_export = False
+    # The ARM CPU plugin has little INT8 support: it computes INT8 models in fp16.
+    int8_as_fp16_on_arm = True
+
+    def arm_failure_hint(self, message: str, cpu: str, features: Collection[str]) -> str | None:
+        if "object is not initialized" in message and "fphp" not in features:
+            return (f"OpenVINO's ARM CPU plugin asks oneDNN for an fp16 convolution in this INT8 "
+                    f"model, and oneDNN has no fp16 kernel on a CPU without fp16 arithmetic such "
+                    f"as the {cpu}; use the LiteRT or ONNX Runtime artifact there")
+        return None
 
     # --------------------------------------------------------------------------- protocol
     def available(self) -> str | None:
@@ -258,7 +270,7 @@ class OpenVINOBackend:
                               compress_to_fp16=request.precision == "fp16")
             except Exception as exc:
                 raise ExportError(f"openvino: saving the IR of {model.name} failed: "
-                                  f"{_first_line(exc)}") from exc
+                                  f"{first_line(exc)}") from exc
             try:
                 shutil.copyfile(tmp_xml, xml)
                 shutil.copyfile(tmp_xml.with_suffix(".bin"), binary)
@@ -326,10 +338,7 @@ class OpenVINOBackend:
     def _from_onnx(self, model: Any, notes: list[str]) -> Any:
         import openvino as ov
 
-        onnx_file = model.onnx_file()  # a Keras source is converted (tf2onnx) on first use
-        source = Path(onnx_file) if onnx_file else None
-        if source is None or not source.is_file():
-            raise DataError(f"ONNX model file not found: {source}")
+        source = onnx_source_file(model)  # a Keras source is converted (tf2onnx) on first use
         try:
             ov_model = ov.convert_model(str(source))
         except Exception as exc:
@@ -357,7 +366,7 @@ class OpenVINOBackend:
                 ov_model.reshape({port: ov.PartialShape(list(expected))})
             except Exception as exc:
                 raise ExportError(f"openvino: cannot fix the dynamic input of {source} to "
-                                  f"{list(expected)}: {_first_line(exc)}") from exc
+                                  f"{list(expected)}: {first_line(exc)}") from exc
             notes.append(f"The source's dynamic input dims {dynamic} (0 = batch) were fixed to "
                          f"{list(expected)} (static batch-1 artifact).")
         return ov_model
@@ -394,7 +403,7 @@ class OpenVINOBackend:
             raise
         except Exception as exc:
             raise ExportError(f"openvino: NNCF INT8 quantization of {request.model.name} "
-                              f"failed: {_first_line(exc)}") from exc
+                              f"failed: {first_line(exc)}") from exc
         return quantized, {
             "tool": f"nncf {nncf.__version__}",
             "preset": self.preset,
@@ -441,12 +450,6 @@ class _Stream:
 
 
 # ------------------------------------------------------------------------------------ helpers
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip() or type(exc).__name__
-    lines = [ln for ln in text.splitlines() if ln.strip()]
-    return (lines[0] if lines else text)[:500]
-
-
 _AUTO_NAME = re.compile(r"\b([A-Z][A-Za-z0-9]*)_(\d+)\b")
 
 

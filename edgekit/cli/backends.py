@@ -7,6 +7,7 @@ import json
 import click
 from rich.table import Table
 
+from edgekit.backends import all_backends
 from edgekit.ui import out
 
 
@@ -15,13 +16,10 @@ from edgekit.ui import out
 def command(as_json: bool) -> None:
     """List the runtime backends, their precisions and sources, and whether each is installed
     (with the pip command that adds a missing one)."""
-    from edgekit.backends import backend_names, get_backend
-
     rows = []
-    for name in backend_names():
-        b = get_backend(name)
+    for b in all_backends():
         hint = b.available()
-        rows.append({"name": name, "installed": hint is None, "hint": hint,
+        rows.append({"name": b.name, "installed": hint is None, "hint": hint,
                      "precisions": list(b.precisions), "sources": list(b.sources),
                      "artifact": b.suffix})
     if as_json:
