@@ -98,7 +98,7 @@ def test_parse_host_rejects_bad_text(text) -> None:
 
 
 def test_options_that_could_bypass_host_key_checks_are_refused() -> None:
-    from edgekit.bench.ssh import ssh_option_problem
+    from edgekit.targets import ssh_option_problem
 
     for bad in ("KnownHostsCommand=ssh-keyscan %H", "GlobalKnownHostsFile=/tmp/x",
                 "HostKeyAlias=other", "ProxyCommand=nc %h %p", "PermitLocalCommand=yes",

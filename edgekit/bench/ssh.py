@@ -45,7 +45,7 @@ import tempfile
 import weakref
 from collections.abc import Sequence
 from pathlib import Path, PurePosixPath
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 
@@ -53,9 +53,7 @@ from edgekit.bench.local import RunFailed, _last_error, _options_args
 from edgekit.bench.protocol import Protocol
 from edgekit.bundle import artifact_backend
 from edgekit.errors import ConfigError, DataError, EdgekitError
-
-if TYPE_CHECKING:
-    from edgekit.targets import SshAccess
+from edgekit.targets import SshAccess, ssh_option_problem
 
 MIN_PYTHON = (3, 10)
 # (distribution, import name) of what the runner may need on the device.
@@ -138,44 +136,6 @@ def format_host(user: str | None, host: str, port: int | None) -> str:
     """``user@host:port`` (IPv6 in brackets; parts left out when unknown)."""
     h = f"[{host}]" if ":" in host else host
     return f"{user + '@' if user else ''}{h}{f':{port}' if port else ''}"
-
-
-_OPTION = re.compile(r"^([A-Za-z][A-Za-z0-9]*)\s*(?:=|\s)\s*(\S.*)$")
-
-
-# Options a target may add (-o): reaching the host and keeping the connection alive. Anything
-# that could weaken host-key checking or run a command (KnownHostsCommand, HostKeyAlias,
-# *KnownHostsFile, ProxyCommand, LocalCommand, Control*) belongs in the user's ~/.ssh/config.
-_ALLOWED_DISPLAY = ("ProxyJump", "ConnectTimeout", "ServerAliveInterval", "ServerAliveCountMax",
-                    "IdentityAgent", "IdentitiesOnly", "Ciphers", "KexAlgorithms", "MACs",
-                    "HostKeyAlgorithms", "PubkeyAcceptedAlgorithms", "Compression",
-                    "AddressFamily", "BindAddress", "StrictHostKeyChecking", "BatchMode",
-                    "UserKnownHostsFile", "CertificateFile", "IPQoS", "TCPKeepAlive")
-_ALLOWED_OPTIONS = {k.lower() for k in _ALLOWED_DISPLAY}
-
-
-def ssh_option_problem(option: str) -> str | None:
-    """Why an extra ``ssh -o`` option is refused (None: acceptable). Host-key checking, batch
-    mode and known_hosts cannot be turned off through options."""
-    m = _OPTION.match(option.strip())
-    if not m or "\n" in option or "\r" in option:
-        return f"ssh option {option!r} is not KEY=VALUE (e.g. ProxyJump=user@bastion)"
-    key, value = m.group(1).lower(), m.group(2).strip().strip("\"'").lower()
-    if key == "stricthostkeychecking" and value != "yes":
-        return (f"ssh option {option!r} is refused: edgekit always checks the device's host key "
-                "(StrictHostKeyChecking=yes). Put the device's key in known_hosts instead "
-                "(the target's access.known_hosts, or ~/.ssh/known_hosts)")
-    if key == "userknownhostsfile" and value in ("/dev/null", "none"):
-        return (f"ssh option {option!r} is refused: it would accept any host key. Set "
-                "access.known_hosts to a file that holds the device's key")
-    if key == "batchmode" and value != "yes":
-        return (f"ssh option {option!r} is refused: edgekit runs ssh without prompts "
-                "(BatchMode=yes); log in with a key or an agent")
-    if key not in _ALLOWED_OPTIONS:
-        return (f"ssh option {option!r} is not one edgekit passes on (it could change how host "
-                "keys are checked or run local commands); allowed: "
-                f"{', '.join(sorted(_ALLOWED_DISPLAY))}. Put anything else in ~/.ssh/config")
-    return None
 
 
 def _tail(text: str, n: int = 4) -> str:
