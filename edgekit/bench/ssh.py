@@ -49,7 +49,7 @@ from typing import Any
 
 import numpy as np
 
-from edgekit.bench.local import RunFailed, _last_error, _options_args
+from edgekit.bench.executor import Executor, RunFailed, last_error, options_args, runner_json
 from edgekit.bench.protocol import Protocol
 from edgekit.bundle import artifact_backend
 from edgekit.errors import ConfigError, DataError, EdgekitError
@@ -238,7 +238,7 @@ def _stop_master(args: list[str], tmp: str) -> None:
     shutil.rmtree(tmp, ignore_errors=True)
 
 
-class SshExecutor:
+class SshExecutor(Executor):
     """Runs the device runner on a board over SSH (see the module docstring).
 
     ``access`` is the target's ``SshAccess``; ``host`` (``user@host[:port]``) overrides its
@@ -606,7 +606,7 @@ class SshExecutor:
                             f"run there `{py} -m pip install {pip}` to time {backend} artifacts")
 
     def _remote_error(self, stderr: str, backend: str | None) -> str:
-        message = _last_error(stderr)
+        message = last_error(stderr)
         if not backend:
             return f"on {self.label}: {message}"
         last = (stderr.strip().splitlines() or [""])[-1]
@@ -654,7 +654,7 @@ class SshExecutor:
         if rc > 128:  # killed by a signal on the device; SIGKILL is usually the OOM killer
             raise RunFailed(f"the runner was killed by signal {rc - 128} on {self.label}"
                             + (" (out of memory?)" if rc == 137 else "")
-                            + (f": {_last_error(stderr)}" if stderr.strip() else ""))
+                            + (f": {last_error(stderr)}" if stderr.strip() else ""))
         if rc != 0:
             raise RunFailed(self._remote_error(stderr, backend))
         return done.stdout.decode(errors="replace")
@@ -679,8 +679,6 @@ class SshExecutor:
                       protocol: Protocol, options: dict[str, Any] | None = None,
                       ) -> dict[str, Any]:
         """One measurement on the device: the runner's ``--bench`` row (see LocalExecutor)."""
-        from edgekit.bench.local import LocalExecutor
-
         backend = artifact_backend(Path(bundle), artifact)
         self._require_runtime(backend)
         remote = self.upload(bundle)
@@ -688,10 +686,10 @@ class SshExecutor:
         if cpus is not None and tuple(cpus) != protocol.pin:
             protocol = Protocol.from_dict({**protocol.to_dict(), "pin": cpus})
         args = [self._runner, remote, "--bench", "--artifact", artifact, *protocol.cli_args(),
-                *_options_args(options)]
+                *options_args(options)]
         if threads:
             args += ["--threads", str(threads)]
-        row = LocalExecutor._json(self._run(args, threads=threads, cpus=cpus, backend=backend))
+        row = runner_json(self._run(args, threads=threads, cpus=cpus, backend=backend))
         if isinstance(row.get("environment"), dict):
             row["environment"]["host"] = self.label
         return row
@@ -700,6 +698,11 @@ class SshExecutor:
                     protocol: Protocol) -> dict[str, Any]:
         raise RunFailed("the PyTorch source is not timed on an SSH device: devices run the "
                         "runner without torch; compare with the fp32 artifacts instead")
+
+    def time_file(self, path: Path, backend: str, shape: Sequence[int], threads: int | None,
+                  protocol: Protocol, options: dict[str, Any] | None = None) -> dict[str, Any]:
+        raise RunFailed("a bare model file is not timed on an SSH device: the device runner "
+                        "times the artifacts of a bundle (edgekit bench BUNDLE --host ...)")
 
     def logits(self, bundle: Path, artifact: str, images: Sequence[Path],
                options: dict[str, Any] | None = None) -> np.ndarray:
@@ -712,7 +715,7 @@ class SshExecutor:
         try:
             self._run([self._runner, remote, "--artifact", artifact, "--image-list",
                        f"{folder}/images.txt", "--save-logits", out,
-                       *_options_args(options)], backend=backend)
+                       *options_args(options)], backend=backend)
             done = self._ssh(_sh(f"cd {shlex.quote(self._remote_dir())} && cat {out}"),
                              timeout=self.timeout, action="fetch the logits from")
             if done.returncode != 0:
@@ -765,9 +768,3 @@ class SshExecutor:
                 self._finalizer()
             else:
                 self._drop_tmp()
-
-    def __enter__(self) -> SshExecutor:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
