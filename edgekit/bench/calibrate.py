@@ -41,7 +41,7 @@ class CalibrationNet:
 
 
 def _refnet(name: str, width: float, size: int) -> CalibrationNet:
-    from edgekit.bench.refnets import create_refnet
+    from edgekit.bench.predict.refnets import create_refnet
 
     label = f"{name}{'' if width == 1.0 else f'@w{width:g}'}@{size}"
     return CalibrationNet(label, lambda: create_refnet(name, width=width), size)
