@@ -281,9 +281,14 @@ def _fetch_debs(work: Path, sysroot: Path, progress: bool) -> dict[str, Any]:
     return {"python": py, "packages": versions, "bytes": sum(d.stat().st_size for d in debs)}
 
 
+def _wheel_dists() -> list[str]:
+    """The PyPI distributions of the emulated site folder (the one reader of PYTHON_PACKAGES)."""
+    return [dist for dist, _ in PYTHON_PACKAGES]
+
+
 def _pins() -> list[str]:
     pins = []
-    for dist, _ in PYTHON_PACKAGES:
+    for dist in _wheel_dists():
         try:
             pins.append(f"{dist}=={metadata.version(dist)}")
         except metadata.PackageNotFoundError:
@@ -303,12 +308,12 @@ def _fetch_wheels(work: Path, site: Path, py: str, progress: bool) -> dict[str, 
         _run([*base, *pinned], "pip download (aarch64 wheels)")
         note = "runtimes pinned to this machine's versions"
     except EdgekitError as exc:
-        if pinned == [d for d, _ in PYTHON_PACKAGES]:
+        if pinned == _wheel_dists():
             raise
         status(f"[yellow]Note:[/] this machine's versions are not all on PyPI for aarch64 "
                f"({escape(str(exc))}); taking the newest aarch64 wheels instead")
         shutil.rmtree(wheels, ignore_errors=True)
-        _run([*base, *(d for d, _ in PYTHON_PACKAGES)], "pip download (aarch64 wheels)")
+        _run([*base, *_wheel_dists()], "pip download (aarch64 wheels)")
         note = "newest aarch64 wheels (this machine's versions have none)"
     files = sorted(wheels.glob("*.whl"))
     site.mkdir(parents=True)
