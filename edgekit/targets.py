@@ -11,6 +11,7 @@ A target either *declares* its CPU (``x86-avx2``: a representative hospital work
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -25,10 +26,48 @@ from pydantic import (
 from edgekit import config
 from edgekit.backends import backend_names
 from edgekit.bench.hostinfo import FEATURES_BY_ARCH, cpu_info, normalize_arch
-from edgekit.bench.ssh import ssh_option_problem
 
 _STRICT = ConfigDict(extra="forbid", frozen=True)
 _ACCESS_KINDS = ("local", "ssh", "emulated")
+
+
+# ----------------------------------------------------------------------- SSH option policy
+# The policy lives with the targets that declare ``access.options``; ``edgekit.bench.ssh``
+# applies the same check to options given in code (``SshExecutor(ssh_options=...)``).
+_OPTION = re.compile(r"^([A-Za-z][A-Za-z0-9]*)\s*(?:=|\s)\s*(\S.*)$")
+# Options a target may add (-o): reaching the host and keeping the connection alive. Anything
+# that could weaken host-key checking or run a command (KnownHostsCommand, HostKeyAlias,
+# *KnownHostsFile, ProxyCommand, LocalCommand, Control*) belongs in the user's ~/.ssh/config.
+_ALLOWED_DISPLAY = ("ProxyJump", "ConnectTimeout", "ServerAliveInterval", "ServerAliveCountMax",
+                    "IdentityAgent", "IdentitiesOnly", "Ciphers", "KexAlgorithms", "MACs",
+                    "HostKeyAlgorithms", "PubkeyAcceptedAlgorithms", "Compression",
+                    "AddressFamily", "BindAddress", "StrictHostKeyChecking", "BatchMode",
+                    "UserKnownHostsFile", "CertificateFile", "IPQoS", "TCPKeepAlive")
+_ALLOWED_OPTIONS = {k.lower() for k in _ALLOWED_DISPLAY}
+
+
+def ssh_option_problem(option: str) -> str | None:
+    """Why an extra ``ssh -o`` option is refused (None: acceptable). Host-key checking, batch
+    mode and known_hosts cannot be turned off through options."""
+    m = _OPTION.match(option.strip())
+    if not m or "\n" in option or "\r" in option:
+        return f"ssh option {option!r} is not KEY=VALUE (e.g. ProxyJump=user@bastion)"
+    key, value = m.group(1).lower(), m.group(2).strip().strip("\"'").lower()
+    if key == "stricthostkeychecking" and value != "yes":
+        return (f"ssh option {option!r} is refused: edgekit always checks the device's host key "
+                "(StrictHostKeyChecking=yes). Put the device's key in known_hosts instead "
+                "(the target's access.known_hosts, or ~/.ssh/known_hosts)")
+    if key == "userknownhostsfile" and value in ("/dev/null", "none"):
+        return (f"ssh option {option!r} is refused: it would accept any host key. Set "
+                "access.known_hosts to a file that holds the device's key")
+    if key == "batchmode" and value != "yes":
+        return (f"ssh option {option!r} is refused: edgekit runs ssh without prompts "
+                "(BatchMode=yes); log in with a key or an agent")
+    if key not in _ALLOWED_OPTIONS:
+        return (f"ssh option {option!r} is not one edgekit passes on (it could change how host "
+                "keys are checked or run local commands); allowed: "
+                f"{', '.join(sorted(_ALLOWED_DISPLAY))}. Put anything else in ~/.ssh/config")
+    return None
 
 
 class LocalAccess(BaseModel):

@@ -35,7 +35,7 @@ from edgekit.bench.predict import (
     published_thread_scaling,
     read_calibration,
 )
-from edgekit.bench.refnets import PUBLISHED_MACS, REFNETS, create_refnet
+from edgekit.bench.predict.refnets import PUBLISHED_MACS, REFNETS, create_refnet
 from edgekit.targets import list_targets, load_target
 
 

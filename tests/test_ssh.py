@@ -98,7 +98,7 @@ def test_parse_host_rejects_bad_text(text) -> None:
 
 
 def test_options_that_could_bypass_host_key_checks_are_refused() -> None:
-    from edgekit.bench.ssh import ssh_option_problem
+    from edgekit.targets import ssh_option_problem
 
     for bad in ("KnownHostsCommand=ssh-keyscan %H", "GlobalKnownHostsFile=/tmp/x",
                 "HostKeyAlias=other", "ProxyCommand=nc %h %p", "PermitLocalCommand=yes",
@@ -135,7 +135,7 @@ def test_executor_for_a_target_and_a_host_override() -> None:
     # no port in the profile: ssh's own config (else 22) decides, so no -p is passed
     assert (ex.user, ex.host, ex.port, ex.label) == ("pi", "raspberrypi.local", None,
                                                       "pi@raspberrypi.local")
-    assert "-p" not in ex._args()
+    assert "-p" not in ex.connection.args()
     ex = SshExecutor.for_target(rpi4, host="[fd00::7]:2200")
     assert (ex.user, ex.host, ex.port, ex.label) == ("pi", "fd00::7", 2200, "pi@[fd00::7]:2200")
     assert ex.pin == rpi4.pin and ex.workdir == rpi4.access.workdir
@@ -228,7 +228,7 @@ def test_time_artifact_over_ssh(device, bundle) -> None:
     assert row["environment"]["host"] == device.label
     cores = device.preflight()["cores"]
     assert row["protocol"]["pin"] == [cores - 1]  # pin=True: the last core for one thread
-    remote = Path(device._run_dir)
+    remote = Path(device.files.path)
     assert (remote / "edgekit-runner.pyz").is_file()
     assert not list((remote / "pids").iterdir())  # the PID file goes with the run
 
@@ -241,12 +241,12 @@ def test_logits_over_ssh_equal_local_runner_logits(device, bundle, mri_phantoms)
     np.testing.assert_array_equal(remote, local)
     # the images stay for the next artifact (close() removes the run folder); each call's
     # logits file is removed
-    assert not list(Path(device._run_dir).glob("inputs-*/logits-*.npy"))
+    assert not list(Path(device.files.path).glob("inputs-*/logits-*.npy"))
 
 
 def test_each_bundle_is_uploaded_once(device, bundle, monkeypatch) -> None:
     first = device.upload(bundle)
-    monkeypatch.setattr(device, "_send", lambda members: pytest.fail("uploaded again"))
+    monkeypatch.setattr(device.files, "send", lambda members: pytest.fail("uploaded again"))
     assert device.upload(bundle) == first
 
 
@@ -257,17 +257,17 @@ def test_a_changed_copy_on_the_device_is_detected(sshd, bundle, tmp_path, monkey
     """The copy is altered on the device between the transfer and the check: the sha256
     computed there must disagree with the local one."""
     ex = SshExecutor(access(sshd, tmp_path / "device"))
-    send = ex._send
+    send = ex.files.send
 
     def send_then_tamper(members):
         send(members)
-        path = Path(ex._run_dir) / (victim if victim.endswith(".pyz")
+        path = Path(ex.files.path) / (victim if victim.endswith(".pyz")
                                     else f"bundles/0-{bundle.name}/{victim}")
         data = bytearray(path.read_bytes())
         data[len(data) // 2] ^= 0xFF
         path.write_bytes(bytes(data))
 
-    monkeypatch.setattr(ex, "_send", send_then_tamper)
+    monkeypatch.setattr(ex.files, "send", send_then_tamper)
     with ex, pytest.raises(DeviceError, match="differ from the local") as err:
         ex.upload(bundle)
     assert Path(victim).name in str(err.value) and "sha256" in str(err.value)
@@ -276,7 +276,7 @@ def test_a_changed_copy_on_the_device_is_detected(sshd, bundle, tmp_path, monkey
 def test_close_removes_the_run_folder_and_the_connection(sshd, bundle, tmp_path) -> None:
     ex = SshExecutor(access(sshd, tmp_path / "device"))
     ex.upload(bundle)
-    run, tmp = Path(ex._run_dir), Path(ex._tmp)
+    run, tmp = Path(ex.files.path), Path(ex.connection.tmp)
     assert run.is_dir() and (tmp / "cm").exists()
     assert len(masters(str(tmp))) == 1  # one shared connection
     ex.close()
@@ -296,7 +296,7 @@ def test_a_timeout_stops_the_runner_on_the_device(sshd, bundle, tmp_path) -> Non
     with SshExecutor(access(sshd, tmp_path / "device"), timeout=5) as ex:
         ex.upload(bundle)
         seen: list[int] = []
-        watch = threading.Timer(3.5, lambda: seen.extend(_processes_in(ex._run_dir)))
+        watch = threading.Timer(3.5, lambda: seen.extend(_processes_in(ex.files.path)))
         watch.start()
         t0 = time.perf_counter()
         with pytest.raises(RunFailed, match="timed out"):
@@ -304,8 +304,8 @@ def test_a_timeout_stops_the_runner_on_the_device(sshd, bundle, tmp_path) -> Non
         watch.join()
         assert time.perf_counter() - t0 < 20
         assert seen, "the runner should have been running on the device before the timeout"
-        assert _processes_in(ex._run_dir) == []
-        assert not list((Path(ex._run_dir) / "pids").glob("*.pid"))
+        assert _processes_in(ex.files.path) == []
+        assert not list((Path(ex.files.path) / "pids").glob("*.pid"))
 
 
 # ------------------------------------------------------------------- what goes wrong
@@ -387,8 +387,8 @@ def test_images_go_to_the_device_once_for_every_artifact(device, bundle, mri_pha
     images = sorted(mri_phantoms.rglob("*.jpg"))[:4]
     device.upload(bundle)
     sent = []
-    real = device._send
-    monkeypatch.setattr(device, "_send", lambda members: (sent.append(len(members)),
+    real = device.files.send
+    monkeypatch.setattr(device.files, "send", lambda members: (sent.append(len(members)),
                                                           real(members))[1])
     a = device.logits(bundle, ONNX, images)
     b = device.logits(bundle, "openvino-int8", images)

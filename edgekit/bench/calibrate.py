@@ -16,7 +16,11 @@ The command itself is :mod:`edgekit.cli.calibrate`.
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
+import os
 import statistics
+import sys
 import tempfile
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass, replace
@@ -26,8 +30,33 @@ from typing import Any
 
 import numpy as np
 
+from edgekit import __version__
+from edgekit.backends import ExportRequest, get_backend, require_backend
+from edgekit.bench.executor import Executor, RunFailed
+from edgekit.bench.hostinfo import logical_cores, normalize_arch
+from edgekit.bench.local import LocalExecutor
+from edgekit.bench.predict import (
+    MIN_REL_ERR,
+    Hardware,
+    Kernel,
+    Point,
+    ThreadScaling,
+    detect_hardware,
+    fit,
+    fit_thread_scaling,
+    group_points,
+    machine_identity,
+    predict,
+    thread_prior,
+    write_calibration,
+)
+from edgekit.bench.protocol import Protocol, runtime_version
+from edgekit.data.preprocess import PreprocessSpec
 from edgekit.errors import ConfigError
+from edgekit.sources import TorchSource
+from edgekit.targets import Target, load_target
 from edgekit.ui import progress_bar, status
+from edgekit.zoo import create_model, model_config
 
 
 @dataclass(frozen=True)
@@ -41,15 +70,13 @@ class CalibrationNet:
 
 
 def _refnet(name: str, width: float, size: int) -> CalibrationNet:
-    from edgekit.bench.refnets import create_refnet
+    from edgekit.bench.predict.refnets import create_refnet  # torch-bound
 
     label = f"{name}{'' if width == 1.0 else f'@w{width:g}'}@{size}"
     return CalibrationNet(label, lambda: create_refnet(name, width=width), size)
 
 
 def _zoo(name: str, size: int) -> CalibrationNet:
-    from edgekit.zoo import create_model, model_config
-
     classes = model_config(name).num_classes
     return CalibrationNet(f"zoo:{name}@{size}",
                           lambda: create_model(name, input_size=size).eval(), size, classes)
@@ -98,44 +125,34 @@ def export_net(module: Any, label: str, size: int, classes: int, backend: str, p
                out_dir: Path) -> Path:
     """Export ``module`` (input ``3×size×size``) with edgekit's ``backend`` plugin; the
     artifact's main file."""
-    from edgekit.backends import ExportRequest, require_backend
-    from edgekit.data.preprocess import PreprocessSpec
-    from edgekit.sources import LoadedModel
-
-    loaded = LoadedModel(module.eval(), label, "multiclass",
-                         tuple(f"class_{i}" for i in range(classes)),
-                         PreprocessSpec(input_size=size), label)
+    loaded = TorchSource(module=module.eval(), name=label, task="multiclass",
+                         class_names=tuple(f"class_{i}" for i in range(classes)),
+                         spec=PreprocessSpec(input_size=size), source=label)
     plugin = require_backend(backend)
     calib = _RandomImages(tuple(loaded.spec.input_shape(1))) if precision == "int8" else None
     out_dir.mkdir(parents=True, exist_ok=True)
-    import contextlib
-    import sys
-
     with contextlib.redirect_stdout(sys.stderr):
         art = plugin.export(ExportRequest(model=loaded, precision=precision, out_dir=out_dir,
                                           stem="model", calibration=calib))
     return Path(art.path)
 
 
-def measurement_protocol(quick: bool) -> Any:
+def measurement_protocol(quick: bool) -> Protocol:
     """One round's protocol: quick for tests; otherwise ≥ 30 calls and ≥ 1.5 s after a 0.5 s
     warm-up, one trial per process (the rounds are the trials, interleaved)."""
-    from edgekit.bench.protocol import Protocol
-
     if quick:
         return Protocol.quick_protocol()
     return Protocol(warmup_iters=5, warmup_seconds=0.5, iters=30, min_seconds=1.5, trials=1)
 
 
-def measure_artifacts(jobs: list[dict[str, Any]], threads: Sequence[int], *, protocol: Any,
+def measure_artifacts(jobs: list[dict[str, Any]], threads: Sequence[int], *, protocol: Protocol,
                       rounds: int, options: dict[str, dict[str, Any]] | None = None,
-                      bar: Any = None, executor: Any = None) -> list[dict[str, Any]]:
+                      bar: Any = None, executor: Executor | None = None,
+                      ) -> list[dict[str, Any]]:
     """Time every job (``{"path", "backend", "shape", ...}``) at every thread count, ``rounds``
     times in interleaved order (round 1 of everything, then round 2, …), each call a fresh
     subprocess. One row per (job, threads): the job's keys plus ``threads``, ``p50_ms`` (median
     of the rounds' p50) and ``round_p50_ms``; or ``error``."""
-    from edgekit.bench.local import LocalExecutor, RunFailed
-
     executor = executor or LocalExecutor()
     cells = [(j, t) for j in jobs for t in threads]
     got: dict[int, list[float]] = {i: [] for i in range(len(cells))}
@@ -182,8 +199,8 @@ def _pairs(rows: list[dict[str, Any]]) -> list[tuple[int, float, int, float]]:
     return pairs
 
 
-def fit_rows(rows: list[dict[str, Any]], kernels_by_net: dict[str, list[Any]], hardware: Any,
-             ) -> tuple[dict[str, Any], Any]:
+def fit_rows(rows: list[dict[str, Any]], kernels_by_net: dict[str, list[Kernel]],
+             hardware: Hardware) -> tuple[dict[str, Any], ThreadScaling | None]:
     """Latency-model groups ``backend/precision/threads`` from measured rows, and the Amdahl
     thread scaling of all (fewest threads, N threads) pairs.
 
@@ -193,16 +210,6 @@ def fit_rows(rows: list[dict[str, Any]], kernels_by_net: dict[str, list[Any]], h
     is the RMS error on their own measurements. Fitting each thread count freely let a busy
     machine's noisy multi-thread runs reshape kinds the calibration networks barely exercise
     (the gates of attention blocks): x86 validation median 21 % instead of 17 %."""
-    from edgekit.bench.predict import (
-        MIN_REL_ERR,
-        Point,
-        fit,
-        fit_thread_scaling,
-        group_points,
-        predict,
-        thread_prior,
-    )
-
     good = [r for r in rows if "p50_ms" in r]
     pairs = _pairs(good)
     scaling = None
@@ -239,32 +246,33 @@ def fit_rows(rows: list[dict[str, Any]], kernels_by_net: dict[str, list[Any]], h
     return dict(sorted(groups.items())), scaling
 
 
-def calibrate(target_name: str = "x86-local", *, quick: bool = False,
-              out_file: str | Path | None = None, backends: Sequence[str] | None = None,
-              threads: Sequence[int] | None = None, rounds: int | None = None,
-              int8: bool | None = None, include_zoo: bool = True,
-              nets: list[CalibrationNet] | None = None, bandwidth_gbs: float | None = None,
-              executor: Any = None, write: bool = True) -> dict[str, Any]:
-    """Measure this machine and fit the latency model of ``target_name`` (a detected,
-    local-calibration target: x86-local). Returns the calibration entry (with ``path`` where it
-    was written). ``quick``: three tiny networks, fp32 ONNX Runtime + OpenVINO, one thread, the
-    quick protocol, one round — for tests, not for predictions you rely on."""
-    import os
 
-    import torch
+# ------------------------------------------------------------------------------ the command
+QUICK_BACKENDS = ("onnxruntime", "openvino")
+FULL_BACKENDS = ("onnxruntime", "openvino", "litert")
 
-    from edgekit import __version__
-    from edgekit.backends import get_backend
-    from edgekit.bench.hostinfo import logical_cores, normalize_arch
-    from edgekit.bench.predict import (
-        detect_hardware,
-        kernels,
-        machine_identity,
-        write_calibration,
-    )
-    from edgekit.bench.protocol import package_version
-    from edgekit.targets import load_target
 
+@dataclass
+class CalibrationOptions:
+    """What ``calibrate`` measures and where it writes: one object the CLI builds once. Every
+    field has the CLI's default."""
+
+    quick: bool = False  # three tiny networks, fp32, one thread, quick protocol, one round
+    out_file: str | Path | None = None  # calibration file (else calibration_path(target))
+    backends: Sequence[str] | None = None  # runtimes (else QUICK_/FULL_BACKENDS, installed)
+    threads: Sequence[int] | None = None  # thread counts (else the target's)
+    rounds: int | None = None  # interleaved rounds (else 3; quick: 1)
+    int8: bool | None = None  # also INT8 artifacts, every INT8_EVERY-th network (else not quick)
+    include_zoo: bool = True  # the zoo models next to the reference networks
+    nets: list[CalibrationNet] | None = None  # instead of calibration_networks()
+    bandwidth_gbs: float | None = None  # DRAM bandwidth (else measured)
+    executor: Executor | None = None  # times the artifacts (else a LocalExecutor)
+    write: bool = True  # write the entry to the calibration file
+
+
+def _calibration_target(target_name: str) -> tuple[Target, dict[str, Any]]:
+    """The target (a detected, local-calibration one of this machine's arch) and this
+    machine's identity."""
     target = load_target(target_name)
     if not target.detect or target.predict is None or \
             target.predict.groups_from != "local-calibration":
@@ -274,8 +282,11 @@ def calibrate(target_name: str = "x86-local", *, quick: bool = False,
     ident = machine_identity()
     if normalize_arch(ident["arch"]) != target.arch:
         raise ConfigError(f"{target.name} is {target.arch}; this machine is {ident['arch']}")
-    backends = list(backends or (["onnxruntime", "openvino"] if quick else
-                                 ["onnxruntime", "openvino", "litert"]))
+    return target, ident
+
+
+def _installed(backends: Sequence[str]) -> list[str]:
+    """The backends whose runtime is installed (the others skipped with a note)."""
     usable = []
     for b in backends:
         hint = get_backend(b).available()
@@ -285,41 +296,69 @@ def calibrate(target_name: str = "x86-local", *, quick: bool = False,
             usable.append(b)
     if not usable:
         raise ConfigError("no runtime to calibrate is installed")
-    threads = sorted(set(threads or ([1] if quick else target.thread_counts(logical_cores()))))
-    rounds = rounds or (1 if quick else 3)
-    int8 = (not quick) if int8 is None else int8
-    nets = nets if nets is not None else calibration_networks(quick=quick,
-                                                              include_zoo=include_zoo)
-    protocol = measurement_protocol(quick)
-    hardware, how = detect_hardware(bandwidth_gbs)
+    return usable
+
+
+def _export_all(nets: list[CalibrationNet], backends: list[str], int8: bool, tmp: Path,
+                ) -> tuple[list[dict[str, Any]], dict[str, list[Kernel]], list[str]]:
+    """Every network to every backend (fp32; INT8 too for every INT8_EVERY-th network): the
+    timing jobs, each network's kernels, and what could not be exported."""
+    import torch
+
+    from edgekit.bench.predict.torch_graph import kernels  # torch-bound
+
     torch_threads = torch.get_num_threads()
     torch.set_num_threads(max(1, (os.cpu_count() or 1)))
     jobs, kernels_by_net, skipped = [], {}, []
+    plan = [(n, b, p) for i, n in enumerate(nets) for b in backends
+            for p in (["fp32", "int8"] if int8 and i % INT8_EVERY == 0 else ["fp32"])]
+    with progress_bar("Exporting calibration networks", len(plan)) as bar:
+        for k, (net, backend, precision) in enumerate(plan):
+            bar.update(note=f"{net.label} {backend} {precision}")
+            module = net.build()
+            if net.label not in kernels_by_net:
+                kernels_by_net[net.label] = kernels(module, (3, net.size, net.size))
+            try:
+                path = export_net(module, net.label, net.size, net.classes, backend,
+                                  precision, tmp / f"{k}")
+                jobs.append({"net": net.label, "backend": backend, "precision": precision,
+                             "shape": [1, 3, net.size, net.size], "path": str(path),
+                             "macs": sum(x.macs for x in kernels_by_net[net.label])})
+            except Exception as exc:  # a converter failing on one network costs one row
+                skipped.append(f"{net.label} {backend} {precision}: {exc}"[:300])
+            bar.advance()
+    torch.set_num_threads(torch_threads)
+    return jobs, kernels_by_net, skipped
+
+
+def calibrate(target_name: str = "x86-local", options: CalibrationOptions | None = None,
+              **settings: Any) -> dict[str, Any]:
+    """Measure this machine and fit the latency model of ``target_name`` (a detected,
+    local-calibration target: x86-local). Returns the calibration entry (with ``path`` where it
+    was written). ``options`` (:class:`CalibrationOptions`) say what to measure; ``settings``
+    override its fields by name, e.g. ``calibrate("x86-local", quick=True)``. ``quick``: three
+    tiny networks, fp32 ONNX Runtime + OpenVINO, one thread, the quick protocol, one round —
+    for tests, not for predictions you rely on."""
+    opts = dataclasses.replace(options or CalibrationOptions(), **settings)
+    quick = opts.quick
+    target, ident = _calibration_target(target_name)
+    usable = _installed(list(opts.backends or (QUICK_BACKENDS if quick else FULL_BACKENDS)))
+    threads = sorted(set(opts.threads or ([1] if quick
+                                          else target.thread_counts(logical_cores()))))
+    rounds = opts.rounds or (1 if quick else 3)
+    int8 = (not quick) if opts.int8 is None else opts.int8
+    nets = opts.nets if opts.nets is not None else calibration_networks(
+        quick=quick, include_zoo=opts.include_zoo)
+    protocol = measurement_protocol(quick)
+    hardware, how = detect_hardware(opts.bandwidth_gbs)
     with tempfile.TemporaryDirectory(prefix="edgekit-calibrate-") as tmp:
-        plan = [(n, b, p) for i, n in enumerate(nets) for b in usable
-                for p in (["fp32", "int8"] if int8 and i % INT8_EVERY == 0 else ["fp32"])]
-        with progress_bar("Exporting calibration networks", len(plan)) as bar:
-            for k, (net, backend, precision) in enumerate(plan):
-                bar.update(note=f"{net.label} {backend} {precision}")
-                module = net.build()
-                if net.label not in kernels_by_net:
-                    kernels_by_net[net.label] = kernels(module, (3, net.size, net.size))
-                try:
-                    path = export_net(module, net.label, net.size, net.classes, backend,
-                                      precision, Path(tmp) / f"{k}")
-                    jobs.append({"net": net.label, "backend": backend, "precision": precision,
-                                 "shape": [1, 3, net.size, net.size], "path": str(path),
-                                 "macs": sum(x.macs for x in kernels_by_net[net.label])})
-                except Exception as exc:  # a converter failing on one network costs one row
-                    skipped.append(f"{net.label} {backend} {precision}: {exc}"[:300])
-                bar.advance()
-        torch.set_num_threads(torch_threads)
+        jobs, kernels_by_net, skipped = _export_all(nets, usable, int8, Path(tmp))
         total = len(jobs) * len(threads) * rounds
         with progress_bar(f"Timing ({rounds} interleaved rounds, threads "
                           f"{', '.join(map(str, threads))})", total) as bar:
             rows = measure_artifacts(jobs, threads, protocol=protocol, rounds=rounds,
                                      options=target.runtime_options, bar=bar,
-                                     executor=executor)
+                                     executor=opts.executor)
     good = [r for r in rows if "p50_ms" in r]
     if not good:
         raise ConfigError("no calibration measurement succeeded: "
@@ -332,8 +371,7 @@ def calibrate(target_name: str = "x86-local", *, quick: bool = False,
         "edgekit": __version__,
         "hardware": asdict(hardware),
         "hardware_basis": how,
-        "runtimes": {b: package_version({"litert": "ai-edge-litert"}.get(b, b))
-                     for b in usable},
+        "runtimes": {b: runtime_version(b) for b in usable},
         "protocol": {**protocol.to_dict(), "rounds": rounds,
                      "statistic": "median over rounds of each round's p50"},
         "quick": quick,
@@ -345,6 +383,6 @@ def calibrate(target_name: str = "x86-local", *, quick: bool = False,
         "measurements": rows,
         "skipped": skipped,
     }
-    if write:
-        entry["path"] = str(write_calibration(entry, out_file, target.name))
+    if opts.write:
+        entry["path"] = str(write_calibration(entry, opts.out_file, target.name))
     return entry

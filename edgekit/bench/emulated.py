@@ -51,7 +51,10 @@ from typing import Any
 import numpy as np
 from rich.markup import escape
 
-from edgekit.bench.local import RunFailed, _last_error, _options_args
+from edgekit.bench.executor import Executor, RunFailed, last_error, options_args
+from edgekit.bench.local import LocalExecutor
+from edgekit.bench.payload import runner_zip
+from edgekit.bench.protocol import Protocol
 from edgekit.bundle import artifact_backend
 from edgekit.errors import ConfigError, EdgekitError
 from edgekit.ui import progress_bar, status
@@ -278,9 +281,14 @@ def _fetch_debs(work: Path, sysroot: Path, progress: bool) -> dict[str, Any]:
     return {"python": py, "packages": versions, "bytes": sum(d.stat().st_size for d in debs)}
 
 
+def _wheel_dists() -> list[str]:
+    """The PyPI distributions of the emulated site folder (the one reader of PYTHON_PACKAGES)."""
+    return [dist for dist, _ in PYTHON_PACKAGES]
+
+
 def _pins() -> list[str]:
     pins = []
-    for dist, _ in PYTHON_PACKAGES:
+    for dist in _wheel_dists():
         try:
             pins.append(f"{dist}=={metadata.version(dist)}")
         except metadata.PackageNotFoundError:
@@ -300,12 +308,12 @@ def _fetch_wheels(work: Path, site: Path, py: str, progress: bool) -> dict[str, 
         _run([*base, *pinned], "pip download (aarch64 wheels)")
         note = "runtimes pinned to this machine's versions"
     except EdgekitError as exc:
-        if pinned == [d for d, _ in PYTHON_PACKAGES]:
+        if pinned == _wheel_dists():
             raise
         status(f"[yellow]Note:[/] this machine's versions are not all on PyPI for aarch64 "
                f"({escape(str(exc))}); taking the newest aarch64 wheels instead")
         shutil.rmtree(wheels, ignore_errors=True)
-        _run([*base, *(d for d, _ in PYTHON_PACKAGES)], "pip download (aarch64 wheels)")
+        _run([*base, *_wheel_dists()], "pip download (aarch64 wheels)")
         note = "newest aarch64 wheels (this machine's versions have none)"
     files = sorted(wheels.glob("*.whl"))
     site.mkdir(parents=True)
@@ -477,7 +485,7 @@ def _qemu_cmd(cache: Path, env: dict[str, Any], cpu: str) -> list[str]:
 
 
 # --------------------------------------------------------------------------------- executor
-class EmulatedExecutor:
+class EmulatedExecutor(Executor):
     """Runs the device runner zipapp under ``qemu-aarch64-static -cpu <model>``.
 
     Output parity only: ``logits`` works, ``time_*`` raise RunFailed. Never builds or downloads
@@ -501,6 +509,7 @@ class EmulatedExecutor:
         if shutil.which(QEMU) is None:
             raise ConfigError(f"{QEMU} is not installed: apt-get install qemu-user-static")
         self.qemu_cpu = qemu_cpu
+        self.label = f"QEMU {qemu_cpu}"
         self.timeout = timeout
         self.env = env
         self._tmp: tempfile.TemporaryDirectory[str] | None = None
@@ -508,15 +517,10 @@ class EmulatedExecutor:
         self._pyz_sha: str | None = None
 
     def close(self) -> None:
+        """Remove the runner zipapp's temporary folder."""
         if self._tmp is not None:
             self._tmp.cleanup()
             self._tmp, self._pyz = None, None
-
-    def __enter__(self) -> EmulatedExecutor:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
 
     def environment(self) -> dict[str, Any]:
         env = self.env
@@ -534,8 +538,6 @@ class EmulatedExecutor:
 
     def _runner(self) -> Path:
         if self._pyz is None:
-            from edgekit.bench.payload import runner_zip
-
             self._tmp = tempfile.TemporaryDirectory(prefix="edgekit-emulated-")
             self._pyz, self._pyz_sha = runner_zip(self._tmp.name)
         return self._pyz
@@ -564,7 +566,7 @@ class EmulatedExecutor:
             raise RunFailed(f"the emulated runner crashed under QEMU {self.qemu_cpu} (signal "
                             f"{-done.returncode})" + (f": {' | '.join(tail)}" if tail else ""))
         if done.returncode != 0:
-            raise RunFailed(_explain(_last_error(done.stderr), backend, self.qemu_cpu))
+            raise RunFailed(_explain(last_error(done.stderr), backend, self.qemu_cpu))
         return done.stdout
 
     def logits(self, bundle: Path, artifact: str, images: Sequence[Path],
@@ -580,18 +582,22 @@ class EmulatedExecutor:
             listing.write_text("".join(f"{Path(p).absolute()}\n" for p in images))
             out = Path(tmp) / "logits.npy"
             self._run([str(bundle), "--artifact", artifact, "--image-list", str(listing),
-                       "--save-logits", str(out), *_options_args(options)], backend)
+                       "--save-logits", str(out), *options_args(options)], backend)
             if not out.is_file():
                 raise RunFailed(f"the emulated runner wrote no logits for {artifact}")
             return np.load(out)
 
-    def time_artifact(self, *args: Any, **kwargs: Any) -> dict[str, Any]:
+    def time_artifact(self, bundle: Path, artifact: str, threads: int | None,
+                      protocol: Protocol, options: dict[str, Any] | None = None,
+                      ) -> dict[str, Any]:
         raise RunFailed(_NO_TIMING)
 
-    def time_source(self, *args: Any, **kwargs: Any) -> dict[str, Any]:
+    def time_source(self, source: str, shape: Sequence[int], threads: int | None,
+                    protocol: Protocol) -> dict[str, Any]:
         raise RunFailed(_NO_TIMING)
 
-    def time_file(self, *args: Any, **kwargs: Any) -> dict[str, Any]:
+    def time_file(self, path: Path, backend: str, shape: Sequence[int], threads: int | None,
+                  protocol: Protocol, options: dict[str, Any] | None = None) -> dict[str, Any]:
         raise RunFailed(_NO_TIMING)
 
 
@@ -719,8 +725,6 @@ def check_bundle(bundle: str | Path, images: Sequence[Path], *,
     """Every artifact of ``bundle`` (or the named ones) on this machine and under each QEMU
     CPU: one row per (artifact, cpu) with ``parity``'s numbers, or ``status: "error"`` and the
     ``reason`` when either run failed. ``options`` are runtime options per backend."""
-    from edgekit.bench.local import LocalExecutor
-
     bundle = Path(bundle)
     manifest = json.loads((bundle / "manifest.json").read_text())
     arts = [a for a in manifest["artifacts"] if artifacts is None or a["name"] in artifacts]

@@ -1,14 +1,13 @@
 """Run measurements on this machine: every (artifact, threads) in a fresh subprocess.
 
-An executor is how ``edgekit.bench.run`` reaches a target. This one starts the device runner
-(``python -m edgekit.runner``) here; the SSH executor of the ARM issue starts the same runner on a
-board. Each call is its own process so one runtime's thread pool never disturbs another's, and a
-runtime that crashes costs one row, not the run.
+An executor (``edgekit.bench.executor``) is how ``edgekit.bench.run`` reaches a target. This one
+starts the device runner (``python -m edgekit.runner``) here; the SSH executor starts the same
+runner on a board. Each call is its own process so one runtime's thread pool never disturbs
+another's, and a runtime that crashes costs one row, not the run.
 """
 
 from __future__ import annotations
 
-import json
 import os
 import subprocess
 import sys
@@ -19,31 +18,17 @@ from typing import Any
 
 import numpy as np
 
+from edgekit.bench.executor import Executor, RunFailed, last_error, options_args, runner_json
 from edgekit.bench.protocol import Protocol, environment
-from edgekit.errors import EdgekitError
+
+__all__ = ["LocalExecutor", "RunFailed"]
 
 
-class RunFailed(EdgekitError):
-    """A runner subprocess exited non-zero; the message is its last stderr line(s)."""
-
-
-def _options_args(options: dict[str, Any] | None) -> list[str]:
-    return [a for k, v in (options or {}).items()
-            for a in ("--option", f"{k}={json.dumps(v) if not isinstance(v, str) else v}")]
-
-
-def _last_error(stderr: str) -> str:
-    lines = [ln.strip() for ln in stderr.strip().splitlines() if ln.strip()]
-    errors = [ln for ln in lines if ln.startswith("Error:")]
-    if errors:
-        return errors[-1].removeprefix("Error:").strip()
-    return " | ".join(lines[-3:]) or "no error output"
-
-
-class LocalExecutor:
+class LocalExecutor(Executor):
     """Runs the device runner in subprocesses of this Python."""
 
     kind = "local"
+    label = "this machine"
 
     def __init__(self, python: str | None = None, timeout: float | None = 3600) -> None:
         self.python = python or sys.executable
@@ -64,45 +49,36 @@ class LocalExecutor:
         if done.returncode < 0:  # killed by a signal: SIGKILL is usually the OOM killer
             raise RunFailed(f"the runner was killed by signal {-done.returncode}"
                             + (" (out of memory?)" if done.returncode == -9 else "")
-                            + (f": {_last_error(done.stderr)}" if done.stderr.strip() else ""))
+                            + (f": {last_error(done.stderr)}" if done.stderr.strip() else ""))
         if done.returncode != 0:
-            raise RunFailed(_last_error(done.stderr))
+            raise RunFailed(last_error(done.stderr))
         return done.stdout
 
-    @staticmethod
-    def _json(stdout: str) -> dict[str, Any]:
-        for line in reversed(stdout.strip().splitlines()):
-            if line.startswith("{"):
-                try:
-                    return json.loads(line)
-                except json.JSONDecodeError as exc:
-                    raise RunFailed(f"the runner printed malformed JSON ({exc})") from None
-        raise RunFailed(f"the runner printed no JSON result: {stdout[-300:]!r}")
+    # benchmarks/bench_peers.py's PeerExecutor still calls this private name
+    _json = staticmethod(runner_json)
+
+    def _timed(self, args: list[str], threads: int | None) -> dict[str, Any]:
+        """Run a timing command (``--threads`` added when set); its JSON row."""
+        if threads:
+            args += ["--threads", str(threads)]
+        return runner_json(self._run(args, threads))
 
     def time_artifact(self, bundle: Path, artifact: str, threads: int | None,
                       protocol: Protocol, options: dict[str, Any] | None = None) -> dict[str, Any]:
-        args = ["-m", "edgekit.runner", str(bundle), "--bench", "--artifact", artifact,
-                *protocol.cli_args(), *_options_args(options)]
-        if threads:
-            args += ["--threads", str(threads)]
-        return self._json(self._run(args, threads))
+        return self._timed(["-m", "edgekit.runner", str(bundle), "--bench", "--artifact",
+                            artifact, *protocol.cli_args(), *options_args(options)], threads)
 
     def time_file(self, path: Path, backend: str, shape: Sequence[int], threads: int | None,
                   protocol: Protocol, options: dict[str, Any] | None = None) -> dict[str, Any]:
         """Time one artifact file outside a bundle (``edgekit.bench.protocol``)."""
-        args = ["-m", "edgekit.bench.protocol", str(path), "--backend", backend, "--shape",
-                ",".join(map(str, shape)), *protocol.cli_args(), *_options_args(options)]
-        if threads:
-            args += ["--threads", str(threads)]
-        return self._json(self._run(args, threads))
+        return self._timed(["-m", "edgekit.bench.protocol", str(path), "--backend", backend,
+                            "--shape", ",".join(map(str, shape)), *protocol.cli_args(),
+                            *options_args(options)], threads)
 
     def time_source(self, source: str, shape: Sequence[int], threads: int | None,
                     protocol: Protocol) -> dict[str, Any]:
-        args = ["-m", "edgekit.bench.torch_source", source, "--shape",
-                ",".join(map(str, shape)), *protocol.cli_args()]
-        if threads:
-            args += ["--threads", str(threads)]
-        return self._json(self._run(args, threads))
+        return self._timed(["-m", "edgekit.bench.torch_source", source, "--shape",
+                            ",".join(map(str, shape)), *protocol.cli_args()], threads)
 
     def logits(self, bundle: Path, artifact: str, images: Sequence[Path],
                options: dict[str, Any] | None = None) -> np.ndarray:
@@ -113,5 +89,5 @@ class LocalExecutor:
             out = Path(tmp) / "logits.npy"
             self._run(["-m", "edgekit.runner", str(bundle), "--artifact", artifact,
                        "--image-list", str(listing), "--save-logits", str(out),
-                       *_options_args(options)])
+                       *options_args(options)])
             return np.load(out)

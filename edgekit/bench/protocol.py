@@ -22,7 +22,9 @@ import gc
 import json
 import os
 import platform
+import statistics
 import sys
+import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
@@ -31,6 +33,15 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from edgekit.backends import require_backend
+from edgekit.bench import hostinfo
+from edgekit.errors import EdgekitError
+
+try:
+    import resource
+except ImportError:  # not POSIX
+    resource = None  # type: ignore[assignment]
 
 SPREAD_LIMIT = 1.2  # max/min of the trials' p50 above which a measurement is called noisy
 _RUNTIME_PACKAGES = {"onnxruntime": "onnxruntime", "openvino": "openvino",
@@ -111,8 +122,6 @@ def merge_trials(rows: Sequence[dict[str, Any]]) -> dict[str, Any]:
     """One result row from single-trial rows of the same (artifact, threads), each measured in
     its own process in interleaved rounds: p50/p90/p99 are the medians of the trials' values
     (p50 = the median of medians), mean/std are pooled, min/max/n over every call."""
-    import statistics
-
     lat = [r["latency_ms"] for r in rows]
     n = sum(m["n"] for m in lat)
     mean = sum(m["mean"] * m["n"] for m in lat) / n
@@ -183,9 +192,7 @@ def peak_rss_mb() -> float | None:
                 return int(line.split()[1]) / 1024.0
     except (OSError, ValueError, IndexError):
         pass
-    try:
-        import resource
-    except ImportError:  # not POSIX
+    if resource is None:
         return None
     kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     return kb / 1024.0 if sys.platform != "darwin" else kb / 1024.0 / 1024.0
@@ -213,8 +220,6 @@ def package_version(name: str) -> str | None:
 
 def environment() -> dict[str, Any]:
     """The machine and software a measurement was taken on (CPU facts from ``hostinfo``)."""
-    from edgekit.bench import hostinfo
-
     packages = {n: v for n in _ENV_PACKAGES if (v := package_version(n))}
     return {"cpu": hostinfo.cpu_info(), "os": platform.platform(),
             "python": platform.python_version(), "packages": packages,
@@ -227,9 +232,14 @@ def bind(session: Any, x: np.ndarray) -> Callable[[], Any]:
     return fast(x) if fast is not None else (lambda: session.run(x))
 
 
+def runtime_version(backend: str) -> str | None:
+    """The installed version of the package that runs ``backend`` (``pytorch``: torch)."""
+    return package_version(_RUNTIME_PACKAGES.get(backend, backend))
+
+
 def runtime_facts(backend: str, session: Any, threads: int | None) -> dict[str, Any]:
     """What the runtime reports about how it runs: version, threads, compute precision."""
-    return {"name": backend, "version": package_version(_RUNTIME_PACKAGES.get(backend, backend)),
+    return {"name": backend, "version": runtime_version(backend),
             "threads": getattr(session, "threads", None) or threads,
             "inference_precision": getattr(session, "inference_precision", None)}
 
@@ -309,12 +319,7 @@ class ThermalSampler:
     Each sample reads a few sysfs files (microseconds), so the timed loop is not disturbed."""
 
     def __init__(self, interval: float = 0.5) -> None:
-        import threading
-
-        from edgekit.bench import hostinfo
-
         self.interval = interval
-        self._hostinfo = hostinfo
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._loop, name="edgekit-thermal", daemon=True)
         affinity = sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else [0]
@@ -326,7 +331,7 @@ class ThermalSampler:
         self.throttled_after: str | None = None
 
     def sample(self) -> None:
-        temp = self._hostinfo.temperature_c()
+        temp = hostinfo.temperature_c()
         freq = _cur_freq_mhz(self.cpus)
         if temp is not None:
             self.temps.append(temp)
@@ -339,7 +344,7 @@ class ThermalSampler:
             self.sample()
 
     def __enter__(self) -> ThermalSampler:
-        self.throttled_before = self._hostinfo.throttled()
+        self.throttled_before = hostinfo.throttled()
         self.sample()
         self._thread.start()
         return self
@@ -348,7 +353,7 @@ class ThermalSampler:
         self._stop.set()
         self._thread.join()
         self.sample()
-        self.throttled_after = self._hostinfo.throttled()
+        self.throttled_after = hostinfo.throttled()
 
     def result(self) -> dict[str, Any]:
         reason = throttle_verdict(self.throttled_before, self.throttled_after)
@@ -467,9 +472,6 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--shape", required=True, help="input shape, e.g. 1,3,224,224")
     add_protocol_args(ap)
     args = ap.parse_args(argv)
-    from edgekit.backends import require_backend
-    from edgekit.errors import EdgekitError
-
     try:
         backend = require_backend(args.backend)
         shape = [int(s) for s in args.shape.split(",")]

@@ -15,9 +15,14 @@ from typing import Any
 
 import numpy as np
 
-from edgekit.bench.protocol import add_protocol_args, protocol_from_args, time_session
+from edgekit.bench.protocol import (
+    add_protocol_args,
+    one_line,
+    protocol_from_args,
+    time_session,
+)
 from edgekit.errors import EdgekitError
-from edgekit.sources import load_model
+from edgekit.sources import TorchSource, load_model
 
 
 class EagerSession:
@@ -31,7 +36,7 @@ class EagerSession:
         self.threads = torch.get_num_threads()
         self.inference_precision = "f32"
         loaded = load_model(source, input_size=input_size)
-        if loaded.module is None:
+        if not isinstance(loaded, TorchSource):
             raise ValueError(f"{source} is not a PyTorch model")
         self.module = loaded.module.eval().float()
         self.spec = loaded.spec
@@ -75,8 +80,6 @@ def main(argv: list[str] | None = None) -> int:
         row = time_session(open_session, shape, backend="pytorch",
                            threads=args.threads, protocol=protocol_from_args(args))
     except (EdgekitError, ValueError, OSError, RuntimeError) as exc:
-        from edgekit.bench.protocol import one_line
-
         print(f"Error: {type(exc).__name__}: {one_line(exc)}", file=sys.stderr)
         return getattr(exc, "exit_code", 1)
     print(json.dumps({"artifact": "source", **row}))

@@ -9,7 +9,7 @@ from typing import Any
 import click
 from rich.table import Table
 
-from edgekit.bench.calibrate import calibrate
+from edgekit.bench.calibrate import CalibrationOptions, calibrate
 from edgekit.ui import out, status
 
 
@@ -74,8 +74,9 @@ def calibrate_command(target: str, quick: bool, out_file: Path | None, backends:
     if counts is not None and (not counts or min(counts) < 1):
         raise click.BadParameter("thread counts must be >= 1", param_hint="--threads")
 
-    entry = calibrate(target, quick=quick, out_file=out_file, backends=backends or None,
-                      threads=counts, rounds=rounds, int8=int8, include_zoo=not no_zoo)
+    entry = calibrate(target, CalibrationOptions(
+        quick=quick, out_file=out_file, backends=backends or None, threads=counts,
+        rounds=rounds, int8=int8, include_zoo=not no_zoo))
     if as_json:
         click.echo(json.dumps(entry, indent=1))
         return
