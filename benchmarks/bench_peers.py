@@ -53,18 +53,6 @@ def say(msg: str) -> None:
     print(f"[bench_peers] {msg}", file=sys.stderr, flush=True)
 
 
-class PeerExecutor(LocalExecutor):
-    """LocalExecutor plus timing of a bare model file (``python -m edgekit.bench.protocol``)."""
-
-    def time_file(self, path: Path, backend: str, shape: list[int], threads: int,
-                  protocol: Protocol, options: dict[str, Any] | None) -> dict[str, Any]:
-        opts = [a for k, v in (options or {}).items()
-                for a in ("--option", f"{k}={v if isinstance(v, str) else json.dumps(v)}")]
-        args = ["-m", "edgekit.bench.protocol", str(path), "--backend", backend, "--shape",
-                ",".join(map(str, shape)), "--threads", str(threads), *protocol.cli_args(), *opts]
-        return self._json(self._run(args, threads))
-
-
 def make_data(task: str, size: int, n_calib: int, n_verify: int, root: Path) -> Path:
     """Phantoms enough for compress's 70/30 split to give n_calib + n_verify images."""
     total = max(math.ceil(n_calib / 0.65), math.ceil(n_verify / 0.25))
@@ -146,7 +134,7 @@ def summarize(raw: dict[str, Any], opts: dict[str, Any] | None) -> dict[str, Any
             **{k: raw.get(k) for k in keep}}
 
 
-def time_model(model: str, b: dict[str, Any], ex: PeerExecutor, proto: Protocol, threads: int,
+def time_model(model: str, b: dict[str, Any], ex: LocalExecutor, proto: Protocol, threads: int,
                options: dict[str, Any], step: list[int]) -> dict[str, dict[str, Any]]:
     """Every row in ``proto.trials`` interleaved rounds (one trial per fresh process per round,
     as ``edgekit bench`` does), so drift of the shared machine hits all rows alike."""
@@ -262,7 +250,7 @@ def main() -> None:
     proto = Protocol.quick_protocol() if args.quick else Protocol()
     options = dict(load_target("x86-local").runtime_options)
     work = work_folder(args.workdir, "bench-peers-")
-    ex, t0 = PeerExecutor(), time.perf_counter()
+    ex, t0 = LocalExecutor(), time.perf_counter()
     step = [0, len(ROWS) * len(args.models) * proto.trials]
     load = [round(x, 2) for x in os.getloadavg()]
     if load[0] > 0.5:  # a steadily busy core slows every trial alike: spread cannot see it

@@ -23,7 +23,7 @@ from typing import Any
 
 import numpy as np
 
-from edgekit.backends import get_backend
+from edgekit.backends import all_backends, get_backend
 from edgekit.errors import ConfigError, DataError, VerificationFailed
 from edgekit.manifest import (
     MANIFEST,
@@ -35,8 +35,6 @@ from edgekit.manifest import (
 )
 
 ARTIFACTS = "artifacts"
-_PACKAGES = ("edgekit", "numpy", "torch", "onnx", "onnxruntime", "openvino", "nncf",
-             "litert-torch", "ai-edge-litert", "tensorflow", "torch-pruning")
 
 
 def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
@@ -61,8 +59,11 @@ def sha256_path(path: Path) -> str:
 
 def package_versions() -> dict[str, str]:
     """Installed versions of the packages that shape an artifact (absent ones are omitted)."""
+    names = dict.fromkeys(("edgekit", "numpy", "torch",
+                           *(p for b in all_backends() for p in b.converter_packages),
+                           "torch-pruning"))
     out = {}
-    for name in _PACKAGES:
+    for name in names:
         try:
             out[name] = metadata.version(name)
         except metadata.PackageNotFoundError:

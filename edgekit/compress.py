@@ -150,19 +150,9 @@ def _check_plan(loaded: Source, recipe: Recipe) -> list[Any]:
     for name in recipe.backends:
         backend = require_backend(name)
         check_supported(backend, recipe.precision, loaded.kind,
-                        hint=f"({loaded.source}). {_SOURCE_HINTS.get((loaded.kind, name), '')}")
+                        hint=f"({loaded.source}). {backend.source_hint(loaded.kind)}")
         backends.append(backend)
     return backends
-
-
-_SOURCE_HINTS = {
-    ("onnx", "litert"): "TFLite artifacts are converted from PyTorch with litert-torch; an ONNX "
-    "file has no PyTorch graph to convert, and edgekit does not use onnx2tf because it downloads "
-    "sample data during conversion. Use the onnxruntime and openvino backends for ONNX sources, "
-    "or compress the PyTorch model (checkpoint or .pt2) to get a TFLite artifact.",
-    ("torchscript", "litert"): "litert-torch needs torch.export; save the model with "
-    "torch.export.save(torch.export.export(model, (example,)), 'model.pt2') and compress that.",
-}
 
 
 def compress(source: str | Path | Source, *, data: str | Path, out: str | Path,

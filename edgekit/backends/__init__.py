@@ -30,8 +30,11 @@ _REGISTRY: dict[str, str] = {
 # The runtime a board is told to install first (``device_install_hint``): the smallest wheel,
 # and it runs every precision.
 DEVICE_BACKEND = "litert"
+# What a local latency search times fp32 candidates with when the target prefers no runtime: the
+# fastest fp32 runtime on the x86 machines measured (benchmarks/results).
+LATENCY_BACKEND = "openvino"
 
-__all__ = ["DEVICE_BACKEND", "TORCH_REFERENCE", "Artifact", "Backend", "CalibrationData",
+__all__ = ["DEVICE_BACKEND", "LATENCY_BACKEND", "TORCH_REFERENCE", "Artifact", "Backend", "CalibrationData",
            "ExportRequest", "QuantOptions", "Runtime", "Session", "all_backends",
            "backend_names", "device_install_hint", "get_backend", "require_backend", "runtime",
            "runtimes"]

@@ -31,7 +31,13 @@ from typing import Any
 import numpy as np
 
 from edgekit import __version__
-from edgekit.backends import ExportRequest, get_backend, require_backend
+from edgekit.backends import (
+    ExportRequest,
+    all_backends,
+    backend_names,
+    get_backend,
+    require_backend,
+)
 from edgekit.bench.executor import Executor, RunFailed
 from edgekit.bench.hostinfo import logical_cores, normalize_arch
 from edgekit.bench.local import LocalExecutor
@@ -248,8 +254,8 @@ def fit_rows(rows: list[dict[str, Any]], kernels_by_net: dict[str, list[Kernel]]
 
 
 # ------------------------------------------------------------------------------ the command
-QUICK_BACKENDS = ("onnxruntime", "openvino")
-FULL_BACKENDS = ("onnxruntime", "openvino", "litert")
+FULL_BACKENDS = tuple(backend_names())
+QUICK_BACKENDS = tuple(b.name for b in all_backends() if not b.slow_export)  # fast exports
 
 
 @dataclass

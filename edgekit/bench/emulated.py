@@ -51,6 +51,7 @@ from typing import Any
 import numpy as np
 from rich.markup import escape
 
+from edgekit.backends import all_backends, backend_names, get_backend
 from edgekit.bench.executor import Executor, RunFailed, last_error, options_args
 from edgekit.bench.local import LocalExecutor
 from edgekit.bench.payload import runner_zip
@@ -71,12 +72,9 @@ DEBIAN_PACKAGES = ("python{py}-minimal", "libpython{py}-stdlib", "libstdc++6", "
                    "libbz2-1.0", "liblzma5")
 # PyPI: (distribution, import name). Pinned to this machine's version where installed.
 PYTHON_PACKAGES = (("numpy", "numpy"), ("pillow", "PIL"), ("pydicom", "pydicom"),
-                   ("onnxruntime", "onnxruntime"), ("openvino", "openvino"),
-                   ("ai-edge-litert", "ai_edge_litert"))
+                   *(b.packages[0] for b in all_backends()))
 # backend name -> (distribution, the module the backend imports to run an artifact)
-RUNTIMES = {"onnxruntime": ("onnxruntime", "onnxruntime"),
-            "openvino": ("openvino", "openvino"),
-            "litert": ("ai-edge-litert", "ai_edge_litert.interpreter")}
+RUNTIMES = {b.name: (b.packages[0][0], b.module) for b in all_backends()}
 # manylinux tags pip may accept for an aarch64 glibc system (2.17 ... 2.39): without the newer
 # ones pip silently falls back to old releases (openvino needs 2_35, onnxruntime 2_28).
 _MANYLINUX = tuple(f"manylinux_2_{n}_aarch64" for n in range(17, 40)) + (
@@ -603,12 +601,9 @@ class EmulatedExecutor(Executor):
 
 def _explain(message: str, backend: str | None, cpu: str) -> str:
     """The runner's error, plus what is known about it on this CPU model."""
-    if (backend == "openvino" and "object is not initialized" in message
-            and "fphp" not in CPUS[cpu]["features"]):
-        return (f"{message} (OpenVINO's ARM CPU plugin asks oneDNN for an fp16 convolution "
-                f"in this INT8 model, and oneDNN has no fp16 kernel on a CPU without fp16 "
-                f"arithmetic such as the {cpu}; use the LiteRT or ONNX Runtime artifact there)")
-    return message
+    hint = (get_backend(backend).arm_failure_hint(message, cpu, CPUS[cpu]["features"].split())
+            if backend in backend_names() else None)
+    return f"{message} ({hint})" if hint else message
 
 
 # ----------------------------------------------------------------------------------- parity

@@ -54,9 +54,6 @@ class LocalExecutor(Executor):
             raise RunFailed(last_error(done.stderr))
         return done.stdout
 
-    # benchmarks/bench_peers.py's PeerExecutor still calls this private name
-    _json = staticmethod(runner_json)
-
     def _timed(self, args: list[str], threads: int | None) -> dict[str, Any]:
         """Run a timing command (``--threads`` added when set); its JSON row."""
         if threads:

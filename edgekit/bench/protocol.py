@@ -34,7 +34,7 @@ from typing import Any
 
 import numpy as np
 
-from edgekit.backends import require_backend
+from edgekit.backends import require_backend, runtime, runtimes
 from edgekit.bench import hostinfo
 from edgekit.errors import EdgekitError
 
@@ -44,10 +44,6 @@ except ImportError:  # not POSIX
     resource = None  # type: ignore[assignment]
 
 SPREAD_LIMIT = 1.2  # max/min of the trials' p50 above which a measurement is called noisy
-_RUNTIME_PACKAGES = {"onnxruntime": "onnxruntime", "openvino": "openvino",
-                     "litert": "ai-edge-litert", "pytorch": "torch"}
-_ENV_PACKAGES = ("edgekit", "numpy", "onnxruntime", "openvino", "ai-edge-litert",
-                 "tflite-runtime", "torch")
 
 
 @dataclass(frozen=True)
@@ -220,7 +216,8 @@ def package_version(name: str) -> str | None:
 
 def environment() -> dict[str, Any]:
     """The machine and software a measurement was taken on (CPU facts from ``hostinfo``)."""
-    packages = {n: v for n in _ENV_PACKAGES if (v := package_version(n))}
+    names = ("edgekit", "numpy", *(d for r in runtimes() for d, _ in r.packages))
+    packages = {n: v for n in names if (v := package_version(n))}
     return {"cpu": hostinfo.cpu_info(), "os": platform.platform(),
             "python": platform.python_version(), "packages": packages,
             "temperature_c": hostinfo.temperature_c(), "throttled": hostinfo.throttled()}
@@ -234,7 +231,8 @@ def bind(session: Any, x: np.ndarray) -> Callable[[], Any]:
 
 def runtime_version(backend: str) -> str | None:
     """The installed version of the package that runs ``backend`` (``pytorch``: torch)."""
-    return package_version(_RUNTIME_PACKAGES.get(backend, backend))
+    rt = runtime(backend)
+    return package_version(rt.packages[0][0] if rt else backend)
 
 
 def runtime_facts(backend: str, session: Any, threads: int | None) -> dict[str, Any]:

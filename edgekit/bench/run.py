@@ -28,7 +28,9 @@ import numpy as np
 from edgekit import __version__
 from edgekit.bench import hostinfo
 from edgekit.bench.emulated import EmulatedExecutor, check_bundle
+from edgekit.bench.executor import Executor
 from edgekit.bench.local import LocalExecutor, RunFailed
+from edgekit.bench.predict import predict_bundle
 from edgekit.bench.protocol import Protocol, merge_trials
 from edgekit.bench.ssh import DeviceError, SshExecutor
 from edgekit.bundle import load_manifest, sha256_path, verify_bundle
@@ -298,7 +300,7 @@ def _run_folder(bundles: list[BundleInfo], out: str | Path | None, target: str) 
 
 
 def bench(bundles: list[str | Path], options: BenchOptions | None = None, *,
-          executor: Any = None, **settings: Any) -> BenchRun:
+          executor: Executor | None = None, **settings: Any) -> BenchRun:
     """Measure every artifact of ``bundles`` on the target; write and return the run.
 
     ``options`` says what to measure and how (:class:`BenchOptions`); ``settings`` override
@@ -324,19 +326,19 @@ def bench(bundles: list[str | Path], options: BenchOptions | None = None, *,
     try:
         return _bench(bundles, opts, tgt, executor, measured_by, notes, t_start)
     finally:  # the executors bench made (an SSH connection, its remote folder); not a caller's
-        close = getattr(executor, "close", None)
-        if close is not None and executor is not given:
-            close()
+        if executor is not None and executor is not given:
+            executor.close()
 
 
-def _executor(tgt: Any, host: str | None, executor: Any, notes: list[str]) -> tuple[Any, str | None]:
+def _executor(tgt: Any, host: str | None, executor: Executor | None,
+              notes: list[str]) -> tuple[Executor | None, str | None]:
     """(executor, measured_by) for ``tgt``: None, None when nothing can be measured."""
     kind = tgt.access.kind
     if host and kind != "ssh":
         raise ConfigError(f"--host is for SSH targets; {tgt.name!r} is reached by {kind!r} "
                           "(try --target rpi4 --host pi@192.168.1.20)")
     if executor is not None:
-        return executor, getattr(executor, "kind", "local")
+        return executor, executor.kind
     if kind == "local":
         return LocalExecutor(), "local"
     if kind == "emulated":
@@ -363,7 +365,7 @@ def _executor(tgt: Any, host: str | None, executor: Any, notes: list[str]) -> tu
     return ssh, "ssh"
 
 
-def _bench(bundles: list[str | Path], opts: BenchOptions, tgt: Any, executor: Any,
+def _bench(bundles: list[str | Path], opts: BenchOptions, tgt: Any, executor: Executor | None,
            measured_by: str | None, notes: list[str], t_start: float) -> BenchRun:
     local = measured_by == "local"
     env0 = executor.environment() if executor is not None else None
@@ -434,7 +436,7 @@ def _bench(bundles: list[str | Path], opts: BenchOptions, tgt: Any, executor: An
         schema=SCHEMA, created=datetime.now(UTC).isoformat(timespec="seconds"),
         edgekit=__version__, seconds=round(time.perf_counter() - t_start, 1),
         target=target_dict, measured_by=measured_by,
-        measured_host=getattr(executor, "label", None) if measured_by == "ssh" else None,
+        measured_host=executor.label if measured_by == "ssh" else None,
         environment=env, protocol=proto.to_dict(),
         data=None if ev is None else DataInfo(
             path=str(ev.root.resolve()), n=len(ev.paths), task=ev.task,
@@ -515,7 +517,6 @@ def _emulate_all(infos: list[BundleInfo], artifacts: list[ArtifactRecord],
 
 def _predict_all(infos: list[BundleInfo], tgt: Any, counts: list[int]) -> Predicted:
     """The latency model's prediction of every artifact at every thread count (labelled)."""
-    from edgekit.bench.predict import predict_bundle  # imports torch
 
     rows: list[dict[str, Any]] = []
     for info in infos:
@@ -553,7 +554,7 @@ def _records(infos: list[BundleInfo], source: bool,
 
 def _score_all(infos: list[BundleInfo], per_bundle: list[list[ArtifactRecord]],
                artifacts: list[ArtifactRecord], source_ids: dict[tuple[str, str | None], str],
-               ev: EvalSet, executor: Any, runtime_options: dict[str, Any],
+               ev: EvalSet, executor: Executor | None, runtime_options: dict[str, Any],
                seed: int) -> Reference | None:
     """Classify the evaluation images with every artifact and score each bundle against its
     reference; a source used as reference but not timed gets an untimed record. Returns the
@@ -588,7 +589,7 @@ def _score_all(infos: list[BundleInfo], per_bundle: list[list[ArtifactRecord]],
 
 
 def _classify_all(infos: list[BundleInfo], per_bundle: list[list[ArtifactRecord]],
-                  ev: EvalSet, executor: Any, runtime_options: dict[str, Any],
+                  ev: EvalSet, executor: Executor | None, runtime_options: dict[str, Any],
                   ) -> dict[str, np.ndarray]:
     """Every artifact's logits on the evaluation images, computed by the runner."""
     outputs: dict[str, np.ndarray] = {}
@@ -627,7 +628,7 @@ def _score_bundle(info: BundleInfo, records: list[ArtifactRecord], ev: EvalSet,
 
 
 def _time_all(infos: list[BundleInfo], artifacts: list[ArtifactRecord], counts: list[int],
-              proto: Protocol, executor: Any, tgt: Any) -> tuple[list[Row], Json | None]:
+              proto: Protocol, executor: Executor | None, tgt: Any) -> tuple[list[Row], Json | None]:
     """Time every (artifact, threads) in ``proto.trials`` interleaved rounds: each round runs
     every measurement once, one trial each, in a fresh process, so slow drift of a shared
     machine (other tenants, clocks) lands on every artifact alike instead of on whichever

@@ -15,6 +15,7 @@ from typing import Any
 
 import numpy as np
 
+from edgekit.backends.base import TORCH_REFERENCE
 from edgekit.bench.protocol import (
     add_protocol_args,
     one_line,
@@ -77,7 +78,7 @@ def main(argv: list[str] | None = None) -> int:
             return holder["s"]
 
         shape = [int(s) for s in args.shape.split(",")]
-        row = time_session(open_session, shape, backend="pytorch",
+        row = time_session(open_session, shape, backend=TORCH_REFERENCE.name,
                            threads=args.threads, protocol=protocol_from_args(args))
     except (EdgekitError, ValueError, OSError, RuntimeError) as exc:
         print(f"Error: {type(exc).__name__}: {one_line(exc)}", file=sys.stderr)

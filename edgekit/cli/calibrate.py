@@ -9,6 +9,7 @@ from typing import Any
 import click
 from rich.table import Table
 
+from edgekit.backends import backend_names
 from edgekit.bench.calibrate import CalibrationOptions, calibrate
 from edgekit.ui import out, status
 
@@ -37,7 +38,7 @@ def _summary_table(entry: dict[str, Any]) -> Any:
                                  "~/.config/edgekit/calibration/x86-local.json, or under "
                                  "$EDGEKIT_CONFIG_DIR).")
 @click.option("--backend", "backends", multiple=True,
-              type=click.Choice(["onnxruntime", "openvino", "litert"]),
+              type=click.Choice(backend_names()),
               help="Runtime to calibrate (repeatable; default: all installed).")
 @click.option("--threads", default=None, metavar="N[,N...]",
               help="Thread counts (default: the target's, here [1, usable cores]).")

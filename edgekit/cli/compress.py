@@ -9,6 +9,7 @@ from typing import Any
 
 import click
 
+from edgekit.backends import backend_names
 from edgekit.cli.display import verification_table
 from edgekit.cli.options import latency_target_options, source_options
 from edgekit.compress import CompressOptions, compress
@@ -32,7 +33,7 @@ def _terminate(signum: int, frame: Any) -> None:  # SIGTERM behaves like Ctrl-C:
               help="Built-in recipe (fp32, int8, fp16; prune30, prune50, prune30-int8, "
                    "prune50-int8 prune channels first) or a recipe YAML file.")
 @click.option("--backend", "backends", multiple=True,
-              type=click.Choice(["onnxruntime", "openvino", "litert"]),
+              type=click.Choice(backend_names()),
               help="Only these backends (repeatable) [default: the recipe's].")
 @click.option("--calibration-images", type=click.IntRange(1, 100_000), default=None,
               help="Calibration images [default: the recipe's, 300 for int8].")

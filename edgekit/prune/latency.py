@@ -11,7 +11,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from edgekit.backends import ExportRequest, require_backend
+from edgekit.backends import LATENCY_BACKEND, ExportRequest, require_backend
+from edgekit.bench.executor import Executor
 from edgekit.bench.local import LocalExecutor
 from edgekit.bench.protocol import Protocol
 from edgekit.errors import ConfigError
@@ -26,7 +27,7 @@ LATENCY_FRACTIONS = (0.9, 0.8, 0.7, 0.6, 0.5, 0.4, 0.3, 0.2)
 def latency_search(loaded: Any, cfg: Any, target_ms: float, target: Any, *,
                    threads: int | None = None, protocol: Any = None,
                    fractions: Sequence[float] = LATENCY_FRACTIONS,
-                   executor: Any = None) -> tuple[float, list[dict]]:
+                   executor: Executor | None = None) -> tuple[float, list[dict]]:
     """Prune copies of ``loaded`` step by step (MACs 100 %, 90 %, 80 % … of the original; L2
     importance: only the widths matter for speed), export each to the target's preferred fp32
     runtime and time it with the bench protocol, until the p50 is at most ``target_ms``.
@@ -42,7 +43,7 @@ def latency_search(loaded: Any, cfg: Any, target_ms: float, target: Any, *,
                           f"{target.name} is reached by {target.access.kind!r}, and only local "
                           "targets can be measured here. Use --target-macs, or run edgekit "
                           "prune on the device.")
-    names = [b for b in target.preferred.get("fp32", []) or ["openvino"]]
+    names = [b for b in target.preferred.get("fp32", []) or [LATENCY_BACKEND]]
     backend = require_backend(names[0])
     threads = threads or max(target.thread_counts(os.cpu_count() or 1))
     protocol = protocol or Protocol(warmup_iters=10, warmup_seconds=1.0, iters=50,

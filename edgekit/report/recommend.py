@@ -23,6 +23,7 @@ from edgekit.report.results import (
     int8_as_fp16_on_arm,
     passes_gate,
     predicted_rows,
+    runtime_title,
     valid_row,
 )
 from edgekit.report.tables import (
@@ -404,9 +405,11 @@ def _flag_target_isa(results: BenchResults, best: ArtifactRecord | None,
                  else "the other INT8 runtimes")
         fp16 = "" if "fp16" in feats else (", and this CPU has no fp16 arithmetic, so in effect "
                                            "in fp32")
+        title = " / ".join(sorted({runtime_title(a.backend) for a in arts
+                                   if a.precision == "int8" and int8_as_fp16_on_arm(a.backend)}))
         rank = (f"ranked after {after} when predicted latencies tie" if basis == "predicted"
-                else f"{after} come first for INT8 unless OpenVINO measures faster")
-        out.append(f"OpenVINO runs INT8 models as fp16 on ARM (little INT8 support): "
+                else f"{after} come first for INT8 unless {title} measures faster")
+        out.append(f"{title} runs INT8 models as fp16 on ARM (little INT8 support): "
                    f"{_ids(ov)} compute{'s' if len(ov) == 1 else ''} in fp16 on {name}{fp16}; "
                    f"{rank}.")
     return out

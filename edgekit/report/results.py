@@ -27,6 +27,7 @@ from pydantic import (
 )
 
 from edgekit import config
+from edgekit.backends import backend_names, get_backend, runtime
 from edgekit.errors import ConfigError
 from edgekit.metrics import metric_ci, metric_value
 
@@ -508,23 +509,26 @@ def gate_limit(art: ArtifactRecord) -> float | None:
 
 
 # ---------------------------------------------------------------------------- backend facts
-# What the report needs to know about a backend, one function each: these move to the
-# backends registry (edgekit.backends) and only their bodies change.
-_SHORT_BACKEND = {"openvino": "ov", "onnxruntime": "ort", "litert": "litert", "pytorch": "torch"}
-_BACKEND_COLOUR = {"openvino": "#1f77b4", "onnxruntime": "#ff7f0e", "litert": "#2ca02c",
-                   "pytorch": "#7f7f7f"}
-
-
+# What the report needs to know about a runtime comes from the registry (edgekit.backends).
 def backend_short_name(backend: str) -> str | None:
     """The short name chart labels use for ``backend`` (``ov``, ``ort``), None if it has none."""
-    return _SHORT_BACKEND.get(backend)
+    rt = runtime(backend)
+    return rt.label if rt else None
 
 
 def backend_colour(backend: str) -> str | None:
     """The chart colour of ``backend``, None when it has no colour of its own."""
-    return _BACKEND_COLOUR.get(backend)
+    rt = runtime(backend)
+    return rt.colour if rt else None
 
 
 def int8_as_fp16_on_arm(backend: Any) -> bool:
     """Whether ``backend`` runs INT8 models as fp16 on ARM (little INT8 support there)."""
-    return backend == "openvino"
+    return backend in backend_names() and get_backend(backend).int8_as_fp16_on_arm
+
+
+def runtime_title(backend: str) -> str:
+    """The human name of ``backend`` ("OpenVINO"), or the name itself when edgekit does not
+    know it."""
+    rt = runtime(backend)
+    return rt.title if rt else str(backend)

@@ -21,6 +21,7 @@ from typing import Any, ClassVar
 
 import numpy as np
 
+from edgekit.backends.base import TORCH_REFERENCE
 from edgekit.checkpoint import load_checkpoint
 from edgekit.data.preprocess import PreprocessSpec
 from edgekit.errors import ConfigError, DataError
@@ -48,7 +49,7 @@ class TorchSource(Source):
     ``module.edgekit_name`` names the architecture) or a ``torch.export`` program."""
 
     kind: ClassVar[str] = "torch"
-    runtime: ClassVar[str] = "pytorch"
+    runtime: ClassVar[str] = TORCH_REFERENCE.name
     runtime_label: ClassVar[str] = "PyTorch eager"
     timed_by_bench: ClassVar[bool] = True  # edgekit.bench.torch_source
 

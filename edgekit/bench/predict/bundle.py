@@ -40,8 +40,9 @@ def bundle_kernels(bundle: str | Path, manifest: dict[str, Any],
             "kernels of the pruned model source/pruned.pt"
     if module is not None:
         return _traced(module, shape), "kernels of the source model"
-    onnx_arts = sorted((a for a in manifest.get("artifacts", []) if a.get("backend") ==
-                        "onnxruntime" and (bundle / a["files"][0]["path"]).is_file()),
+    onnx_arts = sorted((a for a in manifest.get("artifacts", [])
+                        if (bundle / a["files"][0]["path"]).suffix == ".onnx"
+                        and (bundle / a["files"][0]["path"]).is_file()),
                        key=lambda a: _KERNEL_PRECISION_ORDER.get(a.get("precision"), 9))
     for art in onnx_arts:
         try:

@@ -3,8 +3,8 @@
 The preflight command sends ``hostinfo``'s own code and runs it there: CPU model, cores,
 features, governor and clocks, plus Python, numpy/Pillow/runtime versions, temperature,
 ``vcgencmd`` and ``taskset``. A missing Python, numpy or Pillow, or no runtime at all, is a
-``DeviceError`` saying what to install. The package tables below are the only place the SSH
-executor names runtimes and their distributions.
+``DeviceError`` saying what to install. What runs a backend on the device (its
+distributions and module) is asked of the backend registry.
 """
 
 from __future__ import annotations
@@ -15,38 +15,34 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from edgekit.backends import all_backends, backend_names, device_install_hint, get_backend
 from edgekit.bench import hostinfo
 from edgekit.bench.ssh.connection import DeviceError, SshConnection, quote, sh, tail
 
 MIN_PYTHON = (3, 10)
-# (distribution, import name) of what the runner may need on the device.
-DEVICE_PACKAGES = (("numpy", "numpy"), ("Pillow", "PIL"), ("onnxruntime", "onnxruntime"),
-                   ("openvino", "openvino"), ("ai-edge-litert", "ai_edge_litert"),
-                   ("tflite-runtime", "tflite_runtime"), ("pydicom", "pydicom"),
-                   ("edgekit", "edgekit"))
-# backend -> (distributions, any of which runs it; what to pip install on the device)
-BACKEND_PACKAGES = {"onnxruntime": (("onnxruntime",), "onnxruntime"),
-                    "openvino": (("openvino",), "openvino"),
-                    "litert": (("ai-edge-litert", "tflite-runtime"), "ai-edge-litert")}
-_RUNTIME_MODULES = {"onnxruntime": "onnxruntime", "openvino": "openvino",
-                    "litert": "ai_edge_litert"}
-_INSTALL_HINT = ("pip install 'edgekit[litert]' (or: pip install numpy pillow plus one runtime: "
-                 "ai-edge-litert, onnxruntime or openvino)")
+# (distribution, import name) of what the runner may need on the device (plain tuples: their
+# repr goes into the remote script).
+DEVICE_PACKAGES = (("numpy", "numpy"), ("Pillow", "PIL"),
+                   *(tuple(p) for b in all_backends() for p in b.packages),
+                   ("pydicom", "pydicom"), ("edgekit", "edgekit"))
+_INSTALL_HINT = device_install_hint()
 
 
 def runtime_dists(backend: str | None) -> tuple[str, ...]:
     """The distributions any one of which runs ``backend`` on a device (() when unknown)."""
-    return BACKEND_PACKAGES[backend][0] if backend in BACKEND_PACKAGES else ()
+    if backend not in backend_names():
+        return ()
+    return tuple(d for d, _ in get_backend(backend).packages)
 
 
 def pip_name(backend: str) -> str:
     """What to ``pip install`` on a device to run ``backend``."""
-    return BACKEND_PACKAGES[backend][1] if backend in BACKEND_PACKAGES else backend
+    return get_backend(backend).packages[0][0] if backend in backend_names() else backend
 
 
 def runtime_module(backend: str) -> str:
     """The module a device imports to run ``backend`` (named in its ImportError)."""
-    return _RUNTIME_MODULES.get(backend, backend)
+    return get_backend(backend).packages[0][1] if backend in backend_names() else backend
 
 
 # ------------------------------------------------------------------------- remote snippet
@@ -158,7 +154,7 @@ class DeviceProbe:
             raise DeviceError(f"{' and '.join(missing)} {'is' if len(missing) == 1 else 'are'} "
                               f"not installed for {py} on {label}: run there "
                               f"`{py} -m {_INSTALL_HINT}`")
-        if not any(pk.get(d) for b in BACKEND_PACKAGES for d in runtime_dists(b)):
+        if not any(pk.get(d) for b in backend_names() for d in runtime_dists(b)):
             raise DeviceError(f"no inference runtime is installed for {py} on {label}: "
                               f"run there `{py} -m {_INSTALL_HINT}`")
 

@@ -13,6 +13,7 @@ import warnings
 from collections.abc import Iterator
 from typing import Any
 
+from edgekit.backends.base import first_line as backend_first_line
 from edgekit.errors import BackendUnavailable
 
 KERAS_HINT = "pip install 'edgekit[keras]'"
@@ -98,7 +99,7 @@ def quiet() -> Iterator[None]:
 
 
 def first_line(exc: BaseException) -> str:
-    text = next((ln.strip() for ln in str(exc).splitlines() if ln.strip()), "")
-    return f"{type(exc).__name__}: {text}"[:400] if text else type(exc).__name__
+    """"TypeName: first line" of an exception, at most 400 characters."""
+    return backend_first_line(exc, 400, typed=True)
 
 
