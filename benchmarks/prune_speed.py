@@ -608,9 +608,11 @@ def code_state() -> dict[str, Any]:
                           text=True).stdout.strip()
     dirty = subprocess.run(["git", "-C", str(REPO), "status", "--porcelain", "edgekit"],
                            capture_output=True, text=True).stdout.split("\n")
-    prune_py = REPO / "edgekit" / "prune.py"
+    code = hashlib.sha256()
+    for f in sorted((REPO / "edgekit" / "prune").glob("*.py")):  # the pruning package
+        code.update(f.name.encode() + b"\0" + f.read_bytes())
     return {"git_head": head, "edgekit_uncommitted": [ln[3:] for ln in dirty if ln.strip()],
-            "prune_py_sha256": hashlib.sha256(prune_py.read_bytes()).hexdigest()}
+            "prune_code_sha256": code.hexdigest()}
 
 
 def main() -> None:
