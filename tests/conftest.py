@@ -59,9 +59,12 @@ def mri_copy(mri_phantoms: Path, tmp_path: Path) -> Path:
     return dst
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session", autouse=True)
 def single_torch_thread():
-    """One torch thread for a module (backend tests run next to runtime thread pools)."""
+    """One torch thread for the whole session: every test net is tiny, so intra-op threads buy
+    nothing, and on a 2-core machine shared with other processes two threads spin against each
+    other (measured: a dsconv_cbam_gap epoch on the real MRI data takes 20 s with two threads,
+    4.4 s with one). The backend tests still name it (``usefixtures``); it is on for all."""
     import torch
 
     threads = torch.get_num_threads()
