@@ -143,6 +143,7 @@ INT8_BACKENDS = {"densenet121_binary": ["onnxruntime"],
                  "efficientnetv2b0_binary": ["onnxruntime"]}
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", list(BUILDERS))
 def test_each_keras_model_compresses_verifies_and_benches(name, mri_phantoms, binary_data,
                                                            tmp_path, cli):
