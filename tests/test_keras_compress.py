@@ -67,8 +67,16 @@ def binary_data(mri_phantoms: Path, tmp_path_factory: pytest.TempPathFactory) ->
     return root
 
 
-def test_in_graph_rescaling_is_kept_and_never_applied_twice(trained_keras, mri_phantoms,
-                                                             tmp_path):
+@pytest.fixture(scope="module")
+def keras_int8(trained_keras: Path, mri_phantoms: Path, tmp_path_factory: pytest.TempPathFactory):
+    """The trained Keras model compressed to int8 for all three backends (read-only)."""
+    return compress(trained_keras, data=mri_phantoms, recipe="int8", backends=BACKENDS,
+                    out=tmp_path_factory.mktemp("keras-int8") / "bundle",
+                    allow_accuracy_drop=True, **SMALL)
+
+
+def test_in_graph_rescaling_is_kept_and_never_applied_twice(trained_keras, keras_int8,
+                                                             mri_phantoms):
     """The model takes 0–255 pixels: the bundle's spec must not scale them. Fed [0, 1] inputs
     (what a default spec would do) the same model collapses to chance."""
     from edgekit.runner import Runner
@@ -85,9 +93,7 @@ def test_in_graph_rescaling_is_kept_and_never_applied_twice(trained_keras, mri_p
     assert right >= 0.75, right
     assert twice <= 0.35, twice  # the collapse this test guards against (chance: 0.25)
 
-    out = tmp_path / "bundle"
-    res = compress(trained_keras, data=mri_phantoms, out=out, recipe="int8", backends=BACKENDS,
-                   allow_accuracy_drop=True, **SMALL)
+    res, out = keras_int8, keras_int8.bundle
     for a in res.artifacts:  # 32 images: one flip is 3 points, so agreement, not the gate
         assert a.verification.top1_agreement >= 0.9, (a.name, a.verification.checks)
     m = read_manifest(out)
@@ -109,10 +115,8 @@ def test_in_graph_rescaling_is_kept_and_never_applied_twice(trained_keras, mri_p
         assert acc >= keras_acc - 0.1 and acc >= 0.5, (art["name"], acc, keras_acc)
 
 
-def test_device_runner_needs_neither_tensorflow_nor_torch(trained_keras, mri_phantoms, tmp_path):
-    out = tmp_path / "bundle"
-    compress(trained_keras, data=mri_phantoms, out=out, recipe="int8", backends=BACKENDS,
-             allow_accuracy_drop=True, **SMALL)
+def test_device_runner_needs_neither_tensorflow_nor_torch(keras_int8, mri_phantoms):
+    out = keras_int8.bundle
     images = sorted((mri_phantoms / "pituitary").glob("*.jpg"))[:2]
     block = "; ".join(f"sys.modules[{m!r}] = None" for m in
                       ("torch", "tensorflow", "keras", "tf_keras", "tf2onnx"))
