@@ -59,9 +59,12 @@ def mri_copy(mri_phantoms: Path, tmp_path: Path) -> Path:
     return dst
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session", autouse=True)
 def single_torch_thread():
-    """One torch thread for a module (backend tests run next to runtime thread pools)."""
+    """One torch thread for the whole session: every test net is tiny, so intra-op threads buy
+    nothing, and on a 2-core machine shared with other processes two threads spin against each
+    other (measured: a dsconv_cbam_gap epoch on the real MRI data takes 20 s with two threads,
+    4.4 s with one). The backend tests still name it (``usefixtures``); it is on for all."""
     import torch
 
     threads = torch.get_num_threads()
@@ -89,14 +92,20 @@ def trained(mri_phantoms, tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="session")
-def bundle(trained, mri_phantoms, tmp_path_factory) -> Path:
+def bundle_options() -> dict:
+    """The ``compress`` settings of ``bundle`` (for a test that compresses the same again)."""
+    return {"recipe": "int8", "calibration_images": 16, "verification_images": 24,
+            "allow_accuracy_drop": True}
+
+
+@pytest.fixture(scope="session")
+def bundle(trained, mri_phantoms, bundle_options, tmp_path_factory) -> Path:
     """An int8 bundle of ``trained`` with all three backends (64 px; shared by the bench, SSH,
-    emulation and prediction tests)."""
+    emulation, prediction and compress tests; read-only)."""
     from edgekit.compress import compress
 
     out = tmp_path_factory.mktemp("bundles") / "model-int8"
-    compress(trained, data=mri_phantoms, out=out, recipe="int8", calibration_images=16,
-             verification_images=24, allow_accuracy_drop=True)
+    compress(trained, data=mri_phantoms, out=out, **bundle_options)
     return out
 
 

@@ -13,40 +13,54 @@ import pytest
 import torch
 from cli_support import run_cli as _cli
 
+from edgekit.backends import backend_names
+from edgekit.backends import onnxruntime as ort_backend
+from edgekit.backends import openvino as ov_backend
 from edgekit.bundle import read_manifest, verify_bundle
 from edgekit.compress import compress
 from edgekit.errors import ConfigError, DataError, UnsafeSourceError, VerificationFailed
+from edgekit.runner import Runner
+from edgekit.sources import load_model
 from edgekit.train import TrainConfig, train
-from edgekit.zoo import list_models
+from edgekit.zoo import create_model, list_models
 
 SMALL = {"calibration_images": 8, "verification_images": 16}
-
-
+FAST = "dsconv_cbam_gap"  # 31 k parameters: the zoo model compressed to every backend here
 
 
 def _zoo_checkpoint(name: str, tmp: Path) -> str:
     """A zoo model with fresh weights saved as ARCH:weights.pt (4 classes, 64 px)."""
     torch.manual_seed(0)
-    from edgekit.zoo import create_model
-
     n = 6 if name == "ich_mrf" else 4
     path = tmp / f"{name}.pt"
     torch.save(create_model(name, num_classes=n, input_size=64).state_dict(), path)
     return f"{name}:{path}"
 
 
+def _one_backend(name: str) -> list[str]:
+    """One backend for a zoo model other than FAST, in rotation over the models, so that with
+    FAST (every backend) every model and every backend go through compress. The full model ×
+    backend matrix is the backend contract tests' (tests/test_backend_*.py export every zoo
+    model with every backend: fp32 within 1e-4 of torch, int8 smaller and sound)."""
+    names = backend_names()
+    return [names[list_models().index(name) % len(names)]]
+
+
 @pytest.mark.parametrize("name", list_models())
 def test_every_zoo_model_every_backend_fp32_and_int8(name, mri_phantoms, ct_phantoms, tmp_path):
-    """Every zoo model × {fp32, int8} × {onnxruntime, openvino, litert}, verified."""
+    """Every zoo model × {fp32, int8} through compress, verified: FAST with the recipes' own
+    backends (onnxruntime, openvino, litert), every other model with one (``_one_backend``)."""
     source = _zoo_checkpoint(name, tmp_path)
     data = ct_phantoms if name == "ich_mrf" else mri_phantoms
+    backends = None if name == FAST else _one_backend(name)
     results = {}
     for precision in ("fp32", "int8"):
         out = tmp_path / precision
         results[precision] = compress(source, input_size=64, data=data, out=out,
-                                      recipe=precision, allow_accuracy_drop=True, **SMALL)
-        assert [a.artifact.backend for a in results[precision].artifacts] == [
-            "onnxruntime", "openvino", "litert"]
+                                      recipe=precision, backends=backends,
+                                      allow_accuracy_drop=True, **SMALL)
+        assert [a.artifact.backend for a in results[precision].artifacts] == (
+            backends or ["onnxruntime", "openvino", "litert"])
         verify_bundle(out)
     for a in results["fp32"].artifacts:
         assert a.verification.max_abs_logit_diff <= 1e-4 and a.passed, a.name
@@ -101,20 +115,17 @@ def test_trained_model_int8_bundle_manifest_and_cli(trained, mri_phantoms, tmp_p
     assert "sha256 mismatch" in res.stderr and m["artifacts"][0]["files"][0]["path"] in res.stderr
 
 
-def test_same_seed_same_data_gives_identical_artifacts(trained, mri_phantoms, tmp_path):
-    hashes = []
-    for k in range(2):
-        compress(trained, data=mri_phantoms, out=tmp_path / f"b{k}", recipe="int8",
-                 allow_accuracy_drop=True, **SMALL)
-        hashes.append({a["name"]: a["files"][0]["sha256"]
-                       for a in read_manifest(tmp_path / f"b{k}")["artifacts"]})
+def test_same_seed_same_data_gives_identical_artifacts(trained, mri_phantoms, bundle,
+                                                      bundle_options, tmp_path):
+    """Compressed again with the session ``bundle``'s settings: the same bytes."""
+    compress(trained, data=mri_phantoms, out=tmp_path / "b1", **bundle_options)
+    hashes = [{a["name"]: a["files"][0]["sha256"] for a in read_manifest(b)["artifacts"]}
+              for b in (bundle, tmp_path / "b1")]
     assert hashes[0] == hashes[1]
 
 
 def test_gate_violation_exits_1_and_marks_the_bundle(trained, mri_phantoms, tmp_path,
                                                      monkeypatch):
-    from edgekit.backends import onnxruntime as ort_backend
-
     real_open = type(ort_backend.BACKEND).open
 
     def noisy_open(self, path, threads=None):
@@ -145,8 +156,6 @@ def test_gate_violation_exits_1_and_marks_the_bundle(trained, mri_phantoms, tmp_
 
 
 def test_interrupt_leaves_nothing_behind(trained, mri_phantoms, tmp_path, monkeypatch):
-    from edgekit.backends import openvino as ov_backend
-
     def interrupted(self, request):
         (request.out_dir / "half-written.xml").write_text("<net")
         raise KeyboardInterrupt
@@ -188,8 +197,6 @@ def test_bad_inputs(trained, mri_copy, tmp_path):
 
 
 def test_onnx_source(trained, mri_phantoms, tmp_path):
-    from edgekit.sources import load_model
-
     module = load_model(trained).module
     onnx_path = tmp_path / "model.onnx"
     torch.onnx.export(module, (torch.rand(1, 3, 64, 64),), str(onnx_path), dynamo=True,
@@ -206,8 +213,6 @@ def test_onnx_source(trained, mri_phantoms, tmp_path):
 
 
 def test_pt2_source(trained, mri_phantoms, tmp_path):
-    from edgekit.sources import load_model
-
     module = load_model(trained).module
     path = tmp_path / "model.pt2"
     torch.export.save(torch.export.export(module, (torch.rand(1, 3, 64, 64),)), str(path))
@@ -215,10 +220,8 @@ def test_pt2_source(trained, mri_phantoms, tmp_path):
     assert res.passed and len(res.artifacts) == 3
 
 
-def test_runner_works_without_torch(trained, mri_phantoms, tmp_path):
-    out = tmp_path / "bundle"
-    compress(trained, data=mri_phantoms, out=out, recipe="int8", allow_accuracy_drop=True,
-             **SMALL)
+def test_runner_works_without_torch(bundle, mri_phantoms, tmp_path):
+    out = bundle  # the session's int8 bundle of ``trained`` (read-only)
     images = sorted((mri_phantoms / "meningioma").glob("*.jpg"))[:2]
     code = ("import sys; sys.modules['torch'] = None; "
             "from edgekit.runner import main; sys.exit(main(sys.argv[1:]))")
@@ -236,14 +239,8 @@ def test_runner_works_without_torch(trained, mri_phantoms, tmp_path):
     assert proc.returncode == 1 and "nope.jpg: file not found" in proc.stderr
 
 
-def test_runner_matches_verification(trained, mri_phantoms, tmp_path):
-    from edgekit.runner import Runner
-    from edgekit.sources import load_model
-
-    out = tmp_path / "bundle"
-    compress(trained, data=mri_phantoms, out=out, recipe="fp32", backends=["onnxruntime"],
-             **SMALL)
-    runner = Runner(out)
+def test_runner_matches_verification(trained, mri_phantoms, fp32_bundle):
+    runner = Runner(fp32_bundle)  # the session's fp32 onnxruntime bundle of ``trained``
     loaded = load_model(trained)
     img = sorted((mri_phantoms / "glioma").glob("*.jpg"))[0]
     x = loaded.spec.load(img)[None]
@@ -254,8 +251,6 @@ def test_runner_matches_verification(trained, mri_phantoms, tmp_path):
 
 
 def test_torchscript_source(trained, mri_phantoms, tmp_path):
-    from edgekit.sources import load_model
-
     module = load_model(trained).module
     path = tmp_path / "model.ts"
     torch.jit.trace(module, torch.rand(1, 3, 64, 64)).save(str(path))

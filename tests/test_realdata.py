@@ -22,8 +22,13 @@ def test_real_data_dedup_and_split(real_mri):
     assert not train_paths & {s.path for s in split.val.samples}
 
 
-@pytest.mark.slow
 def test_real_data_short_training_beats_chance(real_mri, tmp_path):
+    """6 epochs at 32 px on 200 images per class, scored on the whole de-duplicated held-out
+    split (965 images). Measured (1 torch thread, ~18 s): accuracy 0.706, CI95 [0.677, 0.732]
+    (seeds 1 and 2: 0.653 and 0.625) against the bar of 0.5; 64 px and 8 epochs gave 0.707 in
+    ~41 s."""
     res = train(TrainConfig(model="dsconv_cbam_gap", data=str(real_mri), out=str(tmp_path / "m.pt"),
-                            epochs=8, input_size=64, batch_size=32, lr=3e-3, max_per_class=200))
-    assert res.metrics["accuracy"]["value"] > 0.5, res.history  # chance is 0.25
+                            epochs=6, input_size=32, batch_size=32, lr=3e-3, max_per_class=200))
+    acc = res.metrics["accuracy"]
+    assert acc["value"] > 0.5, res.history  # chance is 0.25
+    assert acc["ci95"][0] > 0.25, acc  # and the interval excludes chance
