@@ -117,9 +117,15 @@ def check_readable(samples: list[Sample], spec: PreprocessSpec, on_error: str,
     return kept, skipped
 
 
-def plan_data(loaded: Any, data: str | Path, *, calibration_images: int, verification_images: int,
-              seed: int, on_error: str = "skip") -> DataPlan:
-    """Pick disjoint, stratified, seeded calibration and verification images from ``data``."""
+def plan_data(loaded: Any, data: str | Path, *, calibration_images: int,
+              verification_images: int | None, seed: int, on_error: str = "skip",
+              calibration_only: bool = False) -> DataPlan:
+    """Pick disjoint, stratified, seeded calibration and verification images from ``data``.
+
+    ``verification_images`` None: every image of the verification side. ``calibration_only``:
+    the non-verification images serve only calibration (no pruning recovery trains on them),
+    so a seeded split of the folder leaves ~1.25 × ``calibration_images`` on that side and
+    verifies on all the rest (at least 30 % of the folder either way)."""
     dataset = scan(data, task=loaded.task, on_error=on_error,
                    expected_classes=None if loaded.task == "multilabel" else loaded.class_names)
     split = loaded.metadata.get("split") or {}
@@ -131,14 +137,18 @@ def plan_data(loaded: Any, data: str | Path, *, calibration_images: int, verific
         origin = "held-out split recorded in the checkpoint (never trained on)"
     else:
         with progress_bar("Hashing images (near-duplicate check)", len(dataset)) as bar:
-            sp = split_dataset(dataset, val_fraction=0.3, seed=seed, on_error=on_error,
+            share = 0.3
+            if calibration_only and len(dataset):
+                share = min(0.9, max(0.3, 1 - 1.25 * calibration_images / len(dataset)))
+            sp = split_dataset(dataset, val_fraction=share, seed=seed, on_error=on_error,
                                progress=bar.set)
         calib_pool, verify_pool = sp.train.samples, sp.val.samples
         origin = "seeded, stratified, de-duplicated split of the data folder"
     if not verify_pool:
         raise DataError(f"{dataset.root}: no images left for verification")
     calibration = stratified_sample(calib_pool, calibration_images, seed)
-    verification = stratified_sample(verify_pool, verification_images, seed + 1)
+    verification = stratified_sample(verify_pool, len(verify_pool) if verification_images is None
+                                     else verification_images, seed + 1)
     # Calibration images are decoded once here so a corrupt file fails before any conversion;
     # verification images are checked when compress loads them (load_arrays), not twice.
     calibration, bad = check_readable(calibration, loaded.spec, on_error, "calibration")

@@ -54,7 +54,8 @@ class CompressOptions:
     method, integer I/O, seed). ``target_macs`` / ``target_latency_ms`` (measured on the local
     ``target`` with ``threads``) replace a pruning recipe's target. ``input_size``,
     ``trust_source`` and ``input_range`` are how the source is loaded; ``threshold`` sets a sigmoid
-    head's decision threshold."""
+    head's decision threshold. ``strict_gate`` treats an inconclusive gate (too few images to
+    decide) as a failure."""
 
     recipe: str | Path | Recipe = "int8"
     backends: list[str] | None = None
@@ -74,6 +75,7 @@ class CompressOptions:
     threshold: float | None = None
     trust_source: bool = False
     input_range: str | None = None
+    strict_gate: bool = False
 
 
 @dataclass
@@ -90,6 +92,11 @@ class ArtifactResult:
     def passed(self) -> bool:
         return self.verification.passed
 
+    @property
+    def status(self) -> str:
+        """The manifest status: passed, failed-gate or inconclusive-gate."""
+        return _STATUS[self.verification.decision]
+
 
 @dataclass
 class CompressResult:
@@ -104,6 +111,19 @@ class CompressResult:
     @property
     def passed(self) -> bool:
         return all(a.passed for a in self.artifacts)
+
+    @property
+    def status(self) -> str:
+        return _bundle_status(self.artifacts)
+
+
+_STATUS = {"pass": "passed", "fail": "failed-gate", "inconclusive": "inconclusive-gate"}
+
+
+def _bundle_status(results: list[ArtifactResult]) -> str:
+    """failed-gate when any artifact failed, else inconclusive-gate when any is, else passed."""
+    found = {r.status for r in results}
+    return next((s for s in ("failed-gate", "inconclusive-gate") if s in found), "passed")
 
 
 def _recipe(opts: CompressOptions) -> Recipe:
@@ -183,7 +203,8 @@ def compress(source: str | Path | Source, *, data: str | Path, out: str | Path,
 
     plan = plan_data(loaded, data, seed=rec.seed, on_error=on_error,
                      calibration_images=rec.calibration.images if rec.needs_calibration else 1,
-                     verification_images=rec.verification.images)
+                     verification_images=rec.verification.images,
+                     calibration_only=rec.pruning is None)
     status(f"Data: {len(plan.verification)} verification images ({plan.origin})"
            + (f", {len(plan.calibration)} calibration images" if rec.needs_calibration else ""))
     verify_set = plan.dataset.subset(plan.verification)
@@ -215,11 +236,21 @@ def compress(source: str | Path | Source, *, data: str | Path, out: str | Path,
         r.artifact.files = [writer.out / p.relative_to(writer.tmp) for p in r.artifact.files]
     result = CompressResult(Path(out), rec, source_metrics, results, manifest,
                             time.perf_counter() - start, plan.describe())
-    if not result.passed and not opts.allow_accuracy_drop:
-        failing = ", ".join(a.name for a in results if not a.passed)
+    failing = [a.name for a in results if a.verification.decision == "fail"]
+    unsure = [a.name for a in results if a.verification.decision == "inconclusive"]
+    if unsure:
+        status(f"[yellow]Inconclusive:[/] {', '.join(unsure)}: {len(x)} verification images "
+               "cannot show whether the drop is within the gate (each check says how many "
+               "images would decide it). The bundle is marked inconclusive-gate; "
+               + ("--strict-gate treats this as a failure." if not opts.strict_gate else
+                  "--strict-gate: treated as a failure."))
+    parts = [f"{', '.join(failing)} failed"] if failing else []
+    if opts.strict_gate and unsure:
+        parts.append(f"{', '.join(unsure)} could not be shown to pass (--strict-gate)")
+    if parts and not opts.allow_accuracy_drop:
         exc = VerificationFailed(
-            f"{failing} failed the {rec.name!r} recipe's accuracy gate; the bundle was written "
-            f"to {out} and marked as failing. Pass --allow-accuracy-drop to accept it.")
+            f"{' and '.join(parts)} the {rec.name!r} recipe's accuracy gate; the bundle was "
+            f"written to {out} and marked as such. Pass --allow-accuracy-drop to accept it.")
         exc.result = result  # type: ignore[attr-defined]
         raise exc
     return result
@@ -270,8 +301,9 @@ def _export_one(backend: Any, loaded: Source, rec: Recipe, plan: DataPlan,
                            source_metrics=source_metrics, seed=rec.seed, parity_ref=parity_ref,
                            head=loaded.head)
     size = sum(p.stat().st_size for p in artifact.files)
-    status(f"{name}: {size / 1e6:.2f} MB in {seconds:.1f} s — "
-           f"{'[green]passed[/]' if verification.passed else '[red]FAILED[/]'} verification")
+    verdict = {"pass": "[green]passed[/]", "fail": "[red]FAILED[/]",
+               "inconclusive": "[yellow]inconclusive[/]"}[verification.decision]
+    status(f"{name}: {size / 1e6:.2f} MB in {seconds:.1f} s — {verdict} verification")
     return ArtifactResult(name, artifact, verification, seconds, size)
 
 
@@ -287,7 +319,7 @@ def _manifest(loaded: Source, rec: Recipe, plan: DataPlan, source_metrics: dict[
                           keras=loaded.metadata.get("keras"))
     artifacts = tuple(ArtifactEntry(
         name=r.name, backend=r.artifact.backend, precision=r.artifact.precision,
-        status="passed" if r.passed else "failed-gate",
+        status=r.status,
         files=tuple(writer.entry(p) for p in r.artifact.files), bytes=r.bytes,
         input=ArtifactInput(name=r.artifact.input_name, shape=tuple(r.artifact.input_shape),
                             dtype=r.artifact.input_dtype, layout=r.artifact.layout),
@@ -298,7 +330,7 @@ def _manifest(loaded: Source, rec: Recipe, plan: DataPlan, source_metrics: dict[
     return Manifest(
         created=datetime.now(UTC).isoformat(timespec="seconds"), started=started,
         seconds=round(seconds, 1),
-        status="passed" if all(r.passed for r in results) else "failed-gate",
+        status=_bundle_status(results),
         source=source, task=loaded.task, class_names=tuple(loaded.class_names),
         head=_head(loaded), preprocess=loaded.spec, recipe=rec.model_dump(),
         data=DataRecord.from_json(plan.describe()), source_metrics=source_metrics,

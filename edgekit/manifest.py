@@ -36,7 +36,7 @@ from edgekit.errors import ConfigError, DataError
 
 SCHEMA_VERSION = 1
 MANIFEST = "manifest.json"
-STATUSES = ("passed", "failed-gate")
+STATUSES = ("passed", "failed-gate", "inconclusive-gate")
 TASKS = ("multiclass", "multilabel")
 SCORES = ("logits", "probs")
 HEAD_TYPES = ("binary-sigmoid",)

@@ -28,7 +28,9 @@ class Calibration(BaseModel):
 
 class Verification(BaseModel):
     model_config = _STRICT
-    images: int = Field(500, ge=1, le=1_000_000, description="held-out images (never calibration)")
+    images: int | None = Field(500, ge=1, le=1_000_000, description=(
+        "held-out images (never calibration); null: every image calibration does not use "
+        "(unpruned recipes) — the more images, the fewer inconclusive gates"))
     fp32_tolerance: float = Field(1e-4, gt=0, description="max |logit diff| of fp32 artifacts")
 
 
@@ -39,6 +41,9 @@ class Gate(BaseModel):
     max_top1_drop: float = Field(1.0, ge=0)
     max_sensitivity_drop: float = Field(3.0, ge=0)
     max_auroc_drop: float = Field(0.01, ge=0)
+    confidence: float = Field(0.95, ge=0.5, lt=1, description=(
+        "two-sided confidence of the interval each check is decided on: pass when it lies "
+        "within the limit, fail when beyond it, inconclusive otherwise"))
 
 
 class Recovery(BaseModel):

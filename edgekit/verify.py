@@ -4,6 +4,14 @@ fp32 artifacts must reproduce the source's logits within the recipe's tolerance 
 INT8 and fp16 artifacts are held to the recipe's accuracy gate: top-1 accuracy and every
 class's sensitivity may drop by at most so many points (multi-label: mean AUROC).
 
+Each check of the gate is decided on the confidence interval of the PAIRED drop (the same
+images through source and artifact): **pass** when the whole interval is within the limit,
+**fail** when the whole interval exceeds it, **inconclusive** when the images cannot tell —
+with the number of images that would decide it. Accuracy and sensitivity drops use Tango's
+score interval for a difference of paired proportions, which rests on the discordant pairs
+(images one model gets right and the other wrong) and stays honest when there are none; AUROC
+drops a paired bootstrap. A drop on one image of a small class is inconclusive, never a FAIL.
+
 Pruned bundles (recipes with ``pruning``) are held to the gate against the UNPRUNED source at
 every precision, fp32 included; their fp32 artifacts must also reproduce the pruned PyTorch
 model within the tolerance (``parity_ref``, available at compress time).
@@ -11,8 +19,10 @@ model within the tolerance (``parity_ref``, available at compress time).
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
-from typing import Any
+from statistics import NormalDist
+from typing import Any, Literal
 
 import numpy as np
 
@@ -20,19 +30,62 @@ from edgekit import metrics
 from edgekit.evaluate import as_logits, metrics_task, score, threshold_of
 from edgekit.metrics import metric_value as _v
 
+Decision = Literal["pass", "fail", "inconclusive"]
+DECISIONS: tuple[Decision, ...] = ("pass", "fail", "inconclusive")
+
 
 @dataclass(frozen=True)
 class Check:
-    """One line of the gate: what was measured, its limit, and whether it is within it."""
+    """One line of the gate: what was measured, its limit and the decision.
+
+    ``value`` is the point estimate (a drop in points, AUROC or a logit difference), ``ci95``
+    its confidence interval (same unit), ``n`` the images it rests on, ``discordant`` the paired
+    images the artifact got wrong and right where the source did the opposite, and
+    ``images_to_decide`` — for an inconclusive check — how many images (of that class, for a
+    per-class check) would decide it if the rates seen held (None: the drop sits on the
+    limit). ``passed`` is ``decision == "pass"``."""
 
     check: str
     value: float | None
     limit: float
-    passed: bool
+    decision: Decision
+    ci95: tuple[float, float] | None = None
+    n: int | None = None
+    discordant: tuple[int, int] | None = None
+    images_to_decide: int | None = None
+
+    @property
+    def passed(self) -> bool:
+        return self.decision == "pass"
 
     def to_json(self) -> dict[str, Any]:
-        return {"check": self.check, "value": self.value, "limit": self.limit,
-                "passed": self.passed}
+        out: dict[str, Any] = {"check": self.check, "value": self.value, "limit": self.limit,
+                               "passed": self.passed, "decision": self.decision}
+        if self.ci95 is not None:
+            out["ci95"] = list(self.ci95)
+        if self.n is not None:
+            out["n"] = self.n
+        if self.discordant is not None:
+            out["discordant"] = {"worse": self.discordant[0], "better": self.discordant[1]}
+        if self.decision == "inconclusive":
+            out["images_to_decide"] = self.images_to_decide
+        return out
+
+    def describe(self) -> str:
+        """``top-1 accuracy drop (points) 2.1 [0.4, 3.9] > 1`` style one-liner, with the
+        images needed when inconclusive."""
+        unit = "" if self.value is None else f" {self.value:.3g}"
+        ci = (f" [95 % CI {self.ci95[0]:.3g}, {self.ci95[1]:.3g}]" if self.ci95 is not None
+              else "")
+        rel = {"pass": "within", "fail": "beyond"}.get(self.decision, "vs")
+        text = f"{self.check}{unit}{ci} {rel} limit {self.limit:g}"
+        if self.n is not None:
+            text += f" on {self.n} images"
+        if self.decision == "inconclusive":
+            text += (f"; about {self.images_to_decide:,} images would decide it"
+                     if self.images_to_decide else "; more images would not decide it"
+                     if self.value is not None else "")
+        return text
 
 
 @dataclass(frozen=True)
@@ -54,12 +107,23 @@ class Verification:
     max_abs_logit_diff_vs_pruned: float | None = None
 
     @property
+    def decision(self) -> Decision:
+        """fail when any check fails, else inconclusive when any is, else pass."""
+        found = {c.decision for c in self.checks}
+        return "fail" if "fail" in found else "inconclusive" if "inconclusive" in found \
+            else "pass"
+
+    @property
     def passed(self) -> bool:
-        return all(c.passed for c in self.checks)
+        return self.decision == "pass"
 
     @property
     def failed_checks(self) -> list[Check]:
-        return [c for c in self.checks if not c.passed]
+        return [c for c in self.checks if c.decision == "fail"]
+
+    @property
+    def inconclusive_checks(self) -> list[Check]:
+        return [c for c in self.checks if c.decision == "inconclusive"]
 
     def to_json(self) -> dict[str, Any]:
         out: dict[str, Any] = {"n": self.n, "max_abs_logit_diff": self.max_abs_logit_diff,
@@ -72,6 +136,7 @@ class Verification:
             out["max_abs_logit_diff_vs_pruned"] = self.max_abs_logit_diff_vs_pruned
         out["checks"] = [c.to_json() for c in self.checks]
         out["passed"] = self.passed
+        out["decision"] = self.decision
         return out
 
 
@@ -79,6 +144,120 @@ def _within(drop: float, limit: float) -> bool:
     """``drop <= limit`` up to float rounding: a drop of exactly the limit (e.g. 0.912 − 0.902
     = 1.0000000000000009 points) passes."""
     return drop <= limit + 1e-9 * max(1.0, abs(limit))
+
+
+# ------------------------------------------------------------------------- gate statistics
+# The gate decides on a CONFIDENCE INTERVAL of the paired drop, not on its point estimate:
+# pass when the interval lies within the limit, fail when it lies beyond it, inconclusive when
+# it straddles it. Source and artifact see the same images, so only the discordant pairs —
+# images one gets right and the other wrong — carry information about the drop.
+
+def _z(confidence: float) -> float:
+    """Two-sided normal quantile of ``confidence`` (0.95 → 1.96)."""
+    return float(NormalDist().inv_cdf(0.5 + confidence / 2))
+
+
+def _tango_z(worse: float, better: float, n: float, delta: float) -> float:
+    """Tango's score statistic for H0: drop = ``delta`` (drop = P(source right, artifact wrong)
+    − P(source wrong, artifact right)), with the restricted maximum-likelihood estimate of the
+    discordant cell under H0 (Tango 1998, Statistics in Medicine 17:891)."""
+    a = 2 * n
+    b = -worse - better + (2 * n - worse + better) * delta
+    c = -better * delta * (1 - delta)
+    q21 = max((math.sqrt(max(b * b - 4 * a * c, 0.0)) - b) / (2 * a), 0.0)
+    num = worse - better - n * delta
+    var = n * (2 * q21 + delta * (1 - delta))
+    if var <= 0:
+        return 0.0 if num == 0 else math.copysign(math.inf, num)
+    return num / math.sqrt(var)
+
+
+def paired_drop_ci(worse: float, better: float, n: float, confidence: float = 0.95
+                   ) -> tuple[float, float, float]:
+    """The drop (``(worse − better) / n``, a fraction) and its Tango score confidence interval.
+
+    ``worse``: images the source gets right and the artifact wrong; ``better``: the reverse;
+    ``n``: all paired images. Unlike a bootstrap or Wald interval it stays honest with few or
+    no discordant pairs: 0 of 118 gives [−3.2, +3.2] points, not [0, 0]."""
+    if n <= 0:
+        return math.nan, -1.0, 1.0
+    z = _z(confidence)
+    est = (worse - better) / n
+
+    def root(target: float, lo: float, hi: float) -> float:
+        # _tango_z decreases in delta: bisect for _tango_z(delta) = target
+        for _ in range(100):
+            mid = (lo + hi) / 2
+            if _tango_z(worse, better, n, mid) > target:
+                lo = mid
+            else:
+                hi = mid
+        return (lo + hi) / 2
+
+    eps = 1e-12
+    return est, root(z, -1 + eps, est), root(-z, est, 1 - eps)
+
+
+def decide(lo: float, hi: float, limit: float) -> str:
+    """``pass`` when the whole interval is within ``limit``, ``fail`` when the whole interval
+    exceeds it, ``inconclusive`` otherwise."""
+    if _within(hi, limit):
+        return "pass"
+    return "fail" if lo > limit else "inconclusive"
+
+
+def images_to_decide(worse: int, better: int, n: int, limit: float,
+                     confidence: float = 0.95, cap: int = 10_000_000) -> int | None:
+    """How many paired images would decide a check that is inconclusive on ``n``, if the
+    discordance rates seen so far held: the smallest count whose interval lies entirely on one
+    side of ``limit`` (a fraction). None when even ``cap`` would not (the drop sits on the
+    limit)."""
+    rw, rb = worse / n, better / n
+
+    def decided(m: float) -> bool:
+        _, lo, hi = paired_drop_ci(rw * m, rb * m, m, confidence)
+        return decide(lo, hi, limit) != "inconclusive"
+
+    lo_m, hi_m = n, n
+    while not decided(hi_m):
+        lo_m, hi_m = hi_m, hi_m * 2
+        if hi_m > cap:
+            return None
+    while hi_m - lo_m > max(1, lo_m // 200):  # within 0.5 %: it is an estimate anyway
+        mid = (lo_m + hi_m) // 2
+        lo_m, hi_m = (lo_m, mid) if decided(mid) else (mid, hi_m)
+    return int(hi_m)
+
+
+def _paired_check(name: str, src_ok: np.ndarray, art_ok: np.ndarray, limit_points: float,
+                  confidence: float, exempt: bool) -> Check:
+    """A drop in a proportion (accuracy, a class's sensitivity) between paired decisions, in
+    points, decided on its Tango interval."""
+    n = int(len(src_ok))
+    worse = int(np.sum(src_ok & ~art_ok))
+    better = int(np.sum(~src_ok & art_ok))
+    est, lo, hi = paired_drop_ci(worse, better, n, confidence)
+    limit = limit_points / 100
+    decision = "pass" if exempt else decide(lo, hi, limit)
+    needed = (images_to_decide(worse, better, n, limit, confidence)
+              if decision == "inconclusive" else None)
+    return Check(name, 100 * est, limit_points, decision, (100 * lo, 100 * hi), n,
+                 (worse, better), needed)
+
+
+def _bootstrap_check(name: str, drop: Any, limit: float, n: int, exempt: bool) -> Check:
+    """An AUROC drop decided on its paired-bootstrap interval (``drop``: a DeltaInterval of
+    source − artifact); the images that would decide an inconclusive one are extrapolated from
+    the interval's width (∝ 1/√n)."""
+    d, lo, hi = float(drop.value), float(drop.lo), float(drop.hi)
+    if math.isnan(lo) or math.isnan(hi):
+        lo = hi = d
+    decision = "pass" if exempt else decide(lo, hi, limit)
+    needed = None
+    if decision == "inconclusive" and not math.isclose(d, limit):
+        half = (hi - d) if d < limit else (d - lo)
+        needed = math.ceil(n * (half / abs(limit - d)) ** 2)
+    return Check(name, d, limit, decision, (lo, hi), n, None, needed)
 
 
 def compare(ref: np.ndarray, out: np.ndarray, y: np.ndarray, *, task: str,
@@ -104,56 +283,64 @@ def compare(ref: np.ndarray, out: np.ndarray, y: np.ndarray, *, task: str,
         lo_out, lo_ref = as_logits(out, head, kind), as_logits(ref, head, kind)
         result["top1_agreement"] = metrics.top1_agreement(lo_out, lo_ref, task=kind,
                                                           threshold=t)
-        delta = metrics.delta_ci("accuracy", y, lo_out, lo_ref, task=kind, threshold=t,
-                                 class_names=list(class_names), seed=seed)
-        result["accuracy_delta"] = {"value": delta.value, "ci95": [delta.lo, delta.hi]}
+        # artifact − source with the gate's own paired (Tango) interval: a bootstrap collapses
+        # to [0, 0] when no image changes, which says nothing about what more images would show
+        labels = np.asarray(y).astype(np.int64).reshape(-1)
+        ok_out = metrics.predict(lo_out, task=kind, threshold=t) == labels
+        ok_ref = metrics.predict(lo_ref, task=kind, threshold=t) == labels
+        est, lo, hi = paired_drop_ci(int(np.sum(ok_ref & ~ok_out)), int(np.sum(~ok_ref & ok_out)),
+                                     len(labels), recipe.gate.confidence)
+        result["accuracy_delta"] = {"value": -est, "ci95": [-hi, -lo]}
     checks = []
     pruned = getattr(recipe, "pruning", None) is not None
     if precision == "fp32" and (parity_ref is not None or not pruned):
         tol = recipe.verification.fp32_tolerance
         base = ref if parity_ref is None else parity_ref
         parity = float(np.abs(out.astype(np.float64) - base.astype(np.float64)).max())
-        checks.append({"check": "max |logit diff|" + (" vs the pruned model" if pruned else ""),
-                       "value": parity, "limit": tol, "passed": parity <= tol})
+        checks.append(Check("max |logit diff|" + (" vs the pruned model" if pruned else ""),
+                            parity, tol, "pass" if parity <= tol else "fail", n=int(len(y))))
     if parity_ref is not None:
         result["max_abs_logit_diff_vs_pruned"] = float(np.abs(
             out.astype(np.float64) - parity_ref.astype(np.float64)).max())
     exempt = precision == "fp32" and not pruned  # exact copies: held to parity, not to a gate
     gate = recipe.gate
+    conf = gate.confidence
     am = result["metrics"]
     if kind == "multilabel":
         src, art = _v(source_metrics["mean_auroc"]), _v(am["mean_auroc"])
         if src is not None and art is not None:
-            drop = src - art
-            checks.append({"check": "mean AUROC drop", "value": drop,
-                           "limit": gate.max_auroc_drop,
-                           "passed": exempt or _within(drop, gate.max_auroc_drop)})
+            drop = metrics.delta_ci("mean_auroc", y, as_logits(ref, head, kind),
+                                    as_logits(out, head, kind), task="multilabel",
+                                    class_names=list(class_names), seed=seed)
+            checks.append(_bootstrap_check("mean AUROC drop", drop, gate.max_auroc_drop, len(y),
+                                           exempt))
         elif not exempt:  # no label has positives and negatives: nothing was checked
-            checks.append({"check": "mean AUROC drop (undefined: no label has both positive "
-                                    "and negative images)", "value": None,
-                           "limit": gate.max_auroc_drop, "passed": False})
+            checks.append(Check("mean AUROC drop (undefined: no label has both positive and "
+                                "negative images)", None, gate.max_auroc_drop, "inconclusive",
+                                n=len(y)))
     else:
-        drop = 100 * (_v(source_metrics["accuracy"]) - _v(am["accuracy"]))
-        checks.append({"check": "top-1 accuracy drop (points)", "value": drop,
-                       "limit": gate.max_top1_drop,
-                       "passed": exempt or _within(drop, gate.max_top1_drop)})
+        t = threshold_of(head)
+        lo_out, lo_ref = as_logits(out, head, kind), as_logits(ref, head, kind)
+        labels = np.asarray(y).astype(np.int64).reshape(-1)
+        src_ok = metrics.predict(lo_ref, task=kind, threshold=t) == labels
+        art_ok = metrics.predict(lo_out, task=kind, threshold=t) == labels
+        checks.append(_paired_check("top-1 accuracy drop (points)", src_ok, art_ok,
+                                    gate.max_top1_drop, conf, exempt))
         positive = class_names[-1] if kind == "binary" else None
-        for name in class_names:
-            s_src = _v(source_metrics["per_class"][name]["sensitivity"])
-            s_art = _v(am["per_class"][name]["sensitivity"])
-            if s_src is None or s_art is None:
+        for k, name in enumerate(class_names):
+            mask = labels == k
+            if not mask.any():
                 continue
-            drop = 100 * (s_src - s_art)
             # a binary head: the negative class's sensitivity is the specificity
             what = (f"sensitivity drop: {name} (points)" if kind != "binary" else
                     f"sensitivity drop: {name} (points)" if name == positive else
                     f"specificity drop: {positive} vs {name} (points)")
-            checks.append({"check": what, "value": drop,
-                           "limit": gate.max_sensitivity_drop,
-                           "passed": exempt or _within(drop, gate.max_sensitivity_drop)})
+            checks.append(_paired_check(what, src_ok[mask], art_ok[mask],
+                                        gate.max_sensitivity_drop, conf, exempt))
         if kind == "binary" and _v(source_metrics.get("auroc")) is not None \
                 and _v(am.get("auroc")) is not None:
-            drop = _v(source_metrics["auroc"]) - _v(am["auroc"])
-            checks.append({"check": "AUROC drop", "value": drop, "limit": gate.max_auroc_drop,
-                           "passed": exempt or _within(drop, gate.max_auroc_drop)})
-    return Verification(**result, checks=tuple(Check(**c) for c in checks))
+            drop = metrics.delta_ci("auroc", y, lo_ref, lo_out, task="binary",
+                                    class_names=list(class_names), threshold=t, seed=seed)
+            checks.append(_bootstrap_check("AUROC drop", drop, gate.max_auroc_drop, len(y),
+                                           exempt))
+    return Verification(**result, checks=tuple(checks))

@@ -50,8 +50,9 @@ def test_prune_writes_a_smaller_checkpoint(pruned, trained, cli):
     # the exit code agrees with the printed gate verdict
     verdict = [line for line in res.stdout.splitlines() if line.lstrip("│ ").startswith("pruned")]
     assert len(verdict) == 1, res.stdout
-    if res.exit_code == 0:
-        assert "pass" in verdict[0] and "FAIL" not in verdict[0]
+    if res.exit_code == 0:  # passed, or too few images (40) to decide: inconclusive
+        assert ("pass" in verdict[0] or "inconclusive" in verdict[0]) \
+            and "FAIL" not in verdict[0]
         assert f"edgekit compress {out} --recipe int8 --data" in res.stderr
     else:
         assert "FAIL" in verdict[0]
@@ -64,7 +65,7 @@ def test_prune_writes_a_smaller_checkpoint(pruned, trained, cli):
     assert record["macs_fraction"] <= 0.6
     assert record["settings"]["importance"] == "l2" and record["recovery"]
     assert len(record["recovery"][0]["history"]) == 1
-    assert bool(record["verification"]["passed"]) == (res.exit_code == 0)
+    assert (record["verification"]["decision"] != "fail") == (res.exit_code == 0)
     loaded = load_model(out)  # the pruned widths are rebuilt from the plan in the checkpoint
     assert sum(p.numel() for p in loaded.module.parameters()) == record["params_after"]
     macs0, macs1 = _macs(cli, trained), _macs(cli, out)
@@ -85,7 +86,7 @@ def test_prune_json_and_the_accuracy_gate(trained, mri_phantoms, tmp_path, cli, 
 
     def failing(*args, **kwargs):
         v = real(*args, **kwargs)
-        forced = Check(check="forced by the test", value=1.0, limit=0.0, passed=False)
+        forced = Check(check="forced by the test", value=1.0, limit=0.0, decision="fail")
         return dataclasses.replace(v, checks=(*v.checks, forced))
 
     monkeypatch.setattr(edgekit.prune.recover, "compare", failing)

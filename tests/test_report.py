@@ -100,7 +100,7 @@ def _row(artifact: str, threads: int, p50: float, spread: float = 1.02,
             "load_ms": 150.0, "peak_rss_mb": 200.0, "runtime": runtime, "error": None}
 
 
-def make_results(*, task: str = "multiclass", n: int = 240, p50: dict | None = None,
+def make_results(*, task: str = "multiclass", n: int = 800, p50: dict | None = None,
                  bad: tuple[str, ...] = (), no_accuracy: tuple[str, ...] = (),
                  accuracy_source: str = "bench", data: bool = True, quick: bool = False,
                  isa_notes: tuple[str, ...] = (), spread: dict | None = None,
@@ -170,7 +170,7 @@ def test_recommends_the_fastest_passing_artifact():
     assert rec["text"].startswith("On x86-local ship `model-int8/openvino-int8` with 2 threads: "
                                   "p50 1.20 ms, top-1 ")
     assert "points vs the source, 95 % CI [" in rec["text"]
-    assert "accuracy measured on 240 held-out images" in rec["text"]
+    assert "accuracy measured on 800 held-out images" in rec["text"]
     assert rec["candidates"][:2] == ["model-int8/openvino-int8", "model-int8/onnxruntime-int8"]
     assert "model-int8/source" not in rec["candidates"]
     assert rec["flags"] == []
@@ -253,7 +253,7 @@ def test_bundle_accuracy_flag():
     assert _flags(results, "pass --data") == [
         "Accuracy is the bundle's compress-time verification, not measured on your data — "
         "pass --data."]
-    assert "compress-time verification on 240 images" in report.recommend(results)["text"]
+    assert "compress-time verification on 800 images" in report.recommend(results)["text"]
 
 
 def test_delta_ci_flag():

@@ -10,7 +10,7 @@ from typing import Any
 import click
 
 from edgekit.backends import backend_names
-from edgekit.cli.display import verification_table
+from edgekit.cli.display import gate_lines, verification_table
 from edgekit.cli.options import latency_target_options, source_options
 from edgekit.compress import CompressOptions, compress
 from edgekit.errors import VerificationFailed
@@ -40,7 +40,8 @@ def _terminate(signum: int, frame: Any) -> None:  # SIGTERM behaves like Ctrl-C:
 @click.option("--calibration-method", type=click.Choice(["minmax", "percentile", "entropy"]),
               default=None, help="Range estimation [default: the recipe's].")
 @click.option("--verification-images", type=click.IntRange(1, 1_000_000), default=None,
-              help="Held-out images to verify on [default: the recipe's, 500].")
+              help="Cap on held-out verification images [default: the recipe's: every image "
+                   "calibration does not use; 500 for pruning recipes].")
 @click.option("--int8-io", is_flag=True, default=None,
               help="TFLite: integer input/output tensors (scale/zero point in the manifest).")
 @click.option("--input-size", type=click.IntRange(8, 4096), default=None,
@@ -56,6 +57,9 @@ def _terminate(signum: int, frame: Any) -> None:  # SIGTERM behaves like Ctrl-C:
 @click.option("--seed", type=int, default=None, help="[default: the recipe's]")
 @click.option("--allow-accuracy-drop", is_flag=True,
               help="Exit 0 even when an artifact misses the recipe's accuracy gate.")
+@click.option("--strict-gate", is_flag=True,
+              help="Treat an inconclusive gate (too few verification images to show the drop "
+                   "is within the limit) as a failure: exit 1.")
 @click.option("--overwrite", is_flag=True, help="Replace an existing bundle at --out.")
 @click.option("--on-error", type=click.Choice(["skip", "fail"]), default="skip",
               show_default=True, help="Corrupt or non-image files: skip with a warning, or fail.")
@@ -73,8 +77,13 @@ def command(model: str, data: Path, out: Path, recipe: str, backends: tuple[str,
     whose classes are DIR's two folders (the second is the positive class). Pruning recipes (prune30-int8 …) first remove whole
     channels from a PyTorch checkpoint and recover it by distillation on DIR's
     non-verification images; their gate compares every artifact with the UNPRUNED model, and
-    the pruned checkpoint is kept in the bundle (source/pruned.pt). Exits 1 when an artifact misses the recipe's accuracy
-    gate (the bundle is still written, marked as failing) unless --allow-accuracy-drop.
+    the pruned checkpoint is kept in the bundle (source/pruned.pt).
+
+    Each gate check is decided on the 95 % confidence interval of the paired drop: pass when
+    it lies within the limit, FAIL when beyond it, inconclusive when the images cannot tell
+    (the table says how many would). Exits 1 when an artifact FAILS its gate (the bundle is
+    still written, marked failed-gate) unless --allow-accuracy-drop; an inconclusive gate
+    exits 0 with a warning (bundle marked inconclusive-gate) unless --strict-gate.
     """
     previous = signal.signal(signal.SIGTERM, _terminate)
     try:
@@ -83,6 +92,8 @@ def command(model: str, data: Path, out: Path, recipe: str, backends: tuple[str,
     except VerificationFailed as exc:
         if getattr(exc, "result", None) is not None:
             stdout.print(verification_table(exc.result))
+            for line in gate_lines(exc.result):
+                stdout.print(line)
         raise
     finally:
         signal.signal(signal.SIGTERM, previous)
@@ -90,6 +101,8 @@ def command(model: str, data: Path, out: Path, recipe: str, backends: tuple[str,
         click.echo(json.dumps(result.manifest.to_json(), indent=2))
         return
     stdout.print(verification_table(result))
+    for line in gate_lines(result):
+        stdout.print(line)
     pruning = result.manifest.pruning
     if pruning:
         status(f"Pruned: {100 * pruning['macs_fraction']:.1f} % of the MACs "

@@ -108,11 +108,13 @@ def verification_table(result: Any) -> Table:
     table = Table(title=f"Verification on {result.data.get('verification_images')} held-out "
                         f"images (source {headline.replace('_', ' ')} "
                         f"{src if multilabel else 100 * src:.{3 if multilabel else 1}f}"
-                        f"{'' if multilabel else ' %'})")
-    for col, just in (("artifact", "left"), ("size", "right"), ("top-1 agree", "right"),
-                      ("max |Δlogit|", "right"), (headline.replace("_", " "), "right"),
-                      ("Δ vs source [95 % CI]", "right"), ("gate", "left")):
-        table.add_column(col, justify=just, no_wrap=col == "artifact")
+                        f"{'' if multilabel else ' %'})", box=box.SIMPLE_HEAD, pad_edge=False)
+    # the gate comes second: on a narrow terminal the last columns are the ones cut short
+    for col, just in (("artifact", "left"), ("gate", "left"), ("size", "right"),
+                      ("top-1 agree", "right"), ("max |Δlogit|", "right"),
+                      (headline.replace("_", " "), "right"),
+                      ("Δ vs source [95 % CI]", "right")):
+        table.add_column(col, justify=just, no_wrap=col in ("artifact", "gate"))
         if binary and col == "Δ vs source [95 % CI]":
             for extra in ("sensitivity", "specificity", "AUROC"):
                 table.add_column(extra, justify="right")
@@ -122,17 +124,37 @@ def verification_table(result: Any) -> Table:
         delta = v.accuracy_delta
         dtxt = (f"{100 * delta['value']:+.1f} [{100 * delta['ci95'][0]:+.1f}, "
                 f"{100 * delta['ci95'][1]:+.1f}]" if delta else f"{value - src:+.4f}")
-        failed = [c.check for c in v.failed_checks]
         m = v.metrics
         extras = ([_pct(m["sensitivity"]), _pct(m["specificity"]),
                    "n/a" if m["auroc"]["value"] is None else f"{m['auroc']['value']:.3f}"]
                   if binary else [])
-        table.add_row(a.name, f"{a.bytes / 1e6:.2f} MB",
+        table.add_row(a.name, _gate_cell(v), f"{a.bytes / 1e6:.2f} MB",
                       "-" if v.top1_agreement is None else f"{v.top1_agreement:.3f}",
                       f"{v.max_abs_logit_diff:.2e}",
-                      f"{value:.4f}" if multilabel else f"{100 * value:.1f} %", dtxt, *extras,
-                      "[green]pass[/]" if not failed else "[red]FAIL[/]: " + "; ".join(failed))
+                      f"{value:.4f}" if multilabel else f"{100 * value:.1f} %", dtxt, *extras)
     return table
+
+
+def _gate_cell(v: Any) -> str:
+    """``pass``, ``FAIL (k)`` or ``inconclusive (k)`` (k checks); :func:`gate_lines` says
+    which."""
+    for checks, word in ((v.failed_checks, "[red]FAIL[/]"),
+                         (v.inconclusive_checks, "[yellow]inconclusive[/]")):
+        if checks:
+            return f"{word} ({len(checks)})"
+    return "[green]pass[/]"
+
+
+def gate_lines(result: Any) -> list[str]:
+    """One line per gate check that did not pass: ``✗`` failed, ``?`` inconclusive (with the
+    images that would decide it)."""
+    lines = []
+    for a in result.artifacts:
+        for c in a.verification.failed_checks:
+            lines.append(f"  [red]✗[/] {a.name}: {c.describe()}")
+        for c in a.verification.inconclusive_checks:
+            lines.append(f"  [yellow]?[/] {a.name}: {c.describe()}")
+    return lines
 
 
 def _pct(m: dict[str, Any]) -> str:

@@ -75,9 +75,12 @@ def verification_table(record: dict[str, Any], source_metrics: dict[str, Any],
                 f"{100 * delta['ci95'][1]:+.1f}]")
     else:
         dtxt = "n/a" if src is None or value is None else f"{value - src:+.4f}"
-    failed = [c for c in v["checks"] if not c["passed"]]
+    failed = [c for c in v["checks"] if _decision(c) == "fail"]
+    unsure = [c for c in v["checks"] if _decision(c) == "inconclusive"]
     verdict = ("[green]pass[/]" if v["passed"] else
-               f"[red]FAIL[/] ({len(failed)} check{'s' if len(failed) != 1 else ''})")
+               f"[red]FAIL[/] ({len(failed)} check{'s' if len(failed) != 1 else ''})" if failed
+               else f"[yellow]inconclusive[/] ({len(unsure)} check"
+                    f"{'s' if len(unsure) != 1 else ''})")
     table = Table(title=f"Verification on {v.get('n', '?')} held-out images",
                   caption=record.get("verification_origin"))
     dhead = "Δ vs original [95 % CI]" if delta else "Δ vs original"
@@ -90,10 +93,27 @@ def verification_table(record: dict[str, Any], source_metrics: dict[str, Any],
     return table
 
 
+def _decision(check: dict[str, Any]) -> str:
+    return check.get("decision") or ("pass" if check["passed"] else "fail")
+
+
 def failed_checks(record: dict[str, Any]) -> list[str]:
-    """One line per gate check the pruned model failed."""
-    return [f"  [red]✗[/] {c['check']}: {c['value']:.3g} > {c['limit']:.3g}"
-            for c in record["verification"]["checks"] if not c["passed"]]
+    """One line per gate check the pruned model failed or that too few images could decide."""
+    lines = []
+    for c in record["verification"]["checks"]:
+        decision = _decision(c)
+        if decision == "pass":
+            continue
+        ci = c.get("ci95")
+        value = "n/a" if c.get("value") is None else f"{c['value']:.3g}"
+        text = f"{c['check']}: {value}" + (f" [{ci[0]:.3g}, {ci[1]:.3g}]" if ci else "")
+        if decision == "fail":
+            lines.append(f"  [red]✗[/] {text} > {c['limit']:.3g}")
+        else:
+            need = c.get("images_to_decide")
+            lines.append(f"  [yellow]?[/] {text} vs {c['limit']:.3g}: inconclusive"
+                         + (f" on {c['n']} images; ≈{need:,} would decide it" if need else ""))
+    return lines
 
 
 def widths_table(record: dict[str, Any]) -> Table | None:
@@ -331,14 +351,16 @@ def command(ctx: click.Context, model: str, data: Path, out: Path | None, recipe
         stdout.print(verification_table(record, result.source_metrics, loaded.task))
         for line in failed_checks(record):
             stdout.print(line)
-    if not result.passed and not allow_accuracy_drop:
+    if result.decision == "fail" and not allow_accuracy_drop:
         name = (record.get("recipe") or {}).get("name", recipe)
         raise VerificationFailed(
             f"the pruned model failed the {name!r} recipe's accuracy gate against the original; "
             f"the checkpoint was still written to {result.checkpoint}. Prune less "
             "(--target-macs closer to 1), recover longer (--epochs) or in more --steps, or "
             "pass --allow-accuracy-drop to accept it.")
-    verdict = "" if result.passed else " [red](it misses the accuracy gate)[/]"
+    verdict = {"pass": "", "fail": " [red](it misses the accuracy gate)[/]",
+               "inconclusive": " [yellow](too few images to show it meets the accuracy gate)[/]"
+               }[result.decision]
     bundle = result.checkpoint.with_name(result.checkpoint.stem + "-int8")
     status(f"Pruned checkpoint: {result.checkpoint}{verdict} "
            f"({record['macs_fraction']:.0%} of the MACs, {result.seconds:.0f} s). Next, quantize "

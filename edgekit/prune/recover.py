@@ -194,8 +194,11 @@ def prune_and_verify(loaded: Any, rec: Any, plan: Any, x: np.ndarray, y: np.ndar
     scale, unit = (1, "") if loaded.task == "multilabel" else (100, " %")
     status(f"Pruned PyTorch model: MACs {record['macs_fraction']:.1%} of the original, "
            f"{headline.replace('_', ' ')} {scale * before:.4g}{unit} → {scale * after:.4g}{unit} "
-           f"on the verification images — "
-           f"{'[green]within[/]' if v.passed else '[red]outside[/]'} the recipe's gate")
+           "on the verification images — "
+           + {"pass": "[green]within[/] the recipe's gate",
+              "fail": "[red]outside[/] the recipe's gate",
+              "inconclusive": "[yellow]inconclusive[/]: too few images to show it is within "
+                              "the recipe's gate"}[v.decision])
     return pruned, record, logits
 
 
@@ -210,6 +213,12 @@ class PruneFileResult:
     @property
     def passed(self) -> bool:
         return bool(self.record["verification"]["passed"])
+
+    @property
+    def decision(self) -> str:
+        """pass, fail or inconclusive (too few images to decide)."""
+        v = self.record["verification"]
+        return v.get("decision") or ("pass" if v["passed"] else "fail")
 
 
 def prune_file(source: Any, *, data: Any, out: Any, recipe: Any = "prune30",

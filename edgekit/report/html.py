@@ -16,6 +16,7 @@ from edgekit.report.results import (
     Json,
     Score,
     artifact_score,
+    check_decision,
     metric_ci,
     metric_value,
 )
@@ -175,8 +176,15 @@ def _html_checks(checks: list[Json]) -> str:
     if not checks:
         return ""
     rows = [[c.get("check"), f"{c['value']:.3g}" if isinstance(c.get("value"), int | float)
-             else "n/a", c.get("limit"), "pass" if c.get("passed") else "FAIL"] for c in checks]
-    return _html_table(["gate check", "value", "limit", "result"], rows)
+             else "n/a", _ci_text(c.get("ci95")), c.get("n", ""), c.get("limit"),
+             {"pass": "pass", "fail": "FAIL"}.get(check_decision(c), "inconclusive")
+             + (f" (≈{c['images_to_decide']:,} images would decide)"
+                if c.get("images_to_decide") else "")] for c in checks]
+    return _html_table(["gate check", "value", "95 % CI", "images", "limit", "result"], rows)
+
+
+def _ci_text(ci: Any) -> str:
+    return f"[{ci[0]:.3g}, {ci[1]:.3g}]" if isinstance(ci, list | tuple) and len(ci) == 2 else ""
 
 
 def _html_confusion(metrics: Json) -> str:

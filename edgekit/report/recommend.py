@@ -20,6 +20,7 @@ from edgekit.report.results import (
     as_results,
     failed_checks,
     gate_limit,
+    inconclusive_checks,
     int8_as_fp16_on_arm,
     passes_gate,
     predicted_rows,
@@ -317,6 +318,7 @@ def _flags(results: BenchResults, best: Row | None, passing: list[Row], *,
     flags += _flag_bundle_accuracy(results, art)
     flags += _flag_few_images(results, art)
     flags += _flag_delta_ci(art)
+    flags += _flag_inconclusive(results, best if basis == "measured" else None)
     flags += _flag_tie(passing)
     flags += _flag_predicted_tie(results, list(tie))
     flags += _flag_run_notes(results)
@@ -548,6 +550,26 @@ def _flag_delta_ci(art: ArtifactRecord | None) -> list[str]:
     return [f"The 95 % CI of `{art.id}`'s top-1 change reaches {fmt_signed(100 * delta.lo)} "
             f"points, beyond the {MINUS}{limit:g}-point gate: this data cannot rule out a "
             "larger loss than allowed."]
+
+
+def _flag_inconclusive(results: BenchResults, best: Row | None) -> list[str]:
+    """Artifacts faster than the recommendation (or any, without one) left out only because
+    too few images could decide their gate."""
+    arts, out = results.by_id(), []
+    for r in sorted((r for r in results.rows if r.ok and valid_row(r)), key=lambda r: r.p50):
+        art = arts[r.artifact]
+        if best is not None and r.p50 >= best.p50:
+            break
+        unsure = inconclusive_checks(art) if not failed_checks(art) else []
+        if not unsure or any(r.artifact in f for f in out):
+            continue
+        c = unsure[0]
+        need = c.get("images_to_decide")
+        out.append(f"`{r.artifact}` was faster ({fmt_ms(r.p50)} ms) but its gate is "
+                   f"inconclusive: “{c.get('check')}” on {c.get('n', '?')} images"
+                   + (f" (≈{need:,} would decide it)" if need else "")
+                   + " — evaluate it on more labelled images (--data) before shipping it.")
+    return out
 
 
 def _flag_tie(passing: list[Row]) -> list[str]:

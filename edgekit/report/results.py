@@ -495,9 +495,20 @@ def passes_gate(art: ArtifactRecord) -> bool:
     return art.status == "passed"
 
 
+def check_decision(check: Json) -> str:
+    """pass, fail or inconclusive (older records have only ``passed``)."""
+    return check.get("decision") or ("pass" if check.get("passed") else "fail")
+
+
 def failed_checks(art: ArtifactRecord) -> list[Json]:
     """The accuracy gate's checks that ``art`` failed."""
-    return [c for c in (art.accuracy or {}).get("checks") or [] if not c.get("passed")]
+    return [c for c in (art.accuracy or {}).get("checks") or [] if check_decision(c) == "fail"]
+
+
+def inconclusive_checks(art: ArtifactRecord) -> list[Json]:
+    """The accuracy gate's checks too few images could decide."""
+    return [c for c in (art.accuracy or {}).get("checks") or []
+            if check_decision(c) == "inconclusive"]
 
 
 def gate_limit(art: ArtifactRecord) -> float | None:

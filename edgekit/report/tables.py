@@ -28,6 +28,7 @@ from edgekit.report.results import (
     as_results,
     emulated,
     failed_checks,
+    inconclusive_checks,
     metric_ci,
     metric_value,
     passes_gate,
@@ -189,7 +190,11 @@ def gate_text(row: Row | None, art: ArtifactRecord) -> str:
     if passes_gate(art):
         return "pass"
     failed = failed_checks(art)
-    return f"FAIL: {failed[0]['check']}" if failed else f"FAIL ({art.status})"
+    if failed:
+        return f"FAIL: {failed[0]['check']}"
+    unsure = inconclusive_checks(art)
+    return (f"inconclusive: {unsure[0]['check']}" if unsure else
+            "inconclusive" if art.status == "inconclusive-gate" else f"FAIL ({art.status})")
 
 
 def main_table(results: Results,
