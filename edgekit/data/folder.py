@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import os
 import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -71,9 +72,13 @@ class Dataset:
 
 
 def files_digest(samples: Sequence[Sample], root: Path) -> str:
-    """sha256 over the samples' paths relative to ``root``: records which images were used."""
-    names = "\n".join(s.path.relative_to(root).as_posix() for s in samples)
-    return hashlib.sha256(names.encode()).hexdigest()
+    """sha256 over the samples' paths relative to ``root``: records which images were used.
+
+    Names are hashed as the bytes the file system holds (``os.fsencode``), so a file name that
+    is not UTF-8 (Linux names are bytes) hashes too; UTF-8 names give the digest they always had.
+    """
+    names = b"\n".join(os.fsencode(s.path.relative_to(root).as_posix()) for s in samples)
+    return hashlib.sha256(names).hexdigest()
 
 
 def _skip_or_fail(path: Path, reason: str, on_error: str, skipped: list[tuple[Path, str]]) -> None:
