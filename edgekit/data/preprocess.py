@@ -247,12 +247,14 @@ def gray_pixels(image: Any) -> np.ndarray:
 
 
 def open_image(path: Path) -> Any:
-    """Decode a raster image file fully; a DataError naming it when it cannot be read."""
+    """Decode a raster image file fully; a DataError naming it when it cannot be read
+    (corrupt, not an image, or a decompression bomb: more pixels than Pillow decodes safely)."""
     try:
         with Image.open(path) as im:
             im.load()
             img = im.copy()
-    except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as exc:
+    except (UnidentifiedImageError, OSError, ValueError, SyntaxError,
+            Image.DecompressionBombError) as exc:  # the bomb: too many pixels to decode safely
         raise DataError(f"{path}: not a readable image ({type(exc).__name__}: {exc})") from exc
     return img
 
