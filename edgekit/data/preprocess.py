@@ -160,6 +160,8 @@ class PreprocessSpec:
         Raises DataError naming the file if it cannot be decoded or does not fit this spec.
         """
         path = Path(path)
+        if path.is_dir():
+            raise DataError(f"{path}: is a directory, not an image file")
         if not path.is_file():
             raise DataError(f"{path}: file not found")
         if self.ct_windows is not None:
