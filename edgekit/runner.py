@@ -194,7 +194,7 @@ def _special(args: argparse.Namespace, ap: argparse.ArgumentParser) -> int | Non
 
 def main(argv: list[str] | None = None) -> int:
     ap = _parser()
-    args = ap.parse_args(argv)
+    args = ap.parse_intermixed_args(argv)  # options may come after the bundle or the images
     special = _special(args, ap)
     if special is not None:
         return special
