@@ -43,6 +43,9 @@ _PREFERENCE = {"int8": 0, "fp16": 1, "fp32": 2}
 def choose_artifact(manifest: Manifest, name: str | None = None) -> ArtifactEntry:
     """The named artifact, or the best installed one: passing, INT8 first, then fp16, fp32."""
     arts = manifest.artifacts
+    if not arts:  # load_manifest refuses such a file; a Manifest built in code may still be one
+        raise DataError("this bundle has no artifacts (manifest.json lists none): "
+                        "compress the model again")
     if name is not None:
         found = manifest.artifact(name)
         if found is not None:
