@@ -154,10 +154,18 @@ class PreprocessSpec:
             raise ConfigError(f"Preprocessing spec is not valid JSON: {exc}") from exc
 
     # ------------------------------------------------------------------ application
-    def load(self, path: str | Path) -> np.ndarray:
+    @property
+    def min_image_size(self) -> tuple[int, int]:
+        """(height, width) below which a raster image is too small to upscale without a
+        warning: a quarter of the input size, at least 16 px (at most the input size)."""
+        return tuple(min(s, max(16, s // 4)) for s in self.input_size)  # type: ignore[return-value]
+
+    def load(self, path: str | Path, small: list[Path] | None = None) -> np.ndarray:
         """Read one file and return the model input (no batch axis) as float32.
 
         Raises DataError naming the file if it cannot be decoded or does not fit this spec.
+        A raster image below ``min_image_size`` is still upscaled; its path is appended to
+        ``small`` so that the caller can warn once for the run (``small_images_warning``).
         """
         path = Path(path)
         if path.is_dir():
@@ -171,6 +179,9 @@ class PreprocessSpec:
         if is_dicom(path):
             raise DataError(f"{path}: a DICOM file, but this model's preprocessing has no CT windows")
         image = open_image(path)
+        min_h, min_w = self.min_image_size
+        if small is not None and (image.height < min_h or image.width < min_w):
+            small.append(path)
         try:
             return self.from_pil(image)
         except DataError as exc:
@@ -259,6 +270,16 @@ def open_image(path: Path) -> Any:
             Image.DecompressionBombError) as exc:  # the bomb: too many pixels to decode safely
         raise DataError(f"{path}: not a readable image ({type(exc).__name__}: {exc})") from exc
     return img
+
+
+def small_images_warning(small: list[Path], total: int, spec: PreprocessSpec) -> str | None:
+    """One line for a run that upscaled images far below the input size (None if none did)."""
+    if not small:
+        return None
+    (min_h, min_w), (h, w) = spec.min_image_size, spec.input_size
+    return (f"{len(small)} of {total} images are smaller than {min_w}×{min_h} px (e.g. "
+            f"{small[0]}); they were upscaled to {w}×{h}, which invents detail: check that "
+            "these are the right files (thumbnails, icons?)")
 
 
 def _resize_float(channel: np.ndarray, width: int, height: int) -> np.ndarray:
