@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 
 from edgekit.data.folder import Dataset, Sample, files_digest, scan, split_dataset
-from edgekit.data.preprocess import PreprocessSpec
+from edgekit.data.preprocess import PreprocessSpec, small_images_warning
 from edgekit.errors import DataError
 from edgekit.ui import progress_bar
 
@@ -103,10 +103,11 @@ def check_readable(samples: list[Sample], spec: PreprocessSpec, on_error: str,
                     what: str) -> tuple[list[Sample], list[str]]:
     """Decode each chosen image once, before any conversion starts (fail early, by path)."""
     kept, skipped = [], []
+    small: list[Path] = []
     with progress_bar(f"Checking {what} images", len(samples)) as bar:
         for s in samples:
             try:
-                spec.load(s.path)
+                spec.load(s.path, small)
                 kept.append(s)
             except DataError as exc:
                 if on_error == "fail":
@@ -114,6 +115,9 @@ def check_readable(samples: list[Sample], spec: PreprocessSpec, on_error: str,
                 warnings.warn(f"skipping {exc}", stacklevel=2)
                 skipped.append(str(s.path))
             bar.advance()
+    note = small_images_warning(small, len(kept), spec)
+    if note:
+        warnings.warn(f"{what} images: {note}", stacklevel=2)
     return kept, skipped
 
 

@@ -8,10 +8,13 @@ metrics and the validation split, so a checkpoint is all ``compress`` and ``insp
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import pickle
+import pickletools
 import tempfile
+import zipfile
 from pathlib import Path
 from typing import Any
 
@@ -42,6 +45,29 @@ def save_checkpoint(path: str | Path, state_dict: dict, metadata: dict[str, Any]
     return path
 
 
+def _is_pickle(path: Path) -> bool:
+    """Whether ``path`` holds what ``torch.save`` writes: a zip archive with a ``data.pkl``, or a
+    raw pickle (protocol 2+). ``pickletools.genops`` only parses opcodes, it never runs them."""
+    try:
+        if zipfile.is_zipfile(path):
+            with zipfile.ZipFile(path) as zf:
+                name = next((n for n in zf.namelist() if n.endswith("/data.pkl")), None)
+                if name is None:
+                    return False
+                stream: Any = io.BytesIO(zf.read(name))
+        else:
+            with open(path, "rb") as fh:
+                stream = io.BytesIO(fh.read())
+        head = stream.getvalue()[:2]
+        if len(head) < 2 or head[0] != 0x80 or not 2 <= head[1] <= pickle.HIGHEST_PROTOCOL:
+            return False
+        for _ in pickletools.genops(stream):  # raises on an unknown opcode or a missing STOP
+            pass
+        return True
+    except Exception:  # noqa: BLE001  (any parse failure: not a pickle)
+        return False
+
+
 def load_checkpoint(path: str | Path) -> tuple[dict, dict[str, Any]]:
     """Return ``(state_dict, metadata)``. Never unpickles code: ``torch.load(weights_only=True)``.
 
@@ -57,6 +83,9 @@ def load_checkpoint(path: str | Path) -> tuple[dict, dict[str, Any]]:
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
+        if not _is_pickle(path):  # random bytes, a truncated download, a different format
+            raise DataError(f"{path}: not a PyTorch checkpoint (neither the zip archive nor the "
+                            "pickle torch.save writes; a damaged file or another format?)") from exc
         raise UnsafeSourceError(
             f"{path}: refusing to load — this file is a pickle that needs code execution "
             f"(torch.load(..., weights_only=True) rejected it: {str(exc).splitlines()[0]}). "

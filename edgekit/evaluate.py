@@ -15,7 +15,7 @@ import numpy as np
 
 from edgekit import metrics
 from edgekit.data.folder import Dataset, scan
-from edgekit.data.preprocess import PreprocessSpec
+from edgekit.data.preprocess import PreprocessSpec, small_images_warning
 from edgekit.errors import DataError
 from edgekit.ui import progress_bar
 
@@ -39,11 +39,12 @@ def load_arrays(dataset: Dataset, spec: PreprocessSpec, *, dtype: Any = np.float
     if n == 0:
         raise DataError(f"{dataset.root}: no images to load")
     x = np.empty((n, *spec.input_shape(1)[1:]), dtype=dtype)
-    kept = []
+    kept: list = []
+    small: list[Path] = []
     with progress_bar(description, n) as bar:
         for s in dataset.samples:
             try:
-                x[len(kept)] = spec.load(s.path)
+                x[len(kept)] = spec.load(s.path, small)
                 kept.append(s)
             except DataError as exc:
                 if on_error == "fail":
@@ -53,6 +54,9 @@ def load_arrays(dataset: Dataset, spec: PreprocessSpec, *, dtype: Any = np.float
             bar.advance()
     if not kept:
         raise DataError(f"{dataset.root}: none of the {n} images could be read")
+    note = small_images_warning(small, len(kept), spec)
+    if note:
+        warnings.warn(note, stacklevel=2)
     dataset.samples = kept
     return x[:len(kept)], targets_of(dataset)
 

@@ -34,6 +34,7 @@ from edgekit.bench.protocol import (
     time_session,
 )
 from edgekit.bundle import bundle_file, load_manifest, sha256_file
+from edgekit.data.preprocess import PreprocessSpec, small_images_warning
 from edgekit.errors import BackendUnavailable, ConfigError, DataError, EdgekitError
 from edgekit.manifest import ArtifactEntry, Head, Manifest
 
@@ -43,6 +44,9 @@ _PREFERENCE = {"int8": 0, "fp16": 1, "fp32": 2}
 def choose_artifact(manifest: Manifest, name: str | None = None) -> ArtifactEntry:
     """The named artifact, or the best installed one: passing, INT8 first, then fp16, fp32."""
     arts = manifest.artifacts
+    if not arts:  # load_manifest refuses such a file; a Manifest built in code may still be one
+        raise DataError("this bundle has no artifacts (manifest.json lists none): "
+                        "compress the model again")
     if name is not None:
         found = manifest.artifact(name)
         if found is not None:
@@ -99,12 +103,14 @@ class Runner:
         shortened list would not line up with the caller's labels.
         """
         rows = []
+        small: list[Path] = []
         for p in paths:
-            row = self.logits(self.spec.load(p)[None])[0]
+            row = self.logits(self.spec.load(p, small)[None])[0]
             if not np.all(np.isfinite(row)):
                 raise DataError(f"{p}: {self.entry.name} returned non-finite outputs "
                                 "(NaN/inf) for this image")
             rows.append(row)
+        _warn_small(small, len(paths), self.spec)
         tmp = Path(f"{out}.tmp.npy")
         np.save(tmp, np.stack(rows).astype(np.float32) if rows else np.zeros((0, 0), np.float32))
         tmp.replace(out)
@@ -119,10 +125,12 @@ class Runner:
             raise DataError(f"{self.entry.name}: {problem}")
         return out
 
-    def predict_one(self, path: str | Path, threshold: float | None = None) -> dict[str, Any]:
+    def predict_one(self, path: str | Path, threshold: float | None = None,
+                    small: list[Path] | None = None) -> dict[str, Any]:
         """One image's prediction. Sigmoid heads (multi-label, or one output unit for two
-        classes) are thresholded at ``threshold`` [default: the bundle's, 0.5]."""
-        outputs = self.logits(self.spec.load(path)[None])[0].astype(np.float64)
+        classes) are thresholded at ``threshold`` [default: the bundle's, 0.5]. An image far
+        below the input size is appended to ``small`` (``PreprocessSpec.load``)."""
+        outputs = self.logits(self.spec.load(path, small)[None])[0].astype(np.float64)
         probs_out = self.head.get("scores_are") == "probs"
         t = float(self.head.get("threshold", 0.5) if threshold is None else threshold)
         if self.task == "multilabel" or outputs.shape[0] == 1:
@@ -146,6 +154,13 @@ class Runner:
         return {"image": str(path), "prediction": self.classes[top],
                 "probability": float(probs[top]),
                 "probabilities": {c: float(p) for c, p in zip(self.classes, probs, strict=True)}}
+
+
+def _warn_small(small: list[Path], total: int, spec: PreprocessSpec) -> None:
+    """One warning line on stderr for the images of a run that were far below the input size."""
+    note = small_images_warning(small, total, spec)
+    if note:
+        print(f"Warning: {note}", file=sys.stderr)
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -194,7 +209,7 @@ def _special(args: argparse.Namespace, ap: argparse.ArgumentParser) -> int | Non
 
 def main(argv: list[str] | None = None) -> int:
     ap = _parser()
-    args = ap.parse_args(argv)
+    args = ap.parse_intermixed_args(argv)  # options may come after the bundle or the images
     special = _special(args, ap)
     if special is not None:
         return special
@@ -209,9 +224,10 @@ def main(argv: list[str] | None = None) -> int:
         return exc.exit_code
     print(f"{runner.entry.name} ({runner.entry.status})", file=sys.stderr)
     failed = 0
+    small: list[Path] = []
     for path in args.images:
         try:
-            res = runner.predict_one(path, args.threshold)
+            res = runner.predict_one(path, args.threshold, small)
         except DataError as exc:
             print(f"Error: {exc}", file=sys.stderr)
             failed += 1
@@ -222,6 +238,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"{path}\t{res['prediction']}\t{res['probability']:.3f}")
         else:
             print(f"{path}\t{','.join(res['positive']) or 'none'}")
+    _warn_small(small, len(args.images) - failed, runner.spec)
     return 1 if failed else 0
 
 

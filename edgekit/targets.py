@@ -44,6 +44,24 @@ _ALLOWED_DISPLAY = ("ProxyJump", "ConnectTimeout", "ServerAliveInterval", "Serve
                     "AddressFamily", "BindAddress", "StrictHostKeyChecking", "BatchMode",
                     "UserKnownHostsFile", "CertificateFile", "IPQoS", "TCPKeepAlive")
 _ALLOWED_OPTIONS = {k.lower() for k in _ALLOWED_DISPLAY}
+# One ProxyJump hop: [ssh://][user@]host[:port], host a name or a bracketed IPv6 address. Names
+# start with a letter, digit or underscore: a hop that starts with "-" would reach the jump
+# host's ssh command line as an option (-oProxyCommand=...).
+_NAME = r"[A-Za-z0-9_][A-Za-z0-9._-]*"
+_HOP = re.compile(rf"^(?:ssh://)?(?:{_NAME}@)?(?:{_NAME}|\[[0-9A-Fa-f:.]+(?:%{_NAME})?\])"
+                  r"(?::[0-9]{1,5})?$")
+
+
+def _proxy_jump_problem(option: str, value: str) -> str | None:
+    """Why a ProxyJump value is refused: "none", or comma-separated [user@]host[:port] hops."""
+    if value.lower() == "none":
+        return None
+    bad = [hop for hop in value.split(",") if not _HOP.match(hop)]
+    if bad:
+        return (f"ssh option {option!r} is refused: {bad[0]!r} is not a jump host "
+                "([user@]host[:port], hops separated by commas; names must not start with '-' "
+                "or hold spaces or shell characters)")
+    return None
 
 
 def ssh_option_problem(option: str) -> str | None:
@@ -52,7 +70,13 @@ def ssh_option_problem(option: str) -> str | None:
     m = _OPTION.match(option.strip())
     if not m or "\n" in option or "\r" in option:
         return f"ssh option {option!r} is not KEY=VALUE (e.g. ProxyJump=user@bastion)"
-    key, value = m.group(1).lower(), m.group(2).strip().strip("\"'").lower()
+    key, raw = m.group(1).lower(), m.group(2).strip().strip("\"'")
+    value = raw.lower()
+    if raw.startswith("-"):
+        return (f"ssh option {option!r} is refused: a value starting with '-' could be read "
+                "as another ssh option")
+    if key == "proxyjump":
+        return _proxy_jump_problem(option, raw)
     if key == "stricthostkeychecking" and value != "yes":
         return (f"ssh option {option!r} is refused: edgekit always checks the device's host key "
                 "(StrictHostKeyChecking=yes). Put the device's key in known_hosts instead "

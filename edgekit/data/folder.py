@@ -10,16 +10,17 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import os
 import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-from PIL import Image, UnidentifiedImageError
+from PIL import Image
 
 from edgekit.data.dicom import BRAIN_WINDOW, ICH_LABELS, is_dicom, read_hu, read_rsna_labels
-from edgekit.data.preprocess import DICOM_EXTENSIONS, RASTER_EXTENSIONS
+from edgekit.data.preprocess import DICOM_EXTENSIONS, RASTER_EXTENSIONS, gray_pixels, open_image
 from edgekit.errors import ConfigError, DataError
 
 log = logging.getLogger(__name__)
@@ -71,9 +72,13 @@ class Dataset:
 
 
 def files_digest(samples: Sequence[Sample], root: Path) -> str:
-    """sha256 over the samples' paths relative to ``root``: records which images were used."""
-    names = "\n".join(s.path.relative_to(root).as_posix() for s in samples)
-    return hashlib.sha256(names.encode()).hexdigest()
+    """sha256 over the samples' paths relative to ``root``: records which images were used.
+
+    Names are hashed as the bytes the file system holds (``os.fsencode``), so a file name that
+    is not UTF-8 (Linux names are bytes) hashes too; UTF-8 names give the digest they always had.
+    """
+    names = b"\n".join(os.fsencode(s.path.relative_to(root).as_posix()) for s in samples)
+    return hashlib.sha256(names).hexdigest()
 
 
 def _skip_or_fail(path: Path, reason: str, on_error: str, skipped: list[tuple[Path, str]]) -> None:
@@ -190,12 +195,11 @@ def dhash_file(path: Path) -> bytes:
     """Decode one image (raster or CT DICOM) and return its 256-bit dHash; DataError if corrupt."""
     if is_dicom(path):
         return _dhash_gray(Image.fromarray((BRAIN_WINDOW.apply(read_hu(path)) * 255).astype(np.uint8)))
-    try:
-        with Image.open(path) as im:
-            im.load()
-            return _dhash_gray(im.convert("L"))
-    except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as exc:
-        raise DataError(f"{path}: not a readable image ({type(exc).__name__}: {exc})") from exc
+    image = open_image(path)
+    try:  # at the file's full bit depth, on the 8-bit scale (16-bit scans are not clipped)
+        return _dhash_gray(Image.fromarray(gray_pixels(image)))
+    except DataError as exc:
+        raise DataError(f"{path}: {exc}") from exc
 
 
 def hash_images(dataset: Dataset, *, on_error: str = "skip",

@@ -34,7 +34,8 @@ class PreprocessSpec:
 
     Raster images: decode → ``color`` ("rgb": 3 channels, greyscale replicated; "gray": 1
     channel) → bilinear resize to ``input_size`` → ``* scale`` (1/255 gives [0, 1]) →
-    ``(x - mean) / std`` per channel. CT DICOM (``ct_windows`` set): Hounsfield units → one
+    ``(x - mean) / std`` per channel. A 16-bit greyscale file is read at its full depth and
+    brought to the 8-bit scale first (``deep_gray``: 65535 → 255), never clipped. CT DICOM (``ct_windows`` set): Hounsfield units → one
     channel per window in [0, 1] → bilinear resize → ``(x - mean) / std``.
     """
 
@@ -153,12 +154,22 @@ class PreprocessSpec:
             raise ConfigError(f"Preprocessing spec is not valid JSON: {exc}") from exc
 
     # ------------------------------------------------------------------ application
-    def load(self, path: str | Path) -> np.ndarray:
+    @property
+    def min_image_size(self) -> tuple[int, int]:
+        """(height, width) below which a raster image is too small to upscale without a
+        warning: a quarter of the input size, at least 16 px (at most the input size)."""
+        return tuple(min(s, max(16, s // 4)) for s in self.input_size)  # type: ignore[return-value]
+
+    def load(self, path: str | Path, small: list[Path] | None = None) -> np.ndarray:
         """Read one file and return the model input (no batch axis) as float32.
 
         Raises DataError naming the file if it cannot be decoded or does not fit this spec.
+        A raster image below ``min_image_size`` is still upscaled; its path is appended to
+        ``small`` so that the caller can warn once for the run (``small_images_warning``).
         """
         path = Path(path)
+        if path.is_dir():
+            raise DataError(f"{path}: is a directory, not an image file")
         if not path.is_file():
             raise DataError(f"{path}: file not found")
         if self.ct_windows is not None:
@@ -167,10 +178,28 @@ class PreprocessSpec:
             return self.from_hu(read_hu(path))
         if is_dicom(path):
             raise DataError(f"{path}: a DICOM file, but this model's preprocessing has no CT windows")
-        return self.from_pil(_open_image(path))
+        image = open_image(path)
+        min_h, min_w = self.min_image_size
+        if small is not None and (image.height < min_h or image.width < min_w):
+            small.append(path)
+        try:
+            return self.from_pil(image)
+        except DataError as exc:
+            raise DataError(f"{path}: {exc}") from exc
 
     def from_pil(self, image: Any) -> np.ndarray:
-        """Preprocess a decoded PIL image (any mode, any size)."""
+        """Preprocess a decoded PIL image (any mode, any size).
+
+        8-bit images are converted by Pillow. Greyscale images deeper than 8 bits (16-bit PNG
+        or TIFF, 16-bit PGM) are read at their full depth and brought to the 8-bit scale by
+        their bit depth (0..65535 → 0..255, as floats: nothing is clipped or rounded), so
+        ``scale`` means the same for every file. A floating-point image is a DataError.
+        """
+        deep = deep_gray(image)
+        if deep is not None:
+            chan = _resize_float(deep, self.width, self.height)[:, :, None]
+            arr = chan if self.color == "gray" else np.repeat(chan, 3, axis=2)
+            return self._finish(arr * np.float32(self.scale))
         img = image.convert("RGB" if self.color == "rgb" else "L")
         if img.size != (self.width, self.height):
             img = img.resize((self.width, self.height), Image.Resampling.BILINEAR)
@@ -197,13 +226,60 @@ class PreprocessSpec:
         return np.ascontiguousarray(out, dtype=np.float32)
 
 
-def _open_image(path: Path) -> Any:
+_SIXTEEN_BIT_MODES = ("I;16", "I;16L", "I;16B", "I;16N")
+SIXTEEN_BIT_MAX = 65535.0
+
+
+def deep_gray(image: Any) -> np.ndarray | None:
+    """A greyscale image deeper than 8 bits as float32 (H, W) on the 8-bit scale [0, 255].
+
+    16-bit files (Pillow modes ``I;16*``, and ``I``, which Pillow uses for 16-bit PGM scaled to
+    0..65535) are divided by their full scale 65535 and multiplied by 255, so a 12-bit scan
+    saved as 16 bits keeps every grey level instead of saturating above 255. Returns None for
+    the 8-bit modes (Pillow converts those exactly); a DataError for floating-point images and
+    for 32-bit integers outside 0..65535, whose range the file does not declare.
+    """
+    if image.mode == "F":
+        raise DataError("a floating-point image (Pillow mode F): its value range is unknown; "
+                        "save it as an 8- or 16-bit image")
+    if image.mode not in (*_SIXTEEN_BIT_MODES, "I"):
+        return None
+    arr = np.asarray(image)
+    if arr.ndim != 2:
+        arr = np.asarray(image.convert("I"))
+    if image.mode == "I" and arr.size and (arr.min() < 0 or arr.max() > SIXTEEN_BIT_MAX):
+        raise DataError(f"32-bit integer pixels from {int(arr.min())} to {int(arr.max())}, "
+                        "outside the 16-bit range 0..65535 edgekit reads")
+    return arr.astype(np.float32) * np.float32(255.0 / SIXTEEN_BIT_MAX)
+
+
+def gray_pixels(image: Any) -> np.ndarray:
+    """Any decoded image as float32 greyscale (H, W) on the 8-bit scale, at its full depth."""
+    deep = deep_gray(image)
+    return deep if deep is not None else np.asarray(image.convert("L"), dtype=np.float32)
+
+
+def open_image(path: Path) -> Any:
+    """Decode a raster image file fully; a DataError naming it when it cannot be read
+    (corrupt, not an image, or a decompression bomb: more pixels than Pillow decodes safely)."""
     try:
         with Image.open(path) as im:
             im.load()
-            return im.copy()
-    except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as exc:
+            img = im.copy()
+    except (UnidentifiedImageError, OSError, ValueError, SyntaxError,
+            Image.DecompressionBombError) as exc:  # the bomb: too many pixels to decode safely
         raise DataError(f"{path}: not a readable image ({type(exc).__name__}: {exc})") from exc
+    return img
+
+
+def small_images_warning(small: list[Path], total: int, spec: PreprocessSpec) -> str | None:
+    """One line for a run that upscaled images far below the input size (None if none did)."""
+    if not small:
+        return None
+    (min_h, min_w), (h, w) = spec.min_image_size, spec.input_size
+    return (f"{len(small)} of {total} images are smaller than {min_w}×{min_h} px (e.g. "
+            f"{small[0]}); they were upscaled to {w}×{h}, which invents detail: check that "
+            "these are the right files (thumbnails, icons?)")
 
 
 def _resize_float(channel: np.ndarray, width: int, height: int) -> np.ndarray:

@@ -44,6 +44,8 @@ class OnnxSource(Source):
 
 def from_onnx(path: Path, input_size: int | None) -> OnnxSource:
     require_file(path)
+    if path.stat().st_size == 0:
+        raise DataError(f"{path}: empty file (0 bytes), not an ONNX model")
     try:
         import onnx
     except ImportError as exc:
@@ -52,6 +54,9 @@ def from_onnx(path: Path, input_size: int | None) -> OnnxSource:
         model = onnx.load(str(path), load_external_data=False)
     except Exception as exc:
         raise DataError(f"{path}: not a readable ONNX model ({exc})") from exc
+    if not model.graph.input:  # protobuf reads many non-ONNX files as an empty model
+        raise DataError(f"{path}: not an ONNX model (no graph inputs; an empty or foreign "
+                        "protobuf file)")
     dims = [d.dim_value if d.HasField("dim_value") else None
             for d in model.graph.input[0].type.tensor_type.shape.dim]
     return OnnxSource(path=path, name=path.stem, task="multiclass", class_names=(),
