@@ -16,7 +16,9 @@ import hashlib
 import json
 import os
 import shutil
+import socket
 import uuid
+import warnings
 from importlib import metadata
 from pathlib import Path
 from typing import Any
@@ -35,6 +37,7 @@ from edgekit.manifest import (
 )
 
 ARTIFACTS = "artifacts"
+BENCH = "bench"  # the default home of bench runs (edgekit bench BUNDLE)
 
 
 def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
@@ -74,21 +77,48 @@ def package_versions() -> dict[str, str]:
 class BundleWriter:
     """``with BundleWriter(out) as w:`` write into ``w.artifacts_dir``, then ``w.commit(...)``.
 
-    Leaving the block without ``commit`` (an exception, Ctrl-C) deletes the temporary folder.
+    Leaving the block without ``commit`` (an exception, Ctrl-C) deletes the temporary folder;
+    an OSError of a full disk or a read-only place becomes an EdgekitError naming the bundle,
+    the file and the cause. The temporary folder's name carries this host and process
+    (``.NAME.partial-HOST-PID-xxxxxxxx``), so one left by a killed run (SIGKILL, power loss) is
+    deleted by the next run into the same place, and never one that a live run is writing.
+
+    ``overwrite`` replaces an existing folder only when it is verifiably an edgekit bundle (its
+    manifest reads strictly) that holds nothing its manifest does not list, except ``bench/``
+    (the bench runs), which moves into the new bundle.
     """
 
     def __init__(self, out: str | Path, *, overwrite: bool = False) -> None:
         self.out = Path(out)
         self.overwrite = overwrite
-        self.tmp = self.out.parent / f".{self.out.name}.partial-{uuid.uuid4().hex[:8]}"
+        self.tmp = self._sibling("partial")
         self.committed = False
         self._check_destination()
 
+    def _sibling(self, kind: str) -> Path:
+        return self.out.parent / (f".{self.out.name}.{kind}-{_host_tag()}-{os.getpid()}-"
+                                  f"{uuid.uuid4().hex[:8]}")
+
     def _check_destination(self) -> None:
-        if self.out.exists() and not self.overwrite:
+        if not self.out.exists() and not self.out.is_symlink():
+            return
+        if not self.overwrite:
             raise ConfigError(f"{self.out} already exists; choose another --out or pass --overwrite")
-        if self.out.exists() and not (self.out / MANIFEST).is_file():
-            raise ConfigError(f"{self.out} exists and is not an edgekit bundle; refusing to replace it")
+        if self.out.is_symlink():
+            raise ConfigError(f"{self.out} is a symbolic link; refusing to replace it "
+                              "(give the folder it points to, or another --out)")
+        try:
+            manifest = load_manifest(self.out)
+        except DataError as exc:
+            raise ConfigError(f"{self.out} exists and is not an edgekit bundle ({exc}); refusing "
+                              "to replace it") from None
+        unlisted = [p for p in unlisted_files(self.out, manifest) if not p.startswith(f"{BENCH}/")]
+        if unlisted:
+            shown = ", ".join(unlisted[:10]) + (f" and {len(unlisted) - 10} more"
+                                                if len(unlisted) > 10 else "")
+            raise ConfigError(f"{self.out} holds files its {MANIFEST} does not list ({shown}); "
+                              "refusing to replace it (--overwrite would delete them): move them "
+                              "out first or choose another --out")
 
     @property
     def artifacts_dir(self) -> Path:
@@ -99,7 +129,7 @@ class BundleWriter:
         self.artifacts_dir.mkdir(parents=True)
         return self
 
-    def __exit__(self, *exc: Any) -> None:
+    def __exit__(self, exc_type: Any, exc: Any, tb: Any) -> None:
         if not self.committed:
             shutil.rmtree(self.tmp, ignore_errors=True)
 
@@ -118,6 +148,11 @@ class BundleWriter:
         ``manifest`` is a Manifest, or its JSON without ``schema_version`` (as compress builds
         it); either way it is checked as strictly as a reader checks it (DataError naming every
         problem), so no bundle is written that edgekit would refuse to read.
+
+        An existing bundle (``overwrite``, checked again now) is renamed aside, the new one
+        renamed into place, the old one's ``bench/`` moved into the new one and only then the
+        old one deleted: at every moment each file is in ``out`` or in the renamed-aside
+        folder, which is kept (with a warning) if anything fails on the way.
         """
         (self.tmp / "README.md").write_text(readme)
         data = (manifest.to_json() if isinstance(manifest, Manifest)
@@ -129,13 +164,35 @@ class BundleWriter:
         self._check_destination()
         old = None
         if self.out.exists():
-            old = self.out.parent / f".{self.out.name}.old-{uuid.uuid4().hex[:8]}"
+            old = self._sibling("old")
             os.replace(self.out, old)
-        os.replace(self.tmp, self.out)
+        try:
+            os.replace(self.tmp, self.out)
+        except BaseException:
+            if old is not None:
+                os.replace(old, self.out)
+            raise
         self.committed = True
         if old is not None:
-            shutil.rmtree(old, ignore_errors=True)
+            self._carry_over(old)
         return self.out
+
+    def _carry_over(self, old: Path) -> None:
+        """Move the replaced bundle's bench runs into the new one, then delete the rest of it
+        (files its manifest listed, checked before it was renamed aside)."""
+        try:
+            if (old / BENCH).is_dir():
+                os.replace(old / BENCH, self.out / BENCH)
+            shutil.rmtree(old)
+        except OSError as exc:
+            warnings.warn(f"the replaced bundle is kept in {old} ({exc}): its {BENCH}/ runs "
+                          f"could not be moved into {self.out}", stacklevel=3)
+
+
+def _host_tag() -> str:
+    """Eight hex digits naming this host, so a temporary folder on a shared disk is only ever
+    judged by the host whose processes could own it."""
+    return hashlib.sha256(socket.gethostname().encode()).hexdigest()[:8]
 
 
 def load_manifest(bundle: str | Path) -> Manifest:
