@@ -98,3 +98,42 @@ def test_item02_overwrite_keeps_the_bench_runs(cli, trained, mri_phantoms, bundl
     rows = verify_bundle(bundle_copy, load=False)  # bench/ is reported, not a problem
     assert any("bench/ (2 files)" in r["hashes"] for r in rows)
     assert not list(bundle_copy.parent.glob(".bundle.*"))
+
+
+# ------------------------------------------------------------------------------ item 7
+def test_item07_compress_refuses_an_out_inside_the_data(cli, trained, mri_copy):
+    """``--out data/glioma/bundle`` would make the bundle (and later bench's pareto.png) part
+    of the glioma class; refused before any work, naming both paths."""
+    out = mri_copy / "glioma" / "bundle"
+    before = sorted(p.name for p in (mri_copy / "glioma").iterdir())
+    res = _compress(cli, trained, mri_copy, out, code=2)
+    assert f"--out {out}" in res.stderr and f"is inside --data {mri_copy}" in res.stderr
+    assert sorted(p.name for p in (mri_copy / "glioma").iterdir()) == before
+    res = _compress(cli, trained, mri_copy, mri_copy, "--overwrite", code=2)  # the folder itself
+    assert f"is inside --data {mri_copy}" in res.stderr
+
+
+def test_item07_train_and_prune_refuse_an_out_inside_the_data(cli, trained, mri_copy):
+    res = cli("train", "dsconv_cbam_gap", "--data", mri_copy, "--input-size", "64",
+              "--epochs", "1", "--out", mri_copy / "model.pt", code=2)
+    assert f"--out {mri_copy / 'model.pt'} is inside --data {mri_copy}" in res.stderr
+    res = cli("prune", trained, "--data", mri_copy, "--out", mri_copy / "notumor" / "p.pt",
+              code=2)
+    assert f"is inside --data {mri_copy}" in res.stderr
+    assert not (mri_copy / "model.pt").exists() and not (mri_copy / "notumor" / "p.pt").exists()
+
+
+def test_item07_bench_refuses_a_run_folder_inside_the_data(cli, small_bundle, mri_copy, tmp_path):
+    """A bundle that an older edgekit put into the data, benched with that data: its default
+    run folder (BUNDLE/bench) would put pareto.png among the glioma images."""
+    inside = mri_copy / "glioma" / "bundle"
+    shutil.copytree(small_bundle, inside)
+    res = cli("bench", inside, "--data", mri_copy, "--quick", "--no-source", code=2)
+    assert f"is inside --data {mri_copy}" in res.stderr and str(inside / "bench") in res.stderr
+    assert not (inside / "bench").exists()
+    bundle = tmp_path / "b"
+    shutil.copytree(small_bundle, bundle)
+    res = cli("bench", bundle, "--data", mri_copy, "--quick", "--no-source",
+              "--out", mri_copy / "runs", code=2)
+    assert f"--out {mri_copy / 'runs'} is inside --data {mri_copy}" in res.stderr
+    assert not (mri_copy / "runs").exists()

@@ -40,6 +40,7 @@ from edgekit.data.phantoms import generate_ct_dataset, generate_mri_dataset
 from edgekit.errors import ConfigError, DataError, EdgekitError
 from edgekit.evaluate import held_out_dataset, score, targets_of
 from edgekit.manifest import ArtifactEntry, Manifest
+from edgekit.outputs import refuse_inside_data
 from edgekit.recipes import Recipe
 from edgekit.report import write_report
 from edgekit.report.results import (
@@ -397,6 +398,9 @@ def _bench(bundles: list[str | Path], opts: BenchOptions, tgt: Any, executor: Ex
         notes.append("These bundles come from different source models: each is gated against "
                      "its own source, so compare their absolute accuracy, not only the deltas.")
     run_dir = _run_folder(infos, opts.out, tgt.name)
+    refuse_inside_data(run_dir.parent, opts.data, what=(
+        f"--out {opts.out}" if opts.out else
+        f"the bench run folder {run_dir.parent} (BUNDLE/bench: pass --out to put it elsewhere)"))
     _check_writable(run_dir.parent)
     emu = _emulator(tgt) if emulate else None  # fail before measuring when not prepared
 
