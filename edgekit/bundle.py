@@ -26,7 +26,13 @@ from typing import Any
 import numpy as np
 
 from edgekit.backends import all_backends, get_backend
-from edgekit.errors import ConfigError, DataError, VerificationFailed
+from edgekit.errors import (
+    WRITE_ERRNOS,
+    ConfigError,
+    DataError,
+    VerificationFailed,
+    write_failed,
+)
 from edgekit.manifest import (
     MANIFEST,
     SCHEMA_VERSION,
@@ -125,13 +131,19 @@ class BundleWriter:
         return self.tmp / ARTIFACTS
 
     def __enter__(self) -> BundleWriter:
-        self.out.parent.mkdir(parents=True, exist_ok=True)
-        self.artifacts_dir.mkdir(parents=True)
+        try:
+            self.out.parent.mkdir(parents=True, exist_ok=True)
+            self.artifacts_dir.mkdir(parents=True)
+        except OSError as exc:
+            shutil.rmtree(self.tmp, ignore_errors=True)
+            raise write_failed(f"the bundle {self.out}", exc) from exc
         return self
 
     def __exit__(self, exc_type: Any, exc: Any, tb: Any) -> None:
         if not self.committed:
             shutil.rmtree(self.tmp, ignore_errors=True)
+        if isinstance(exc, OSError) and exc.errno in WRITE_ERRNOS:
+            raise write_failed(f"the bundle {self.out}", exc) from exc
 
     def entry(self, path: Path) -> FileEntry:
         """The manifest entry (path, sha256, bytes) of a file inside the bundle being written."""

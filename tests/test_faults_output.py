@@ -6,6 +6,8 @@ fix. The bundles are small (64 px phantoms, fp32 onnxruntime) and copied before 
 
 from __future__ import annotations
 
+import errno
+import os
 import shutil
 from pathlib import Path
 
@@ -137,3 +139,97 @@ def test_item07_bench_refuses_a_run_folder_inside_the_data(cli, small_bundle, mr
               "--out", mri_copy / "runs", code=2)
     assert f"--out {mri_copy / 'runs'} is inside --data {mri_copy}" in res.stderr
     assert not (mri_copy / "runs").exists()
+
+
+# ------------------------------------------------------------------------------ item 12
+# Tests run as root here (chmod does not stop root), so the read-only filesystem and the full
+# disk are the kernel's own errors raised where the write happens; the handling is real.
+def _fail_writes_under(monkeypatch, folder: Path, err: int, *, after_bytes: int = 0) -> None:
+    """Every mkdir under ``folder`` fails with ``err``; so does writing a file there once
+    ``after_bytes`` bytes are written (a disk that fills up half-way through a file)."""
+    real_mkdir = Path.mkdir
+    text = os.strerror(err)
+
+    def mkdir(self, *args, **kwargs):  # an existing folder is EEXIST first, as on a real fs
+        if Path(self).resolve().is_relative_to(folder) and not after_bytes and not self.exists():
+            raise OSError(err, text, str(self))
+        return real_mkdir(self, *args, **kwargs)
+
+    monkeypatch.setattr(Path, "mkdir", mkdir)
+    if after_bytes:
+        real_write = Path.write_bytes
+
+        def write_bytes(self, data):
+            if Path(self).resolve().is_relative_to(folder):
+                real_write(self, data[:after_bytes])
+                raise OSError(err, text, str(self))
+            return real_write(self, data)
+
+        monkeypatch.setattr(Path, "write_bytes", write_bytes)
+
+
+def test_item12_read_only_out_is_one_error_naming_the_path(cli, trained, mri_phantoms, tmp_path,
+                                                           monkeypatch):
+    ro = tmp_path / "ro"
+    ro.mkdir()
+    _fail_writes_under(monkeypatch, ro.resolve(), errno.EROFS)
+    res = _compress(cli, trained, mri_phantoms, ro / "bundle", code=2)
+    assert f"Error: cannot write the bundle {ro / 'bundle'}: Read-only file system" in res.stderr
+    assert str(ro) in res.stderr and "Traceback" not in res.output
+    assert list(ro.iterdir()) == []
+
+
+def test_item12_full_disk_during_export_names_the_file_and_leaves_nothing(
+        cli, trained, mri_phantoms, tmp_path, monkeypatch):
+    """The disk fills up while the exporter writes the artifact."""
+    from edgekit.backends import onnxruntime as ort_backend
+
+    real_export = type(ort_backend.BACKEND).export
+
+    def export(self, request):
+        artifact = real_export(self, request)
+        data = artifact.path.read_bytes()
+        artifact.path.unlink()
+        artifact.path.write_bytes(data)  # again, on a disk with 100 bytes left
+        return artifact
+
+    monkeypatch.setattr(type(ort_backend.BACKEND), "export", export)
+    _fail_writes_under(monkeypatch, tmp_path.resolve(), errno.ENOSPC, after_bytes=100)
+    out = tmp_path / "bundle"
+    res = _compress(cli, trained, mri_phantoms, out, code=1)
+    assert f"Error: cannot write the bundle {out}: No space left on device (" in res.stderr
+    assert "model-fp32.onnx)" in res.stderr and "Traceback" not in res.output
+    assert list(tmp_path.iterdir()) == []  # no half-written artifact, no partial folder
+
+
+def test_item12_full_disk_while_writing_a_bench_run(cli, small_bundle, tmp_path, monkeypatch):
+    real_write_text = Path.write_text
+
+    def write_text(self, data, *args, **kwargs):
+        if self.name == "results.json":  # the disk is full when the measurements are saved
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(self))
+        return real_write_text(self, data, *args, **kwargs)
+
+    monkeypatch.setattr(Path, "write_text", write_text)
+    runs = tmp_path / "runs"
+    res = cli("bench", small_bundle, "--quick", "--no-source", "--threads", "1", "--out", runs,
+              code=1)
+    assert f"Error: cannot write the bench run under {runs}: No space left on device" \
+        in res.stderr
+    assert "results.json" in res.stderr and "Traceback" not in res.output
+    assert not runs.exists() or list(runs.iterdir()) == []
+
+
+def test_item12_full_disk_while_saving_a_checkpoint(cli, mri_phantoms, tmp_path, monkeypatch):
+    import torch
+
+    def save(obj, f, *args, **kwargs):
+        Path(f).write_bytes(b"half")
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(f))
+
+    monkeypatch.setattr(torch, "save", save)
+    out = tmp_path / "ckpt" / "model.pt"
+    res = cli("train", "dsconv_cbam_gap", "--data", mri_phantoms, "--input-size", "32",
+              "--epochs", "1", "--max-per-class", "4", "--out", out, code=1)
+    assert f"Error: cannot write the checkpoint {out}: No space left on device" in res.stderr
+    assert "Traceback" not in res.output and list(out.parent.iterdir()) == []

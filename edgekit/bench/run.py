@@ -37,7 +37,7 @@ from edgekit.bundle import load_manifest, sha256_path, verify_bundle
 from edgekit.calibrate import check_readable, stratified_sample
 from edgekit.data.folder import scan
 from edgekit.data.phantoms import generate_ct_dataset, generate_mri_dataset
-from edgekit.errors import ConfigError, DataError, EdgekitError
+from edgekit.errors import WRITE_ERRNOS, ConfigError, DataError, EdgekitError, write_failed
 from edgekit.evaluate import held_out_dataset, score, targets_of
 from edgekit.manifest import ArtifactEntry, Manifest
 from edgekit.outputs import refuse_inside_data
@@ -709,9 +709,11 @@ def _write_run(run_dir: Path, results: Json,
     A report that fails to render does not cost the measurements: results.json is kept (with a
     warning; ``edgekit report RUN_DIR`` rebuilds the rest)."""
     results.update(_finite(results))
-    tmp = Path(tempfile.mkdtemp(dir=run_dir.parent, prefix=f".{run_dir.name}.", suffix=".tmp"))
+    tmp = None
     written: dict[str, Path] = {}
     try:
+        tmp = Path(tempfile.mkdtemp(dir=run_dir.parent, prefix=f".{run_dir.name}.",
+                                    suffix=".tmp"))
         (tmp / "results.json").write_text(json.dumps(results, indent=1, allow_nan=False))
         try:
             written = write_report(tmp, results)
@@ -719,7 +721,10 @@ def _write_run(run_dir: Path, results: Json,
             warnings.warn(f"the report could not be written ({type(exc).__name__}: {exc}); "
                           f"results.json is kept: run `edgekit report {run_dir}`", stacklevel=2)
         os.replace(tmp, run_dir)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
+    except BaseException as exc:
+        if tmp is not None:
+            shutil.rmtree(tmp, ignore_errors=True)
+        if isinstance(exc, OSError) and exc.errno in WRITE_ERRNOS:
+            raise write_failed(f"the bench run under {run_dir.parent}", exc) from exc
         raise
     return {k: run_dir / Path(p).name for k, p in written.items()}
