@@ -12,9 +12,11 @@ each artifact loads and has one output per class.
 
 from __future__ import annotations
 
+import glob
 import hashlib
 import json
 import os
+import re
 import shutil
 import socket
 import uuid
@@ -133,6 +135,7 @@ class BundleWriter:
     def __enter__(self) -> BundleWriter:
         try:
             self.out.parent.mkdir(parents=True, exist_ok=True)
+            _clean_stale(self.out)
             self.artifacts_dir.mkdir(parents=True)
         except OSError as exc:
             shutil.rmtree(self.tmp, ignore_errors=True)
@@ -205,6 +208,37 @@ def _host_tag() -> str:
     """Eight hex digits naming this host, so a temporary folder on a shared disk is only ever
     judged by the host whose processes could own it."""
     return hashlib.sha256(socket.gethostname().encode()).hexdigest()[:8]
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # alive, another user's
+        return True
+    return True
+
+
+def _clean_stale(out: Path) -> None:
+    """Delete the ``.NAME.partial-*`` folders next to ``out`` that a process of this host left
+    when it died (killed before it could clean up); warn about the ones edgekit cannot attribute
+    (another host, an older edgekit) and about replaced bundles an interrupted ``--overwrite``
+    left aside (``.NAME.old-*``: they may hold bench runs, so they are never deleted)."""
+    name = re.escape(out.name)
+    mine = re.compile(rf"\.{name}\.partial-{_host_tag()}-(\d+)-[0-9a-f]{{8}}")
+    unknown = []
+    for path in sorted(out.parent.glob(f".{glob.escape(out.name)}.partial-*")):
+        match = mine.fullmatch(path.name)
+        if match and not _pid_alive(int(match.group(1))):
+            shutil.rmtree(path, ignore_errors=True)
+        elif not match:
+            unknown.append(path)
+    unknown += sorted(out.parent.glob(f".{glob.escape(out.name)}.old-*"))
+    if unknown:
+        warnings.warn(f"left by earlier runs that did not finish (delete them when no edgekit "
+                      f"run is writing there): {', '.join(str(p) for p in unknown)}",
+                      stacklevel=3)
 
 
 def load_manifest(bundle: str | Path) -> Manifest:

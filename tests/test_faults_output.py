@@ -9,6 +9,10 @@ from __future__ import annotations
 import errno
 import os
 import shutil
+import signal
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -233,3 +237,84 @@ def test_item12_full_disk_while_saving_a_checkpoint(cli, mri_phantoms, tmp_path,
               "--epochs", "1", "--max-per-class", "4", "--out", out, code=1)
     assert f"Error: cannot write the checkpoint {out}: No space left on device" in res.stderr
     assert "Traceback" not in res.output and list(out.parent.iterdir()) == []
+
+
+# ------------------------------------------------------------------------------ item 3
+ENV = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1]),
+       "PYTHONWARNINGS": "ignore"}
+
+
+def _wait_for(pattern_dir: Path, pattern: str, proc: subprocess.Popen, seconds: float) -> Path:
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        found = sorted(pattern_dir.glob(pattern))
+        if found:
+            return found[0]
+        assert proc.poll() is None, proc.communicate()
+        time.sleep(0.05)
+    proc.kill()
+    raise AssertionError(f"no {pattern} appeared in {seconds} s")
+
+
+def test_item03_a_killed_compress_leaves_a_partial_folder_the_next_run_deletes(
+        cli, trained, mri_phantoms, tmp_path):
+    out = tmp_path / "b"
+    proc = subprocess.Popen([sys.executable, "-m", "edgekit", "compress", trained, "--data",
+                             mri_phantoms, "--out", out, *SMALL], env=ENV,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    partial = _wait_for(tmp_path, ".b.partial-*", proc, 120)
+    proc.send_signal(signal.SIGKILL)  # no clean-up runs
+    proc.wait()
+    assert partial.is_dir()
+    _compress(cli, trained, mri_phantoms, out)
+    assert not partial.exists() and not list(tmp_path.glob(".b.*"))
+    assert read_manifest(out)["status"] == "passed"
+
+
+def test_item03_a_live_runs_partial_folder_is_kept_and_an_unknown_one_named(
+        cli, trained, mri_phantoms, tmp_path):
+    """Another process still writing into the same place keeps its folder; one edgekit cannot
+    attribute (an older edgekit's, another host's) is left alone and named in a warning."""
+    out = tmp_path / "b"
+    code = ("import sys, time; from edgekit.bundle import BundleWriter; "
+            "BundleWriter(sys.argv[1]).__enter__(); print('ready', flush=True); time.sleep(60)")
+    live = subprocess.Popen([sys.executable, "-c", code, str(out)], env=ENV,
+                            stdout=subprocess.PIPE, text=True)
+    try:
+        assert live.stdout.readline() == "ready\n"
+        (live_partial,) = tmp_path.glob(".b.partial-*")
+        unknown = tmp_path / ".b.partial-0a1b2c3d"
+        (unknown / "artifacts").mkdir(parents=True)
+        res = _compress(cli, trained, mri_phantoms, out)
+        assert live_partial.is_dir() and unknown.is_dir()
+        assert "left by earlier runs that did not finish" in res.stderr
+        assert str(unknown) in res.stderr and str(live_partial) not in res.stderr
+    finally:
+        live.kill()
+        live.wait()
+
+
+def test_item03_bench_with_missing_data_leaves_no_empty_bench_folder(cli, bundle_copy, tmp_path):
+    res = cli("bench", bundle_copy, "--data", tmp_path / "nope", "--quick", "--no-source",
+              code=1)
+    assert "nope" in res.stderr
+    assert not (bundle_copy / "bench").exists()
+    (bundle_copy / "bench").mkdir()  # a folder that was there before is kept, even empty
+    cli("bench", bundle_copy, "--data", tmp_path / "nope", "--quick", code=1)
+    assert (bundle_copy / "bench").is_dir()
+
+
+def test_item03_an_interrupted_bench_leaves_no_empty_bench_folder(bundle_copy, mri_phantoms,
+                                                                  monkeypatch):
+    from edgekit.bench import bench
+    from edgekit.bench import run as bench_run
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(bench_run, "_eval_set", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        bench([bundle_copy], data=mri_phantoms, quick=True, source=False)
+    assert not (bundle_copy / "bench").exists()
+    assert sorted(p.name for p in bundle_copy.iterdir()) == ["README.md", "artifacts",
+                                                             "manifest.json"]
