@@ -318,3 +318,53 @@ def test_item03_an_interrupted_bench_leaves_no_empty_bench_folder(bundle_copy, m
     assert not (bundle_copy / "bench").exists()
     assert sorted(p.name for p in bundle_copy.iterdir()) == ["README.md", "artifacts",
                                                              "manifest.json"]
+
+
+# ------------------------------------------------------------------------------ item 13
+def test_item13_an_interrupt_the_exporter_turns_into_another_error_is_reported_as_one(
+        trained, mri_phantoms, tmp_path, monkeypatch):
+    """Ctrl-C in the middle of torch's lazy imports leaves half-initialized modules; torch's
+    own error handling then fails with "partially initialized module" and the backend reported
+    that as a failed export. The interrupt is what happened: exit 130, nothing left."""
+    import torch
+    from click.testing import CliRunner
+
+    from edgekit.cli import main
+
+    def export(*args, **kwargs):
+        try:
+            os.kill(os.getpid(), signal.SIGINT)  # a real signal, through the real handler
+            time.sleep(5)
+        except KeyboardInterrupt:
+            raise AttributeError("partially initialized module 'torch._dynamo' has no "
+                                 "attribute 'exc' (most likely due to a circular import)") from None
+        raise AssertionError("no SIGINT arrived")
+
+    monkeypatch.setattr(torch.onnx, "export", export)
+    out = tmp_path / "b"
+    res = CliRunner().invoke(main, ["compress", str(trained), "--data", str(mri_phantoms),
+                                    "--out", str(out), *SMALL])
+    assert res.exit_code == 130, (res.output, res.exception)
+    assert res.stderr.rstrip().endswith("Error: interrupted (SIGINT)")
+    assert "export" not in res.stderr.splitlines()[-1] and list(tmp_path.iterdir()) == []
+
+
+def test_item13_sigint_in_the_first_seconds_of_compress_exits_130(trained, mri_phantoms,
+                                                                   tmp_path):
+    """A real `python -m edgekit compress` interrupted while it imports, while it reads the data
+    and as soon as it starts exporting (bounded: about 15 s in all)."""
+    out = tmp_path / "b"
+    for when in (0.1, 0.6, 1.5, "export"):
+        proc = subprocess.Popen([sys.executable, "-m", "edgekit", "compress", trained,
+                                 "--data", mri_phantoms, "--out", out, *SMALL], env=ENV,
+                                stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        if when == "export":
+            _wait_for(tmp_path, ".b.partial-*", proc, 60)
+        else:
+            time.sleep(when)
+        proc.send_signal(signal.SIGINT)
+        _, err = proc.communicate(timeout=60)
+        assert proc.returncode == 130, (when, err)
+        assert "Traceback" not in err and "Aborted" not in err, (when, err)
+        assert err.rstrip().splitlines()[-1] == "Error: interrupted (SIGINT)", (when, err)
+        assert list(tmp_path.iterdir()) == [], when

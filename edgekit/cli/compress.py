@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import signal
 from pathlib import Path
 from typing import Any
 
@@ -16,10 +15,6 @@ from edgekit.compress import CompressOptions, compress
 from edgekit.errors import VerificationFailed
 from edgekit.ui import out as stdout
 from edgekit.ui import status
-
-
-def _terminate(signum: int, frame: Any) -> None:  # SIGTERM behaves like Ctrl-C: clean up
-    raise KeyboardInterrupt
 
 
 @click.command("compress")
@@ -76,16 +71,13 @@ def command(model: str, data: Path, out: Path, recipe: str, backends: tuple[str,
     the pruned checkpoint is kept in the bundle (source/pruned.pt). Exits 1 when an artifact misses the recipe's accuracy
     gate (the bundle is still written, marked as failing) unless --allow-accuracy-drop.
     """
-    previous = signal.signal(signal.SIGTERM, _terminate)
-    try:
+    try:  # SIGTERM behaves like Ctrl-C (edgekit.interrupts): cleaned up, reported
         result = compress(model, data=data, out=out, options=CompressOptions(
             recipe=recipe, backends=list(backends) or None, **options))
     except VerificationFailed as exc:
         if getattr(exc, "result", None) is not None:
             stdout.print(verification_table(exc.result))
         raise
-    finally:
-        signal.signal(signal.SIGTERM, previous)
     if as_json:
         click.echo(json.dumps(result.manifest.to_json(), indent=2))
         return
