@@ -12,11 +12,15 @@ each artifact loads and has one output per class.
 
 from __future__ import annotations
 
+import glob
 import hashlib
 import json
 import os
+import re
 import shutil
+import socket
 import uuid
+import warnings
 from importlib import metadata
 from pathlib import Path
 from typing import Any
@@ -24,7 +28,13 @@ from typing import Any
 import numpy as np
 
 from edgekit.backends import all_backends, get_backend
-from edgekit.errors import ConfigError, DataError, VerificationFailed
+from edgekit.errors import (
+    WRITE_ERRNOS,
+    ConfigError,
+    DataError,
+    VerificationFailed,
+    write_failed,
+)
 from edgekit.manifest import (
     MANIFEST,
     SCHEMA_VERSION,
@@ -35,6 +45,7 @@ from edgekit.manifest import (
 )
 
 ARTIFACTS = "artifacts"
+BENCH = "bench"  # the default home of bench runs (edgekit bench BUNDLE)
 
 
 def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
@@ -74,34 +85,68 @@ def package_versions() -> dict[str, str]:
 class BundleWriter:
     """``with BundleWriter(out) as w:`` write into ``w.artifacts_dir``, then ``w.commit(...)``.
 
-    Leaving the block without ``commit`` (an exception, Ctrl-C) deletes the temporary folder.
+    Leaving the block without ``commit`` (an exception, Ctrl-C) deletes the temporary folder;
+    an OSError of a full disk or a read-only place becomes an EdgekitError naming the bundle,
+    the file and the cause. The temporary folder's name carries this host and process
+    (``.NAME.partial-HOST-PID-xxxxxxxx``), so one left by a killed run (SIGKILL, power loss) is
+    deleted by the next run into the same place, and never one that a live run is writing.
+
+    ``overwrite`` replaces an existing folder only when it is verifiably an edgekit bundle (its
+    manifest reads strictly) that holds nothing its manifest does not list, except ``bench/``
+    (the bench runs), which moves into the new bundle.
     """
 
     def __init__(self, out: str | Path, *, overwrite: bool = False) -> None:
         self.out = Path(out)
         self.overwrite = overwrite
-        self.tmp = self.out.parent / f".{self.out.name}.partial-{uuid.uuid4().hex[:8]}"
+        self.tmp = self._sibling("partial")
         self.committed = False
         self._check_destination()
 
+    def _sibling(self, kind: str) -> Path:
+        return self.out.parent / (f".{self.out.name}.{kind}-{_host_tag()}-{os.getpid()}-"
+                                  f"{uuid.uuid4().hex[:8]}")
+
     def _check_destination(self) -> None:
-        if self.out.exists() and not self.overwrite:
+        if not self.out.exists() and not self.out.is_symlink():
+            return
+        if not self.overwrite:
             raise ConfigError(f"{self.out} already exists; choose another --out or pass --overwrite")
-        if self.out.exists() and not (self.out / MANIFEST).is_file():
-            raise ConfigError(f"{self.out} exists and is not an edgekit bundle; refusing to replace it")
+        if self.out.is_symlink():
+            raise ConfigError(f"{self.out} is a symbolic link; refusing to replace it "
+                              "(give the folder it points to, or another --out)")
+        try:
+            manifest = load_manifest(self.out)
+        except DataError as exc:
+            raise ConfigError(f"{self.out} exists and is not an edgekit bundle ({exc}); refusing "
+                              "to replace it") from None
+        unlisted = [p for p in unlisted_files(self.out, manifest) if not p.startswith(f"{BENCH}/")]
+        if unlisted:
+            shown = ", ".join(unlisted[:10]) + (f" and {len(unlisted) - 10} more"
+                                                if len(unlisted) > 10 else "")
+            raise ConfigError(f"{self.out} holds files its {MANIFEST} does not list ({shown}); "
+                              "refusing to replace it (--overwrite would delete them): move them "
+                              "out first or choose another --out")
 
     @property
     def artifacts_dir(self) -> Path:
         return self.tmp / ARTIFACTS
 
     def __enter__(self) -> BundleWriter:
-        self.out.parent.mkdir(parents=True, exist_ok=True)
-        self.artifacts_dir.mkdir(parents=True)
+        try:
+            self.out.parent.mkdir(parents=True, exist_ok=True)
+            _clean_stale(self.out)
+            self.artifacts_dir.mkdir(parents=True)
+        except OSError as exc:
+            shutil.rmtree(self.tmp, ignore_errors=True)
+            raise write_failed(f"the bundle {self.out}", exc) from exc
         return self
 
-    def __exit__(self, *exc: Any) -> None:
+    def __exit__(self, exc_type: Any, exc: Any, tb: Any) -> None:
         if not self.committed:
             shutil.rmtree(self.tmp, ignore_errors=True)
+        if isinstance(exc, OSError) and exc.errno in WRITE_ERRNOS:
+            raise write_failed(f"the bundle {self.out}", exc) from exc
 
     def entry(self, path: Path) -> FileEntry:
         """The manifest entry (path, sha256, bytes) of a file inside the bundle being written."""
@@ -118,6 +163,11 @@ class BundleWriter:
         ``manifest`` is a Manifest, or its JSON without ``schema_version`` (as compress builds
         it); either way it is checked as strictly as a reader checks it (DataError naming every
         problem), so no bundle is written that edgekit would refuse to read.
+
+        An existing bundle (``overwrite``, checked again now) is renamed aside, the new one
+        renamed into place, the old one's ``bench/`` moved into the new one and only then the
+        old one deleted: at every moment each file is in ``out`` or in the renamed-aside
+        folder, which is kept (with a warning) if anything fails on the way.
         """
         (self.tmp / "README.md").write_text(readme)
         data = (manifest.to_json() if isinstance(manifest, Manifest)
@@ -129,13 +179,66 @@ class BundleWriter:
         self._check_destination()
         old = None
         if self.out.exists():
-            old = self.out.parent / f".{self.out.name}.old-{uuid.uuid4().hex[:8]}"
+            old = self._sibling("old")
             os.replace(self.out, old)
-        os.replace(self.tmp, self.out)
+        try:
+            os.replace(self.tmp, self.out)
+        except BaseException:
+            if old is not None:
+                os.replace(old, self.out)
+            raise
         self.committed = True
         if old is not None:
-            shutil.rmtree(old, ignore_errors=True)
+            self._carry_over(old)
         return self.out
+
+    def _carry_over(self, old: Path) -> None:
+        """Move the replaced bundle's bench runs into the new one, then delete the rest of it
+        (files its manifest listed, checked before it was renamed aside)."""
+        try:
+            if (old / BENCH).is_dir():
+                os.replace(old / BENCH, self.out / BENCH)
+            shutil.rmtree(old)
+        except OSError as exc:
+            warnings.warn(f"the replaced bundle is kept in {old} ({exc}): its {BENCH}/ runs "
+                          f"could not be moved into {self.out}", stacklevel=3)
+
+
+def _host_tag() -> str:
+    """Eight hex digits naming this host, so a temporary folder on a shared disk is only ever
+    judged by the host whose processes could own it."""
+    return hashlib.sha256(socket.gethostname().encode()).hexdigest()[:8]
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # alive, another user's
+        return True
+    return True
+
+
+def _clean_stale(out: Path) -> None:
+    """Delete the ``.NAME.partial-*`` folders next to ``out`` that a process of this host left
+    when it died (killed before it could clean up); warn about the ones edgekit cannot attribute
+    (another host, an older edgekit) and about replaced bundles an interrupted ``--overwrite``
+    left aside (``.NAME.old-*``: they may hold bench runs, so they are never deleted)."""
+    name = re.escape(out.name)
+    mine = re.compile(rf"\.{name}\.partial-{_host_tag()}-(\d+)-[0-9a-f]{{8}}")
+    unknown = []
+    for path in sorted(out.parent.glob(f".{glob.escape(out.name)}.partial-*")):
+        match = mine.fullmatch(path.name)
+        if match and not _pid_alive(int(match.group(1))):
+            shutil.rmtree(path, ignore_errors=True)
+        elif not match:
+            unknown.append(path)
+    unknown += sorted(out.parent.glob(f".{glob.escape(out.name)}.old-*"))
+    if unknown:
+        warnings.warn(f"left by earlier runs that did not finish (delete them when no edgekit "
+                      f"run is writing there): {', '.join(str(p) for p in unknown)}",
+                      stacklevel=3)
 
 
 def load_manifest(bundle: str | Path) -> Manifest:

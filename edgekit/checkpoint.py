@@ -18,7 +18,7 @@ import zipfile
 from pathlib import Path
 from typing import Any
 
-from edgekit.errors import DataError, UnsafeSourceError
+from edgekit.errors import WRITE_ERRNOS, DataError, UnsafeSourceError, write_failed
 
 FORMAT = "edgekit.checkpoint/1"
 
@@ -28,19 +28,23 @@ def save_checkpoint(path: str | Path, state_dict: dict, metadata: dict[str, Any]
     import torch
 
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     payload = {
         "format": FORMAT,
         "state_dict": {k: v.detach().cpu().contiguous() for k, v in state_dict.items()},
         "metadata_json": json.dumps(metadata, sort_keys=True),
     }
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
+    tmp = None
     try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+        os.close(fd)
         torch.save(payload, tmp)
         os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
+    except BaseException as exc:
+        if tmp is not None:
+            Path(tmp).unlink(missing_ok=True)
+        if isinstance(exc, OSError) and exc.errno in WRITE_ERRNOS:
+            raise write_failed(f"the checkpoint {path}", exc) from exc
         raise
     return path
 

@@ -38,6 +38,7 @@ from edgekit.manifest import (
     Manifest,
     SourceRecord,
 )
+from edgekit.outputs import refuse_inside_data
 from edgekit.prune.latency import for_latency
 from edgekit.prune.recover import prune_and_verify
 from edgekit.recipes import Recipe, load_recipe, pruning_recipe
@@ -189,6 +190,7 @@ def compress(source: str | Path | Source, *, data: str | Path, out: str | Path,
     """
     opts = dataclasses.replace(options or CompressOptions(), **settings)
     on_error = opts.on_error
+    refuse_inside_data(out, data)
     start = time.perf_counter()
     started = datetime.now(UTC).isoformat(timespec="seconds")
     rec = _recipe(opts)

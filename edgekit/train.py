@@ -31,6 +31,7 @@ from edgekit.data.folder import Dataset, Split, scan, split_dataset
 from edgekit.errors import ConfigError, DataError
 from edgekit.evaluate import load_arrays, score
 from edgekit.metrics import metric_value
+from edgekit.outputs import refuse_inside_data
 from edgekit.sources.torch import predict_module
 from edgekit.ui import progress_bar, status
 from edgekit.zoo import create_model, model_config
@@ -437,6 +438,7 @@ def train(cfg: TrainConfig) -> TrainResult:
     import torch
 
     cfg.validate()
+    refuse_inside_data(cfg.out, cfg.data)
     start = time.perf_counter()
     arch = model_config(cfg.model)
     size = cfg.input_size or arch.input_size

@@ -37,9 +37,10 @@ from edgekit.bundle import load_manifest, sha256_path, verify_bundle
 from edgekit.calibrate import check_readable, stratified_sample
 from edgekit.data.folder import scan
 from edgekit.data.phantoms import generate_ct_dataset, generate_mri_dataset
-from edgekit.errors import ConfigError, DataError, EdgekitError
+from edgekit.errors import WRITE_ERRNOS, ConfigError, DataError, EdgekitError, write_failed
 from edgekit.evaluate import held_out_dataset, score, targets_of
 from edgekit.manifest import ArtifactEntry, Manifest
+from edgekit.outputs import refuse_inside_data
 from edgekit.recipes import Recipe
 from edgekit.report import write_report
 from edgekit.report.results import (
@@ -397,58 +398,65 @@ def _bench(bundles: list[str | Path], opts: BenchOptions, tgt: Any, executor: Ex
         notes.append("These bundles come from different source models: each is gated against "
                      "its own source, so compare their absolute accuracy, not only the deltas.")
     run_dir = _run_folder(infos, opts.out, tgt.name)
-    _check_writable(run_dir.parent)
-    emu = _emulator(tgt) if emulate else None  # fail before measuring when not prepared
+    refuse_inside_data(run_dir.parent, opts.data, what=(
+        f"--out {opts.out}" if opts.out else
+        f"the bench run folder {run_dir.parent} (BUNDLE/bench: pass --out to put it elsewhere)"))
+    created = _check_writable(run_dir.parent)
+    try:
+        emu = _emulator(tgt) if emulate else None  # fail before measuring when not prepared
 
-    scoring = opts.data is not None or opts.held_out
-    if opts.source or scoring or opts.predict:
-        for info in infos:
-            _load_source(info)
-            if info.source_note and (opts.source or scoring):
-                status(f"[yellow]Note:[/] {info.name}: {info.source_note}")
-    ev = None
-    if scoring:
-        ev = _eval_set(_dataset(opts.data, infos[0], opts.held_out, opts.on_error), infos[0],
-                       opts.max_images, opts.seed, opts.on_error)
+        scoring = opts.data is not None or opts.held_out
+        if opts.source or scoring or opts.predict:
+            for info in infos:
+                _load_source(info)
+                if info.source_note and (opts.source or scoring):
+                    status(f"[yellow]Note:[/] {info.name}: {info.source_note}")
+        ev = None
+        if scoring:
+            ev = _eval_set(_dataset(opts.data, infos[0], opts.held_out, opts.on_error), infos[0],
+                           opts.max_images, opts.seed, opts.on_error)
 
-    # the PyTorch source is timed only where it runs: on this machine
-    per_bundle, source_ids = _records(infos, opts.source and local)
-    artifacts = [rec for records in per_bundle for rec in records]
-    reference = None
-    scorer = executor or LocalExecutor()
-    if ev is not None:
-        if executor is None:
-            notes.append("accuracy was computed on this machine (no board was reached): the "
-                         "artifacts are the ones the board would run, on this machine's runtimes")
-        reference = _score_all(infos, per_bundle, artifacts, source_ids, ev, scorer,
-                               tgt.runtime_options, opts.seed)
+        # the PyTorch source is timed only where it runs: on this machine
+        per_bundle, source_ids = _records(infos, opts.source and local)
+        artifacts = [rec for records in per_bundle for rec in records]
+        reference = None
+        scorer = executor or LocalExecutor()
+        if ev is not None:
+            if executor is None:
+                notes.append("accuracy was computed on this machine (no board was reached): the "
+                             "artifacts are the ones the board would run, on this machine's runtimes")
+            reference = _score_all(infos, per_bundle, artifacts, source_ids, ev, scorer,
+                                   tgt.runtime_options, opts.seed)
 
-    rows, env = _time_all(infos, artifacts, counts, proto, executor, tgt) if executor \
-        else ([], None)
-    emulated = (_emulate_all(infos, artifacts, emu, ev, tgt, opts.emulate_images, opts.seed)
-                if emu else None)
-    predicted = _predict_all(infos, tgt, counts) if opts.predict else None
-    env = env or env0 or LocalExecutor().environment()
-    target_dict = tgt.model_dump(mode="json")
-    target_dict["isa_notes"] = (isa_notes(tgt, env["cpu"])
-                                if executor is not None and not tgt.detect else [])
-    results = BenchResults(
-        schema=SCHEMA, created=datetime.now(UTC).isoformat(timespec="seconds"),
-        edgekit=__version__, seconds=round(time.perf_counter() - t_start, 1),
-        target=target_dict, measured_by=measured_by,
-        measured_host=executor.label if measured_by == "ssh" else None,
-        environment=env, protocol=proto.to_dict(),
-        data=None if ev is None else DataInfo(
-            path=str(ev.root.resolve()), n=len(ev.paths), task=ev.task,
-            split="held-out split recorded in the source checkpoint" if opts.held_out
-            else "every image of the folder" + (f" (at most {opts.max_images}, stratified)"
-                                                if opts.max_images else ""),
-            class_names=list(ev.class_names), skipped=ev.skipped),
-        reference=reference, notes=notes, artifacts=artifacts, rows=rows,
-        predicted=predicted, emulated=emulated)
-    data = _finite(results.to_dict())  # what results.json holds
-    written = _write_run(run_dir, data, write_report)
-    return BenchRun(run_dir, as_results(data), written)
+        rows, env = _time_all(infos, artifacts, counts, proto, executor, tgt) if executor \
+            else ([], None)
+        emulated = (_emulate_all(infos, artifacts, emu, ev, tgt, opts.emulate_images, opts.seed)
+                    if emu else None)
+        predicted = _predict_all(infos, tgt, counts) if opts.predict else None
+        env = env or env0 or LocalExecutor().environment()
+        target_dict = tgt.model_dump(mode="json")
+        target_dict["isa_notes"] = (isa_notes(tgt, env["cpu"])
+                                    if executor is not None and not tgt.detect else [])
+        results = BenchResults(
+            schema=SCHEMA, created=datetime.now(UTC).isoformat(timespec="seconds"),
+            edgekit=__version__, seconds=round(time.perf_counter() - t_start, 1),
+            target=target_dict, measured_by=measured_by,
+            measured_host=executor.label if measured_by == "ssh" else None,
+            environment=env, protocol=proto.to_dict(),
+            data=None if ev is None else DataInfo(
+                path=str(ev.root.resolve()), n=len(ev.paths), task=ev.task,
+                split="held-out split recorded in the source checkpoint" if opts.held_out
+                else "every image of the folder" + (f" (at most {opts.max_images}, stratified)"
+                                                    if opts.max_images else ""),
+                class_names=list(ev.class_names), skipped=ev.skipped),
+            reference=reference, notes=notes, artifacts=artifacts, rows=rows,
+            predicted=predicted, emulated=emulated)
+        data = _finite(results.to_dict())  # what results.json holds
+        written = _write_run(run_dir, data, write_report)
+        return BenchRun(run_dir, as_results(data), written)
+    except BaseException:  # bad --data, Ctrl-C, a failed measurement: no empty BUNDLE/bench
+        _remove_empty(created)
+        raise
 
 
 # ------------------------------------------------------------------ emulation and prediction
@@ -675,15 +683,29 @@ def _time_all(infos: list[BundleInfo], artifacts: list[ArtifactRecord], counts: 
     return rows, env
 
 
-def _check_writable(parent: Path) -> None:
-    """Fail before measuring, not after, when the run folder cannot be created."""
+def _check_writable(parent: Path) -> list[Path]:
+    """Fail before measuring, not after, when the run folder cannot be created. Returns the
+    folders it created (deepest first), for ``_remove_empty`` when the run fails."""
+    created = [p for p in (parent, *parent.parents) if not p.exists()]
     try:
         parent.mkdir(parents=True, exist_ok=True)
         probe = tempfile.NamedTemporaryFile(dir=parent, prefix=".edgekit-probe-")
         probe.close()
     except OSError as exc:
+        _remove_empty(created)
         raise ConfigError(f"cannot write the bench results under {parent}: {exc} "
                           "(choose another folder with --out)") from exc
+    return created
+
+
+def _remove_empty(folders: list[Path]) -> None:
+    """Remove these folders (deepest first) while they are empty: the ones a failed run
+    created, never one that holds anything."""
+    for folder in folders:
+        try:
+            folder.rmdir()
+        except OSError:
+            return
 
 
 def _finite(x: Any) -> Any:
@@ -705,9 +727,11 @@ def _write_run(run_dir: Path, results: Json,
     A report that fails to render does not cost the measurements: results.json is kept (with a
     warning; ``edgekit report RUN_DIR`` rebuilds the rest)."""
     results.update(_finite(results))
-    tmp = Path(tempfile.mkdtemp(dir=run_dir.parent, prefix=f".{run_dir.name}.", suffix=".tmp"))
+    tmp = None
     written: dict[str, Path] = {}
     try:
+        tmp = Path(tempfile.mkdtemp(dir=run_dir.parent, prefix=f".{run_dir.name}.",
+                                    suffix=".tmp"))
         (tmp / "results.json").write_text(json.dumps(results, indent=1, allow_nan=False))
         try:
             written = write_report(tmp, results)
@@ -715,7 +739,10 @@ def _write_run(run_dir: Path, results: Json,
             warnings.warn(f"the report could not be written ({type(exc).__name__}: {exc}); "
                           f"results.json is kept: run `edgekit report {run_dir}`", stacklevel=2)
         os.replace(tmp, run_dir)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
+    except BaseException as exc:
+        if tmp is not None:
+            shutil.rmtree(tmp, ignore_errors=True)
+        if isinstance(exc, OSError) and exc.errno in WRITE_ERRNOS:
+            raise write_failed(f"the bench run under {run_dir.parent}", exc) from exc
         raise
     return {k: run_dir / Path(p).name for k, p in written.items()}

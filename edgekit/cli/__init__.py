@@ -2,6 +2,8 @@
 
 Errors are translated to exit codes in ONE place (``EdgekitGroup.invoke``): usage and
 configuration errors exit 2, every other EdgekitError exits 1, always as ``Error: <message>``.
+Ctrl-C and SIGTERM (``edgekit.interrupts``) exit 130 and 143 as ``Error: interrupted (...)``,
+whatever error the interrupted code raised on its way out.
 """
 
 from __future__ import annotations
@@ -10,7 +12,7 @@ import warnings
 
 import click
 
-from edgekit import __version__
+from edgekit import __version__, interrupts
 from edgekit.cli import (
     backends,
     bench,
@@ -39,11 +41,23 @@ class _CliError(click.ClickException):
 class EdgekitGroup(click.Group):
     """A Click group that turns EdgekitError into ``Error: ...`` with the right exit code."""
 
+    def main(self, *args, **kwargs):  # noqa: D102
+        with interrupts.handled():
+            return super().main(*args, **kwargs)
+
     def invoke(self, ctx: click.Context):  # noqa: D102
         try:
             return super().invoke(ctx)
+        except KeyboardInterrupt as exc:
+            raise _CliError(*interrupts.describe(interrupts.received())) from exc
         except EdgekitError as exc:
+            if interrupts.received():  # e.g. an export that failed because it was interrupted
+                raise _CliError(*interrupts.describe(interrupts.received())) from exc
             raise _CliError(str(exc), exc.exit_code) from exc
+        except Exception as exc:
+            if interrupts.received():  # e.g. ImportError: a module the interrupt left half-made
+                raise _CliError(*interrupts.describe(interrupts.received())) from exc
+            raise
 
 
 def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:

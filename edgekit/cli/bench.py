@@ -3,19 +3,13 @@
 from __future__ import annotations
 
 import json
-import signal
 from pathlib import Path
-from typing import Any
 
 import click
 
 from edgekit.bench.run import BenchOptions, bench
 from edgekit.cli.display import print_summary, report_of
 from edgekit.ui import status
-
-
-def _terminate(signum: int, frame: Any) -> None:  # SIGTERM behaves like Ctrl-C: clean up
-    raise KeyboardInterrupt
 
 
 @click.command("bench")
@@ -99,11 +93,7 @@ def command(bundles: tuple[Path, ...], target: str, data: Path | None,
                            seed=seed, on_error=on_error, pin=cpus, held_out=held_out,
                            host=host, emulate=emulate, emulate_images=emulate_images,
                            predict=not no_predict)
-    previous = signal.signal(signal.SIGTERM, _terminate)
-    try:
-        run = bench(list(bundles), options)
-    finally:
-        signal.signal(signal.SIGTERM, previous)
+    run = bench(list(bundles), options)  # SIGTERM behaves like Ctrl-C (edgekit.interrupts)
     report = report_of(run)
     if as_json:
         click.echo(json.dumps(report, indent=1))

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import signal
 from pathlib import Path
 from typing import Any
 
@@ -16,10 +15,6 @@ from edgekit.compress import CompressOptions, compress
 from edgekit.errors import VerificationFailed
 from edgekit.ui import out as stdout
 from edgekit.ui import status
-
-
-def _terminate(signum: int, frame: Any) -> None:  # SIGTERM behaves like Ctrl-C: clean up
-    raise KeyboardInterrupt
 
 
 @click.command("compress")
@@ -85,8 +80,7 @@ def command(model: str, data: Path, out: Path, recipe: str, backends: tuple[str,
     still written, marked failed-gate) unless --allow-accuracy-drop; an inconclusive gate
     exits 0 with a warning (bundle marked inconclusive-gate) unless --strict-gate.
     """
-    previous = signal.signal(signal.SIGTERM, _terminate)
-    try:
+    try:  # SIGTERM behaves like Ctrl-C (edgekit.interrupts): cleaned up, reported
         result = compress(model, data=data, out=out, options=CompressOptions(
             recipe=recipe, backends=list(backends) or None, **options))
     except VerificationFailed as exc:
@@ -95,8 +89,6 @@ def command(model: str, data: Path, out: Path, recipe: str, backends: tuple[str,
             for line in gate_lines(exc.result):
                 stdout.print(line)
         raise
-    finally:
-        signal.signal(signal.SIGTERM, previous)
     if as_json:
         click.echo(json.dumps(result.manifest.to_json(), indent=2))
         return

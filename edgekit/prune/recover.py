@@ -25,6 +25,7 @@ from edgekit.checkpoint import save_checkpoint
 from edgekit.errors import ConfigError
 from edgekit.evaluate import load_arrays, score
 from edgekit.metrics import metric_value
+from edgekit.outputs import refuse_inside_data
 from edgekit.prune.engine import (
     accumulate_gradients,
     count,
@@ -235,6 +236,7 @@ def prune_file(source: Any, *, data: Any, out: Any, recipe: Any = "prune30",
     """
     start = time.perf_counter()
     out = Path(out)
+    refuse_inside_data(out, data)
     if out.exists() and not overwrite:
         raise ConfigError(f"{out} exists; pass --overwrite to replace it")
     rec = pruning_recipe(recipe, **{
