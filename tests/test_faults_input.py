@@ -28,6 +28,7 @@ import pytest
 from PIL import Image
 from test_manifest import ONNX, edit, make_bundle
 
+from edgekit.bench.ssh.upload import bundle_files
 from edgekit.calibrate import check_readable
 from edgekit.data.folder import Sample, dhash_file, files_digest, scan_folder, split_dataset
 from edgekit.data.preprocess import PreprocessSpec
@@ -106,6 +107,8 @@ def test_item04_symlinked_artifact_outside_the_bundle_is_refused(tiny, image, cl
     assert done.returncode == 1 and "outside the bundle" in done.stderr, done.stderr
     done = _runner(tiny, "--bench", "--quick")
     assert done.returncode == 1 and "outside the bundle" in done.stderr, done.stderr
+    with pytest.raises(DataError, match="outside the bundle"):  # nor is it sent over SSH
+        bundle_files(tiny)
 
 
 # ----------------------------------------------------------------- 5: broken manifests refused

@@ -23,7 +23,7 @@ from pathlib import Path, PurePosixPath
 from edgekit.bench.payload import runner_zip
 from edgekit.bench.ssh.connection import DeviceError, SshConnection, quote, sh, tail
 from edgekit.bench.ssh.preflight import DeviceProbe
-from edgekit.bundle import read_manifest, sha256_file
+from edgekit.bundle import bundle_file, read_manifest, sha256_file
 from edgekit.errors import DataError
 
 _SHA256 = r'''
@@ -43,7 +43,9 @@ print("EDGEKIT_SHA256 " + json.dumps(out))
 
 
 def bundle_files(bundle: Path) -> list[str]:
-    """manifest.json and every file the manifest lists, as safe relative POSIX paths."""
+    """manifest.json and every file the manifest lists, as safe relative POSIX paths: each
+    must resolve inside the bundle (a ``..`` path or a symlink to a file outside is a
+    DataError), so nothing outside the bundle is ever uploaded."""
     manifest = read_manifest(bundle)
     rels = ["manifest.json", *(f["path"] for f in manifest.get("files", [])),
             *(f["path"] for a in manifest.get("artifacts", []) for f in a["files"])]
@@ -52,6 +54,7 @@ def bundle_files(bundle: Path) -> list[str]:
         p = PurePosixPath(rel)
         if p.is_absolute() or ".." in p.parts or not p.parts:
             raise DataError(f"{bundle}/manifest.json lists an unsafe file path {rel!r}")
+        bundle_file(bundle, p.as_posix())  # resolves inside the bundle, symlinks included
         out.append(p.as_posix())
     return out
 
