@@ -323,32 +323,41 @@ def test_item03_an_interrupted_bench_leaves_no_empty_bench_folder(bundle_copy, m
 
 
 # ------------------------------------------------------------------------------ item 13
+_EXPORT_INTERRUPTED = """
+import os, signal, sys, time
+import torch
+
+def export(*args, **kwargs):
+    try:
+        os.kill(os.getpid(), signal.SIGINT)  # a real signal, through the real handler
+        time.sleep(5)
+    except KeyboardInterrupt:
+        raise AttributeError("partially initialized module 'torch._dynamo' has no "
+                             "attribute 'exc' (most likely due to a circular import)") from None
+    raise AssertionError("no SIGINT arrived")
+
+torch.onnx.export = export
+sys.argv = ["edgekit", *sys.argv[1:]]
+from edgekit.__main__ import run
+run()
+"""
+
+
 def test_item13_an_interrupt_the_exporter_turns_into_another_error_is_reported_as_one(
-        trained, mri_phantoms, tmp_path, monkeypatch):
+        trained, mri_phantoms, tmp_path):
     """Ctrl-C in the middle of torch's lazy imports leaves half-initialized modules; torch's
     own error handling then fails with "partially initialized module" and the backend reported
-    that as a failed export. The interrupt is what happened: exit 130, nothing left."""
-    import torch
-    from click.testing import CliRunner
-
-    from edgekit.cli import main
-
-    def export(*args, **kwargs):
-        try:
-            os.kill(os.getpid(), signal.SIGINT)  # a real signal, through the real handler
-            time.sleep(5)
-        except KeyboardInterrupt:
-            raise AttributeError("partially initialized module 'torch._dynamo' has no "
-                                 "attribute 'exc' (most likely due to a circular import)") from None
-        raise AssertionError("no SIGINT arrived")
-
-    monkeypatch.setattr(torch.onnx, "export", export)
+    that as a failed export. The interrupt is what happened: exit 130, nothing left. (In a
+    process of its own: a real SIGINT inside the test process, with every runtime's threads
+    loaded by earlier tests, can crash it.)"""
     out = tmp_path / "b"
-    res = CliRunner().invoke(main, ["compress", str(trained), "--data", str(mri_phantoms),
-                                    "--out", str(out), *SMALL])
-    assert res.exit_code == 130, (res.output, res.exception)
-    assert res.stderr.rstrip().endswith("Error: interrupted (SIGINT)")
-    assert "export" not in res.stderr.splitlines()[-1] and list(tmp_path.iterdir()) == []
+    proc = subprocess.run([sys.executable, "-c", _EXPORT_INTERRUPTED, "compress", str(trained),
+                           "--data", str(mri_phantoms), "--out", str(out), *SMALL], env=ENV,
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 130, proc.stderr
+    last = proc.stderr.rstrip().splitlines()[-1]
+    assert last == "Error: interrupted (SIGINT)" and "Traceback" not in proc.stderr
+    assert list(tmp_path.iterdir()) == []
 
 
 def test_item13_sigint_in_the_first_seconds_of_compress_exits_130(trained, mri_phantoms,
