@@ -105,4 +105,5 @@ def shaped_spec(shape: list[Any] | None, decl: DeclaredPreprocess | None,
     """The spec of a model whose input shape is ``shape`` (None: unknown): what the shape fixes
     (size, layout, channels) from the model, the rest declared or edgekit's default ([0, 1]
     RGB NCHW, bilinear); and where each value came from."""
-    return resolve_spec(source, decl, fixed=shape_facts(shape, source))
+    return resolve_spec(source, decl, fixed=shape_facts(shape, source),
+                        evidence=f"its input shape is {[d or '?' for d in shape]}" if shape else "")

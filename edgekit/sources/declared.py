@@ -154,17 +154,18 @@ def declared(preprocess: str | Path | DeclaredPreprocess | None = None,
 def resolve_spec(what: str | Path, decl: DeclaredPreprocess | None, *,
                  fixed: Mapping[str, Any] | None = None, fixed_by: str = MODEL,
                  defaults: Mapping[str, Any] | None = None, default_by: str = DEFAULT,
-                 size_hint: str = "pass --input-size (or input_size in --preprocess)"
-                 ) -> tuple[PreprocessSpec, dict[str, str]]:
+                 size_hint: str = "pass --input-size (or input_size in --preprocess)",
+                 evidence: str = "") -> tuple[PreprocessSpec, dict[str, str]]:
     """The spec of model ``what`` and, per key, where its value came from.
 
     ``fixed``: what the model itself fixes (a declared value that differs is a ConfigError
     naming both); ``defaults``: what the model suggests (a declared value replaces it; origin
     ``default_by``); then edgekit's defaults. ``size_hint`` ends the error when nothing gives
-    the input size."""
+    the input size; ``evidence`` (e.g. "its input shape is [1, 1, 64, 64]") ends a
+    contradiction's."""
     decl = decl or DeclaredPreprocess()
     fixed, defaults = dict(fixed or {}), dict(defaults or {})
-    check_agrees(what, decl, fixed, fixed_by)
+    check_agrees(what, decl, fixed, fixed_by, evidence)
     values: dict[str, Any] = {}
     origins: dict[str, str] = {}
     for key in PREPROCESS_KEYS:
@@ -195,16 +196,17 @@ def resolve_spec(what: str | Path, decl: DeclaredPreprocess | None, *,
 
 
 def check_agrees(what: str | Path, decl: DeclaredPreprocess, fixed: Mapping[str, Any],
-                 fixed_by: str = MODEL) -> None:
+                 fixed_by: str = MODEL, evidence: str = "") -> None:
     """A ConfigError naming both values for every declared value that differs from what the
-    model (``fixed_by``) fixes."""
+    model (``fixed_by``) fixes (``evidence``: how it fixes them)."""
     problems = [f"{decl.origins[key]} says {key} {_shown(key, decl.values[key])}, but the "
                 f"{fixed_by} fixes {key} {_shown(key, fixed[key])}"
                 for key in PREPROCESS_KEYS
                 if key in fixed and key in decl.values
                 and not _same(key, decl.values[key], fixed[key])]
     if problems:
-        raise ConfigError(f"{what}: " + "; ".join(problems))
+        raise ConfigError(f"{what}: " + "; ".join(problems)
+                          + (f" ({evidence})" if evidence else ""))
 
 
 def _same(key: str, a: Any, b: Any) -> bool:
