@@ -259,7 +259,8 @@ def test_gray_pt2_and_torchscript_take_the_declared_preprocessing(gray_yaml, tmp
     import torch
 
     net = torch.nn.Sequential(torch.nn.Conv2d(1, 4, 3), torch.nn.AdaptiveAvgPool2d(1),
-                              torch.nn.Flatten(), torch.nn.Linear(4, 4)).eval()
+                              torch.nn.Flatten(), torch.nn.Linear(4, 4),
+                              torch.nn.Softmax(dim=1)).eval()
     pt2, ts = tmp_path / "gray.pt2", tmp_path / "gray.ts"
     torch.export.save(torch.export.export(net, (torch.rand(1, 1, 40, 40),)), str(pt2))
     torch.jit.trace(net, torch.rand(1, 1, 40, 40)).save(str(ts))
@@ -268,6 +269,7 @@ def test_gray_pt2_and_torchscript_take_the_declared_preprocessing(gray_yaml, tmp
     assert (exported.spec.color, exported.spec.input_size, exported.spec.resize) == \
         ("gray", (40, 40), "lanczos")
     assert exported.spec_sources["color"] == "model"
+    assert exported.head["scores_are"] == "probs"  # the program ends in a softmax
     with pytest.raises(ConfigError, match="pass --input-size"):
         load_model(ts, preprocess=gray_yaml)
     script = load_model(ts, preprocess=gray_yaml, input_size=40).with_classes(classes)

@@ -26,7 +26,7 @@ from edgekit.checkpoint import load_checkpoint
 from edgekit.data.preprocess import PreprocessSpec
 from edgekit.errors import ConfigError, DataError
 from edgekit.prune.engine import apply_plan
-from edgekit.sources.base import Source, require_file, shaped_spec
+from edgekit.sources.base import Source, default_head, require_file, shaped_spec
 from edgekit.sources.declared import DeclaredPreprocess
 from edgekit.zoo import create_model, list_models, model_config
 
@@ -127,8 +127,33 @@ def from_exported(path: Path, decl: DeclaredPreprocess | None = None) -> TorchSo
     shape = [list(a.shape) for a in program.example_inputs[0]][0] if program.example_inputs else None
     spec, origins = shaped_spec(shape, decl, path)
     module = _exported_module_class()(program.module(), shape[0] if shape else None)
+    head = default_head()
+    if exported_activation(program.graph) is not None:
+        head["scores_are"] = "probs"
     return TorchSource(module=module, name=path.stem, task="multiclass", class_names=(),
-                       spec=spec, source=str(path), pretrained=True, spec_sources=origins)
+                       spec=spec, source=str(path), pretrained=True, spec_sources=origins,
+                       head=head)
+
+
+_FINAL = {"softmax": "softmax", "_softmax": "softmax", "sigmoid": "sigmoid"}
+_SHAPE_ONLY = ("view", "reshape", "flatten", "squeeze", "unsqueeze", "clone", "contiguous",
+               "_unsafe_view", "alias")
+
+
+def exported_activation(graph: Any) -> str | None:
+    """"softmax" or "sigmoid" when an exported program's (first) output is computed by one,
+    through shape-only ops; None otherwise."""
+    out = next((n for n in graph.nodes if n.op == "output"), None)
+    args = out.args[0] if out is not None and out.args else None
+    node = args[0] if isinstance(args, tuple | list) and args else args
+    while getattr(node, "op", None) == "call_function":
+        name = getattr(getattr(node.target, "_overloadpacket", None), "__name__", "")
+        if name in _FINAL:
+            return _FINAL[name]
+        if name not in _SHAPE_ONLY or not node.args:
+            return None
+        node = node.args[0]
+    return None
 
 
 @functools.cache
