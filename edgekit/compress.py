@@ -11,6 +11,7 @@ import dataclasses
 import platform
 import sys
 import time
+import warnings
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -26,7 +27,7 @@ from edgekit.calibrate import DataPlan, StreamedImages, plan_data
 from edgekit.checkpoint import save_checkpoint
 from edgekit.data.folder import scan
 from edgekit.errors import ConfigError, VerificationFailed
-from edgekit.evaluate import load_arrays, score
+from edgekit.evaluate import load_arrays, score, source_warnings
 from edgekit.manifest import (
     ArtifactEntry,
     ArtifactInput,
@@ -57,7 +58,8 @@ class CompressOptions:
     ``target`` with ``threads``) replace a pruning recipe's target. ``preprocess`` (a
     ``--preprocess`` YAML file or a ``DeclaredPreprocess`` of file and flags), ``input_size``,
     ``trust_source`` and ``input_range`` are how the source is loaded; ``threshold`` sets a sigmoid
-    head's decision threshold. ``strict_gate`` treats an inconclusive gate (too few images to
+    head's decision threshold; ``classes`` names the model's outputs in order (when they are not
+    the data folders' alphabetical order). ``strict_gate`` treats an inconclusive gate (too few images to
     decide) as a failure."""
 
     recipe: str | Path | Recipe = "int8"
@@ -80,6 +82,7 @@ class CompressOptions:
     trust_source: bool = False
     input_range: str | None = None
     strict_gate: bool = False
+    classes: tuple[str, ...] | None = None
 
 
 @dataclass
@@ -161,7 +164,9 @@ def _source(source: str | Path | Source, rec: Recipe, opts: CompressOptions,
                           f"(edgekit's pruning engine works on PyTorch graphs); recipe "
                           f"{rec.name!r} prunes. Use an unpruned recipe (fp32, fp16, int8) for "
                           "this model.")
-    if not loaded.class_names:  # .onnx/.pt2/TorchScript/Keras: classes come from the data folder
+    if opts.classes:
+        loaded = loaded.with_class_order(opts.classes)
+    elif not loaded.class_names:  # .onnx/.pt2/TorchScript/Keras: classes come from the folder
         loaded = loaded.with_classes(scan(data, on_error=opts.on_error).classes)
     if opts.threshold is not None:
         loaded = loaded.with_threshold(opts.threshold)
@@ -220,6 +225,7 @@ def compress(source: str | Path | Source, *, data: str | Path, out: str | Path,
     ref = reference_outputs(loaded, x)
     source_metrics = score(y, ref, task=loaded.task, class_names=loaded.class_names, seed=rec.seed,
                            head=loaded.head)
+    _report_source(source_metrics, loaded, len(y))
     model, pruning, parity_ref = loaded, None, None
     if rec.pruning is not None:
         model, pruning, parity_ref = prune_and_verify(loaded, rec, plan, x, y, ref,
@@ -259,6 +265,25 @@ def compress(source: str | Path | Source, *, data: str | Path, out: str | Path,
         exc.result = result  # type: ignore[attr-defined]
         raise exc
     return result
+
+
+def _report_source(source_metrics: dict[str, Any], loaded: Source, n: int) -> None:
+    """The source model's own accuracy and per-class sensitivity on the verification images,
+    first: every artifact is compared with it, so a broken source (wrong class order, wrong
+    preprocessing) must be loud before anything is exported."""
+    if loaded.task == "multilabel":
+        return
+    acc = source_metrics["accuracy"]
+    lo, hi = acc.get("ci95") or (None, None)
+    ci = f" [{100 * lo:.1f}, {100 * hi:.1f}]" if lo is not None else ""
+    sens = ", ".join(
+        f"{name} {100 * v:.0f} %" for name in loaded.class_names
+        if (v := (source_metrics.get("per_class", {}).get(name, {}).get("sensitivity") or {})
+            .get("value")) is not None)
+    status(f"Source model on {n} verification images: accuracy {100 * acc['value']:.1f} %{ci}"
+           + (f"; sensitivity {sens}" if sens else ""))
+    for line in source_warnings(source_metrics, loaded.class_names):
+        warnings.warn(line, stacklevel=3)
 
 
 def _save_pruned(model: Source, record: dict[str, Any], writer: BundleWriter

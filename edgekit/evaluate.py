@@ -6,6 +6,7 @@ memory; training, evaluation and (later) calibration and verification share it.
 
 from __future__ import annotations
 
+import itertools
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -141,3 +142,62 @@ def evaluate_model(loaded: Any, data: str | Path | Dataset, *, on_error: str = "
                       score(y, logits, task=loaded.task, class_names=loaded.class_names,
                             seed=seed, head=loaded.head),
                       [str(p) for p, _ in dataset.skipped])
+
+
+# ------------------------------------------------------------------- sanity of a source model
+CHANCE_MARGIN = 0.10  # accuracy within chance + 10 points (at most 1.5 × chance) is "near chance"
+PERMUTATION_GAIN = 0.30  # a relabelling must add ≥ 30 points to be reported as the likely cause
+
+
+def best_permutation(cm: np.ndarray) -> tuple[int, ...]:
+    """The class each model output most likely means: ``perm[j]`` is the true class the
+    model's output j predicts, maximising the correctly classified images of the confusion
+    matrix ``cm`` (rows: true class, columns: predicted output). Exact (the Hungarian method,
+    via SciPy when present; exhaustive search up to 8 classes otherwise)."""
+    cm = np.asarray(cm, dtype=np.float64)
+    k = cm.shape[0]
+    try:
+        from scipy.optimize import linear_sum_assignment
+    except ImportError:  # pragma: no cover - scipy comes with the backends' dependencies
+        if k > 8:
+            return tuple(range(k))
+        best = max(itertools.permutations(range(k)),
+                   key=lambda p: sum(cm[p[j], j] for j in range(k)))
+        return tuple(best)
+    rows, cols = linear_sum_assignment(-cm)
+    perm = [0] * k
+    for t, j in zip(rows, cols, strict=True):
+        perm[j] = int(t)
+    return tuple(perm)
+
+
+def source_warnings(source_metrics: dict[str, Any], class_names: tuple[str, ...]) -> list[str]:
+    """Loud warnings about a source model whose own accuracy on the labelled images says
+    something is wrong before any compression: near-chance accuracy, and a confusion matrix
+    that a relabelling of the outputs would fix (class order), with the ``--classes`` value
+    that fits. Empty for multi-label models and healthy ones."""
+    cm = source_metrics.get("confusion_matrix")
+    acc = metrics.metric_value(source_metrics.get("accuracy"))
+    if cm is None or acc is None or len(class_names) < 2:
+        return []
+    cm = np.asarray(cm, dtype=np.float64)
+    n, k = cm.sum(), len(class_names)
+    if n == 0 or cm.shape != (k, k):
+        return []
+    out = []
+    perm = best_permutation(cm)
+    fitted = sum(cm[perm[j], j] for j in range(k)) / n
+    if perm != tuple(range(k)) and fitted - acc >= PERMUTATION_GAIN:
+        order = ",".join(class_names[t] for t in perm)
+        moved = "; ".join(f"output {j} ({class_names[j]}) looks like {class_names[perm[j]]}"
+                          for j in range(k) if perm[j] != j)
+        out.append(f"the source model's outputs look PERMUTED: {100 * acc:.1f} % accuracy as "
+                   f"labelled, {100 * fitted:.1f} % if {moved}. Its class order probably "
+                   f"differs from the folders': if so, pass --classes {order}")
+    chance = 1.0 / k
+    if acc <= min(chance + CHANCE_MARGIN, 1.5 * chance) and not out:
+        out.append(f"the source model is near chance on these images ({100 * acc:.1f} % "
+                   f"accuracy, chance {100 * chance:.0f} %, {int(n)} images): check its "
+                   "preprocessing (pixel scale, mean/std, colour, layout, resize filter) and "
+                   "the class order (--classes) before trusting any comparison with it")
+    return out

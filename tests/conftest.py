@@ -7,6 +7,7 @@ import shutil
 from pathlib import Path
 
 import pytest
+from test_manifest import image, tiny  # noqa: F401  (the tiny bundle and image fixtures, shared)
 
 REPO = Path(__file__).resolve().parents[1]
 

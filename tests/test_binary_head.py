@@ -74,7 +74,7 @@ def test_runner_reads_a_binary_head_and_its_threshold(tmp_path, monkeypatch):
     runner = Runner.__new__(Runner)
     runner.classes, runner.task = ["no", "yes"], "multiclass"
     runner.head = {"scores_are": "probs", "threshold": 0.5}
-    runner.spec = type("S", (), {"load": staticmethod(lambda p: np.zeros((4, 4, 3)))})()
+    runner.spec = type("S", (), {"load": staticmethod(lambda p, small=None: np.zeros((4, 4, 3)))})()
     monkeypatch.setattr(runner, "logits", lambda x: np.array([[0.7]], np.float32), raising=False)
     res = runner.predict_one("a.png")
     assert res["prediction"] == "yes" and res["probability"] == pytest.approx(0.7)

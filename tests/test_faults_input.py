@@ -15,6 +15,7 @@ import dataclasses
 import hashlib
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -49,19 +50,6 @@ def _runner(*args: object) -> subprocess.CompletedProcess:
                           env={**os.environ, "PYTHONWARNINGS": "ignore::DeprecationWarning"})
 
 
-@pytest.fixture
-def tiny(tmp_path: Path) -> Path:
-    """A valid one-artifact bundle: ONNX Runtime fp32, 8×8 RGB input, 4 classes."""
-    return make_bundle(tmp_path / "bundles" / "tiny")
-
-
-@pytest.fixture
-def image(tmp_path: Path) -> Path:
-    path = tmp_path / "image.png"
-    Image.fromarray(np.full((8, 8, 3), 120, np.uint8)).save(path)
-    return path
-
-
 def _bomb(path: Path) -> Path:
     """A valid PNG of 20000 × 20000 one-bit pixels (50 KB on disk, 400 megapixels decoded)."""
     width = height = 20000
@@ -86,29 +74,28 @@ def _outside_copy(tiny: Path) -> Path:
     return outside
 
 
+def _refused_everywhere(bundle: Path, image: Path, cli, message: str) -> None:
+    """verify, the runner, the runner's bench and the SSH upload all refuse ``bundle``
+    (``message``: a regular expression)."""
+    assert re.search(message, cli("verify", bundle, code=1).output)
+    for args in ((image,), ("--bench", "--quick")):
+        done = _runner(bundle, *args)
+        assert done.returncode == 1 and re.search(message, done.stderr), done.stderr
+    with pytest.raises(DataError, match=message):  # nor is anything sent over SSH
+        bundle_files(bundle)
+
+
 def test_item04_dotdot_artifact_path_with_matching_sha256_is_refused(tiny, image, cli):
     _outside_copy(tiny)
     edit(tiny, lambda m: m["artifacts"][0]["files"][0].update(path="../../outside/model.onnx"))
-    result = cli("verify", tiny, code=1)
-    assert "leaves the bundle" in result.output
-    done = _runner(tiny, image)
-    assert done.returncode == 1 and "leaves the bundle" in done.stderr, done.stderr
-    done = _runner(tiny, "--bench", "--quick")
-    assert done.returncode == 1 and "leaves the bundle" in done.stderr, done.stderr
+    _refused_everywhere(tiny, image, cli, "leaves the bundle|unsafe file path")
 
 
 def test_item04_symlinked_artifact_outside_the_bundle_is_refused(tiny, image, cli):
     outside = _outside_copy(tiny).resolve()
     (tiny / ONNX).unlink()
     (tiny / ONNX).symlink_to(outside)  # same bytes: the manifest's sha256 still matches
-    result = cli("verify", tiny, code=1)
-    assert "outside the bundle" in result.output
-    done = _runner(tiny, image)
-    assert done.returncode == 1 and "outside the bundle" in done.stderr, done.stderr
-    done = _runner(tiny, "--bench", "--quick")
-    assert done.returncode == 1 and "outside the bundle" in done.stderr, done.stderr
-    with pytest.raises(DataError, match="outside the bundle"):  # nor is it sent over SSH
-        bundle_files(tiny)
+    _refused_everywhere(tiny, image, cli, "outside the bundle")
 
 
 # ----------------------------------------------------------------- 5: broken manifests refused

@@ -10,7 +10,12 @@ import click
 
 from edgekit.backends import backend_names
 from edgekit.cli.display import gate_lines, verification_table
-from edgekit.cli.options import latency_target_options, preprocess_options, source_options
+from edgekit.cli.options import (
+    classes_option,
+    latency_target_options,
+    preprocess_options,
+    source_options,
+)
 from edgekit.compress import CompressOptions, compress
 from edgekit.errors import VerificationFailed
 from edgekit.ui import out as stdout
@@ -45,6 +50,7 @@ from edgekit.ui import status
                                  "(e.g. 0.5) instead of the recipe's target.")
 @latency_target_options
 @source_options
+@classes_option
 @click.option("--threshold", type=click.FloatRange(0, 1, min_open=True, max_open=True),
               default=None, help="Decision threshold of a sigmoid head (one output for two "
                                  "classes, or multi-label), recorded in the bundle [default: 0.5].")

@@ -91,3 +91,24 @@ def latency_target_options(fn: Any) -> Any:
     )):
         fn = option(fn)
     return fn
+
+
+def _class_list(ctx: click.Context, param: click.Parameter, value: str | None
+                ) -> tuple[str, ...] | None:
+    if value is None:
+        return None
+    names = tuple(v.strip() for v in value.split(","))
+    if len(names) < 2 or not all(names) or len(set(names)) != len(names):
+        raise click.BadParameter(f"give each class once, comma-separated in the order of the "
+                                 f"model's outputs, e.g. glioma,meningioma,notumor,pituitary; "
+                                 f"got {value!r}")
+    return names
+
+
+def classes_option(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """``--classes a,b,c``: the order of the model's outputs, when it is not the folders'."""
+    return click.option(
+        "--classes", "classes", callback=_class_list, default=None, metavar="A,B,...",
+        help="The class each model output means, in output order, comma-separated (the data "
+             "folders' names). Use it when the model's class order is not the folders' "
+             "alphabetical order; edgekit warns when the outputs look permuted.")(fn)

@@ -104,6 +104,9 @@ def scan_folder(root: str | Path, *, on_error: str = "skip",
     Files whose extension is not an image are reported by path and skipped (``on_error="skip"``,
     a warning) or raise DataError (``"fail"``); hidden files are ignored. An empty class folder,
     fewer than two classes, or a class set different from ``expected_classes`` is a DataError.
+    With ``expected_classes`` (the model's output order), each image's target is its class's
+    index in THAT order, and the dataset's classes are in that order; otherwise folders are
+    sorted by name.
     """
     if on_error not in ON_ERROR:
         raise ConfigError(f"on_error must be one of {ON_ERROR}, got {on_error!r}")
@@ -128,7 +131,9 @@ def scan_folder(root: str | Path, *, on_error: str = "skip",
     samples: list[Sample] = []
     skipped: list[tuple[Path, str]] = []
     allowed = RASTER_EXTENSIONS + DICOM_EXTENSIONS
-    for idx, cdir in enumerate(class_dirs):
+    order = list(expected_classes) if expected_classes is not None else names
+    for cdir in class_dirs:
+        idx = order.index(cdir.name)
         files = sorted(p for p in cdir.rglob("*") if p.is_file()
                        and not any(part.startswith(".") for part in p.relative_to(cdir).parts))
         images = []
@@ -141,7 +146,7 @@ def scan_folder(root: str | Path, *, on_error: str = "skip",
         if not images:
             raise DataError(f"Class folder {cdir} contains no images")
         samples.extend(Sample(f, idx) for f in images)
-    return Dataset(root, tuple(names), samples, "multiclass", skipped)
+    return Dataset(root, tuple(order), samples, "multiclass", skipped)
 
 
 def scan_ct_folder(root: str | Path, *, labels_csv: str | Path | None = None,

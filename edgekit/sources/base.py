@@ -82,6 +82,18 @@ class Source:
                             f"{len(class_names)} classes ({', '.join(class_names)})")
         return dataclasses.replace(self, class_names=tuple(class_names))
 
+    def with_class_order(self, class_names: tuple[str, ...]) -> Source:
+        """This source with its outputs named ``class_names`` in that order (``--classes``),
+        replacing any names the file carries; the output width must match."""
+        names = tuple(class_names)
+        if len(set(names)) != len(names) or not all(names):
+            raise ConfigError(f"--classes must name each class once, got {', '.join(names)}")
+        width = self.predict(np.zeros(self.spec.input_shape(1), np.float32)).shape[-1]
+        if width != len(names) and not (width == 1 and len(names) == 2):
+            raise ConfigError(f"--classes names {len(names)} classes but {self.source} has "
+                              f"{width} outputs")
+        return dataclasses.replace(self, class_names=()).with_classes(names)
+
     def with_threshold(self, threshold: float) -> Source:
         """This source with its sigmoid head's decision threshold set (a usage error
         otherwise)."""
