@@ -277,3 +277,11 @@ def test_gray_pt2_and_torchscript_take_the_declared_preprocessing(gray_yaml, tmp
         ("gray", (0.5,), "--input-size")
     with pytest.raises(ConfigError, match=r"--color says color rgb.*model fixes color gray"):
         load_model(pt2, preprocess=declared(gray_yaml, color="rgb"))
+
+
+def test_zoo_models_take_the_declared_input_size_and_refuse_other_values():
+    # the CLI hands --input-size over inside the declared preprocessing
+    zoo = load_model("dsconv_cbam_gap", preprocess=declared(input_size=40))
+    assert zoo.spec.input_size == (40, 40) and zoo.spec_sources["input_size"] == "--input-size"
+    with pytest.raises(ConfigError, match="--resize says resize lanczos.*architecture fixes"):
+        load_model("dsconv_cbam_gap", preprocess=declared(resize="lanczos"))

@@ -71,6 +71,8 @@ def load_model(source: str | Path, *, input_size: int | None = None,
     ``input_range`` ("0-255" or "0-1") overrides the pixel range edgekit reads from a Keras
     model's in-graph preprocessing."""
     decl = declared(preprocess, input_size=input_size)
+    if "input_size" in decl.values:  # the CLI declares --input-size: zoo models are built at it
+        input_size = decl.values["input_size"][0]
     text = str(source)
     name, sep, weights = text.partition(":")
     if sep and name in list_models():
