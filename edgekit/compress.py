@@ -44,6 +44,7 @@ from edgekit.prune.latency import for_latency
 from edgekit.prune.recover import prune_and_verify
 from edgekit.recipes import Recipe, load_recipe, pruning_recipe
 from edgekit.sources import Source, load_model, reference_outputs
+from edgekit.sources.declared import DeclaredPreprocess
 from edgekit.ui import progress_bar, status
 from edgekit.verify import Verification, compare
 
@@ -54,7 +55,8 @@ class CompressOptions:
 
     ``None`` keeps the recipe's value (backends, calibration/verification images, calibration
     method, integer I/O, seed). ``target_macs`` / ``target_latency_ms`` (measured on the local
-    ``target`` with ``threads``) replace a pruning recipe's target. ``input_size``,
+    ``target`` with ``threads``) replace a pruning recipe's target. ``preprocess`` (a
+    ``--preprocess`` YAML file or a ``DeclaredPreprocess`` of file and flags), ``input_size``,
     ``trust_source`` and ``input_range`` are how the source is loaded; ``threshold`` sets a sigmoid
     head's decision threshold; ``classes`` names the model's outputs in order (when they are not
     the data folders' alphabetical order). ``strict_gate`` treats an inconclusive gate (too few images to
@@ -68,6 +70,7 @@ class CompressOptions:
     int8_io: bool | None = None
     seed: int | None = None
     input_size: int | None = None
+    preprocess: str | Path | DeclaredPreprocess | None = None
     allow_accuracy_drop: bool = False
     overwrite: bool = False
     on_error: str = "skip"
@@ -155,7 +158,7 @@ def _source(source: str | Path | Source, rec: Recipe, opts: CompressOptions,
     sigmoid threshold; a pruning recipe on a Keras model is a usage error."""
     loaded = (source if isinstance(source, Source) else
               load_model(source, input_size=opts.input_size, trust_source=opts.trust_source,
-                         input_range=opts.input_range))
+                         input_range=opts.input_range, preprocess=opts.preprocess))
     if rec.pruning is not None and loaded.kind == "keras":
         raise ConfigError(f"{loaded.source}: structured pruning is not supported for Keras models "
                           f"(edgekit's pruning engine works on PyTorch graphs); recipe "
@@ -359,7 +362,8 @@ def _manifest(loaded: Source, rec: Recipe, plan: DataPlan, source_metrics: dict[
         seconds=round(seconds, 1),
         status=_bundle_status(results),
         source=source, task=loaded.task, class_names=tuple(loaded.class_names),
-        head=_head(loaded), preprocess=loaded.spec, recipe=rec.model_dump(),
+        head=_head(loaded), preprocess=loaded.spec,
+        preprocess_sources=dict(loaded.spec_sources) or None, recipe=rec.model_dump(),
         data=DataRecord.from_json(plan.describe()), source_metrics=source_metrics,
         artifacts=artifacts,
         environment=EnvironmentRecord(edgekit=__version__, python=platform.python_version(),
@@ -427,8 +431,8 @@ Verified on {m['data']['verification_images']} held-out images ({m['data']['orig
 
 ## Inputs
 Classes: {', '.join(m['class_names'])} ({m['task']}). One image per call, shape
-{m['artifacts'][0]['input']['shape']} ({spec['layout']}, float32): {'CT DICOM → Hounsfield windows ' + ', '.join(w['name'] for w in spec['ct_windows']) if spec['ct_windows'] else 'RGB, pixel values scaled by ' + format(spec['scale'], '.6g')},
-resized to {spec['input_size'][0]}×{spec['input_size'][1]}, then (x − mean) / std with mean
+{m['artifacts'][0]['input']['shape']} ({spec['layout']}, float32): {'CT DICOM → Hounsfield windows ' + ', '.join(w['name'] for w in spec['ct_windows']) if spec['ct_windows'] else ('RGB' if spec['color'] == 'rgb' else 'greyscale') + ', pixel values scaled by ' + format(spec['scale'], '.6g')},
+resized ({spec.get('resize', 'bilinear')}) to {spec['input_size'][0]}×{spec['input_size'][1]}, then (x − mean) / std with mean
 {spec['mean']} and std {spec['std']}. The runner below does all of this for you.{_readme_extras(m)}
 
 ## Run it on a device (no torch needed)

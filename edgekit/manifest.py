@@ -31,7 +31,7 @@ from pathlib import Path, PurePosixPath
 from types import UnionType
 from typing import Any, Union, get_args, get_origin, get_type_hints
 
-from edgekit.data.preprocess import PreprocessSpec
+from edgekit.data.preprocess import PREPROCESS_KEYS, PreprocessSpec
 from edgekit.errors import ConfigError, DataError
 
 SCHEMA_VERSION = 1
@@ -123,6 +123,14 @@ def _artifact_list(value: tuple[ArtifactEntry, ...], key: str) -> list[str]:
     if not value:
         return [f"{key}: must list at least one artifact"]
     return _unique([a.name for a in value], key)
+
+
+def _preprocess_sources(value: dict[str, Any], key: str) -> list[str]:
+    """Where each preprocessing value came from: a known key → a non-blank string."""
+    problems = [f"{key}: unknown key {k!r} (known: {', '.join(PREPROCESS_KEYS)})"
+                for k in value if k not in PREPROCESS_KEYS]
+    return problems + [f"{key}.{k}: expected a non-blank string, got {_kind(v)}"
+                       for k, v in value.items() if not (isinstance(v, str) and v.strip())]
 
 
 def _pruning(record: dict[str, Any], key: str) -> list[str]:
@@ -281,7 +289,9 @@ class _Window:
 @dataclass(frozen=True, kw_only=True)
 class _SpecJson:
     """The JSON shape of ``PreprocessSpec.to_dict`` (for the validator only): every key is
-    required in a manifest, so reading and writing it again changes nothing."""
+    required in a manifest, so reading and writing it again changes nothing — except
+    ``resize``, which spec version 2 added: version 1 specs have none (they resize bilinearly),
+    version 2 specs must have it."""
 
     version: int
     input_size: tuple[int, ...]
@@ -291,6 +301,13 @@ class _SpecJson:
     std: tuple[float, ...]
     layout: str
     ct_windows: tuple[_Window, ...] | None
+    resize: str | None = _key(optional=True, default=None)
+
+    def _cross_checks(self, key: str) -> list[str]:
+        if self.version >= 2 and self.resize is None:
+            return [f"{key}.resize: missing (spec version {self.version} names its resize "
+                    "filter)"]
+        return []
 
 
 def _load_spec(value: Any, key: str, problems: list[str]) -> PreprocessSpec | None:
@@ -412,6 +429,10 @@ class Manifest(_Record):
     class_names: tuple[str, ...] = _key(check=_class_names)
     head: Head | None = _key(optional=True, default=None)
     preprocess: PreprocessSpec
+    # where each preprocessing value came from ("model", "--preprocess FILE", "--color",
+    # "default", ...); bundles before declared preprocessing have none
+    preprocess_sources: dict[str, Any] | None = _key(optional=True, default=None,
+                                                     check=_preprocess_sources)
     recipe: dict[str, Any]
     data: DataRecord
     source_metrics: dict[str, Any]

@@ -10,7 +10,12 @@ import click
 
 from edgekit.backends import backend_names
 from edgekit.cli.display import gate_lines, verification_table
-from edgekit.cli.options import classes_option, latency_target_options, source_options
+from edgekit.cli.options import (
+    classes_option,
+    latency_target_options,
+    preprocess_options,
+    source_options,
+)
 from edgekit.compress import CompressOptions, compress
 from edgekit.errors import VerificationFailed
 from edgekit.ui import out as stdout
@@ -39,8 +44,7 @@ from edgekit.ui import status
                    "calibration does not use; 500 for pruning recipes].")
 @click.option("--int8-io", is_flag=True, default=None,
               help="TFLite: integer input/output tensors (scale/zero point in the manifest).")
-@click.option("--input-size", type=click.IntRange(8, 4096), default=None,
-              help="Input size for sources that do not fix it (TorchScript).")
+@preprocess_options
 @click.option("--target-macs", type=click.FloatRange(0, 1, min_open=True, max_open=True),
               default=None, help="Pruning recipes: keep this fraction of the original MACs "
                                  "(e.g. 0.5) instead of the recipe's target.")

@@ -9,10 +9,11 @@ from pathlib import Path
 import click
 
 from edgekit.cli.display import print_metrics
-from edgekit.cli.options import classes_option, source_options
+from edgekit.cli.options import classes_option, preprocess_options, source_options
 from edgekit.data.folder import scan
 from edgekit.evaluate import evaluate_model, source_warnings
 from edgekit.sources import load_model
+from edgekit.sources.declared import DeclaredPreprocess
 
 
 @click.command("evaluate")
@@ -25,18 +26,17 @@ from edgekit.sources import load_model
               help="Seed of the bootstrap confidence intervals.")
 @click.option("--threshold", type=click.FloatRange(0, 1, min_open=True, max_open=True),
               default=None, help="Decision threshold of a sigmoid head [default: 0.5].")
-@click.option("--input-size", type=click.IntRange(8, 4096), default=None,
-              help="Input size for sources that do not fix it.")
+@preprocess_options
 @source_options
 @classes_option
 @click.option("--json", "as_json", is_flag=True, help="Print the metrics as JSON on stdout.")
 def command(model: str, data: Path, on_error: str, seed: int, threshold: float | None,
-            input_size: int | None, trust_source: bool, input_range: str | None,
+            preprocess: DeclaredPreprocess, trust_source: bool, input_range: str | None,
             classes: tuple[str, ...] | None, as_json: bool) -> None:
     """Evaluate MODEL (a checkpoint, ONNX or Keras model) on every image in --data: accuracy,
     per-class sensitivity/specificity, macro-F1, kappa, calibration error, with 95 % bootstrap
     CIs; binary (one sigmoid unit) heads add sensitivity, specificity and AUROC."""
-    loaded = load_model(model, input_size=input_size, trust_source=trust_source,
+    loaded = load_model(model, preprocess=preprocess, trust_source=trust_source,
                         input_range=input_range)
     if classes:
         loaded = loaded.with_class_order(classes)

@@ -2,10 +2,67 @@
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import click
+
+from edgekit.data.preprocess import RESIZE_FILTERS
+from edgekit.sources.declared import declared
+
+_FLAGS = ("input_size", "color", "layout", "scale", "mean", "std", "resize")
+
+
+def _floats(ctx: click.Context, param: click.Parameter, value: str | None
+            ) -> tuple[float, ...] | None:
+    """``0.5`` or ``0.485,0.456,0.406`` → a tuple of floats."""
+    if value is None:
+        return None
+    try:
+        return tuple(float(v) for v in value.split(","))
+    except ValueError:
+        raise click.BadParameter(f"expected one number or comma-separated numbers, got "
+                                 f"{value!r}") from None
+
+
+def preprocess_options(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """``--preprocess FILE.yaml`` and the overrides ``--input-size --color --layout --scale
+    --mean --std --resize``, handed to the command as ONE ``preprocess`` argument (a
+    ``DeclaredPreprocess``, read strictly: an unknown key in the file is a usage error)."""
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        path = kwargs.pop("preprocess")
+        flags = {k: kwargs.pop(k) for k in _FLAGS}
+        kwargs["preprocess"] = declared(path, **flags)
+        return fn(*args, **kwargs)
+
+    for option in reversed((
+        click.option("--preprocess", type=click.Path(dir_okay=False, path_type=Path),
+                     default=None, metavar="FILE.yaml",
+                     help="How the model's images are read: a YAML file with the keys of a "
+                          "bundle manifest's preprocess section (input_size, color, layout, "
+                          "scale, mean, std, resize). What the model file fixes (input shape, "
+                          "layout, channels) is read from it; a contradiction is an error."),
+        click.option("--input-size", type=click.IntRange(8, 4096), default=None,
+                     help="Input size for sources that do not fix it (TorchScript)."),
+        click.option("--color", type=click.Choice(["rgb", "gray"]), default=None,
+                     help="Channels the model takes [default: the model's, else rgb]."),
+        click.option("--layout", type=click.Choice(["NCHW", "NHWC"]), default=None,
+                     help="Input layout [default: the model's, else NCHW]."),
+        click.option("--scale", type=click.FloatRange(0, min_open=True), default=None,
+                     help="Pixel scale before mean/std [default: 1/255, giving 0–1]."),
+        click.option("--mean", callback=_floats, default=None, metavar="M[,M,M]",
+                     help="Per-channel mean subtracted after scaling [default: 0]."),
+        click.option("--std", callback=_floats, default=None, metavar="S[,S,S]",
+                     help="Per-channel std divided by after the mean [default: 1]."),
+        click.option("--resize", type=click.Choice(list(RESIZE_FILTERS)), default=None,
+                     help="Resize filter (Pillow; area = box) [default: bilinear]."),
+    )):
+        wrapper = option(wrapper)
+    return wrapper
 
 
 def source_options(fn: Callable[..., Any]) -> Callable[..., Any]:

@@ -21,11 +21,18 @@ from PIL import Image, UnidentifiedImageError
 from edgekit.data.dicom import DEFAULT_CT_WINDOWS, CTWindow, is_dicom, read_hu, stack_windows
 from edgekit.errors import ConfigError, DataError
 
-SPEC_VERSION = 1
+SPEC_VERSION = 2  # 2 added ``resize``; version 1 specs (bilinear) are still read and written
+READABLE_VERSIONS = (1, SPEC_VERSION)
 RASTER_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp", ".pgm", ".ppm")
 DICOM_EXTENSIONS = (".dcm", ".dicom")
 _LAYOUTS = ("NCHW", "NHWC")
+# the keys a user declares (``--preprocess FILE.yaml``) and the manifest says the origin of
+PREPROCESS_KEYS = ("input_size", "color", "layout", "scale", "mean", "std", "resize")
 _COLORS = ("rgb", "gray")
+# the resize filters a spec may name: Pillow's resampling filters ("area" is Pillow's BOX)
+RESIZE_FILTERS = {"bilinear": Image.Resampling.BILINEAR, "bicubic": Image.Resampling.BICUBIC,
+                  "lanczos": Image.Resampling.LANCZOS, "nearest": Image.Resampling.NEAREST,
+                  "area": Image.Resampling.BOX}
 
 
 @dataclass(frozen=True)
@@ -33,10 +40,14 @@ class PreprocessSpec:
     """How an image file becomes a float32 model input.
 
     Raster images: decode → ``color`` ("rgb": 3 channels, greyscale replicated; "gray": 1
-    channel) → bilinear resize to ``input_size`` → ``* scale`` (1/255 gives [0, 1]) →
+    channel) → resize to ``input_size`` with Pillow's ``resize`` filter (bilinear, bicubic,
+    lanczos, nearest or area) → ``* scale`` (1/255 gives [0, 1]) →
     ``(x - mean) / std`` per channel. A 16-bit greyscale file is read at its full depth and
     brought to the 8-bit scale first (``deep_gray``: 65535 → 255), never clipped. CT DICOM (``ct_windows`` set): Hounsfield units → one
-    channel per window in [0, 1] → bilinear resize → ``(x - mean) / std``.
+    channel per window in [0, 1] → resize → ``(x - mean) / std``.
+
+    ``version`` 1 specs (written before ``resize`` existed) always resize bilinearly and are
+    written back without the key, so an old bundle's manifest stays byte-identical.
     """
 
     input_size: tuple[int, int] = (224, 224)
@@ -47,6 +58,7 @@ class PreprocessSpec:
     layout: str = "NCHW"
     ct_windows: tuple[CTWindow, ...] | None = None
     version: int = field(default=SPEC_VERSION)
+    resize: str = "bilinear"
 
     def __post_init__(self) -> None:
         size = self.input_size
@@ -72,8 +84,14 @@ class PreprocessSpec:
             )
         if any(s == 0 for s in self.std):
             problems.append("std must not contain 0")
-        if self.version != SPEC_VERSION:
-            problems.append(f"unsupported preprocessing spec version {self.version} (this edgekit reads {SPEC_VERSION})")
+        if self.resize not in RESIZE_FILTERS:
+            problems.append(f"resize must be one of {tuple(RESIZE_FILTERS)}, got {self.resize!r}")
+        if self.version not in READABLE_VERSIONS:
+            problems.append(f"unsupported preprocessing spec version {self.version} (this edgekit "
+                            f"reads {' and '.join(map(str, READABLE_VERSIONS))})")
+        elif self.version == 1 and self.resize != "bilinear":
+            problems.append(f"resize {self.resize!r} needs spec version {SPEC_VERSION}; "
+                            "version 1 specs always resize bilinearly")
         if problems:
             raise ConfigError("Invalid preprocessing spec: " + "; ".join(problems))
 
@@ -110,7 +128,7 @@ class PreprocessSpec:
 
     # ------------------------------------------------------------------ serialisation
     def to_dict(self) -> dict[str, Any]:
-        return {
+        out = {
             "version": self.version,
             "input_size": list(self.input_size),
             "color": self.color,
@@ -122,6 +140,9 @@ class PreprocessSpec:
                 {"name": w.name, "level": w.level, "width": w.width} for w in self.ct_windows
             ],
         }
+        if self.version >= 2:
+            out["resize"] = self.resize
+        return out
 
     def to_json(self, **kw: Any) -> str:
         return json.dumps(self.to_dict(), **kw)
@@ -197,12 +218,12 @@ class PreprocessSpec:
         """
         deep = deep_gray(image)
         if deep is not None:
-            chan = _resize_float(deep, self.width, self.height)[:, :, None]
+            chan = _resize_float(deep, self.width, self.height, self.resize)[:, :, None]
             arr = chan if self.color == "gray" else np.repeat(chan, 3, axis=2)
             return self._finish(arr * np.float32(self.scale))
         img = image.convert("RGB" if self.color == "rgb" else "L")
         if img.size != (self.width, self.height):
-            img = img.resize((self.width, self.height), Image.Resampling.BILINEAR)
+            img = img.resize((self.width, self.height), RESIZE_FILTERS[self.resize])
         arr = np.asarray(img, dtype=np.float32)
         if arr.ndim == 2:
             arr = arr[:, :, None]
@@ -214,7 +235,8 @@ class PreprocessSpec:
         if self.ct_windows is None:
             raise DataError("this preprocessing spec has no CT windows; it cannot read Hounsfield units")
         chans = stack_windows(hu, self.ct_windows)  # (C, H, W) in [0, 1]
-        arr = np.stack([_resize_float(c, self.width, self.height) for c in chans], axis=-1)
+        arr = np.stack([_resize_float(c, self.width, self.height, self.resize) for c in chans],
+                       axis=-1)
         return self._finish(arr)
 
     def _finish(self, hwc: np.ndarray) -> np.ndarray:
@@ -282,11 +304,13 @@ def small_images_warning(small: list[Path], total: int, spec: PreprocessSpec) ->
             "these are the right files (thumbnails, icons?)")
 
 
-def _resize_float(channel: np.ndarray, width: int, height: int) -> np.ndarray:
+def _resize_float(channel: np.ndarray, width: int, height: int,
+                  resize: str = "bilinear") -> np.ndarray:
+    """One float channel resized in Pillow's mode "F" with the spec's filter (no rounding)."""
     if channel.shape == (height, width):
         return channel.astype(np.float32)
     img = Image.fromarray(channel.astype(np.float32))
-    return np.asarray(img.resize((width, height), Image.Resampling.BILINEAR), dtype=np.float32)
+    return np.asarray(img.resize((width, height), RESIZE_FILTERS[resize]), dtype=np.float32)
 
 
 def is_supported_file(path: str | Path) -> bool:

@@ -21,6 +21,7 @@ import numpy as np
 
 from edgekit.data.preprocess import PreprocessSpec
 from edgekit.errors import ConfigError, DataError
+from edgekit.sources.declared import DeclaredPreprocess, resolve_spec, shape_facts
 
 
 def default_head() -> dict[str, Any]:
@@ -50,6 +51,9 @@ class Source:
     metadata: dict[str, Any] = field(default_factory=dict)
     pretrained: bool = False
     head: dict[str, Any] = field(default_factory=default_head)
+    # where each preprocessing value came from ("model", "--preprocess FILE", "--color",
+    # "default", ...; ``edgekit.sources.declared``); empty when nobody recorded it
+    spec_sources: dict[str, str] = field(default_factory=dict)
 
     @property
     def num_classes(self) -> int:
@@ -108,13 +112,10 @@ def require_file(path: Path) -> None:
         raise DataError(f"Model file not found: {path}")
 
 
-def plain_spec(shape: list[Any] | None, input_size: int | None, source: Path) -> PreprocessSpec:
-    """[0, 1] RGB NCHW at the size the model fixes, or ``input_size``."""
-    dims = [d for d in (shape or [])[2:] if isinstance(d, int) and d > 0]
-    if len(dims) == 2 and (input_size is None or tuple(dims) == (input_size, input_size)):
-        return PreprocessSpec(input_size=tuple(dims))
-    if len(dims) == 2:
-        raise ConfigError(f"{source} takes {dims[0]}×{dims[1]} inputs, not --input-size {input_size}")
-    if input_size is None:
-        raise ConfigError(f"{source} does not fix its input size: pass --input-size")
-    return PreprocessSpec(input_size=input_size)
+def shaped_spec(shape: list[Any] | None, decl: DeclaredPreprocess | None,
+                source: Path) -> tuple[PreprocessSpec, dict[str, str]]:
+    """The spec of a model whose input shape is ``shape`` (None: unknown): what the shape fixes
+    (size, layout, channels) from the model, the rest declared or edgekit's default ([0, 1]
+    RGB NCHW, bilinear); and where each value came from."""
+    return resolve_spec(source, decl, fixed=shape_facts(shape, source),
+                        evidence=f"its input shape is {[d or '?' for d in shape]}" if shape else "")

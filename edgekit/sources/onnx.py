@@ -1,7 +1,10 @@
 """ONNX sources (``.onnx``): the user's file, run as it is by ONNX Runtime for the reference.
 
-An ONNX file carries no class names (they come from the data folder); its preprocessing is the
-default [0, 1] RGB NCHW spec at the size the graph fixes (or ``--input-size``). The ONNX Runtime
+An ONNX file carries no class names (they come from the data folder). What its graph fixes is
+read from it: the input size, the layout (NHWC when the last input dim is 1 or 3 and dim 1 is
+not), the channel count (1: greyscale) and a final Softmax/Sigmoid (its outputs are
+probabilities); the rest of the preprocessing is declared (``--preprocess FILE.yaml`` and the
+flags, ``edgekit.sources.declared``) or edgekit's default [0, 1] RGB bilinear. The ONNX Runtime
 and OpenVINO backends convert from the file itself; TFLite cannot (edgekit does not use onnx2tf,
 which downloads sample data during conversion).
 """
@@ -10,12 +13,16 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import ClassVar
+from typing import Any, ClassVar
 
 import numpy as np
 
 from edgekit.errors import BackendUnavailable, DataError
-from edgekit.sources.base import Source, plain_spec, require_file
+from edgekit.sources.base import Source, default_head, require_file, shaped_spec
+from edgekit.sources.declared import DeclaredPreprocess
+
+# nodes that pass a final activation's values through unchanged (up to shape)
+_PASS_THROUGH = ("Identity", "Reshape", "Flatten", "Squeeze", "Unsqueeze", "Cast")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -42,7 +49,19 @@ class OnnxSource(Source):
         return self.path
 
 
-def from_onnx(path: Path, input_size: int | None) -> OnnxSource:
+def final_activation(graph: Any) -> str | None:
+    """"softmax" or "sigmoid" when the graph's (first) output is computed by one, through
+    shape-only nodes; None otherwise."""
+    producers = {out: node for node in graph.node for out in node.output}
+    node = producers.get(graph.output[0].name) if graph.output else None
+    while node is not None and node.op_type in _PASS_THROUGH:
+        node = producers.get(node.input[0]) if node.input else None
+    if node is not None and node.op_type in ("Softmax", "LogSoftmax", "Sigmoid"):
+        return {"Softmax": "softmax", "Sigmoid": "sigmoid"}.get(node.op_type)
+    return None
+
+
+def from_onnx(path: Path, decl: DeclaredPreprocess | None) -> OnnxSource:
     require_file(path)
     if path.stat().st_size == 0:
         raise DataError(f"{path}: empty file (0 bytes), not an ONNX model")
@@ -59,5 +78,9 @@ def from_onnx(path: Path, input_size: int | None) -> OnnxSource:
                         "protobuf file)")
     dims = [d.dim_value if d.HasField("dim_value") else None
             for d in model.graph.input[0].type.tensor_type.shape.dim]
-    return OnnxSource(path=path, name=path.stem, task="multiclass", class_names=(),
-                      spec=plain_spec(dims, input_size, path), source=str(path), pretrained=True)
+    spec, origins = shaped_spec(dims, decl, path)
+    head = default_head()
+    if final_activation(model.graph) is not None:
+        head["scores_are"] = "probs"
+    return OnnxSource(path=path, name=path.stem, task="multiclass", class_names=(), spec=spec,
+                      source=str(path), pretrained=True, head=head, spec_sources=origins)

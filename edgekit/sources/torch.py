@@ -26,7 +26,8 @@ from edgekit.checkpoint import load_checkpoint
 from edgekit.data.preprocess import PreprocessSpec
 from edgekit.errors import ConfigError, DataError
 from edgekit.prune.engine import apply_plan
-from edgekit.sources.base import Source, plain_spec, require_file
+from edgekit.sources.base import Source, default_head, require_file, shaped_spec
+from edgekit.sources.declared import DeclaredPreprocess
 from edgekit.zoo import create_model, list_models, model_config
 
 
@@ -114,7 +115,7 @@ def from_checkpoint(path: Path, source: str, *, arch: str | None,
                        pretrained=True)
 
 
-def from_exported(path: Path) -> TorchSource:
+def from_exported(path: Path, decl: DeclaredPreprocess | None = None) -> TorchSource:
     """A ``torch.export`` program: its example input fixes the spec; loaded without pickles."""
     import torch
 
@@ -124,9 +125,35 @@ def from_exported(path: Path) -> TorchSource:
     except Exception as exc:
         raise DataError(f"{path}: not a readable torch.export program ({exc})") from exc
     shape = [list(a.shape) for a in program.example_inputs[0]][0] if program.example_inputs else None
+    spec, origins = shaped_spec(shape, decl, path)
     module = _exported_module_class()(program.module(), shape[0] if shape else None)
+    head = default_head()
+    if exported_activation(program.graph) is not None:
+        head["scores_are"] = "probs"
     return TorchSource(module=module, name=path.stem, task="multiclass", class_names=(),
-                       spec=plain_spec(shape, None, path), source=str(path), pretrained=True)
+                       spec=spec, source=str(path), pretrained=True, spec_sources=origins,
+                       head=head)
+
+
+_FINAL = {"softmax": "softmax", "_softmax": "softmax", "sigmoid": "sigmoid"}
+_SHAPE_ONLY = ("view", "reshape", "flatten", "squeeze", "unsqueeze", "clone", "contiguous",
+               "_unsafe_view", "alias")
+
+
+def exported_activation(graph: Any) -> str | None:
+    """"softmax" or "sigmoid" when an exported program's (first) output is computed by one,
+    through shape-only ops; None otherwise."""
+    out = next((n for n in graph.nodes if n.op == "output"), None)
+    args = out.args[0] if out is not None and out.args else None
+    node = args[0] if isinstance(args, tuple | list) and args else args
+    while getattr(node, "op", None) == "call_function":
+        name = getattr(getattr(node.target, "_overloadpacket", None), "__name__", "")
+        if name in _FINAL:
+            return _FINAL[name]
+        if name not in _SHAPE_ONLY or not node.args:
+            return None
+        node = node.args[0]
+    return None
 
 
 @functools.cache
@@ -163,7 +190,7 @@ def is_torchscript(path: Path) -> bool:
         return any(n.split("/", 2)[1:2] == ["code"] for n in zf.namelist())
 
 
-def from_torchscript(path: Path, input_size: int | None) -> TorchScriptSource:
+def from_torchscript(path: Path, decl: DeclaredPreprocess | None) -> TorchScriptSource:
     import torch
 
     require_file(path)
@@ -171,6 +198,7 @@ def from_torchscript(path: Path, input_size: int | None) -> TorchScriptSource:
         module = torch.jit.load(str(path), map_location="cpu").eval()
     except Exception as exc:
         raise DataError(f"{path}: not a readable TorchScript archive ({exc})") from exc
+    spec, origins = shaped_spec(None, decl, path)
     return TorchScriptSource(module=module, name=path.stem, task="multiclass", class_names=(),
-                             spec=plain_spec(None, input_size, path), source=str(path),
-                             pretrained=True)
+                             spec=spec, source=str(path), pretrained=True,
+                             spec_sources=origins)

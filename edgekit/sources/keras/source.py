@@ -3,7 +3,9 @@
 Its preprocessing is NHWC, RGB (or grey for one channel), at the pixel range the model's own
 first layers expect: an in-graph ``Rescaling(1/255)`` means the model takes 0–255 pixels and the
 spec must not scale them again. Class names come from the data folder; an in-graph softmax or
-sigmoid makes the outputs probabilities (``head``).
+sigmoid makes the outputs probabilities (``head``). The model fixes the layout, the channel count
+and (when its input says) the size; a declared ``--preprocess`` file or flag may set the rest
+(resize filter, mean/std, and a scale that replaces the one read from the model).
 """
 
 from __future__ import annotations
@@ -14,9 +16,9 @@ from typing import ClassVar
 
 import numpy as np
 
-from edgekit.data.preprocess import PreprocessSpec
 from edgekit.errors import ConfigError
 from edgekit.sources.base import Source
+from edgekit.sources.declared import MODEL, DeclaredPreprocess, resolve_spec
 from edgekit.sources.keras.load import load_keras
 from edgekit.sources.keras.model import KerasModel
 
@@ -43,20 +45,13 @@ class KerasSource(Source):
         return self.keras.onnx_file(self.spec.input_size)
 
 
-def from_keras(path: Path, input_size: int | None, trust_source: bool,
+def from_keras(path: Path, decl: DeclaredPreprocess | None, trust_source: bool,
                input_range: str | None) -> KerasSource:
     """A Keras model, cleaned for inference, with the spec its in-graph layers expect."""
     if input_range is not None and input_range not in INPUT_RANGES:
         raise ConfigError(f"--input-range must be one of {', '.join(INPUT_RANGES)}, "
                           f"got {input_range!r}")
     km = load_keras(path, trust_source=trust_source)
-    size = km.input_size
-    if size is None:
-        if input_size is None:
-            raise ConfigError(f"{path} does not fix its input size: pass --input-size")
-        size = (input_size, input_size)
-    elif input_size is not None and tuple(size) != (input_size, input_size):
-        raise ConfigError(f"{path} takes {size[0]}×{size[1]} inputs, not --input-size {input_size}")
     if km.channels not in (1, 3):
         raise ConfigError(f"{path} takes {km.channels}-channel images; edgekit reads RGB (3) or "
                           "greyscale (1) images")
@@ -64,10 +59,12 @@ def from_keras(path: Path, input_size: int | None, trust_source: bool,
     reason = (km.range_reason if input_range is None or input_range == km.input_range
               else f"--input-range {input_range} (edgekit had read {km.input_range}: "
                    f"{km.range_reason})")
-    c = km.channels
-    spec = PreprocessSpec(input_size=size, color="rgb" if c == 3 else "gray",
-                          scale=1.0 if rng == "0-255" else 1.0 / 255.0, mean=(0.0,) * c,
-                          std=(1.0,) * c, layout="NHWC")
+    fixed = {"layout": "NHWC", "color": "rgb" if km.channels == 3 else "gray"}
+    if km.input_size is not None:
+        fixed["input_size"] = tuple(km.input_size)
+    scale = {"scale": 1.0 if rng == "0-255" else 1.0 / 255.0}
+    spec, origins = resolve_spec(path, decl, fixed=fixed, defaults=scale,
+                                 default_by="--input-range" if input_range else MODEL)
     activation = km.final_activation
     task = "multilabel" if activation == "sigmoid" and km.outputs > 1 else "multiclass"
     head = {"scores_are": "probs" if activation in ("softmax", "sigmoid") else "logits",
@@ -76,4 +73,5 @@ def from_keras(path: Path, input_size: int | None, trust_source: bool,
                       "input_range": rng, "input_range_reason": reason,
                       "final_activation": activation, "outputs": km.outputs}}
     return KerasSource(keras=km, name=km.name, task=task, class_names=(), spec=spec,
-                       source=str(path), metadata=meta, pretrained=True, head=head)
+                       source=str(path), metadata=meta, pretrained=True, head=head,
+                       spec_sources=origins)
