@@ -1,0 +1,176 @@
+"""Issue 14 parts 1-2: per-layer INT8 sensitivity and the rescue (sensitive layers kept in float).
+
+The model is a tiny CNN trained here on small tinted-noise images (four classes a tiny CNN
+learns in a second: the MRI phantoms need a real network), then made deliberately
+unquantizable WITHOUT changing its float function: the linear 1×1 ``mix`` conv's output channel 0
+is scaled by 1e4 and ``crushed``'s weights on that channel by 1e-4 (the outlier-channel trick).
+A per-tensor INT8 scale for ``crushed``'s input is then 1e4× too coarse for its other seven
+channels: they quantize to zero and the INT8 model misclassifies. The error shows at
+``crushed``'s output (the outlier channel dominates ``mix``'s own output norm), so ``crushed``
+is the layer found; keeping it in float with float inputs and output (ORT ``nodes_to_exclude``,
+NNCF ``IgnoredScope`` over it, the producers of its inputs and the consumers of its output)
+restores the model.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from torch import nn
+
+from edgekit.backends import ExportRequest, QuantOptions, get_backend
+from edgekit.calibrate import StreamedImages
+from edgekit.compress import compress
+from edgekit.data.folder import scan
+from edgekit.data.preprocess import PreprocessSpec
+from edgekit.errors import ConfigError, VerificationFailed
+from edgekit.quantize.rescue import candidate_sets
+from edgekit.quantize.sensitivity import LayerError, format_table, rank
+from edgekit.sources import load_model
+
+CRUSHED = "/crushed/Conv"  # ONNX node name (TorchScript exporter) of the conv fed the outlier
+SMALL = {"calibration_images": 32, "seed": 0}
+
+
+class Tiny(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.stem = nn.Conv2d(3, 8, 3, stride=2, padding=1)
+        self.mix = nn.Conv2d(8, 8, 1)  # linear: its channel 0 is scaled by 1e4 after training
+        self.crushed = nn.Conv2d(8, 16, 3, stride=2, padding=1)
+        self.fc = nn.Linear(16, 4)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.mix(torch.relu(self.stem(x)))
+        x = torch.relu(self.crushed(x))
+        return self.fc(x.mean(dim=(2, 3)))
+
+
+@pytest.fixture(scope="module")
+def tinted(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Four classes of 40 noisy 32 px PNGs each, told apart by their tint."""
+    root = tmp_path_factory.mktemp("tinted") / "data"
+    rng = np.random.default_rng(0)
+    tints = {"amber": (200, 140, 40), "teal": (40, 160, 150), "violet": (140, 60, 190),
+             "slate": (110, 115, 120)}
+    for name, rgb in tints.items():
+        (root / name).mkdir(parents=True)
+        for i in range(40):
+            img = (np.array(rgb, float) + rng.normal(0, 35, (32, 32, 3))
+                   + rng.normal(0, 25, 3))
+            Image.fromarray(np.clip(img, 0, 255).astype(np.uint8)).save(root / name / f"{i}.png")
+    return root
+
+
+@pytest.fixture(scope="module")
+def planted(tinted: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The trained tiny CNN with its planted outlier channel, as an ONNX file."""
+    spec = PreprocessSpec(input_size=32)
+    data = scan(tinted)
+    x = torch.from_numpy(np.stack([spec.load(s.path) for s in data.samples]).astype(np.float32))
+    y = torch.tensor([s.target for s in data.samples])
+    torch.manual_seed(0)
+    model = Tiny()
+    opt = torch.optim.Adam(model.parameters(), lr=1e-2)
+    for _ in range(200):
+        opt.zero_grad()
+        nn.functional.cross_entropy(model(x), y).backward()
+        opt.step()
+    model.eval()
+    with torch.no_grad():
+        before = model(x)
+        model.mix.weight[0] *= 1e4
+        model.mix.bias[0] *= 1e4
+        model.crushed.weight[:, 0] *= 1e-4
+        assert torch.allclose(model(x), before, atol=1e-2)  # the float function is unchanged
+        assert (before.argmax(1) == y).float().mean() > 0.9
+    path = tmp_path_factory.mktemp("planted") / "tiny.onnx"
+    torch.onnx.export(model, (x[:1],), str(path), dynamo=False, opset_version=17,
+                      input_names=["input"], output_names=["logits"])
+    return path
+
+
+def _quantization(bundle: Path) -> dict:
+    manifest = json.loads((bundle / "manifest.json").read_text())
+    (art,) = manifest["artifacts"]
+    return art
+
+
+def test_rank_and_candidates() -> None:
+    rows = [LayerError("a", "Conv", 0.1, 0.01), LayerError("b", "Conv", 0.9, 0.8),
+            LayerError("c", "Gemm", 0.5, 0.05)]
+    assert [r.name for r in rank(rows)] == ["b", "c", "a"]
+    assert "b" in format_table(rank(rows)).splitlines()[1]
+    assert candidate_sets(["b", "c", "a", "d", "e"], 5) == [
+        ("b",), ("b", "c"), ("b", "c", "a", "d"), ("b", "c", "a", "d", "e")]
+    assert candidate_sets(["b"], 5) == [("b",)]
+
+
+@pytest.mark.parametrize("backend_name", ["onnxruntime", "openvino"])
+def test_sensitivity_finds_the_planted_layer(planted: Path, tinted: Path, tmp_path: Path,
+                                             backend_name: str) -> None:
+    source = load_model(planted, input_size=32)
+    samples = scan(tinted).samples[::4]
+    calib = StreamedImages(samples, source.spec)
+    backend = get_backend(backend_name)
+    request = ExportRequest(source, "int8", tmp_path, "model-int8", calib, QuantOptions())
+    artifact = backend.export(request)
+    x = np.stack([source.spec.load(s.path) for s in samples[:16]]).astype(np.float32)
+    ranked = backend.layer_sensitivity(request, artifact.path, x)
+    # ORT names the node as the ONNX file does; OpenVINO splits Conv into Convolution + Add
+    assert ranked[0].name.startswith(CRUSHED), ranked[:3]
+    assert ranked[0].op_type in ("Conv", "Convolution")
+    assert ranked[0].added > 0.5 > max(r.added for r in ranked[1:])
+    # keeping it in float (keep_float → ORT nodes_to_exclude, NNCF IgnoredScope) restores it
+    kept = backend.export(ExportRequest(source, "int8", tmp_path / "kept", "model-int8", calib,
+                                        QuantOptions(keep_float=(ranked[0].name,))))
+    assert kept.quantization["keep_float"] == [ranked[0].name]
+    ref = source.predict(x)
+    plain = backend.open(artifact.path).run(x)
+    rescued = backend.open(kept.path).run(x)
+    assert np.mean(plain.argmax(1) == ref.argmax(1)) < 0.8
+    assert np.mean(rescued.argmax(1) == ref.argmax(1)) >= 0.95
+
+
+def test_compress_rescues_the_planted_layer(planted: Path, tinted: Path, tmp_path: Path,
+                                            cli) -> None:
+    # without the rescue the INT8 artifact fails its gate (exit 1)
+    cli("compress", planted, "--data", tinted, "--out", tmp_path / "plain",
+        "--backend", "onnxruntime", "--calibration-images", 32, "--no-rescue", code=1)
+    plain = _quantization(tmp_path / "plain")
+    assert plain["verification"]["decision"] == "fail"
+    assert "rescue" not in plain["quantization"]
+
+    res = cli("compress", planted, "--data", tinted, "--out", tmp_path / "rescued",
+              "--backend", "onnxruntime", "--calibration-images", 32, "--explain")
+    art = _quantization(tmp_path / "rescued")
+    assert art["verification"]["decision"] != "fail"
+    assert art["verification"]["top1_agreement"] >= 0.95
+    rescue = art["quantization"]["rescue"]
+    assert rescue["keep_float"][0] == CRUSHED
+    assert rescue["first_decision"] == "fail"
+    assert rescue["method"].startswith("mixed precision")
+    assert 1 <= len(rescue["attempts"]) <= 5
+    assert art["quantization"]["sensitivity_top10"][0]["name"] == CRUSHED
+    assert set(rescue["keep_float"]) <= set(art["quantization"]["excluded_nodes"])
+    assert CRUSHED in res.output  # --explain prints the ranked table
+    assert "kept in float" in res.output
+
+
+def test_rescue_recipe_key_turns_it_off(planted: Path, tinted: Path,
+                                        tmp_path: Path) -> None:
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text("name: norescue\nprecision: int8\nbackends: [onnxruntime]\n"
+                      "rescue: {enabled: false}\n")
+    with pytest.raises(VerificationFailed):
+        compress(planted, data=tinted, out=tmp_path / "b", recipe=recipe, **SMALL)
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("name: bad\nprecision: int8\nbackends: [onnxruntime]\n"
+                   "rescue: {max_attempts: 0}\n")
+    with pytest.raises(ConfigError, match="max_attempts"):
+        compress(planted, data=tinted, out=tmp_path / "c", recipe=bad, **SMALL)
