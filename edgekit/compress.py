@@ -326,6 +326,10 @@ def _export_one(backend: Any, loaded: Source, rec: Recipe, plan: DataPlan,
                                                   out_dir, request_for, verify, artifact,
                                                   verification, search)
         seconds = time.perf_counter() - t0
+    elif rec.precision == "int8" and search:
+        status(f"[yellow]{name}:[/] no per-layer rescue for {backend.name} yet; the fallback is "
+               f"this backend's fp32 artifact (edgekit compress … --recipe fp32 --backend "
+               f"{backend.name})")
     size = _report(name, artifact, verification, seconds)
     return ArtifactResult(name, artifact, verification, seconds, size, ranking)
 
@@ -491,6 +495,11 @@ def _readme(m: dict[str, Any]) -> str:
     warn = ("\n> The source model was trained on SYNTHETIC phantoms: these artifacts are for "
             "trying edgekit, not for clinical use.\n" if "synthetic" in note else "")
     extras = sorted({a["backend"] for a in m["artifacts"]})
+    rescued = [f"\n`{a['name']}` was rescued: {len(r['keep_float'])} layer(s) kept in float "
+               f"({', '.join(f'`{k}`' for k in r['keep_float'])}); gate {r['first_decision']} "
+               f"before, see `quantization.rescue` in manifest.json."
+               for a in m["artifacts"] if (r := a.get("quantization", {}).get("rescue"))
+               and r.get("keep_float")]
     p = m.get("pruning")
     pruned = (f"\nStructured pruning kept **{100 * p['macs_fraction']:.1f} %** of the MACs "
               f"({p['macs_before']:,} → {p['macs_after']:,}) and {p['params_after']:,} of "
@@ -509,6 +518,7 @@ Status: **{m['status']}**. Every file's sha256 is in `manifest.json`; check them
 {chr(10).join(rows)}
 
 Verified on {m['data']['verification_images']} held-out images ({m['data']['origin']}).
+{''.join(rescued)}
 
 ## Inputs
 Classes: {', '.join(m['class_names'])} ({m['task']}). One image per call, shape

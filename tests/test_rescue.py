@@ -161,6 +161,7 @@ def test_compress_rescues_the_planted_layer(planted: Path, tinted: Path, tmp_pat
     assert set(rescue["keep_float"]) <= set(art["quantization"]["excluded_nodes"])
     assert CRUSHED in res.output  # --explain prints the ranked table
     assert "kept in float" in res.output
+    assert "was rescued" in (tmp_path / "rescued" / "README.md").read_text()
 
 
 def test_rescue_recipe_key_turns_it_off(planted: Path, tinted: Path,
