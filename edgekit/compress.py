@@ -389,6 +389,7 @@ def _rescue(backend: Any, name: str, loaded: Source, rec: Recipe, plan: DataPlan
             "method": RESCUE_METHOD, "first_decision": verification.decision,
             "first_top1_agreement": verification.top1_agreement,
             "tuning_images": len(x_t), "first_tuning_agreement": outcome.baseline_agreement,
+            "first_tuning_mean_abs_logit_diff": outcome.baseline_logit_diff,
             "min_agreement": rec.rescue.min_agreement,
             "attempts": [a.to_json() for a in outcome.attempts], "keep_float": []}
         chosen = outcome.artifact

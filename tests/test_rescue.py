@@ -29,7 +29,7 @@ from edgekit.compress import compress
 from edgekit.data.folder import scan
 from edgekit.data.preprocess import PreprocessSpec
 from edgekit.errors import ConfigError, VerificationFailed
-from edgekit.quantize.rescue import candidate_sets
+from edgekit.quantize.rescue import candidate_sets, choose_candidate
 from edgekit.quantize.sensitivity import LayerError, format_table, rank
 from edgekit.sources import load_model
 
@@ -109,6 +109,30 @@ def test_rank_and_candidates() -> None:
     assert candidate_sets(["b", "c", "a", "d", "e"], 5) == [
         ("b",), ("b", "c"), ("b", "c", "a", "d"), ("b", "c", "a", "d", "e")]
     assert candidate_sets(["b"], 5) == [("b",)]
+
+
+def _fake_search(scores: dict[int, tuple[float, float]], baseline: tuple[float, float]):
+    """choose_candidate over five ranked layers where a candidate keeping n layers in float
+    scores ``scores[n]`` (agreement, mean |logit diff|) on the tuning images."""
+    rows = [LayerError(n, "Conv", 1.0, 1.0 - i / 10) for i, n in enumerate("abcde")]
+    return choose_candidate(lambda keep, i: len(keep), lambda n: scores[n], rows, baseline,
+                            max_attempts=5, min_agreement=0.99)
+
+
+def test_choose_candidate_needs_evidence_of_improvement() -> None:
+    # the first candidate that reaches the agreement target wins (fewest float layers)
+    out = _fake_search({1: (0.9, 1.0), 2: (1.0, 0.2), 4: (1.0, 0.1), 5: (1.0, 0.0)}, (0.5, 2.0))
+    assert out.keep_float == ("a", "b") and len(out.attempts) == 2
+    # the plain artifact already agrees on every tuning image: agreement cannot tell, so a
+    # candidate must at least halve the logit error
+    out = _fake_search({1: (1.0, 0.9), 2: (1.0, 0.4), 4: (1.0, 0.1), 5: (1.0, 0.0)}, (1.0, 1.0))
+    assert out.keep_float == ("a", "b")
+    # nothing beats the plain artifact: nothing is chosen, the whole budget was tried
+    out = _fake_search({1: (0.8, 1.0), 2: (0.8, 1.0), 4: (0.8, 0.9), 5: (0.8, 0.9)}, (0.8, 1.0))
+    assert out.chosen is None and len(out.attempts) == 4
+    # none reaches the target: the best agreement (fewest layers on a tie) is chosen
+    out = _fake_search({1: (0.85, 1.0), 2: (0.9, 0.5), 4: (0.9, 0.4), 5: (0.7, 0.1)}, (0.8, 1.0))
+    assert out.keep_float == ("a", "b")
 
 
 @pytest.mark.parametrize("backend_name", ["onnxruntime", "openvino"])

@@ -48,6 +48,7 @@ class RescueOutcome:
 
     sensitivity: list[LayerError]
     baseline_agreement: float
+    baseline_logit_diff: float
     attempts: list[Attempt] = field(default_factory=list)
     artifacts: list[Any] = field(default_factory=list)
     chosen: int | None = None
@@ -78,13 +79,22 @@ def candidate_sets(ranked: Sequence[str], max_attempts: int) -> list[tuple[str, 
 
 def choose_candidate(export: Callable[[tuple[str, ...], int], Any],
                      score: Callable[[Any], tuple[float, float]],
-                     sensitivity: list[LayerError], baseline_agreement: float, *,
+                     sensitivity: list[LayerError], baseline: tuple[float, float], *,
                      max_attempts: int, min_agreement: float,
                      on_attempt: Callable[[Attempt], None] | None = None) -> RescueOutcome:
     """Export candidates (``export(keep_float, index)``) and score each on the tuning images
-    (``score(artifact)`` → agreement, mean |logit diff|) until one reaches ``min_agreement``
-    or the budget is spent."""
-    outcome = RescueOutcome(sensitivity, baseline_agreement)
+    (``score(artifact)`` → agreement, mean |logit diff|; ``baseline``: the plain INT8
+    artifact's) until one reaches ``min_agreement`` — and, when the plain artifact already
+    did (agreement cannot tell them apart), at least halves its logit error — or the budget is
+    spent. Then the best agreement (fewer float layers on a tie) is chosen if it is better than
+    the plain artifact by the same measure."""
+    base_agree, base_diff = baseline
+    outcome = RescueOutcome(sensitivity, base_agree, base_diff)
+
+    def improves(a: Attempt) -> bool:
+        return a.agreement > base_agree or (a.agreement >= base_agree
+                                             and a.mean_abs_logit_diff <= 0.5 * base_diff)
+
     for index, keep in enumerate(candidate_sets([r.name for r in sensitivity], max_attempts)):
         t0 = time.perf_counter()
         artifact = export(keep, index)
@@ -94,14 +104,14 @@ def choose_candidate(export: Callable[[tuple[str, ...], int], Any],
         outcome.artifacts.append(artifact)
         if on_attempt is not None:
             on_attempt(attempt)
-        if agree >= min_agreement:
+        if agree >= min_agreement and improves(attempt):
             outcome.chosen = index
             return outcome
     if outcome.attempts:
         best = max(range(len(outcome.attempts)),
                    key=lambda i: (outcome.attempts[i].agreement,
                                   -len(outcome.attempts[i].keep_float)))
-        if outcome.attempts[best].agreement > baseline_agreement:
+        if improves(outcome.attempts[best]):
             outcome.chosen = best
     return outcome
 
@@ -119,11 +129,11 @@ def run_rescue(backend: Any, request_for: Callable[[tuple[str, ...], Path], Any]
     status(f"{name}: per-layer sensitivity on {len(sample)} calibration-side images")
     ranking = backend.layer_sensitivity(request_for((), work_dir / "unused"), artifact.path,
                                         sample)
-    baseline, _ = score(artifact)
+    baseline = score(artifact)
     if not search:
-        return RescueOutcome(ranking, baseline)
+        return RescueOutcome(ranking, *baseline)
     status(f"{name}: rescue — keeping the most sensitive layers in float (at most "
-           f"{settings.max_attempts} re-exports; tuning agreement {baseline:.3f} on "
+           f"{settings.max_attempts} re-exports; tuning agreement {baseline[0]:.3f} on "
            f"{len(tuning)} calibration-side images, target {settings.min_agreement:g})")
 
     def export(keep: tuple[str, ...], index: int) -> Any:
