@@ -4,7 +4,8 @@ Candidates keep the top 1, 2, 4, 8 … layers of the sensitivity ranking in floa
 bounded number of re-exports. Each candidate is judged WITHOUT the verification labels or
 images: by its top-1 agreement with the source on tuning images (calibration-side images), so
 the verification set is used once, on the chosen candidate, and stays an honest test. The first
-candidate whose agreement reaches ``min_agreement`` is chosen — the fewest float layers, so the
+candidate whose agreement reaches ``min_agreement`` (and, when the plain artifact already
+did, that at least halves its mean logit error) is chosen — the fewest float layers, so the
 one closest to full-INT8 speed; when none does, the one with the best agreement (fewest float
 layers on a tie), if it beats the plain INT8 artifact.
 """
