@@ -25,13 +25,14 @@ from torch import nn
 
 from edgekit.backends import ExportRequest, QuantOptions, get_backend
 from edgekit.calibrate import StreamedImages
-from edgekit.compress import compress
+from edgekit.compress import _misses_gate, compress
 from edgekit.data.folder import scan
 from edgekit.data.preprocess import PreprocessSpec
 from edgekit.errors import ConfigError, VerificationFailed
 from edgekit.quantize.rescue import candidate_sets, choose_candidate
 from edgekit.quantize.sensitivity import LayerError, format_table, rank
 from edgekit.sources import load_model
+from edgekit.verify import Check, Verification
 
 CRUSHED = "/crushed/Conv"  # ONNX node name (TorchScript exporter) of the conv fed the outlier
 SMALL = {"calibration_images": 32, "seed": 0}
@@ -109,6 +110,21 @@ def test_rank_and_candidates() -> None:
     assert candidate_sets(["b", "c", "a", "d", "e"], 5) == [
         ("b",), ("b", "c"), ("b", "c", "a", "d"), ("b", "c", "a", "d", "e")]
     assert candidate_sets(["b"], 5) == [("b",)]
+
+
+def test_rescue_runs_on_a_fail_or_a_drop_beyond_the_limit() -> None:
+    def verification(*checks: Check) -> Verification:
+        return Verification(n=100, max_abs_logit_diff=1.0, mean_abs_logit_diff=0.1, metrics={},
+                            checks=checks)
+
+    fail = Check("top-1", 5.0, 1.0, "fail", (3.0, 7.0), 100)
+    beyond = Check("top-1", 1.5, 1.0, "inconclusive", (-0.5, 3.5), 100, (3, 1), 900)
+    within = Check("top-1", 0.5, 1.0, "inconclusive", (-1.5, 2.5), 100, (2, 1), 900)
+    passed = Check("top-1", 0.0, 1.0, "pass", (-0.5, 0.5), 100)
+    assert _misses_gate(verification(fail, passed))
+    assert _misses_gate(verification(beyond))
+    assert not _misses_gate(verification(within, passed))
+    assert not _misses_gate(verification(passed))
 
 
 def _fake_search(scores: dict[int, tuple[float, float]], baseline: tuple[float, float]):
