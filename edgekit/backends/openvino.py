@@ -42,6 +42,7 @@ built-in no-op stubs (nothing downloads or uploads at run time).
 from __future__ import annotations
 
 import importlib.util
+import logging
 import platform
 import re
 import shutil
@@ -411,7 +412,11 @@ class OpenVINOBackend(QuietHooks):
                                      validate=False)
                    if self.ignored_types or keep else None)
         dataset = nncf.Dataset(_Stream(calibration))
+        log = logging.getLogger("nncf")
+        level = log.level
         try:
+            if keep:  # one INFO line per kept op and per skipped quantizer: a rescue's noise
+                log.setLevel(max(level, logging.WARNING))
             quantized = nncf.quantize(ov_model, dataset, subset_size=len(calibration),
                                       fast_bias_correction=options.fast_bias_correction,
                                       preset=preset, ignored_scope=ignored,
@@ -421,6 +426,8 @@ class OpenVINOBackend(QuietHooks):
         except Exception as exc:
             raise ExportError(f"openvino: NNCF INT8 quantization of {request.model.name} "
                               f"failed: {first_line(exc)}") from exc
+        finally:
+            log.setLevel(level)
         return quantized, {
             "tool": f"nncf {nncf.__version__}",
             "preset": self.preset,
