@@ -107,8 +107,12 @@ def test_rank_and_candidates() -> None:
             LayerError("c", "Gemm", 0.5, 0.05)]
     assert [r.name for r in rank(rows)] == ["b", "c", "a"]
     assert "b" in format_table(rank(rows)).splitlines()[1]
-    assert candidate_sets(["b", "c", "a", "d", "e"], 5) == [
-        ("b",), ("b", "c"), ("b", "c", "a", "d"), ("b", "c", "a", "d", "e")]
+    # never every quantized layer: that candidate would be the fp32 model
+    assert candidate_sets(["b", "c", "a", "d", "e"], 5) == [("b",), ("b", "c"),
+                                                            ("b", "c", "a", "d")]
+    assert candidate_sets(["b", "c", "a", "d", "e"], 2) == [("b",), ("b", "c")]
+    assert candidate_sets(list("abcdefghij"), 5) == [tuple("a"), tuple("ab"), tuple("abcd"),
+                                                     tuple("abcdefgh"), tuple("abcdefghi")]
     assert candidate_sets(["b"], 5) == [("b",)]
 
 
@@ -145,7 +149,7 @@ def test_choose_candidate_needs_evidence_of_improvement() -> None:
     assert out.keep_float == ("a", "b")
     # nothing beats the plain artifact: nothing is chosen, the whole budget was tried
     out = _fake_search({1: (0.8, 1.0), 2: (0.8, 1.0), 4: (0.8, 0.9), 5: (0.8, 0.9)}, (0.8, 1.0))
-    assert out.chosen is None and len(out.attempts) == 4
+    assert out.chosen is None and len(out.attempts) == 3
     # none reaches the target: the best agreement (fewest layers on a tie) is chosen
     out = _fake_search({1: (0.85, 1.0), 2: (0.9, 0.5), 4: (0.9, 0.4), 5: (0.7, 0.1)}, (0.8, 1.0))
     assert out.keep_float == ("a", "b")
@@ -196,7 +200,7 @@ def test_compress_rescues_the_planted_layer(planted: Path, tinted: Path, tmp_pat
     assert rescue["keep_float"][0].startswith(CRUSHED)
     assert rescue["first_decision"] == "fail"
     assert rescue["method"].startswith("mixed precision")
-    assert 1 <= len(rescue["attempts"]) <= 5
+    assert len(rescue["attempts"]) == 1  # the planted layer alone: one re-export
     assert art["quantization"]["sensitivity_top10"][0]["name"].startswith(CRUSHED)
     assert set(rescue["keep_float"]) <= set(art["quantization"]["excluded_nodes"])
     assert CRUSHED in res.output  # --explain prints the ranked table
