@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import platform
+import shutil
 import sys
 import time
 import warnings
@@ -19,15 +20,22 @@ from typing import Any
 
 import numpy as np
 
-from edgekit import __version__
+from edgekit import __version__, metrics
 from edgekit.backends import Artifact, ExportRequest, QuantOptions, require_backend
 from edgekit.backends.base import check_supported
 from edgekit.bundle import BundleWriter, load_manifest, package_versions, sha256_path
-from edgekit.calibrate import DataPlan, StreamedImages, plan_data
+from edgekit.calibrate import DataPlan, StreamedImages, plan_data, stratified_sample
 from edgekit.checkpoint import save_checkpoint
 from edgekit.data.folder import scan
 from edgekit.errors import ConfigError, VerificationFailed
-from edgekit.evaluate import load_arrays, score, source_warnings
+from edgekit.evaluate import (
+    as_logits,
+    load_arrays,
+    metrics_task,
+    score,
+    source_warnings,
+    threshold_of,
+)
 from edgekit.manifest import (
     ArtifactEntry,
     ArtifactInput,
@@ -42,6 +50,9 @@ from edgekit.manifest import (
 from edgekit.outputs import refuse_inside_data
 from edgekit.prune.latency import for_latency
 from edgekit.prune.recover import prune_and_verify
+from edgekit.quantize.rescue import METHOD as RESCUE_METHOD
+from edgekit.quantize.rescue import run_rescue
+from edgekit.quantize.sensitivity import LayerError
 from edgekit.recipes import Recipe, load_recipe, pruning_recipe
 from edgekit.sources import Source, load_model, reference_outputs
 from edgekit.sources.declared import DeclaredPreprocess
@@ -83,6 +94,8 @@ class CompressOptions:
     input_range: str | None = None
     strict_gate: bool = False
     classes: tuple[str, ...] | None = None
+    rescue: bool | None = None  # None: the recipe's rescue.enabled (int8: on)
+    explain: bool = False  # rank every INT8 artifact's layers by sensitivity, even when it passes
 
 
 @dataclass
@@ -94,6 +107,7 @@ class ArtifactResult:
     verification: Verification
     export_seconds: float
     bytes: int
+    sensitivity: list[LayerError] = field(default_factory=list)  # ranked, when measured
 
     @property
     def passed(self) -> bool:
@@ -138,6 +152,7 @@ def _recipe(opts: CompressOptions) -> Recipe:
     rec = opts.recipe if isinstance(opts.recipe, Recipe) else load_recipe(opts.recipe)
     rec = rec.with_overrides(backends=opts.backends, seed=opts.seed, int8_io=opts.int8_io,
                              **{"calibration.images": opts.calibration_images,
+                                "rescue.enabled": opts.rescue,
                                 "calibration.method": opts.calibration_method,
                                 "verification.images": opts.verification_images})
     if opts.target_macs is not None and opts.target_latency_ms is not None:
@@ -236,7 +251,7 @@ def compress(source: str | Path | Source, *, data: str | Path, out: str | Path,
     with BundleWriter(out, overwrite=opts.overwrite) as writer:
         for backend in plugins:
             results.append(_export_one(backend, model, rec, plan, writer, x, y, ref,
-                                       source_metrics, parity_ref))
+                                       source_metrics, parity_ref, opts))
         pruned = None if pruning is None else _save_pruned(model, pruning, writer)
         manifest = _manifest(loaded, rec, plan, source_metrics, results, writer, started,
                              time.perf_counter() - start, pruned)
@@ -300,41 +315,148 @@ def _save_pruned(model: Source, record: dict[str, Any], writer: BundleWriter
 
 def _export_one(backend: Any, loaded: Source, rec: Recipe, plan: DataPlan,
                 writer: BundleWriter, x: np.ndarray, y: np.ndarray, ref: np.ndarray,
-                source_metrics: dict[str, Any], parity_ref: np.ndarray | None = None
-                ) -> ArtifactResult:
+                source_metrics: dict[str, Any], parity_ref: np.ndarray | None = None,
+                opts: CompressOptions | None = None) -> ArtifactResult:
     name = f"{backend.name}-{rec.precision}"
     out_dir = writer.artifacts_dir / backend.name
     out_dir.mkdir(parents=True, exist_ok=True)
+
+    def request_for(keep_float: tuple[str, ...], where: Path, bar: Any = None) -> ExportRequest:
+        calib = (StreamedImages(plan.calibration, loaded.spec,
+                                progress=None if bar is None else bar.set)
+                 if rec.needs_calibration else None)
+        return ExportRequest(
+            model=loaded, precision=rec.precision, out_dir=where, stem=f"model-{rec.precision}",
+            calibration=calib, options=QuantOptions(
+                method=rec.calibration.method, per_channel=rec.calibration.per_channel,
+                int8_io=rec.int8_io, seed=rec.seed, keep_float=keep_float))
+
+    def verify(artifact: Artifact) -> Verification:
+        session = backend.open(artifact.path)
+        outs = []
+        with progress_bar(f"{name}: verifying", len(x)) as bar:
+            for i in range(0, len(x), 16):
+                outs.append(session.run(x[i:i + 16]))
+                bar.advance(len(x[i:i + 16]))
+        return compare(ref, np.concatenate(outs), y, task=loaded.task,
+                       class_names=loaded.class_names, precision=rec.precision, recipe=rec,
+                       source_metrics=source_metrics, seed=rec.seed, parity_ref=parity_ref,
+                       head=loaded.head)
+
     t0 = time.perf_counter()
     with progress_bar(f"{name}: calibrating + converting" if rec.needs_calibration
                       else f"{name}: converting", len(plan.calibration)
                       if rec.needs_calibration else None) as bar:
-        calib = (StreamedImages(plan.calibration, loaded.spec, progress=bar.set)
-                 if rec.needs_calibration else None)
         # converters (NNCF, ORT calibrators) print progress on stdout: keep stdout for results
         with contextlib.redirect_stdout(sys.stderr):
-            artifact = backend.export(ExportRequest(
-                model=loaded, precision=rec.precision, out_dir=out_dir,
-                stem=f"model-{rec.precision}", calibration=calib,
-                options=QuantOptions(method=rec.calibration.method,
-                                     per_channel=rec.calibration.per_channel,
-                                     int8_io=rec.int8_io, seed=rec.seed)))
+            artifact = backend.export(request_for((), out_dir, bar))
     seconds = time.perf_counter() - t0
-    session = backend.open(artifact.path)
-    outs = []
-    with progress_bar(f"{name}: verifying", len(x)) as bar:
-        for i in range(0, len(x), 16):
-            outs.append(session.run(x[i:i + 16]))
-            bar.advance(len(x[i:i + 16]))
-    verification = compare(ref, np.concatenate(outs), y, task=loaded.task,
-                           class_names=loaded.class_names, precision=rec.precision, recipe=rec,
-                           source_metrics=source_metrics, seed=rec.seed, parity_ref=parity_ref,
-                           head=loaded.head)
+    verification = verify(artifact)
+    ranking: list[LayerError] = []
+    search = rec.rescue.enabled and _misses_gate(verification)
+    if rec.precision == "int8" and hasattr(backend, "layer_sensitivity") and (
+            search or (opts is not None and opts.explain)):
+        _report(name, artifact, verification)
+        artifact, verification, ranking = _rescue(backend, name, loaded, rec, plan, writer,
+                                                  out_dir, request_for, verify, artifact,
+                                                  verification, search)
+        seconds = time.perf_counter() - t0
+    elif rec.precision == "int8" and search:
+        status(f"[yellow]{name}:[/] no per-layer rescue for {backend.name} yet; the fallback is "
+               f"this backend's fp32 artifact (edgekit compress … --recipe fp32 --backend "
+               f"{backend.name})")
+    size = _report(name, artifact, verification, seconds)
+    return ArtifactResult(name, artifact, verification, seconds, size, ranking)
+
+
+def _report(name: str, artifact: Artifact, verification: Verification,
+            seconds: float | None = None) -> int:
+    """The artifact's status line; its size in bytes."""
     size = sum(p.stat().st_size for p in artifact.files)
     verdict = {"pass": "[green]passed[/]", "fail": "[red]FAILED[/]",
                "inconclusive": "[yellow]inconclusive[/]"}[verification.decision]
-    status(f"{name}: {size / 1e6:.2f} MB in {seconds:.1f} s — {verdict} verification")
-    return ArtifactResult(name, artifact, verification, seconds, size)
+    took = "" if seconds is None else f" in {seconds:.1f} s"
+    status(f"{name}: {size / 1e6:.2f} MB{took} — {verdict} verification")
+    return size
+
+
+def _misses_gate(verification: Verification) -> bool:
+    """A gate the rescue should try to mend: failed, or inconclusive with a point estimate
+    beyond a limit (more images would most likely show a failure)."""
+    return verification.decision == "fail" or any(
+        c.value is not None and c.value > c.limit for c in verification.inconclusive_checks)
+
+
+def _rescue(backend: Any, name: str, loaded: Source, rec: Recipe, plan: DataPlan,
+            writer: BundleWriter, out_dir: Path, request_for: Any, verify: Any,
+            artifact: Artifact, verification: Verification, search: bool
+            ) -> tuple[Artifact, Verification, list[LayerError]]:
+    """Rank the INT8 artifact's layers and, when ``search``, look for a candidate with the most
+    sensitive ones kept in float (``edgekit.quantize.rescue``), chosen on calibration-side
+    tuning images; the chosen one is verified ONCE and replaces the artifact in the bundle.
+    Every step is recorded in the artifact's ``quantization`` dict."""
+    tuning = stratified_sample(plan.train_pool or plan.calibration, rec.rescue.tuning_images,
+                               rec.seed + 2)
+    x_t, _ = load_arrays(plan.dataset.subset(tuning), loaded.spec, on_error="skip",
+                         description="Loading tuning images")
+    ref_t = reference_outputs(loaded, x_t)
+    kind = metrics_task(loaded.task, ref_t)
+
+    def tuning_agreement(candidate: Artifact) -> tuple[float, float]:
+        out = backend.open(candidate.path).run(x_t)
+        diff = float(np.mean(np.abs(out.astype(np.float64) - ref_t)))
+        agree = metrics.top1_agreement(as_logits(out, loaded.head, kind),
+                                       as_logits(ref_t, loaded.head, kind), task=kind,
+                                       threshold=threshold_of(loaded.head))
+        return float(agree), diff
+
+    work = writer.tmp / "rescue" / backend.name
+    try:
+        with contextlib.redirect_stdout(sys.stderr):
+            outcome = run_rescue(backend, request_for, artifact, work, x_t, tuning_agreement, name=name,
+                                 settings=rec.rescue, search=search)
+        sens = {"sensitivity_images": min(32, len(x_t)),
+                "sensitivity_top10": [r.to_json() for r in outcome.sensitivity[:10]]}
+        if not search:
+            artifact.quantization = {**artifact.quantization, **sens}
+            return artifact, verification, outcome.sensitivity
+        record: dict[str, Any] = {
+            "method": RESCUE_METHOD, "first_decision": verification.decision,
+            "first_top1_agreement": verification.top1_agreement,
+            "tuning_images": len(x_t), "first_tuning_agreement": outcome.baseline_agreement,
+            "first_tuning_mean_abs_logit_diff": outcome.baseline_logit_diff,
+            "min_agreement": rec.rescue.min_agreement,
+            "attempts": [a.to_json() for a in outcome.attempts], "keep_float": []}
+        chosen = outcome.artifact
+        if chosen is None:
+            record["outcome"] = "no candidate agreed better with the source; plain INT8 kept"
+            status(f"[red]{name}: no rescue candidate within {rec.rescue.max_attempts} "
+                   f"re-exports beat the plain INT8 artifact; the fallback is this backend's "
+                   f"fp32 artifact (edgekit compress … --recipe fp32 --backend {backend.name})")
+            artifact.quantization = {**artifact.quantization, **sens, "rescue": record}
+            return artifact, verification, outcome.sensitivity
+        for path in artifact.files:  # the chosen candidate takes the plain artifact's place
+            path.unlink()
+        files = []
+        for path in chosen.files:
+            files.append(out_dir / path.name)
+            path.replace(files[-1])
+        chosen = dataclasses.replace(chosen, path=out_dir / chosen.path.name, files=files)
+        rescued = verify(chosen)  # once, on the verification images: no selection on them
+        record.update(keep_float=list(outcome.keep_float), chosen_attempt=outcome.chosen + 1,
+                      outcome=f"{len(outcome.keep_float)} layer(s) kept in float; "
+                              f"verification {verification.decision} → {rescued.decision}")
+        chosen.quantization = {**chosen.quantization, **sens, "rescue": record}
+        status(f"{name}: rescued with {len(outcome.keep_float)} layer(s) kept in float "
+               f"({', '.join(outcome.keep_float)}): verification {verification.decision} → "
+               f"{rescued.decision}")
+        if rescued.decision == "fail":
+            status(f"[red]{name}: still failing after the rescue; the fallback is this "
+                   f"backend's fp32 artifact (edgekit compress … --recipe fp32 --backend "
+                   f"{backend.name})")
+        return chosen, rescued, outcome.sensitivity
+    finally:
+        shutil.rmtree(writer.tmp / "rescue", ignore_errors=True)
 
 
 def _manifest(loaded: Source, rec: Recipe, plan: DataPlan, source_metrics: dict[str, Any],
@@ -410,6 +532,11 @@ def _readme(m: dict[str, Any]) -> str:
     warn = ("\n> The source model was trained on SYNTHETIC phantoms: these artifacts are for "
             "trying edgekit, not for clinical use.\n" if "synthetic" in note else "")
     extras = sorted({a["backend"] for a in m["artifacts"]})
+    rescued = [f"\n`{a['name']}` was rescued: {len(r['keep_float'])} layer(s) kept in float "
+               f"({', '.join(f'`{k}`' for k in r['keep_float'])}); gate {r['first_decision']} "
+               f"before, see `quantization.rescue` in manifest.json."
+               for a in m["artifacts"] if (r := a.get("quantization", {}).get("rescue"))
+               and r.get("keep_float")]
     p = m.get("pruning")
     pruned = (f"\nStructured pruning kept **{100 * p['macs_fraction']:.1f} %** of the MACs "
               f"({p['macs_before']:,} → {p['macs_after']:,}) and {p['params_after']:,} of "
@@ -428,6 +555,7 @@ Status: **{m['status']}**. Every file's sha256 is in `manifest.json`; check them
 {chr(10).join(rows)}
 
 Verified on {m['data']['verification_images']} held-out images ({m['data']['origin']}).
+{''.join(rescued)}
 
 ## Inputs
 Classes: {', '.join(m['class_names'])} ({m['task']}). One image per call, shape

@@ -46,6 +46,22 @@ class Gate(BaseModel):
         "within the limit, fail when beyond it, inconclusive otherwise"))
 
 
+class Rescue(BaseModel):
+    """What compress does when an INT8 artifact misses its gate: re-export it with its most
+    sensitive layers kept in float (top 1, 2, 4 … of the per-layer sensitivity ranking), judge
+    each candidate by its top-1 agreement with the source on ``tuning_images`` calibration-side
+    images (never the verification images), verify the chosen one once. Backends without a
+    per-layer sensitivity analysis are left as they are."""
+
+    model_config = _STRICT
+    enabled: bool = True
+    max_attempts: int = Field(5, ge=1, le=20, description="re-exports at most")
+    tuning_images: int = Field(64, ge=8, le=10_000, description=(
+        "calibration-side images candidates are judged on (the first 32 also rank the layers)"))
+    min_agreement: float = Field(0.99, gt=0, le=1, description=(
+        "top-1 agreement with the source on the tuning images that ends the search"))
+
+
 class Recovery(BaseModel):
     """Fine-tuning after pruning: knowledge distillation from the unpruned model (KL on logits
     at ``temperature``, weight ``kd_alpha``) plus the label loss, early-stopped on a validation
@@ -100,6 +116,7 @@ class Recipe(BaseModel):
     gate: Gate = Gate()
     int8_io: bool = False
     pruning: Pruning | None = None
+    rescue: Rescue = Rescue()
 
     @property
     def pruned(self) -> bool:

@@ -43,13 +43,16 @@ class CalibrationData(Protocol):
 
 @dataclass(frozen=True)
 class QuantOptions:
-    """How to quantize: calibration method, per-channel weights, integer I/O, seed."""
+    """How to quantize: calibration method, per-channel weights, integer I/O, seed, and the
+    layers to keep in float (``keep_float``: the backend's node names, as its
+    ``layer_sensitivity`` reports them; ORT maps them to ``nodes_to_exclude``)."""
 
     method: str = "minmax"  # one of CALIBRATION_METHODS; a backend may reject one it lacks
     per_channel: bool = True
     int8_io: bool = False  # TFLite only: int8 input/output tensors instead of float
     seed: int = 0
     fast_bias_correction: bool = True  # NNCF
+    keep_float: tuple[str, ...] = ()  # mixed precision: these layers are not quantized
 
 
 @dataclass(frozen=True)

@@ -57,6 +57,7 @@ from edgekit.errors import (
     EdgekitError,
     ExportError,
 )
+from edgekit.quantize.sensitivity import ErrorAccumulator, LayerError, rank
 
 NAME = "onnxruntime"
 INPUT_NAME = "input"
@@ -345,24 +346,9 @@ class OnnxRuntimeBackend(QuietHooks):
             QuantType,
             quantize_static,
         )
-        from onnxruntime.quantization.shape_inference import quant_pre_process
 
         pre = tmp / "model.pre.onnx"
-        preprocess = "symbolic shape inference + optimization + ONNX shape inference"
-        try:
-            quant_pre_process(str(fp32), str(pre))
-        except Exception as exc:
-            # ORT's symbolic shape inference loses the output shape of ReduceMax/ReduceMin/...
-            # at opset >= 18 (axes became an input; onnxruntime PR #32376), which CBAM's
-            # channel/spatial max pools hit. Static-shape CNNs lose nothing without it: ONNX
-            # shape inference still runs, and so does the ORT optimizer.
-            quant_pre_process(str(fp32), str(pre), skip_symbolic_shape=True)
-            preprocess = "optimization + ONNX shape inference (symbolic shape inference failed)"
-            notes.append("ORT quant pre-processing ran without symbolic shape inference, which "
-                         f"failed on this graph ({type(exc).__name__}: known ORT issue with "
-                         "Reduce* ops at opset >= 18); ONNX shape inference covered the static "
-                         "shapes.")
-
+        preprocess = _pre_process(fp32, pre, notes)
         calibration = request.calibration
         assert calibration is not None and ort_method is not None
         count = len(calibration)
@@ -377,10 +363,16 @@ class OnnxRuntimeBackend(QuietHooks):
         stride = _chunk_stride(count, CALIBRATION_CHUNK)
         if stride < count:
             extra["CalibStridedMinMax"] = stride
+        graph = onnx.load(str(pre)).graph
         excluded = list(self.exclude_nodes)
-        if self.exclude_op_types:
-            graph = onnx.load(str(pre)).graph
-            excluded += [n.name for n in graph.node if n.op_type in self.exclude_op_types]
+        excluded += [n.name for n in graph.node if n.op_type in self.exclude_op_types]
+        keep = list(request.options.keep_float)
+        unknown = sorted(set(keep) - {n.name for n in graph.node})
+        if unknown:
+            raise ConfigError(f"onnxruntime: cannot keep {', '.join(unknown)} in float: no such "
+                              f"node in {request.model.name} (names come from "
+                              "layer_sensitivity)")
+        excluded += [k for k in _keep_float_nodes(graph, keep) if k not in excluded]
         activation = getattr(QuantType, _ACTIVATION_TYPES[self.activation_type])
         try:
             # ORT's histogram calibrators print progress with print(): keep stdout clean
@@ -418,7 +410,56 @@ class OnnxRuntimeBackend(QuietHooks):
             "calibration_images": count,
             "preprocess": preprocess,
             "excluded_nodes": sorted(excluded),
+            "keep_float": list(request.options.keep_float),
         }
+
+    # ------------------------------------------------------------------------ sensitivity
+    def layer_sensitivity(self, request: ExportRequest, int8_path: Path,
+                          images: np.ndarray) -> list[LayerError]:
+        """Every quantized node of the INT8 (QDQ) artifact at ``int8_path``, ranked by the error
+        it adds (``edgekit.quantize.sensitivity``) on ``images`` (a float32 batch in the
+        spec's layout; no labels).
+
+        ORT's QDQ quantizes a Conv/Gemm's OUTPUT as well as its inputs, so a node's error is
+        taken where its consumers read it: after the output's QuantizeLinear → DequantizeLinear
+        (a Relu that ORT folded into the Conv is then accounted for, as in the float graph).
+        ``added`` = that error minus the largest such error of its inputs: the damage done by
+        its weights and its output quantization, which keeping it in float (``keep_float``:
+        the node and the consumers of its output, see ``_keep_float_nodes``) removes. The float
+        reference is ``request``'s model re-exported and pre-processed exactly as for
+        quantization, so tensor names match; both graphs run with graph optimisations off."""
+        import onnx
+
+        with tempfile.TemporaryDirectory(prefix="edgekit-ort-sens-") as tmp_name:
+            tmp = Path(tmp_name)
+            fp32, pre = tmp / "model.fp32.onnx", tmp / "model.pre.onnx"
+            if request.model.kind in ("torch", "torchscript"):
+                self._from_torch(request.model, fp32)
+            else:
+                self._from_onnx(request.model, fp32, [])
+            _pre_process(fp32, pre, [])
+            float_proto = onnx.load(str(pre))
+            quant_proto = onnx.load(str(int8_path))
+            float_names = ({o for n in float_proto.graph.node for o in n.output if o}
+                           | {i.name for i in _graph_inputs(float_proto)})
+            nodes, pairs = _qdq_view(quant_proto, float_names)
+            keys = sorted(pairs)
+            acc = ErrorAccumulator()
+            float_run = _probe(float_proto, [pairs[k][1] for k in keys], tmp / "float.onnx")
+            quant_run = _probe(quant_proto, [pairs[k][0] for k in keys], tmp / "quant.onnx")
+            for i in range(len(images)):
+                row = np.ascontiguousarray(images[i:i + 1], dtype=np.float32)
+                for key, f, q in zip(keys, float_run(row), quant_run(row), strict=True):
+                    acc.add(key, q, f)
+        rows = []
+        for node, inputs in nodes:
+            out = max([e for e in (acc.error(o) for o in node.output) if e is not None],
+                      default=None)
+            if out is None:
+                continue
+            before = max([acc.error(t) or 0.0 for t in inputs] + [0.0])
+            rows.append(LayerError(node.name, node.op_type, out, out - before))
+        return rank(rows)
 
     # ------------------------------------------------------------------------ verification
     def _check_runs(self, path: Path) -> None:
@@ -442,6 +483,141 @@ class OnnxRuntimeBackend(QuietHooks):
 
 
 # ------------------------------------------------------------------------------------ helpers
+def _pre_process(fp32: Path, pre: Path, notes: list[str]) -> str:
+    """ORT's quantization pre-processing of ``fp32`` into ``pre``; what it did, in words."""
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    try:
+        quant_pre_process(str(fp32), str(pre))
+        return "symbolic shape inference + optimization + ONNX shape inference"
+    except Exception as exc:
+        # ORT's symbolic shape inference loses the output shape of ReduceMax/ReduceMin/...
+        # at opset >= 18 (axes became an input; onnxruntime PR #32376), which CBAM's
+        # channel/spatial max pools hit. Static-shape CNNs lose nothing without it: ONNX
+        # shape inference still runs, and so does the ORT optimizer.
+        quant_pre_process(str(fp32), str(pre), skip_symbolic_shape=True)
+        notes.append("ORT quant pre-processing ran without symbolic shape inference, which "
+                     f"failed on this graph ({type(exc).__name__}: known ORT issue with "
+                     "Reduce* ops at opset >= 18); ONNX shape inference covered the static "
+                     "shapes.")
+        return "optimization + ONNX shape inference (symbolic shape inference failed)"
+
+
+_QDQ = ("QuantizeLinear", "DequantizeLinear")
+
+
+def _qdq_view(proto: Any, float_names: set[str]
+              ) -> tuple[list[tuple[Any, list[str]]], dict[str, tuple[str, str]]]:
+    """The quantized compute nodes of a QDQ graph and what to compare.
+
+    Nodes: every named non-Q/DQ node that reads a DequantizeLinear output or whose output is
+    quantized, with the tensors its activation inputs were made from (DequantizeLinear ←
+    QuantizeLinear ← tensor; a DequantizeLinear of an initializer is a weight). Pairs: for each
+    tensor a compute node (or the graph input) produces, ``tensor → (what its consumers read
+    in the QDQ graph — the DequantizeLinear output when it is quantized —, the float graph's
+    tensor of the same value)``."""
+    producer = {o: n for n in proto.graph.node for o in n.output}
+    consumers: dict[str, list[Any]] = {}
+    for n in proto.graph.node:
+        for t in n.input:
+            consumers.setdefault(t, []).append(n)
+
+    def read_as(tensor: str) -> str:
+        for q in consumers.get(tensor, []):
+            if q.op_type == "QuantizeLinear":
+                for dq in consumers.get(q.output[0], []):
+                    if dq.op_type == "DequantizeLinear":
+                        return dq.output[0]
+        return tensor
+
+    pairs: dict[str, tuple[str, str]] = {}
+    tensors = [i.name for i in _graph_inputs(proto)]
+    tensors += [o for n in proto.graph.node if n.op_type not in _QDQ for o in n.output if o]
+    for t in tensors:
+        seen = read_as(t)
+        ref = t if t in float_names else seen if seen in float_names else None
+        if ref is not None:
+            pairs[t] = (seen, ref)
+    found = []
+    for node in proto.graph.node:
+        if node.op_type in _QDQ or not node.name:
+            continue
+        quantized = any(read_as(o) != o for o in node.output)
+        sources = []
+        for tensor in node.input:
+            dq = producer.get(tensor)
+            if dq is None or dq.op_type != "DequantizeLinear":
+                if tensor in pairs:
+                    sources.append(tensor)
+                continue
+            quantized = True
+            q = producer.get(dq.input[0])
+            if q is not None and q.op_type == "QuantizeLinear":
+                sources.append(q.input[0])
+        if quantized:
+            found.append((node, sources))
+    return found, pairs
+
+
+# ops through which ORT's QDQ carries one quantization of a tensor (a Conv → Relu's Relu is
+# folded away; MaxPool/Reshape/... reuse their input's scale)
+_PASS_THROUGH = ("Relu", "Clip", "MaxPool", "Reshape", "Flatten", "Transpose", "Squeeze",
+                 "Unsqueeze", "Identity")
+
+
+def _keep_float_nodes(graph: Any, keep: list[str]) -> list[str]:
+    """The nodes to exclude so that each of ``keep`` runs in float with float inputs and a
+    float output: the node, the producers of its inputs (ORT quantizes a Conv's output at the
+    Conv) and the consumers of its output (they quantize their inputs), following
+    pass-through ops (Relu, MaxPool, Reshape …) that share one quantization of a tensor."""
+    producer = {o: n for n in graph.node for o in n.output}
+    consumers: dict[str, list[Any]] = {}
+    for n in graph.node:
+        for t in n.input:
+            consumers.setdefault(t, []).append(n)
+    by_name = {n.name: n for n in graph.node}
+
+    def forward(node: Any) -> list[Any]:
+        return [c for o in node.output for c in consumers.get(o, [])]
+
+    def backward(node: Any) -> list[Any]:
+        return [producer[t] for t in node.input if t in producer]
+
+    out: list[str] = []
+    for name in keep:
+        for step in (forward, backward):
+            frontier, seen = [by_name[name]], set()
+            while frontier:
+                node = frontier.pop()
+                if id(node) in seen or node.op_type in _QDQ:
+                    continue
+                seen.add(id(node))
+                if node.name and node.name not in out:
+                    out.append(node.name)
+                if node.name == name or node.op_type in _PASS_THROUGH:
+                    frontier += step(node)
+    return out
+
+
+def _probe(proto: Any, names: list[str], path: Path) -> Callable[[np.ndarray], list[Any]]:
+    """Run ``proto`` with ``names`` made graph outputs, graph optimisations off (so every
+    tensor is computed as the graph says): a function of one input row."""
+    import onnx
+    import onnxruntime as ort
+
+    have = {o.name for o in proto.graph.output}
+    proto.graph.output.extend([onnx.ValueInfoProto(name=n) for n in names if n not in have])
+    onnx.save(proto, str(path))
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    options.log_severity_level = 3
+    options.intra_op_num_threads = 1
+    session = ort.InferenceSession(str(path), sess_options=options,
+                                   providers=["CPUExecutionProvider"])
+    input_name = session.get_inputs()[0].name
+    return lambda row: session.run(names, {input_name: row})
+
+
 def _chunk_stride(count: int, chunk: int) -> int:
     """The largest divisor of ``count`` that is <= ``chunk`` (ORT's strided calibration
     requires the stride to divide the number of items)."""

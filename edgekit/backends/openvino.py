@@ -42,6 +42,7 @@ built-in no-op stubs (nothing downloads or uploads at run time).
 from __future__ import annotations
 
 import importlib.util
+import logging
 import platform
 import re
 import shutil
@@ -72,6 +73,7 @@ from edgekit.errors import (
     EdgekitError,
     ExportError,
 )
+from edgekit.quantize.sensitivity import ErrorAccumulator, LayerError, rank
 
 NAME = "openvino"
 INPUT_NAME = "input"
@@ -252,10 +254,7 @@ class OpenVINOBackend(QuietHooks):
         binary = xml.with_suffix(".bin")
         notes: list[str] = []
         quantization: dict[str, Any] = {}
-        if model.kind in ("torch", "torchscript"):
-            ov_model = self._from_torch(model)
-        else:
-            ov_model = self._from_onnx(model, notes)
+        ov_model = self._float_model(model, notes)
         shape = tuple(model.spec.input_shape(1))
         if request.precision == "int8":
             ov_model, quantization = self._quantize(ov_model, request)
@@ -313,6 +312,15 @@ class OpenVINOBackend(QuietHooks):
                                      f"{_EXPORT_HINT}")
 
     # ---------------------------------------------------------------------------- sources
+    def _float_model(self, model: Any, notes: list[str]) -> Any:
+        """The converted fp32 model with counter-based node names made canonical, so that a
+        second conversion in the same process names every node the same (``keep_float`` and
+        ``layer_sensitivity`` refer to nodes by these names)."""
+        ov_model = (self._from_torch(model) if model.kind in ("torch", "torchscript")
+                    else self._from_onnx(model, notes))
+        _canonical_names(ov_model)
+        return ov_model
+
     def _from_torch(self, model: Any) -> Any:
         import openvino as ov
         import torch
@@ -391,10 +399,24 @@ class OpenVINOBackend(QuietHooks):
             advanced.weights_quantization_params = QuantizationParameters(per_channel=False)
         preset = (nncf.QuantizationPreset.PERFORMANCE if self.preset == "performance"
                   else nncf.QuantizationPreset.MIXED)
-        ignored = (nncf.IgnoredScope(types=list(self.ignored_types), validate=False)
-                   if self.ignored_types else None)
+        keep = list(options.keep_float)
+        if keep:
+            known = {op.get_friendly_name() for op in ov_model.get_ops()}
+            unknown = sorted(set(keep) - known)
+            if unknown:
+                raise ConfigError(f"openvino: cannot keep {', '.join(unknown)} in float: no such "
+                                  f"node in {request.model.name} (names come from "
+                                  "layer_sensitivity)")
+        names = _keep_float_ops(ov_model, keep) if keep else []
+        ignored = (nncf.IgnoredScope(names=names, types=list(self.ignored_types),
+                                     validate=False)
+                   if self.ignored_types or keep else None)
         dataset = nncf.Dataset(_Stream(calibration))
+        log = logging.getLogger("nncf")
+        level = log.level
         try:
+            if keep:  # one INFO line per kept op and per skipped quantizer: a rescue's noise
+                log.setLevel(max(level, logging.WARNING))
             quantized = nncf.quantize(ov_model, dataset, subset_size=len(calibration),
                                       fast_bias_correction=options.fast_bias_correction,
                                       preset=preset, ignored_scope=ignored,
@@ -404,6 +426,8 @@ class OpenVINOBackend(QuietHooks):
         except Exception as exc:
             raise ExportError(f"openvino: NNCF INT8 quantization of {request.model.name} "
                               f"failed: {first_line(exc)}") from exc
+        finally:
+            log.setLevel(level)
         return quantized, {
             "tool": f"nncf {nncf.__version__}",
             "preset": self.preset,
@@ -414,7 +438,42 @@ class OpenVINOBackend(QuietHooks):
             "fast_bias_correction": bool(options.fast_bias_correction),
             "calibration_images": len(calibration),
             "ignored_types": list(self.ignored_types),
+            "keep_float": keep,
+            "excluded_nodes": sorted(names),  # NNCF IgnoredScope names: keep_float's islands
         }
+
+    # ------------------------------------------------------------------------ sensitivity
+    def layer_sensitivity(self, request: ExportRequest, int8_path: Path,
+                          images: np.ndarray) -> list[LayerError]:
+        """Every quantized op of the INT8 model, ranked by the error it adds
+        (``edgekit.quantize.sensitivity``) on ``images`` (no labels). An op's error is taken
+        where its consumers read it — after the FakeQuantize NNCF put on its output, if any —
+        so ``added`` is the damage of its weights and of quantizing its output, which keeping
+        it in float (the op and the consumers of its output, ``_keep_float_ops``) removes.
+        The saved IR's names are renumbered, so both graphs are rebuilt in memory from
+        ``request`` — the fp32 model and the same (deterministic) NNCF quantization of it —
+        and compared op by op (friendly names), computed in f32. ``int8_path`` is not read."""
+        del int8_path
+        fp32 = self._float_model(request.model, [])
+        int8, _ = self._quantize(self._float_model(request.model, []), request)
+        float_ops = {op.get_friendly_name(): op for op in fp32.get_ops()}
+        nodes, seen = _fq_view(int8, set(float_ops))
+        names = sorted(seen)
+        acc = ErrorAccumulator()
+        float_run = _probe(fp32, [float_ops[n].output(0) for n in names])
+        quant_run = _probe(int8, [seen[n] for n in names])
+        for i in range(len(images)):
+            row = np.ascontiguousarray(images[i:i + 1], dtype=np.float32)
+            for name, f, q in zip(names, float_run(row), quant_run(row), strict=True):
+                acc.add(name, q, f)
+        rows = []
+        for op, sources in nodes:
+            out = acc.error(op.get_friendly_name())
+            if out is None:
+                continue
+            before = max([acc.error(t) or 0.0 for t in sources] + [0.0])
+            rows.append(LayerError(op.get_friendly_name(), op.get_type_name(), out, out - before))
+        return rank(rows)
 
     @staticmethod
     def _notes(precision: str) -> list[str]:
@@ -450,6 +509,119 @@ class _Stream:
 
 
 # ------------------------------------------------------------------------------------ helpers
+_NOT_LAYERS = ("FakeQuantize", "Constant", "Parameter", "Result", "Convert")
+# ops NNCF moves a FakeQuantize across (one quantization shared through them)
+_PASS_THROUGH = ("Relu", "Clamp", "MaxPool", "Reshape", "Transpose", "Squeeze", "Unsqueeze",
+                 "Concat")
+
+
+def _consumers(op: Any) -> list[Any]:
+    return [t.get_node() for out in op.outputs() for t in out.get_target_inputs()]
+
+
+def _fq_view(ov_model: Any, float_names: set[str]) -> tuple[list[tuple[Any, list[str]]],
+                                                             dict[str, Any]]:
+    """The quantized ops of an NNCF model and what to compare. ``seen``: for every op with a
+    float output that the float model also has, the output its consumers read (a FakeQuantize
+    on it, else its own). Nodes: ops that read a FakeQuantize output or whose output is
+    fake-quantized, with the ops their activation inputs come from (a FakeQuantize of a
+    constant is a weight)."""
+    seen: dict[str, Any] = {}
+    for op in ov_model.get_ordered_ops():
+        name = op.get_friendly_name()
+        if (op.get_type_name() in _NOT_LAYERS[1:] and op.get_type_name() != "Parameter") \
+                or name not in float_names or op.get_output_size() < 1 \
+                or op.get_output_element_type(0).get_type_name() != "f32":
+            continue
+        fq = [c for c in _consumers(op) if c.get_type_name() == "FakeQuantize"]
+        seen[name] = fq[0].output(0) if fq else op.output(0)
+    found = []
+    for op in ov_model.get_ordered_ops():
+        if op.get_type_name() in _NOT_LAYERS:
+            continue
+        quantized = any(c.get_type_name() == "FakeQuantize" for c in _consumers(op))
+        sources = []
+        for port in op.inputs():
+            src = port.get_source_output().get_node()
+            if src.get_type_name() != "FakeQuantize":
+                if src.get_friendly_name() in seen:
+                    sources.append(src.get_friendly_name())
+                continue
+            quantized = True
+            data = src.inputs()[0].get_source_output().get_node()
+            if data.get_type_name() not in ("Constant", "Convert"):
+                sources.append(data.get_friendly_name())
+        if quantized:
+            found.append((op, sources))
+    return found, seen
+
+
+def _is_constant(op: Any) -> bool:
+    """A Constant, or a shape/type change of constants only (a bias is Constant → Reshape)."""
+    if op.get_type_name() == "Constant":
+        return True
+    return op.get_type_name() in ("Reshape", "Convert", "Unsqueeze", "Squeeze", "Broadcast") \
+        and all(_is_constant(p.get_source_output().get_node()) for p in op.inputs())
+
+
+def _keep_float_ops(ov_model: Any, keep: list[str]) -> list[str]:
+    """The op names to hand NNCF's IgnoredScope so that each of ``keep`` runs in float with
+    float inputs and a float output: the op, the producers of its inputs and the consumers of
+    its output (NNCF quantizes a tensor at its consumers' inputs), following pass-through ops
+    (ReLU, MaxPool, Reshape …) that NNCF moves a FakeQuantize across and, backwards, a
+    convolution's bias Add to the convolution (else NNCF's fast bias correction rewrites the
+    bias of a producer that feeds the kept op, measured to cost a 0.975 → 0.6 agreement)."""
+    by_name = {op.get_friendly_name(): op for op in ov_model.get_ops()}
+
+    def producers(op: Any) -> list[Any]:
+        found = [p.get_source_output().get_node() for p in op.inputs()]
+        if op.get_type_name() == "Add" and any(_is_constant(f) for f in found):
+            return found  # a bias Add: its convolution/matmul keeps its inputs company
+        return found if op.get_friendly_name() == name or \
+            op.get_type_name() in _PASS_THROUGH else []
+
+    out: list[str] = []
+    for name in keep:
+        for step in (_consumers, producers):
+            frontier = [by_name[name]]
+            while frontier:
+                op = frontier.pop()
+                if op.get_type_name() in _NOT_LAYERS:
+                    continue
+                if op.get_friendly_name() not in out:
+                    out.append(op.get_friendly_name())
+                if step is producers:
+                    frontier += [c for c in producers(op) if c.get_friendly_name() not in out]
+                elif op.get_friendly_name() == name or op.get_type_name() in _PASS_THROUGH:
+                    frontier += [c for c in step(op) if c.get_friendly_name() not in out]
+    return out
+
+
+def _probe(ov_model: Any, ports: list[Any]) -> Callable[[np.ndarray], list[Any]]:
+    """Compile ``ov_model`` in f32 with ``ports`` (outputs of its ops) added as model outputs:
+    a function of one input row giving those outputs in order."""
+    import openvino as ov
+
+    ov_model.add_outputs(ports)  # a port that already is an output is not added twice
+
+    def key(port: Any) -> tuple[str, int]:
+        return port.get_node().get_friendly_name(), port.get_index()
+
+    where: dict[tuple[str, int], int] = {}
+    for i, result in enumerate(ov_model.get_results()):  # compiled outputs keep this order
+        where.setdefault(key(result.input(0).get_source_output()), i)
+    compiled = ov.Core().compile_model(ov_model, "CPU", {"INFERENCE_PRECISION_HINT": "f32",
+                                                         "INFERENCE_NUM_THREADS": 1})
+    request = compiled.create_infer_request()
+    outputs = [compiled.outputs[where[key(port)]] for port in ports]
+
+    def run(row: np.ndarray) -> list[Any]:
+        result = request.infer({0: row})
+        return [np.array(result[o], copy=True) for o in outputs]
+
+    return run
+
+
 _AUTO_NAME = re.compile(r"\b([A-Z][A-Za-z0-9]*)_(\d+)\b")
 
 

@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any
 
 import click
+from rich.text import Text
 
 from edgekit.backends import backend_names
 from edgekit.cli.display import gate_lines, verification_table
@@ -18,6 +19,7 @@ from edgekit.cli.options import (
 )
 from edgekit.compress import CompressOptions, compress
 from edgekit.errors import VerificationFailed
+from edgekit.quantize.sensitivity import format_table
 from edgekit.ui import out as stdout
 from edgekit.ui import status
 
@@ -60,12 +62,18 @@ from edgekit.ui import status
 @click.option("--strict-gate", is_flag=True,
               help="Treat an inconclusive gate (too few verification images to show the drop "
                    "is within the limit) as a failure: exit 1.")
+@click.option("--no-rescue", is_flag=True,
+              help="INT8: do not re-export an artifact that misses its gate with its most "
+                   "sensitive layers kept in float (the recipe's rescue; on for int8).")
+@click.option("--explain", is_flag=True,
+              help="INT8: print each artifact's layers ranked by the error their quantization "
+                   "adds (measured on calibration-side images), even when it passes.")
 @click.option("--overwrite", is_flag=True, help="Replace an existing bundle at --out.")
 @click.option("--on-error", type=click.Choice(["skip", "fail"]), default="skip",
               show_default=True, help="Corrupt or non-image files: skip with a warning, or fail.")
 @click.option("--json", "as_json", is_flag=True, help="Print the manifest as JSON on stdout.")
 def command(model: str, data: Path, out: Path, recipe: str, backends: tuple[str, ...],
-            as_json: bool, **options: Any) -> None:
+            as_json: bool, no_rescue: bool, **options: Any) -> None:
     """Quantize/export MODEL per the recipe, verify every artifact on held-out images and write
     a bundle (artifacts + manifest.json + README.md).
 
@@ -87,18 +95,19 @@ def command(model: str, data: Path, out: Path, recipe: str, backends: tuple[str,
     """
     try:  # SIGTERM behaves like Ctrl-C (edgekit.interrupts): cleaned up, reported
         result = compress(model, data=data, out=out, options=CompressOptions(
-            recipe=recipe, backends=list(backends) or None, **options))
+            recipe=recipe, backends=list(backends) or None, rescue=False if no_rescue else None,
+            **options))
     except VerificationFailed as exc:
         if getattr(exc, "result", None) is not None:
             stdout.print(verification_table(exc.result))
-            for line in gate_lines(exc.result):
+            for line in gate_lines(exc.result) + rescue_lines(exc.result, options["explain"]):
                 stdout.print(line)
         raise
     if as_json:
         click.echo(json.dumps(result.manifest.to_json(), indent=2))
         return
     stdout.print(verification_table(result))
-    for line in gate_lines(result):
+    for line in gate_lines(result) + rescue_lines(result, options["explain"]):
         stdout.print(line)
     pruning = result.manifest.pruning
     if pruning:
@@ -117,3 +126,24 @@ def command(model: str, data: Path, out: Path, recipe: str, backends: tuple[str,
                f"removed for inference: {removed}")
     status(f"Bundle: {result.bundle} ({len(result.artifacts)} artifacts, "
            f"{result.seconds:.0f} s). Check it any time with: edgekit verify {result.bundle}")
+
+
+def rescue_lines(result: Any, explain: bool) -> list[Any]:
+    """What the rescue did to each INT8 artifact (layers kept in float, attempts) and, with
+    ``explain``, each one's ranked sensitivity table (plain text: layer names are not markup)."""
+    lines: list[Any] = []
+    for a in result.artifacts:
+        rescue = a.artifact.quantization.get("rescue")
+        if rescue:
+            kept = rescue["keep_float"]
+            lines.append(Text(
+                f"  {a.name}: rescue ({len(rescue['attempts'])} re-exports): "
+                + (f"{len(kept)} layer(s) kept in float: {', '.join(kept)}; gate "
+                   f"{rescue['first_decision']} → {a.verification.decision}" if kept
+                   else "no candidate helped; plain INT8 kept")))
+        if explain and a.sensitivity:
+            lines.append(Text(f"\n{a.name}: layers ranked by the error their INT8 quantization "
+                              f"adds (relative L2 vs fp32 on "
+                              f"{a.artifact.quantization.get('sensitivity_images')} images)"))
+            lines.append(Text(format_table(a.sensitivity)))
+    return lines

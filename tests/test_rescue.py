@@ -1,0 +1,222 @@
+"""Issue 14 parts 1-2: per-layer INT8 sensitivity and the rescue (sensitive layers kept in float).
+
+The model is a tiny CNN trained here on small tinted-noise images (four classes a tiny CNN
+learns in a second: the MRI phantoms need a real network), then made deliberately
+unquantizable WITHOUT changing its float function: the linear 1×1 ``mix`` conv's output channel 0
+is scaled by 1e4 and ``crushed``'s weights on that channel by 1e-4 (the outlier-channel trick).
+A per-tensor INT8 scale for ``crushed``'s input is then 1e4× too coarse for its other seven
+channels: they quantize to zero and the INT8 model misclassifies. The error shows at
+``crushed``'s output (the outlier channel dominates ``mix``'s own output norm), so ``crushed``
+is the layer found; keeping it in float with float inputs and output (ORT ``nodes_to_exclude``,
+NNCF ``IgnoredScope`` over it, the producers of its inputs and the consumers of its output)
+restores the model.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from torch import nn
+
+from edgekit.backends import ExportRequest, QuantOptions, get_backend
+from edgekit.calibrate import StreamedImages
+from edgekit.compress import _misses_gate, compress
+from edgekit.data.folder import scan
+from edgekit.data.preprocess import PreprocessSpec
+from edgekit.errors import ConfigError, VerificationFailed
+from edgekit.quantize.rescue import candidate_sets, choose_candidate
+from edgekit.quantize.sensitivity import LayerError, format_table, rank
+from edgekit.sources import load_model
+from edgekit.verify import Check, Verification
+
+CRUSHED = "/crushed/Conv"  # ONNX node name (TorchScript exporter) of the conv fed the outlier
+SMALL = {"calibration_images": 32, "seed": 0}
+
+
+class Tiny(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.stem = nn.Conv2d(3, 8, 3, stride=2, padding=1)
+        self.mix = nn.Conv2d(8, 8, 1)  # linear: its channel 0 is scaled by 1e4 after training
+        self.crushed = nn.Conv2d(8, 16, 3, stride=2, padding=1)
+        self.fc = nn.Linear(16, 4)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.mix(torch.relu(self.stem(x)))
+        x = torch.relu(self.crushed(x))
+        return self.fc(x.mean(dim=(2, 3)))
+
+
+@pytest.fixture(scope="module")
+def tinted(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Four classes of 40 noisy 32 px PNGs each, told apart by their tint."""
+    root = tmp_path_factory.mktemp("tinted") / "data"
+    rng = np.random.default_rng(0)
+    tints = {"amber": (200, 140, 40), "teal": (40, 160, 150), "violet": (140, 60, 190),
+             "slate": (110, 115, 120)}
+    for name, rgb in tints.items():
+        (root / name).mkdir(parents=True)
+        for i in range(40):
+            img = (np.array(rgb, float) + rng.normal(0, 35, (32, 32, 3))
+                   + rng.normal(0, 25, 3))
+            Image.fromarray(np.clip(img, 0, 255).astype(np.uint8)).save(root / name / f"{i}.png")
+    return root
+
+
+@pytest.fixture(scope="module")
+def planted(tinted: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The trained tiny CNN with its planted outlier channel, as an ONNX file."""
+    spec = PreprocessSpec(input_size=32)
+    data = scan(tinted)
+    x = torch.from_numpy(np.stack([spec.load(s.path) for s in data.samples]).astype(np.float32))
+    y = torch.tensor([s.target for s in data.samples])
+    torch.manual_seed(0)
+    model = Tiny()
+    opt = torch.optim.Adam(model.parameters(), lr=1e-2)
+    for _ in range(200):
+        opt.zero_grad()
+        nn.functional.cross_entropy(model(x), y).backward()
+        opt.step()
+    model.eval()
+    with torch.no_grad():
+        before = model(x)
+        model.mix.weight[0] *= 1e4
+        model.mix.bias[0] *= 1e4
+        model.crushed.weight[:, 0] *= 1e-4
+        assert torch.allclose(model(x), before, atol=1e-2)  # the float function is unchanged
+        assert (before.argmax(1) == y).float().mean() > 0.9
+    path = tmp_path_factory.mktemp("planted") / "tiny.onnx"
+    torch.onnx.export(model, (x[:1],), str(path), dynamo=False, opset_version=17,
+                      input_names=["input"], output_names=["logits"])
+    return path
+
+
+def _quantization(bundle: Path) -> dict:
+    manifest = json.loads((bundle / "manifest.json").read_text())
+    (art,) = manifest["artifacts"]
+    return art
+
+
+def test_rank_and_candidates() -> None:
+    rows = [LayerError("a", "Conv", 0.1, 0.01), LayerError("b", "Conv", 0.9, 0.8),
+            LayerError("c", "Gemm", 0.5, 0.05)]
+    assert [r.name for r in rank(rows)] == ["b", "c", "a"]
+    assert "b" in format_table(rank(rows)).splitlines()[1]
+    # never every quantized layer: that candidate would be the fp32 model
+    assert candidate_sets(["b", "c", "a", "d", "e"], 5) == [("b",), ("b", "c"),
+                                                            ("b", "c", "a", "d")]
+    assert candidate_sets(["b", "c", "a", "d", "e"], 2) == [("b",), ("b", "c")]
+    assert candidate_sets(list("abcdefghij"), 5) == [tuple("a"), tuple("ab"), tuple("abcd"),
+                                                     tuple("abcdefgh"), tuple("abcdefghi")]
+    assert candidate_sets(["b"], 5) == [("b",)]
+
+
+def test_rescue_runs_on_a_fail_or_a_drop_beyond_the_limit() -> None:
+    def verification(*checks: Check) -> Verification:
+        return Verification(n=100, max_abs_logit_diff=1.0, mean_abs_logit_diff=0.1, metrics={},
+                            checks=checks)
+
+    fail = Check("top-1", 5.0, 1.0, "fail", (3.0, 7.0), 100)
+    beyond = Check("top-1", 1.5, 1.0, "inconclusive", (-0.5, 3.5), 100, (3, 1), 900)
+    within = Check("top-1", 0.5, 1.0, "inconclusive", (-1.5, 2.5), 100, (2, 1), 900)
+    passed = Check("top-1", 0.0, 1.0, "pass", (-0.5, 0.5), 100)
+    assert _misses_gate(verification(fail, passed))
+    assert _misses_gate(verification(beyond))
+    assert not _misses_gate(verification(within, passed))
+    assert not _misses_gate(verification(passed))
+
+
+def _fake_search(scores: dict[int, tuple[float, float]], baseline: tuple[float, float]):
+    """choose_candidate over five ranked layers where a candidate keeping n layers in float
+    scores ``scores[n]`` (agreement, mean |logit diff|) on the tuning images."""
+    rows = [LayerError(n, "Conv", 1.0, 1.0 - i / 10) for i, n in enumerate("abcde")]
+    return choose_candidate(lambda keep, i: len(keep), lambda n: scores[n], rows, baseline,
+                            max_attempts=5, min_agreement=0.99)
+
+
+def test_choose_candidate_needs_evidence_of_improvement() -> None:
+    # the first candidate that reaches the agreement target wins (fewest float layers)
+    out = _fake_search({1: (0.9, 1.0), 2: (1.0, 0.2), 4: (1.0, 0.1), 5: (1.0, 0.0)}, (0.5, 2.0))
+    assert out.keep_float == ("a", "b") and len(out.attempts) == 2
+    # the plain artifact already agrees on every tuning image: agreement cannot tell, so a
+    # candidate must at least halve the logit error
+    out = _fake_search({1: (1.0, 0.9), 2: (1.0, 0.4), 4: (1.0, 0.1), 5: (1.0, 0.0)}, (1.0, 1.0))
+    assert out.keep_float == ("a", "b")
+    # nothing beats the plain artifact: nothing is chosen, the whole budget was tried
+    out = _fake_search({1: (0.8, 1.0), 2: (0.8, 1.0), 4: (0.8, 0.9), 5: (0.8, 0.9)}, (0.8, 1.0))
+    assert out.chosen is None and len(out.attempts) == 3
+    # none reaches the target: the best agreement (fewest layers on a tie) is chosen
+    out = _fake_search({1: (0.85, 1.0), 2: (0.9, 0.5), 4: (0.9, 0.4), 5: (0.7, 0.1)}, (0.8, 1.0))
+    assert out.keep_float == ("a", "b")
+
+
+@pytest.mark.parametrize("backend_name", ["onnxruntime", "openvino"])
+def test_sensitivity_finds_the_planted_layer(planted: Path, tinted: Path, tmp_path: Path,
+                                             backend_name: str) -> None:
+    source = load_model(planted, input_size=32)
+    samples = scan(tinted).samples[::4]
+    calib = StreamedImages(samples, source.spec)
+    backend = get_backend(backend_name)
+    request = ExportRequest(source, "int8", tmp_path, "model-int8", calib, QuantOptions())
+    artifact = backend.export(request)
+    x = np.stack([source.spec.load(s.path) for s in samples[:16]]).astype(np.float32)
+    ranked = backend.layer_sensitivity(request, artifact.path, x)
+    # ORT names the node as the ONNX file does; OpenVINO splits Conv into Convolution + Add
+    assert ranked[0].name.startswith(CRUSHED), ranked[:3]
+    assert ranked[0].op_type in ("Conv", "Convolution")
+    assert ranked[0].added > 0.5 > max(r.added for r in ranked[1:])
+    # keeping it in float (keep_float → ORT nodes_to_exclude, NNCF IgnoredScope) restores it
+    kept = backend.export(ExportRequest(source, "int8", tmp_path / "kept", "model-int8", calib,
+                                        QuantOptions(keep_float=(ranked[0].name,))))
+    assert kept.quantization["keep_float"] == [ranked[0].name]
+    ref = source.predict(x)
+    plain = backend.open(artifact.path).run(x)
+    rescued = backend.open(kept.path).run(x)
+    assert np.mean(plain.argmax(1) == ref.argmax(1)) < 0.8
+    assert np.mean(rescued.argmax(1) == ref.argmax(1)) >= 0.95
+
+
+@pytest.mark.parametrize("backend_name", ["onnxruntime", "openvino"])
+def test_compress_rescues_the_planted_layer(planted: Path, tinted: Path, tmp_path: Path,
+                                            cli, backend_name: str) -> None:
+    # without the rescue the INT8 artifact fails its gate (exit 1)
+    cli("compress", planted, "--data", tinted, "--out", tmp_path / "plain",
+        "--backend", backend_name, "--calibration-images", 32, "--no-rescue", code=1)
+    plain = _quantization(tmp_path / "plain")
+    assert plain["verification"]["decision"] == "fail"
+    assert "rescue" not in plain["quantization"]
+
+    res = cli("compress", planted, "--data", tinted, "--out", tmp_path / "rescued",
+              "--backend", backend_name, "--calibration-images", 32, "--explain")
+    art = _quantization(tmp_path / "rescued")
+    assert art["verification"]["decision"] != "fail"
+    assert art["verification"]["top1_agreement"] >= 0.95
+    rescue = art["quantization"]["rescue"]
+    assert rescue["keep_float"][0].startswith(CRUSHED)
+    assert rescue["first_decision"] == "fail"
+    assert rescue["method"].startswith("mixed precision")
+    assert len(rescue["attempts"]) == 1  # the planted layer alone: one re-export
+    assert art["quantization"]["sensitivity_top10"][0]["name"].startswith(CRUSHED)
+    assert set(rescue["keep_float"]) <= set(art["quantization"]["excluded_nodes"])
+    assert CRUSHED in res.output  # --explain prints the ranked table
+    assert "kept in float" in res.output
+    assert "was rescued" in (tmp_path / "rescued" / "README.md").read_text()
+
+
+def test_rescue_recipe_key_turns_it_off(planted: Path, tinted: Path,
+                                        tmp_path: Path) -> None:
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text("name: norescue\nprecision: int8\nbackends: [onnxruntime]\n"
+                      "rescue: {enabled: false}\n")
+    with pytest.raises(VerificationFailed):
+        compress(planted, data=tinted, out=tmp_path / "b", recipe=recipe, **SMALL)
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("name: bad\nprecision: int8\nbackends: [onnxruntime]\n"
+                   "rescue: {max_attempts: 0}\n")
+    with pytest.raises(ConfigError, match="max_attempts"):
+        compress(planted, data=tinted, out=tmp_path / "c", recipe=bad, **SMALL)
