@@ -444,13 +444,9 @@ class OnnxRuntimeBackend(QuietHooks):
                            | {i.name for i in _graph_inputs(float_proto)})
             nodes, pairs = _qdq_view(quant_proto, float_names)
             keys = sorted(pairs)
-            acc = ErrorAccumulator()
-            float_run = _probe(float_proto, [pairs[k][1] for k in keys], tmp / "float.onnx")
-            quant_run = _probe(quant_proto, [pairs[k][0] for k in keys], tmp / "quant.onnx")
-            for i in range(len(images)):
-                row = np.ascontiguousarray(images[i:i + 1], dtype=np.float32)
-                for key, f, q in zip(keys, float_run(row), quant_run(row), strict=True):
-                    acc.add(key, q, f)
+            acc = ErrorAccumulator.over(
+                images, keys, _probe(float_proto, [pairs[k][1] for k in keys], tmp / "float.onnx"),
+                _probe(quant_proto, [pairs[k][0] for k in keys], tmp / "quant.onnx"))
         rows = []
         for node, inputs in nodes:
             out = max([e for e in (acc.error(o) for o in node.output) if e is not None],

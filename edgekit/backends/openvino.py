@@ -459,13 +459,9 @@ class OpenVINOBackend(QuietHooks):
         float_ops = {op.get_friendly_name(): op for op in fp32.get_ops()}
         nodes, seen = _fq_view(int8, set(float_ops))
         names = sorted(seen)
-        acc = ErrorAccumulator()
-        float_run = _probe(fp32, [float_ops[n].output(0) for n in names])
-        quant_run = _probe(int8, [seen[n] for n in names])
-        for i in range(len(images)):
-            row = np.ascontiguousarray(images[i:i + 1], dtype=np.float32)
-            for name, f, q in zip(names, float_run(row), quant_run(row), strict=True):
-                acc.add(name, q, f)
+        acc = ErrorAccumulator.over(images, names,
+                                    _probe(fp32, [float_ops[n].output(0) for n in names]),
+                                    _probe(int8, [seen[n] for n in names]))
         rows = []
         for op, sources in nodes:
             out = acc.error(op.get_friendly_name())

@@ -12,7 +12,7 @@ cause, not at every layer downstream of it.
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -59,6 +59,20 @@ class ErrorAccumulator:
         if name not in self.diff:
             return None
         return relative_error(self.diff[name], self.ref[name])
+
+
+    @classmethod
+    def over(cls, images: np.ndarray, keys: list[str],
+             float_run: Callable[[np.ndarray], Sequence[np.ndarray]],
+             quant_run: Callable[[np.ndarray], Sequence[np.ndarray]]) -> ErrorAccumulator:
+        """The errors of every tensor in ``keys`` over ``images``, one image at a time:
+        ``float_run``/``quant_run`` return those tensors, in that order, for one image."""
+        acc = cls()
+        for i in range(len(images)):
+            row = np.ascontiguousarray(images[i:i + 1], dtype=np.float32)
+            for key, f, q in zip(keys, float_run(row), quant_run(row), strict=True):
+                acc.add(key, q, f)
+        return acc
 
 
 def relative_error(diff_sq: float, ref_sq: float) -> float:
