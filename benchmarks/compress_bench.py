@@ -74,8 +74,10 @@ def main() -> None:
                      "accuracy_delta_ci95": [100 * x for x in v["accuracy_delta"]["ci95"]],
                      "top1_agreement": v["top1_agreement"],
                      "max_abs_logit_diff": v["max_abs_logit_diff"], "passed": a.passed,
-                     "failed_checks": [f"{c['check']} {c['value']:+.2f} > {c['limit']}"
-                                       for c in v["checks"] if not c["passed"]]})
+                     "decision": v["decision"],
+                     "failed_checks": [_check_text(c) for c in v["checks"]
+                                       if c["decision"] != "pass"],
+                     "rescue": (a.artifact.quantization or {}).get("rescue")})
     pruning = res.manifest.pruning
     md_pruning = []
     if pruning:
@@ -116,17 +118,37 @@ def main() -> None:
           "| artifact | size | export | accuracy | Δ vs fp32 source [95 % CI] | top-1 agreement "
           "| max abs logit diff | gate |", "|---|---:|---:|---:|---:|---:|---:|---|"]
     for r in rows:
+        gate = {"pass": "pass", "fail": "FAIL"}.get(r["decision"], "inconclusive")
         md.append(f"| {r['artifact']} | {r['bytes'] / 1e6:.2f} MB | {r['export_seconds']:.0f} s | "
                   f"{100 * r['accuracy']:.2f} % | {r['accuracy_delta_points']:+.2f} "
                   f"[{r['accuracy_delta_ci95'][0]:+.2f}, {r['accuracy_delta_ci95'][1]:+.2f}] | "
                   f"{r['top1_agreement']:.4f} | {r['max_abs_logit_diff']:.2e} | "
-                  f"{'pass' if r['passed'] else 'FAIL: ' + '; '.join(r['failed_checks'])} |")
+                  + gate + ("" if r["decision"] == "pass" else
+                            ": " + "; ".join(r["failed_checks"])) + " |")
+    rescued = [(r["artifact"], r["rescue"]) for r in rows if r["rescue"]]
+    if rescued:
+        md += ["", "INT8 rescue (layers kept in float, chosen on tuning images only):", ""]
+        md += [f"- {name}: first gate {res_['first_decision']}, tuning agreement "
+               f"{res_['first_tuning_agreement']:.3f}; {len(res_['attempts'])} attempt(s); "
+               f"{res_.get('outcome', '')}" for name, res_ in rescued]
     write_results(name, {"environment": environment(), "source": args.source,
                          "recipe": args.recipe, "input_size": loaded.spec.height,
                          "wall_seconds": wall, "peak_rss_gb": peak_gb,
                          "source_accuracy": src_acc, "data": res.data, "artifacts": rows,
                          "pruning": pruning_row if pruning else None},
                   "\n".join(md))
+
+
+def _check_text(c: dict) -> str:
+    """``sensitivity drop: glioma (points) +1.13 [−0.4, +2.9] inconclusive (≈1,200 images)``."""
+    ci = c.get("ci95")
+    text = f"{c['check']} {c['value']:+.2f}" if c.get("value") is not None else c["check"]
+    if ci:
+        text += f" [{ci[0]:+.2f}, {ci[1]:+.2f}]"
+    text += f" {c['decision']} vs {c['limit']}"
+    if c.get("images_to_decide"):
+        text += f" (≈{c['images_to_decide']:,} images would decide it)"
+    return text
 
 
 if __name__ == "__main__":
