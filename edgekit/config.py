@@ -43,6 +43,32 @@ def validate(model: type[M], data: Any, where: str, what: str,
         raise ConfigError(f"{where}: invalid {what} — " + "; ".join(problems)) from None
 
 
+class _StrictLoader(yaml.SafeLoader):
+    """``yaml.safe_load`` that refuses a key given twice in one mapping (plain YAML keeps the
+    last one silently: a recipe's second ``gate:`` block would quietly replace the first)."""
+
+
+def _mapping_without_duplicates(loader: _StrictLoader, node: yaml.MappingNode) -> dict:
+    seen: set[Any] = set()
+    for key_node, _ in node.value:
+        key = loader.construct_object(key_node, deep=True)
+        if key in seen:
+            raise yaml.constructor.ConstructorError(
+                None, None, f"duplicate key {key!r}", key_node.start_mark)
+        seen.add(key)
+    return loader.construct_mapping(node, deep=True)
+
+
+_StrictLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG,
+                              _mapping_without_duplicates)
+
+
+def safe_load(text: str) -> Any:
+    """YAML → Python like ``yaml.safe_load`` (no Python tags, nothing executed), but a key
+    given twice in a mapping is an error."""
+    return yaml.load(text, Loader=_StrictLoader)  # noqa: S506 - a SafeLoader subclass
+
+
 def load(model: type[M], name_or_path: str | Path, kind: str, what: str,
          loc: Callable[[tuple], str] = _plain_loc) -> M:
     """A built-in file by name or a user's YAML file, validated into ``model``."""
@@ -53,7 +79,7 @@ def load(model: type[M], name_or_path: str | Path, kind: str, what: str,
         raise ConfigError(f"Unknown {what} {text!r}: not a file, and not one of the built-in "
                           f"{kind} ({', '.join(sorted(builtin))})")
     try:
-        data = yaml.safe_load(path.read_text())
+        data = safe_load(path.read_text())
     except yaml.YAMLError as exc:
         raise ConfigError(f"{path}: not valid YAML ({exc})") from None
     return validate(model, data, str(path), what, loc)

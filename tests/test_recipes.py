@@ -29,6 +29,8 @@ def test_builtin_recipes_load():
      "gate.max_top1_drop: Input should be a finite number"),
     ("- just\n- a list\n", "must be a YAML mapping"),
     ("name: [unclosed\n", "not valid YAML"),
+    ("name: x\nprecision: int8\nbackends: [onnxruntime]\ngate: {max_top1_drop: 1}\n"
+     "gate: {max_top1_drop: 9}\n", "duplicate key 'gate'"),
 ])
 def test_bad_recipes_name_the_file_and_key(tmp_path, body, message):
     path = tmp_path / "r.yaml"

@@ -32,7 +32,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, PositiveFloat, PositiveInt, field_validator
 
-from edgekit.config import validate
+from edgekit.config import safe_load, validate
 from edgekit.data.preprocess import (
     PREPROCESS_KEYS,
     READABLE_VERSIONS,
@@ -105,7 +105,7 @@ class DeclaredPreprocess:
         if not path.is_file():
             raise ConfigError(f"--preprocess {path}: file not found")
         try:
-            data = yaml.safe_load(path.read_text())
+            data = safe_load(path.read_text())
         except (yaml.YAMLError, UnicodeDecodeError) as exc:
             raise ConfigError(f"{path}: not valid YAML ({exc})") from None
         parsed = validate(PreprocessFile, data, str(path), "preprocessing file")
