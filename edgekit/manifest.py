@@ -501,3 +501,9 @@ class Manifest(_Record):
     def all_files(self) -> list[FileEntry]:
         """Every file the manifest lists: the bundle's own, then each artifact's."""
         return [*self.files, *(f for a in self.artifacts for f in a.files)]
+
+
+def recorded_decision(record: dict[str, Any]) -> str:
+    """pass, fail or inconclusive of a verification or gate-check record as written to disk
+    (records written before gates had three outcomes carry only ``passed``)."""
+    return record.get("decision") or ("pass" if record.get("passed") else "fail")

@@ -278,21 +278,25 @@ def compare(ref: np.ndarray, out: np.ndarray, y: np.ndarray, *, task: str,
         "mean_abs_logit_diff": float(diff.mean()),
         "metrics": score(y, out, task=task, class_names=class_names, seed=seed, head=head),
     }
+    pruned = getattr(recipe, "pruning", None) is not None
+    exempt = precision == "fp32" and not pruned  # exact copies: held to parity, not to a gate
+    gate = recipe.gate
     if kind != "multilabel":  # single-label: argmax, or a binary head's thresholded decision
         t = threshold_of(head)
         lo_out, lo_ref = as_logits(out, head, kind), as_logits(ref, head, kind)
         result["top1_agreement"] = metrics.top1_agreement(lo_out, lo_ref, task=kind,
                                                           threshold=t)
+        labels = np.asarray(y).astype(np.int64).reshape(-1)
+        src_ok = metrics.predict(lo_ref, task=kind, threshold=t) == labels
+        art_ok = metrics.predict(lo_out, task=kind, threshold=t) == labels
+        top1 = _paired_check("top-1 accuracy drop (points)", src_ok, art_ok,
+                             gate.max_top1_drop, gate.confidence, exempt)
         # artifact − source with the gate's own paired (Tango) interval: a bootstrap collapses
         # to [0, 0] when no image changes, which says nothing about what more images would show
-        labels = np.asarray(y).astype(np.int64).reshape(-1)
-        ok_out = metrics.predict(lo_out, task=kind, threshold=t) == labels
-        ok_ref = metrics.predict(lo_ref, task=kind, threshold=t) == labels
-        est, lo, hi = paired_drop_ci(int(np.sum(ok_ref & ~ok_out)), int(np.sum(~ok_ref & ok_out)),
-                                     len(labels), recipe.gate.confidence)
-        result["accuracy_delta"] = {"value": -est, "ci95": [-hi, -lo]}
+        assert top1.ci95 is not None and top1.value is not None
+        result["accuracy_delta"] = {"value": -top1.value / 100,
+                                    "ci95": [-top1.ci95[1] / 100, -top1.ci95[0] / 100]}
     checks = []
-    pruned = getattr(recipe, "pruning", None) is not None
     if precision == "fp32" and (parity_ref is not None or not pruned):
         tol = recipe.verification.fp32_tolerance
         base = ref if parity_ref is None else parity_ref
@@ -302,9 +306,6 @@ def compare(ref: np.ndarray, out: np.ndarray, y: np.ndarray, *, task: str,
     if parity_ref is not None:
         result["max_abs_logit_diff_vs_pruned"] = float(np.abs(
             out.astype(np.float64) - parity_ref.astype(np.float64)).max())
-    exempt = precision == "fp32" and not pruned  # exact copies: held to parity, not to a gate
-    gate = recipe.gate
-    conf = gate.confidence
     am = result["metrics"]
     if kind == "multilabel":
         src, art = _v(source_metrics["mean_auroc"]), _v(am["mean_auroc"])
@@ -319,13 +320,7 @@ def compare(ref: np.ndarray, out: np.ndarray, y: np.ndarray, *, task: str,
                                 "negative images)", None, gate.max_auroc_drop, "inconclusive",
                                 n=len(y)))
     else:
-        t = threshold_of(head)
-        lo_out, lo_ref = as_logits(out, head, kind), as_logits(ref, head, kind)
-        labels = np.asarray(y).astype(np.int64).reshape(-1)
-        src_ok = metrics.predict(lo_ref, task=kind, threshold=t) == labels
-        art_ok = metrics.predict(lo_out, task=kind, threshold=t) == labels
-        checks.append(_paired_check("top-1 accuracy drop (points)", src_ok, art_ok,
-                                    gate.max_top1_drop, conf, exempt))
+        checks.append(top1)
         positive = class_names[-1] if kind == "binary" else None
         for k, name in enumerate(class_names):
             mask = labels == k
@@ -336,7 +331,7 @@ def compare(ref: np.ndarray, out: np.ndarray, y: np.ndarray, *, task: str,
                     f"sensitivity drop: {name} (points)" if name == positive else
                     f"specificity drop: {positive} vs {name} (points)")
             checks.append(_paired_check(what, src_ok[mask], art_ok[mask],
-                                        gate.max_sensitivity_drop, conf, exempt))
+                                        gate.max_sensitivity_drop, gate.confidence, exempt))
         if kind == "binary" and _v(source_metrics.get("auroc")) is not None \
                 and _v(am.get("auroc")) is not None:
             drop = metrics.delta_ci("auroc", y, lo_ref, lo_out, task="binary",

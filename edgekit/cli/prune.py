@@ -15,6 +15,7 @@ from edgekit.cli.display import fmt_count
 from edgekit.cli.options import latency_target_options
 from edgekit.errors import VerificationFailed
 from edgekit.inspect import summarize
+from edgekit.manifest import recorded_decision as _decision
 from edgekit.metrics import metric_value as _value
 from edgekit.prune.recover import prune_file, require_prunable, scan_source
 from edgekit.sources import load_model
@@ -91,10 +92,6 @@ def verification_table(record: dict[str, Any], source_metrics: dict[str, Any],
     table.add_row("pruned", _fmt(value, multilabel), dtxt,
                   f"{v['top1_agreement']:.3f}" if "top1_agreement" in v else "-", verdict)
     return table
-
-
-def _decision(check: dict[str, Any]) -> str:
-    return check.get("decision") or ("pass" if check["passed"] else "fail")
 
 
 def failed_checks(record: dict[str, Any]) -> list[str]:

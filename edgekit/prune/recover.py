@@ -24,6 +24,7 @@ from edgekit.calibrate import plan_data, stratified_sample
 from edgekit.checkpoint import save_checkpoint
 from edgekit.errors import ConfigError
 from edgekit.evaluate import load_arrays, score
+from edgekit.manifest import recorded_decision
 from edgekit.metrics import metric_value
 from edgekit.outputs import refuse_inside_data
 from edgekit.prune.engine import (
@@ -218,8 +219,7 @@ class PruneFileResult:
     @property
     def decision(self) -> str:
         """pass, fail or inconclusive (too few images to decide)."""
-        v = self.record["verification"]
-        return v.get("decision") or ("pass" if v["passed"] else "fail")
+        return recorded_decision(self.record["verification"])
 
 
 def prune_file(source: Any, *, data: Any, out: Any, recipe: Any = "prune30",

@@ -29,6 +29,7 @@ from pydantic import (
 from edgekit import config
 from edgekit.backends import backend_names, get_backend, runtime
 from edgekit.errors import ConfigError
+from edgekit.manifest import recorded_decision as check_decision
 from edgekit.metrics import metric_ci, metric_value
 
 RESULTS_SCHEMA = "edgekit.bench/1"
@@ -493,11 +494,6 @@ def passes_gate(art: ArtifactRecord) -> bool:
     if art.accuracy is not None:
         return bool(art.accuracy.get("passed"))
     return art.status == "passed"
-
-
-def check_decision(check: Json) -> str:
-    """pass, fail or inconclusive (older records have only ``passed``)."""
-    return check.get("decision") or ("pass" if check.get("passed") else "fail")
 
 
 def failed_checks(art: ArtifactRecord) -> list[Json]:
