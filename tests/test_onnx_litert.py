@@ -21,6 +21,7 @@ pytest.importorskip("litert_torch")
 pytest.importorskip("ai_edge_litert")
 onnx = pytest.importorskip("onnx")
 
+from ai_edge_litert.interpreter import Interpreter  # noqa: E402
 from backend_support import assert_int8_sound, export  # noqa: E402
 
 from edgekit.backends import get_backend  # noqa: E402
@@ -110,8 +111,6 @@ def _images(source, root: Path, n: int, skip: int = 0) -> np.ndarray:
 
 def _transposes(path: Path) -> tuple[int, bool]:
     """(TRANSPOSE ops in a .tflite, whether each one reads the model input)."""
-    from ai_edge_litert.interpreter import Interpreter
-
     interp = Interpreter(model_path=str(path))
     first = interp.get_input_details()[0]["index"]
     ops = [d for d in interp._get_ops_details() if d["op_name"] == "TRANSPOSE"]
@@ -144,6 +143,9 @@ def test_onnx_source_to_litert_fp32_parity_and_int8(name: str, models, nhwc, mri
     assert int8.path.stat().st_size < fp32.path.stat().st_size
     assert_int8_sound(logits, get_backend("litert").open(int8.path).run(batch))
     assert _transposes(int8.path)[0] == count
+    if name == "nhwc":  # tf2onnx's Mul/Add after the depthwise conv (its BatchNorm) is folded
+        ops = [d["op_name"] for d in Interpreter(model_path=str(int8.path))._get_ops_details()]
+        assert "MUL" not in ops and "ADD" not in ops, ops
 
 
 @pytest.mark.parametrize("backend", ["onnxruntime", "openvino"])
@@ -183,3 +185,51 @@ def test_compress_cli_onnx_source_on_litert(nhwc, mri_phantoms, tmp_path: Path, 
     assert manifest["source"]["kind"] == "onnx" and manifest["head"]["scores_are"] == "probs"
     assert (out / artifact["files"][0]["path"]).is_file()
     assert artifact["verification"]["decision"] in ("pass", "fail", "inconclusive")
+
+
+@pytest.mark.parametrize("opset", [11, 18])
+def test_onnx_to_torch_matches_onnxruntime_on_less_common_ops(opset: int) -> None:
+    """Pad (asymmetric), SAME_UPPER conv, AveragePool, Slice, Concat, Reduce*, Clip, Gemm with
+    transB=0 and alpha, the opset-dependent axes inputs and Softmax: the PyTorch replay equals
+    ONNX Runtime."""
+    ort = pytest.importorskip("onnxruntime")
+    from onnx import TensorProto, helper, numpy_helper
+
+    from edgekit.sources.onnx_torch import onnx_to_torch
+
+    rng = np.random.default_rng(opset)
+
+    def const(name, value):
+        return numpy_helper.from_array(np.asarray(value), name)
+
+    new = opset >= 13
+    inits = [const("w", rng.normal(0, 0.5, (6, 3, 3, 3)).astype(np.float32)),
+             const("pads", np.array([0, 0, 0, 1, 0, 0, 2, 0], np.int64)),
+             const("lo", np.float32(0.0)), const("hi", np.float32(0.5)),
+             const("st", np.array([1], np.int64)), const("en", np.array([5], np.int64)),
+             const("ax", np.array([1], np.int64)), const("hw", np.array([2, 3], np.int64)),
+             const("fw", rng.normal(0, 0.5, (8, 3)).astype(np.float32)),
+             const("fb", rng.normal(0, 0.5, (3,)).astype(np.float32))]
+    nodes = [
+        helper.make_node("Pad", ["x", "pads"], ["p"], mode="constant"),
+        helper.make_node("Conv", ["p", "w"], ["c"], auto_pad="SAME_UPPER", strides=[2, 2]),
+        helper.make_node("Clip", ["c", "lo", "hi"], ["r"]),
+        helper.make_node("AveragePool", ["r"], ["a"], kernel_shape=[2, 2], strides=[2, 2]),
+        helper.make_node("Slice", ["a", "st", "en", "ax"], ["s"]),
+        helper.make_node("Concat", ["s", "s"], ["cat"], axis=1),
+        helper.make_node("ReduceMean", ["cat", "hw"] if opset >= 18 else ["cat"], ["m"],
+                         keepdims=0, **({} if opset >= 18 else {"axes": [2, 3]})),
+        helper.make_node("Gemm", ["m", "fw", "fb"], ["z"], alpha=0.5),
+        helper.make_node("Softmax", ["z"], ["y"], axis=1)]
+    graph = helper.make_graph(
+        nodes, "ops", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, 20, 21])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 3])], inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)])
+    model.ir_version = 7 if not new else 9
+    onnx.checker.check_model(model)
+    x = rng.random((1, 3, 20, 21), dtype=np.float32)
+    want = ort.InferenceSession(model.SerializeToString(),
+                                providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]
+    with torch.no_grad():
+        got = onnx_to_torch(model, (1, 3, 20, 21))(torch.from_numpy(x)).numpy()
+    assert got.shape == want.shape and np.abs(got - want).max() <= 1e-5
