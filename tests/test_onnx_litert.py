@@ -104,6 +104,20 @@ def nhwc(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return path
 
 
+@pytest.fixture
+def no_network(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every socket connection and name lookup fails: a converter that fetched anything (as
+    onnx2tf fetches sample images) would fail the test."""
+    import socket
+
+    def refuse(*args, **kwargs):
+        raise OSError("network access during an edgekit test")
+
+    for owner, name in ((socket.socket, "connect"), (socket.socket, "connect_ex"),
+                        (socket, "create_connection"), (socket, "getaddrinfo")):
+        monkeypatch.setattr(owner, name, refuse)
+
+
 def _images(source, root: Path, n: int, skip: int = 0) -> np.ndarray:
     files = [s.path for s in scan_folder(root).samples][skip::9][:n]  # across the classes
     return np.stack([source.spec.load(f) for f in files]).astype(np.float32)
@@ -119,7 +133,7 @@ def _transposes(path: Path) -> tuple[int, bool]:
 
 @pytest.mark.parametrize("name", ["rgb", "grey", "nhwc"])
 def test_onnx_source_to_litert_fp32_parity_and_int8(name: str, models, nhwc, mri_phantoms,
-                                                    tmp_path: Path) -> None:
+                                                    tmp_path: Path, no_network) -> None:
     path = nhwc if name == "nhwc" else models[name]
     source = load_model(path)
     expect = {"rgb": ("NCHW", "rgb"), "grey": ("NCHW", "gray"), "nhwc": ("NHWC", "rgb")}[name]
@@ -174,7 +188,8 @@ def test_nhwc_source_keeps_one_input_transpose_on_onnx_backends(backend: str, nh
         assert len(ops) == 1 and reads_input, (backend, precision, len(ops))
 
 
-def test_compress_cli_onnx_source_on_litert(nhwc, mri_phantoms, tmp_path: Path, cli) -> None:
+def test_compress_cli_onnx_source_on_litert(nhwc, mri_phantoms, tmp_path: Path, cli,
+                                            no_network) -> None:
     out = tmp_path / "bundle"
     cli("compress", nhwc, "--data", mri_phantoms, "--out", out, "--recipe", "int8",
         "--backend", "litert", "--allow-accuracy-drop", *SMALL)

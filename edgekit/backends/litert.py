@@ -450,6 +450,11 @@ def _conversion_error(exc: BaseException, loaded: Any, precision: str) -> Export
     first = first_line(exc, None).strip()
     what = f"Backend 'litert': converting {getattr(loaded, 'name', 'the model')} to TFLite " \
            f"({precision}) failed"
+    if op and getattr(loaded, "kind", "torch") == "onnx":
+        return ExportError(
+            f"{what}: litert-torch has no TFLite lowering for operator {op} ({first}), which "
+            f"edgekit's ONNX → PyTorch step produced from the ONNX graph. Use the "
+            f"onnxruntime/openvino backends for this model.")
     if op:
         return ExportError(
             f"{what}: litert-torch has no TFLite lowering for operator {op} ({first}). Replace "
