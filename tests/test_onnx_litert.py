@@ -204,9 +204,10 @@ def test_compress_cli_onnx_source_on_litert(nhwc, mri_phantoms, tmp_path: Path, 
 
 @pytest.mark.parametrize("opset", [11, 18])
 def test_onnx_to_torch_matches_onnxruntime_on_less_common_ops(opset: int) -> None:
-    """Pad (asymmetric), SAME_UPPER conv, AveragePool, Slice, Concat, Reduce*, Clip, Gemm with
-    transB=0 and alpha, the opset-dependent axes inputs and Softmax: the PyTorch replay equals
-    ONNX Runtime."""
+    """Pad (asymmetric), a SAME_UPPER strided conv, BatchNormalization, Clip, AveragePool, Slice,
+    Concat, ReduceMean, the Shape → Gather → Unsqueeze → Concat → Reshape flatten of exporters
+    with a dynamic batch, Gemm with transB=0 and alpha, Softmax; axes as attributes (opset 11)
+    or inputs (18): the PyTorch replay equals ONNX Runtime."""
     ort = pytest.importorskip("onnxruntime")
     from onnx import TensorProto, helper, numpy_helper
 
@@ -217,34 +218,55 @@ def test_onnx_to_torch_matches_onnxruntime_on_less_common_ops(opset: int) -> Non
     def const(name, value):
         return numpy_helper.from_array(np.asarray(value), name)
 
-    new = opset >= 13
+    def axes(name: str, values: list[int], node: str, inputs: list[str], out: str, **kw):
+        if opset >= 13 or (node == "ReduceMean" and opset >= 18):
+            return helper.make_node(node, [*inputs, name], [out], **kw)
+        return helper.make_node(node, inputs, [out], axes=values, **kw)
+
     inits = [const("w", rng.normal(0, 0.5, (6, 3, 3, 3)).astype(np.float32)),
+             const("scale", rng.uniform(0.5, 2, 6).astype(np.float32)),
+             const("shift", rng.normal(0, 0.2, 6).astype(np.float32)),
+             const("mean", rng.normal(0, 0.2, 6).astype(np.float32)),
+             const("var", rng.uniform(0.5, 2, 6).astype(np.float32)),
              const("pads", np.array([0, 0, 0, 1, 0, 0, 2, 0], np.int64)),
-             const("lo", np.float32(0.0)), const("hi", np.float32(0.5)),
+             const("lo", np.float32(-0.5)), const("hi", np.float32(0.5)),
              const("st", np.array([1], np.int64)), const("en", np.array([5], np.int64)),
              const("ax", np.array([1], np.int64)), const("hw", np.array([2, 3], np.int64)),
+             const("zero", np.array(0, np.int64)), const("minus1", np.array([-1], np.int64)),
              const("fw", rng.normal(0, 0.5, (8, 3)).astype(np.float32)),
              const("fb", rng.normal(0, 0.5, (3,)).astype(np.float32))]
     nodes = [
         helper.make_node("Pad", ["x", "pads"], ["p"], mode="constant"),
         helper.make_node("Conv", ["p", "w"], ["c"], auto_pad="SAME_UPPER", strides=[2, 2]),
-        helper.make_node("Clip", ["c", "lo", "hi"], ["r"]),
+        helper.make_node("BatchNormalization", ["c", "scale", "shift", "mean", "var"], ["bn"],
+                         epsilon=1e-3),
+        helper.make_node("Clip", ["bn", "lo", "hi"], ["r"]),
         helper.make_node("AveragePool", ["r"], ["a"], kernel_shape=[2, 2], strides=[2, 2]),
         helper.make_node("Slice", ["a", "st", "en", "ax"], ["s"]),
         helper.make_node("Concat", ["s", "s"], ["cat"], axis=1),
-        helper.make_node("ReduceMean", ["cat", "hw"] if opset >= 18 else ["cat"], ["m"],
-                         keepdims=0, **({} if opset >= 18 else {"axes": [2, 3]})),
-        helper.make_node("Gemm", ["m", "fw", "fb"], ["z"], alpha=0.5),
+        axes("hw", [2, 3], "ReduceMean", ["cat"], "m", keepdims=0),
+        helper.make_node("GlobalAveragePool", ["cat"], ["g"]),
+        helper.make_node("Shape", ["g"], ["shape"]),
+        helper.make_node("Gather", ["shape", "zero"], ["n"], axis=0),
+        axes("ax0", [0], "Unsqueeze", ["n"], "n1"),
+        helper.make_node("Concat", ["n1", "minus1"], ["flat_shape"], axis=0),
+        helper.make_node("Reshape", ["g", "flat_shape"], ["flat"]),
+        helper.make_node("Add", ["m", "flat"], ["feat"]),
+        helper.make_node("Gemm", ["feat", "fw", "fb"], ["z"], alpha=0.5),
         helper.make_node("Softmax", ["z"], ["y"], axis=1)]
+    inits.append(const("ax0", np.array([0], np.int64)))
     graph = helper.make_graph(
-        nodes, "ops", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, 20, 21])],
-        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 3])], inits)
+        nodes, "ops", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 3, 20, 21])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 3])], inits)
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)])
-    model.ir_version = 7 if not new else 9
+    model.ir_version = 9 if opset >= 13 else 7
     onnx.checker.check_model(model)
     x = rng.random((1, 3, 20, 21), dtype=np.float32)
     want = ort.InferenceSession(model.SerializeToString(),
                                 providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]
+    module = onnx_to_torch(model, (1, 3, 20, 21))
+    assert module.symbolic_dims == ["N"]
     with torch.no_grad():
-        got = onnx_to_torch(model, (1, 3, 20, 21))(torch.from_numpy(x)).numpy()
+        got = module(torch.from_numpy(x)).numpy()
     assert got.shape == want.shape and np.abs(got - want).max() <= 1e-5
+    assert len(module._steps) == len(nodes) - 4  # Shape → Gather → Unsqueeze → Concat folded
