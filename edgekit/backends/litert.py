@@ -296,10 +296,11 @@ def _torch_module(loaded: Any) -> Any:
         return loaded.module.eval()
     try:
         return loaded.torch_module()
-    except EdgekitError as exc:
+    except Exception as exc:  # noqa: BLE001 - every failure of the step becomes one error
+        why = str(exc) if isinstance(exc, EdgekitError) else first_line(exc, None).strip()[:500]
         raise ExportError(f"Backend 'litert': converting the ONNX source "
                           f"{getattr(loaded, 'source', '?')} to PyTorch for litert-torch "
-                          f"failed: {exc}. Use the onnxruntime or openvino backends for this "
+                          f"failed: {why}. Use the onnxruntime or openvino backends for this "
                           "model.") from exc
 
 
