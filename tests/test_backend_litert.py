@@ -37,6 +37,7 @@ from backend_support import (  # noqa: E402
 
 from edgekit.backends import get_backend  # noqa: E402
 from edgekit.backends.litert import BACKEND, _set_io_types, pt2e_quantize  # noqa: E402
+from edgekit.data.preprocess import PreprocessSpec  # noqa: E402
 from edgekit.errors import ConfigError, DataError, ExportError  # noqa: E402
 from edgekit.zoo import list_models  # noqa: E402
 
@@ -70,14 +71,14 @@ def test_backend_facts() -> None:
     assert backend is BACKEND
     assert (backend.name, backend.extra, backend.suffix) == ("litert", "litert", ".tflite")
     assert backend.precisions == ("fp32", "fp16", "int8")
-    assert backend.sources == ("torch", "keras")
+    assert backend.sources == ("torch", "onnx", "keras")
     assert (backend.label, backend.title, backend.colour) == ("litert", "LiteRT", "#2ca02c")
     assert backend.packages == (("ai-edge-litert", "ai_edge_litert"),
                                 ("tflite-runtime", "tflite_runtime"))
     assert backend.module == "ai_edge_litert.interpreter"
     assert backend.converter_packages == ("litert-torch", "ai-edge-litert", "tensorflow")
     assert backend.slow_export and not backend.int8_as_fp16_on_arm
-    assert "onnx2tf" in backend.source_hint("onnx")
+    assert backend.source_hint("onnx") == ""
     assert "torch.export.save" in backend.source_hint("torchscript")
     assert backend.source_hint("torch") == ""
 
@@ -199,12 +200,28 @@ def test_unsupported_operator_is_named(exports: Store, tmp_path: Path) -> None:
     assert not list(tmp_path.glob("*.tflite"))
 
 
-def test_onnx_source_is_refused(exports: Store, tmp_path: Path) -> None:
-    with pytest.raises(ConfigError) as info:
-        export(BACKEND, _tiny(exports, None, kind="onnx"), "fp32", tmp_path, "model-fp32")
+def test_onnx_source_with_an_untranslatable_op_names_it(exports: Store, tmp_path: Path) -> None:
+    """An ONNX operator the ONNX → PyTorch step has no translation for is an ExportError naming
+    the backend and the operator; nothing is written."""
+    onnx = pytest.importorskip("onnx")
+    helper, tp = onnx.helper, onnx.TensorProto
+    graph = helper.make_graph(
+        [helper.make_node("Resize", ["x", "", "scales"], ["y"], mode="nearest"),
+         helper.make_node("GlobalAveragePool", ["y"], ["g"]),
+         helper.make_node("Flatten", ["g"], ["logits"])], "resize",
+        [helper.make_tensor_value_info("x", tp.FLOAT, [1, 3, SIZE, SIZE])],
+        [helper.make_tensor_value_info("logits", tp.FLOAT, [1, 3])],
+        [helper.make_tensor("scales", tp.FLOAT, [4], [1, 1, 2, 2])])
+    path = tmp_path / "resize.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)]), str(path))
+    source = hand_made(None, "resize", PreprocessSpec(input_size=SIZE), kind="onnx",
+                       onnx_path=path, source=str(path))
+    with pytest.raises(ExportError) as info:
+        export(BACKEND, source, "fp32", tmp_path / "out", "model-fp32")
     message = str(info.value)
-    for word in ("litert", "ONNX", "litert-torch", "onnxruntime", "openvino", "onnx2tf"):
+    for word in ("litert", "ONNX", "Resize", "onnxruntime", "openvino"):
         assert word in message
+    assert not (tmp_path / "out").exists()
 
 
 @pytest.mark.parametrize(("precision", "options", "words"), [

@@ -20,6 +20,12 @@ Export (workstation, needs ``edgekit[compress]``):
   ``_litert_converter_flags`` only reach the experimental V2 pipeline, which needs a TensorFlow
   newer than 2.21), hence the post-conversion step.
 
+ONNX sources take the same path: ``OnnxSource.torch_module()`` replays the ONNX graph with
+PyTorch ops (``edgekit.sources.onnx_torch``), and that module is converted like any PyTorch
+source — fp32, fp16 weights, PT2E int8 calibrated on edgekit's images, all offline. An NHWC
+source (tf2onnx) keeps its input layout; its one input transpose cancels against the NHWC
+convolutions TFLite runs, so no transpose per convolution is added.
+
 Keras sources (``edgekit[keras]``) convert with TensorFlow's ``tf.lite.TFLiteConverter`` instead
 (fp32; fp16 weights; int8 full-integer PTQ with float or int8 I/O): see "Keras sources" below.
 
@@ -180,7 +186,7 @@ class LiteRTBackend(QuietHooks):
     extra = "litert"
     suffix = ".tflite"
     precisions = ("fp32", "fp16", "int8")
-    sources = ("torch", "keras")
+    sources = ("torch", "onnx", "keras")
     label = "litert"
     title = "LiteRT"
     colour = "#2ca02c"
@@ -209,18 +215,19 @@ class LiteRTBackend(QuietHooks):
             return _export_keras(request)
         loaded = request.model
         out_dir = Path(request.out_dir)
-        out_dir.mkdir(parents=True, exist_ok=True)
-        path = out_dir / f"{request.stem}{self.suffix}"
         with _quiet():
             litert_torch, torch = _import_converter()
+            module = _torch_module(loaded)
+            out_dir.mkdir(parents=True, exist_ok=True)
+            path = out_dir / f"{request.stem}{self.suffix}"
             shape = tuple(loaded.spec.input_shape(1))
             rng = np.random.default_rng(request.options.seed)
             sample = (torch.from_numpy(rng.random(shape, dtype=np.float32)),)
             try:
                 with torch.random.fork_rng(devices=[]):
                     torch.manual_seed(request.options.seed)
-                    content, quant, notes = _convert(litert_torch, torch, loaded.module.eval(),
-                                                     sample, request)
+                    content, quant, notes = _convert(litert_torch, torch, module, sample,
+                                                     request)
             except EdgekitError:  # already explained
                 raise
             except Exception as exc:  # noqa: BLE001 - every converter failure becomes one error
@@ -241,10 +248,6 @@ BACKEND = LiteRTBackend()
 
 # Why a source kind litert does not take cannot reach it (``source_hint``).
 _SOURCE_HINTS = {
-    "onnx": "TFLite artifacts are converted from PyTorch with litert-torch; an ONNX file has no "
-    "PyTorch graph to convert, and edgekit does not use onnx2tf because it downloads sample data "
-    "during conversion. Use the onnxruntime and openvino backends for ONNX sources, or compress "
-    "the PyTorch model (checkpoint or .pt2) to get a TFLite artifact.",
     "torchscript": "litert-torch needs torch.export; save the model with "
     "torch.export.save(torch.export.export(model, (example,)), 'model.pt2') and compress that.",
 }
@@ -262,12 +265,8 @@ def _check_request(request: ExportRequest) -> None:
             raise ConfigError(f"Backend 'litert': the Keras source {source} carries no loaded "
                               "Keras model")
     elif kind == "onnx":
-        raise ConfigError(
-            f"Backend 'litert' cannot convert the ONNX source ({source}): edgekit converts "
-            "PyTorch models to TFLite with litert-torch, and an ONNX file has no PyTorch graph "
-            "to convert. edgekit deliberately does not use onnx2tf (it downloads sample data at "
-            "conversion time). Use the onnxruntime or openvino backends for ONNX sources, or "
-            "export from the PyTorch checkpoint to get a TFLite artifact.")
+        if getattr(loaded, "onnx_file", lambda: None)() is None:
+            raise ConfigError(f"Backend 'litert': the ONNX source {source} names no ONNX file")
     elif kind != "torch" or getattr(loaded, "module", None) is None:
         raise ConfigError(
             f"Backend 'litert' cannot convert the {kind} source ({source}): litert-torch "
@@ -288,6 +287,26 @@ def _check_request(request: ExportRequest) -> None:
                 else "static PT2E quantization")
         raise ConfigError(f"Backend 'litert' needs calibration data for int8 ({what}): pass "
                           "preprocessed images, e.g. --data DIR")
+
+
+def _torch_module(loaded: Any) -> Any:
+    """The PyTorch module litert-torch converts: the source's own, or an ONNX source's graph
+    replayed with PyTorch ops (``OnnxSource.torch_module``)."""
+    if getattr(loaded, "kind", "torch") != "onnx":
+        return loaded.module.eval()
+    try:
+        return loaded.torch_module()
+    except Exception as exc:  # noqa: BLE001 - every failure of the step becomes one error
+        why = str(exc) if isinstance(exc, EdgekitError) else first_line(exc, None).strip()[:500]
+        raise ExportError(f"Backend 'litert': converting the ONNX source "
+                          f"{getattr(loaded, 'source', '?')} to PyTorch for litert-torch "
+                          f"failed: {why}. Use the onnxruntime or openvino backends for this "
+                          "model.") from exc
+
+
+def _symbolic_dims(loaded: Any) -> list[str]:
+    """An ONNX source's symbolic input dims the static TFLite artifact fixes."""
+    return list(getattr(loaded.torch_module(), "symbolic_dims", []))
 
 
 def _method_refusal(method: str, keras: bool) -> str:
@@ -432,6 +451,11 @@ def _conversion_error(exc: BaseException, loaded: Any, precision: str) -> Export
     first = first_line(exc, None).strip()
     what = f"Backend 'litert': converting {getattr(loaded, 'name', 'the model')} to TFLite " \
            f"({precision}) failed"
+    if op and getattr(loaded, "kind", "torch") == "onnx":
+        return ExportError(
+            f"{what}: litert-torch has no TFLite lowering for operator {op} ({first}), which "
+            f"edgekit's ONNX → PyTorch step produced from the ONNX graph. Use the "
+            f"onnxruntime/openvino backends for this model.")
     if op:
         return ExportError(
             f"{what}: litert-torch has no TFLite lowering for operator {op} ({first}). Replace "
@@ -462,9 +486,22 @@ def _describe(path: Path) -> dict[str, Any]:
 
 
 def _notes(request: ExportRequest, details: dict[str, Any]) -> list[str]:
-    notes = [f"input: {details['input_dtype']} {request.model.spec.layout} "
-             f"{list(request.model.spec.input_shape(1))} as the PyTorch model takes it "
-             "(the NCHW→NHWC transpose is inside the model); batch size 1"]
+    spec = request.model.spec
+    if getattr(request.model, "kind", "torch") == "onnx":
+        notes = [f"input: {details['input_dtype']} {spec.layout} {list(spec.input_shape(1))} as "
+                 "the ONNX model takes it; batch size 1. Converted from the ONNX graph replayed "
+                 "with PyTorch ops (edgekit.sources.onnx_torch) by litert-torch"]
+        fixed = _symbolic_dims(request.model)
+        if fixed:
+            notes.append(f"The source's symbolic input dims {fixed} were fixed to "
+                         f"{list(spec.input_shape(1))} (TFLite shapes are static)")
+    else:
+        notes = [f"input: {details['input_dtype']} {spec.layout} {list(spec.input_shape(1))} "
+                 "as the PyTorch model takes it (the NCHW→NHWC transpose is inside the model); "
+                 "batch size 1"]
+    transposes = details["ops"].count("TRANSPOSE")
+    if transposes:
+        notes.append(f"{transposes} TRANSPOSE op(s) in the graph")
     ops = details["ops"]
     if request.precision == "int8":
         wrap = 0 if request.options.int8_io else 2

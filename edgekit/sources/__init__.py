@@ -20,7 +20,9 @@ Sources:
 
 One class per kind (``TorchSource``, ``TorchScriptSource``, ``OnnxSource``, ``KerasSource``), all
 ``Source``s: ``predict()`` gives the source's own outputs, ``onnx_file()`` the ONNX graph the ONNX
-Runtime and OpenVINO backends convert from.
+Runtime and OpenVINO backends convert from. An ONNX source reaches TFLite too: its
+``torch_module()`` replays the graph with PyTorch ops (``edgekit.sources.onnx_torch``) for the
+LiteRT backend's litert-torch path.
 """
 
 from __future__ import annotations

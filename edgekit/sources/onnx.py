@@ -5,8 +5,10 @@ read from it: the input size, the layout (NHWC when the last input dim is 1 or 3
 not), the channel count (1: greyscale) and a final Softmax/Sigmoid (its outputs are
 probabilities); the rest of the preprocessing is declared (``--preprocess FILE.yaml`` and the
 flags, ``edgekit.sources.declared``) or edgekit's default [0, 1] RGB bilinear. The ONNX Runtime
-and OpenVINO backends convert from the file itself; TFLite cannot (edgekit does not use onnx2tf,
-which downloads sample data during conversion).
+and OpenVINO backends convert from the file itself; the LiteRT backend converts
+``torch_module()``, the graph replayed with PyTorch ops (``edgekit.sources.onnx_torch``), with
+litert-torch like any PyTorch source — offline, calibrated on edgekit's own images (onnx2tf is
+not used: it downloads sample data for calibration).
 """
 
 from __future__ import annotations
@@ -47,6 +49,19 @@ class OnnxSource(Source):
 
     def onnx_file(self) -> Path:
         return self.path
+
+    def torch_module(self) -> Any:
+        """The graph as a PyTorch module for the batch-1 input shape (built once per source;
+        ``edgekit.sources.onnx_torch``); an ExportError names an operator it cannot translate."""
+        cached = self.__dict__.get("_torch_module")
+        if cached is None:
+            import onnx
+
+            from edgekit.sources.onnx_torch import onnx_to_torch
+
+            cached = onnx_to_torch(onnx.load(str(self.path)), self.spec.input_shape(1))
+            object.__setattr__(self, "_torch_module", cached)
+        return cached
 
 
 def final_activation(graph: Any) -> str | None:
