@@ -71,15 +71,14 @@ def test_backend_facts() -> None:
     assert backend is BACKEND
     assert (backend.name, backend.extra, backend.suffix) == ("litert", "litert", ".tflite")
     assert backend.precisions == ("fp32", "fp16", "int8")
-    assert backend.sources == ("torch", "onnx", "keras")
+    assert backend.sources == ("torch", "torchscript", "onnx", "keras")
     assert (backend.label, backend.title, backend.colour) == ("litert", "LiteRT", "#2ca02c")
     assert backend.packages == (("ai-edge-litert", "ai_edge_litert"),
                                 ("tflite-runtime", "tflite_runtime"))
     assert backend.module == "ai_edge_litert.interpreter"
     assert backend.converter_packages == ("litert-torch", "ai-edge-litert", "tensorflow")
     assert backend.slow_export and not backend.int8_as_fp16_on_arm
-    assert backend.source_hint("onnx") == ""
-    assert "torch.export.save" in backend.source_hint("torchscript")
+    assert backend.source_hint("onnx") == backend.source_hint("torchscript") == ""
     assert backend.source_hint("torch") == ""
 
 

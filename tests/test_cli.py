@@ -27,7 +27,7 @@ def test_backends_lists_runtimes(cli):
     data = {b["name"]: b for b in json.loads(cli("backends", "--json").stdout)}
     assert set(data) == {"onnxruntime", "openvino", "litert"}
     assert all(b["installed"] for b in data.values())  # the setup script installs all three
-    assert data["litert"]["sources"] == ["torch", "onnx", "keras"]
+    assert data["litert"]["sources"] == ["torch", "torchscript", "onnx", "keras"]
 
 
 def test_inspect_json_counts(cli):

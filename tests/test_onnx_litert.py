@@ -27,6 +27,7 @@ from backend_support import assert_int8_sound, export  # noqa: E402
 from edgekit.backends import get_backend  # noqa: E402
 from edgekit.data.folder import scan_folder  # noqa: E402
 from edgekit.sources import load_model  # noqa: E402
+from edgekit.sources.declared import declared  # noqa: E402
 
 SMALL = ["--calibration-images", 8, "--verification-images", 16]
 
@@ -67,7 +68,9 @@ def models(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     torch.onnx.export(_torch_net(1), (torch.zeros(1, 1, 48, 48),), str(grey), dynamo=False,
                       opset_version=13, input_names=["x"], output_names=["logits"],
                       dynamic_axes={"x": {0: "N"}, "logits": {0: "N"}})
-    return {"rgb": rgb, "grey": grey}
+    ts = root / "grey.ts"  # TorchScript: reaches litert through ONNX (TorchSource.torch_module)
+    torch.jit.save(torch.jit.trace(_torch_net(1), (torch.zeros(1, 1, 48, 48),)), str(ts))
+    return {"rgb": rgb, "grey": grey, "torchscript": ts}
 
 
 @pytest.fixture(scope="module")
@@ -131,12 +134,15 @@ def _transposes(path: Path) -> tuple[int, bool]:
     return len(ops), all(first in list(d["inputs"]) for d in ops)
 
 
-@pytest.mark.parametrize("name", ["rgb", "grey", "nhwc"])
+@pytest.mark.parametrize("name", ["rgb", "grey", "nhwc", "torchscript"])
 def test_onnx_source_to_litert_fp32_parity_and_int8(name: str, models, nhwc, mri_phantoms,
                                                     tmp_path: Path, no_network) -> None:
     path = nhwc if name == "nhwc" else models[name]
-    source = load_model(path)
-    expect = {"rgb": ("NCHW", "rgb"), "grey": ("NCHW", "gray"), "nhwc": ("NHWC", "rgb")}[name]
+    # TorchScript fixes neither its size nor (to edgekit) its channels: they are declared
+    source = (load_model(path, preprocess=declared(input_size=48, color="gray"))
+              if name == "torchscript" else load_model(path))
+    expect = {"rgb": ("NCHW", "rgb"), "grey": ("NCHW", "gray"), "nhwc": ("NHWC", "rgb"),
+              "torchscript": ("NCHW", "gray")}[name]
     assert (source.spec.layout, source.spec.color) == expect
     batch = _images(source, mri_phantoms, 6, skip=8)
     reference = source.predict(batch)
@@ -148,8 +154,10 @@ def test_onnx_source_to_litert_fp32_parity_and_int8(name: str, models, nhwc, mri
     count, at_input = _transposes(fp32.path)
     # NHWC: none at all; NCHW: at most litert-torch's one NCHW→NHWC transpose of the input
     assert count == (0 if name != "rgb" else 1) and at_input, count
-    if name != "nhwc":
+    if name in ("rgb", "grey"):
         assert any("fixed" in note for note in fp32.notes)  # the dynamic batch, fixed to 1
+    if name == "torchscript":
+        assert any("TorchScript archive exported to ONNX" in note for note in fp32.notes)
 
     int8 = export("litert", source, "int8", tmp_path, f"{name}-int8",
                   _images(source, mri_phantoms, 8)[:, None])

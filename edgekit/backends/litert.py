@@ -186,7 +186,7 @@ class LiteRTBackend(QuietHooks):
     extra = "litert"
     suffix = ".tflite"
     precisions = ("fp32", "fp16", "int8")
-    sources = ("torch", "onnx", "keras")
+    sources = ("torch", "torchscript", "onnx", "keras")
     label = "litert"
     title = "LiteRT"
     colour = "#2ca02c"
@@ -247,10 +247,7 @@ class LiteRTBackend(QuietHooks):
 BACKEND = LiteRTBackend()
 
 # Why a source kind litert does not take cannot reach it (``source_hint``).
-_SOURCE_HINTS = {
-    "torchscript": "litert-torch needs torch.export; save the model with "
-    "torch.export.save(torch.export.export(model, (example,)), 'model.pt2') and compress that.",
-}
+_SOURCE_HINTS: dict[str, str] = {}
 
 
 # ----------------------------------------------------------------------------- export helpers
@@ -267,7 +264,7 @@ def _check_request(request: ExportRequest) -> None:
     elif kind == "onnx":
         if getattr(loaded, "onnx_file", lambda: None)() is None:
             raise ConfigError(f"Backend 'litert': the ONNX source {source} names no ONNX file")
-    elif kind != "torch" or getattr(loaded, "module", None) is None:
+    elif kind not in ("torch", "torchscript") or getattr(loaded, "module", None) is None:
         raise ConfigError(
             f"Backend 'litert' cannot convert the {kind} source ({source}): litert-torch "
             "converts a PyTorch nn.Module through torch.export (a checkpoint or .pt2 source).")
@@ -290,15 +287,17 @@ def _check_request(request: ExportRequest) -> None:
 
 
 def _torch_module(loaded: Any) -> Any:
-    """The PyTorch module litert-torch converts: the source's own, or an ONNX source's graph
-    replayed with PyTorch ops (``OnnxSource.torch_module``)."""
-    if getattr(loaded, "kind", "torch") != "onnx":
+    """The PyTorch module litert-torch converts: the source's own, or an ONNX (or TorchScript,
+    exported to ONNX) source's graph replayed with PyTorch ops (``torch_module()``)."""
+    kind = getattr(loaded, "kind", "torch")
+    if kind not in ("onnx", "torchscript"):
         return loaded.module.eval()
     try:
         return loaded.torch_module()
     except Exception as exc:  # noqa: BLE001 - every failure of the step becomes one error
         why = str(exc) if isinstance(exc, EdgekitError) else first_line(exc, None).strip()[:500]
-        raise ExportError(f"Backend 'litert': converting the ONNX source "
+        what = "ONNX" if kind == "onnx" else "TorchScript (through ONNX)"
+        raise ExportError(f"Backend 'litert': converting the {what} source "
                           f"{getattr(loaded, 'source', '?')} to PyTorch for litert-torch "
                           f"failed: {why}. Use the onnxruntime or openvino backends for this "
                           "model.") from exc
@@ -499,6 +498,10 @@ def _notes(request: ExportRequest, details: dict[str, Any]) -> list[str]:
         notes = [f"input: {details['input_dtype']} {spec.layout} {list(spec.input_shape(1))} "
                  "as the PyTorch model takes it (the NCHW→NHWC transpose is inside the model); "
                  "batch size 1"]
+        if getattr(request.model, "kind", "torch") == "torchscript":
+            notes.append("Converted from the TorchScript archive exported to ONNX (PyTorch's "
+                         "TorchScript exporter) and replayed with PyTorch ops "
+                         "(edgekit.sources.onnx_torch) by litert-torch")
     transposes = details["ops"].count("TRANSPOSE")
     if transposes:
         notes.append(f"{transposes} TRANSPOSE op(s) in the graph")

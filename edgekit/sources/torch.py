@@ -14,6 +14,8 @@ the CLI imports without torch.
 from __future__ import annotations
 
 import functools
+import io
+import warnings
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -63,9 +65,31 @@ class TorchSource(Source):
 @dataclass(frozen=True, kw_only=True)
 class TorchScriptSource(TorchSource):
     """A TorchScript archive: runs like a module, but has no ``torch.export`` graph (litert
-    cannot convert it) and no editable graph (it cannot be pruned)."""
+    converts it through ONNX, ``torch_module``) and no editable graph (it cannot be pruned)."""
 
     kind: ClassVar[str] = "torchscript"
+
+    def torch_module(self) -> Any:
+        """A module torch.export can trace, for litert-torch (a TorchScript archive has no
+        torch.export graph): the archive exported to ONNX with PyTorch's TorchScript exporter,
+        then replayed with PyTorch ops (``edgekit.sources.onnx_torch``). Built once per source;
+        an ExportError names an operator that cannot be translated."""
+        cached = self.__dict__.get("_torch_module")
+        if cached is None:
+            import onnx
+            import torch
+
+            from edgekit.sources.onnx_torch import onnx_to_torch
+
+            shape = self.spec.input_shape(1)
+            buffer = io.BytesIO()
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")  # the legacy exporter's deprecation notice
+                torch.onnx.export(self.module.eval(), (torch.zeros(shape),), buffer,
+                                  dynamo=False, opset_version=17)
+            cached = onnx_to_torch(onnx.load_from_string(buffer.getvalue()), shape)
+            object.__setattr__(self, "_torch_module", cached)
+        return cached
 
 
 def from_zoo(name: str, *, input_size: int | None, num_classes: int | None) -> TorchSource:
