@@ -166,6 +166,29 @@ def test_excluded_op_types_stay_float(exports: Store, tmp_path: Path) -> None:
     assert any(n.op_type == "QuantizeLinear" for n in graph.node)  # the convolutions still are
 
 
+def test_a_module_is_exported_to_onnx_once_until_its_weights_change(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The INT8 rescue re-exports the same model several times: the torch → ONNX step runs once
+    per module and weights (a change in place, e.g. pruning or BN re-estimation, exports
+    again)."""
+    from edgekit.sources import load_model
+
+    calls = []
+    real = torch.onnx.export
+    monkeypatch.setattr(torch.onnx, "export", lambda *a, **k: calls.append(1) or real(*a, **k))
+    model = load_model(FAST, input_size=SIZE)
+    x = np.random.default_rng(0).random((2, *model.spec.input_shape(1)[1:]), np.float32)
+    first = export(NAME, model, "fp32", tmp_path / "a", "m")
+    again = export(NAME, model, "fp32", tmp_path / "b", "m")
+    assert len(calls) == 1 and first.path.read_bytes() == again.path.read_bytes()
+    with torch.no_grad():
+        next(model.module.parameters()).mul_(2.0)
+    changed = export(NAME, model, "fp32", tmp_path / "c", "m")
+    assert len(calls) == 2
+    got = get_backend(NAME).open(changed.path).run(x)
+    assert np.abs(got - model.predict(x)).max() <= 1e-4  # the new weights, not the cached ones
+
+
 # --- sessions ----------------------------------------------------------------------------------
 
 

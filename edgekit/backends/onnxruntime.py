@@ -26,11 +26,13 @@ device. Work files live in a temporary directory; ``out_dir`` only ever receives
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import importlib.util
 import io
 import re
 import shutil
 import tempfile
+import weakref
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -68,6 +70,24 @@ _METHODS = {"minmax": "MinMax", "percentile": "Percentile", "entropy": "Entropy"
 _ACTIVATION_TYPES = {"int8": "QInt8", "uint8": "QUInt8"}
 _INSTALL_HINT = "pip install 'edgekit[onnxruntime]'"
 _EXPORT_HINT = "pip install 'edgekit[torch,onnxruntime]' (torch, onnx, onnxscript and onnxruntime)"
+# The last fp32 ONNX export of each PyTorch module, keyed by input shape, source kind and a digest
+# of its weights: the INT8 rescue re-quantizes the same graph up to max_attempts times, and the
+# torch.export-based exporter takes seconds to tens of seconds per call.
+_EXPORTED: weakref.WeakKeyDictionary[Any, tuple[tuple[Any, ...], bytes]] = (
+    weakref.WeakKeyDictionary())
+
+
+def _weights_digest(module: Any) -> str:
+    """sha256 of a module's parameters and buffers (names and bytes): a module changed in
+    place (pruned, re-calibrated) is exported again."""
+    import torch
+
+    digest = hashlib.sha256()
+    for name, tensor in module.state_dict().items():
+        digest.update(f"{name}:{tensor.dtype}:{tuple(tensor.shape)}".encode())
+        raw = tensor.detach().cpu().contiguous().reshape(-1).view(torch.uint8)
+        digest.update(raw.numpy().tobytes())
+    return digest.hexdigest()
 
 
 # ------------------------------------------------------------------------------------ session
@@ -300,6 +320,11 @@ class OnnxRuntimeBackend(QuietHooks):
 
         shape = tuple(model.spec.input_shape(1))
         module = model.module
+        key = (shape, model.kind, _weights_digest(module))
+        cached = _EXPORTED.get(module)
+        if cached is not None and cached[0] == key:
+            path.write_bytes(cached[1])
+            return INPUT_NAME, shape
         was_training = module.training
         module.eval()
         try:
@@ -318,6 +343,7 @@ class OnnxRuntimeBackend(QuietHooks):
         _strip_metadata(proto)
         _check_model(proto, model.name)
         onnx.save(proto, str(path))
+        _EXPORTED[module] = (key, path.read_bytes())
         return INPUT_NAME, shape
 
     def _from_onnx(self, model: Any, path: Path, notes: list[str]) -> tuple[str, tuple[int, ...]]:
