@@ -359,7 +359,8 @@ def command(ctx: click.Context, model: str, data: Path, out: Path | None, recipe
                "inconclusive": " [yellow](too few images to show it meets the accuracy gate)[/]"
                }[result.decision]
     bundle = result.checkpoint.with_name(result.checkpoint.stem + "-int8")
-    status(f"Pruned checkpoint: {result.checkpoint}{verdict} "
+    status(f"Pruned {'model' if result.checkpoint.suffix == '.pt2' else 'checkpoint'}: "
+           f"{result.checkpoint}{verdict} "
            f"({record['macs_fraction']:.0%} of the MACs, {result.seconds:.0f} s). Next, quantize "
            f"and export it: edgekit compress {result.checkpoint} --recipe int8 --data {data} "
            f"--out {bundle}")

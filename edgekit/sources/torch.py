@@ -14,6 +14,7 @@ the CLI imports without torch.
 from __future__ import annotations
 
 import functools
+import json
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,11 +24,12 @@ import numpy as np
 
 from edgekit.backends.base import TORCH_REFERENCE
 from edgekit.checkpoint import load_checkpoint
-from edgekit.data.preprocess import PreprocessSpec
+from edgekit.data.preprocess import PREPROCESS_KEYS, PreprocessSpec
 from edgekit.errors import ConfigError, DataError
 from edgekit.prune.engine import apply_plan
+from edgekit.prune.graph import PROGRAM_METADATA
 from edgekit.sources.base import Source, default_head, require_file, shaped_spec
-from edgekit.sources.declared import DeclaredPreprocess
+from edgekit.sources.declared import DeclaredPreprocess, resolve_spec
 from edgekit.zoo import create_model, list_models, model_config
 
 
@@ -120,19 +122,42 @@ def from_exported(path: Path, decl: DeclaredPreprocess | None = None) -> TorchSo
     import torch
 
     require_file(path)
+    extra = {PROGRAM_METADATA: ""}
     try:
-        program = torch.export.load(str(path))
+        program = torch.export.load(str(path), extra_files=extra)
     except Exception as exc:
         raise DataError(f"{path}: not a readable torch.export program ({exc})") from exc
     shape = [list(a.shape) for a in program.example_inputs[0]][0] if program.example_inputs else None
-    spec, origins = shaped_spec(shape, decl, path)
+    meta = _program_metadata(path, extra[PROGRAM_METADATA])
+    if "preprocess" in meta:  # a program edgekit wrote (a pruned .pt2): its record fixes the spec
+        recorded = PreprocessSpec.from_dict(meta["preprocess"])
+        spec, origins = resolve_spec(path, decl, fixed={k: getattr(recorded, k)
+                                                        for k in PREPROCESS_KEYS},
+                                     fixed_by="program's edgekit record")
+    else:
+        spec, origins = shaped_spec(shape, decl, path)
     module = _exported_module_class()(program.module(), shape[0] if shape else None)
     head = default_head()
     if exported_activation(program.graph) is not None:
         head["scores_are"] = "probs"
-    return TorchSource(module=module, name=path.stem, task="multiclass", class_names=(),
-                       spec=spec, source=str(path), pretrained=True, spec_sources=origins,
-                       head=head)
+    return TorchSource(module=module, name=str(meta.get("architecture") or path.stem),
+                       task=str(meta.get("task") or "multiclass"),
+                       class_names=tuple(meta.get("class_names") or ()), spec=spec,
+                       source=str(path), pretrained=True, spec_sources=origins, head=head,
+                       metadata=meta)
+
+
+def _program_metadata(path: Path, text: str) -> dict[str, Any]:
+    """The JSON record edgekit writes beside a pruned program's graph ({} when absent)."""
+    if not text:
+        return {}
+    try:
+        meta = json.loads(text)
+    except ValueError as exc:
+        raise DataError(f"{path}: its {PROGRAM_METADATA} is not valid JSON ({exc})") from exc
+    if not isinstance(meta, dict):
+        raise DataError(f"{path}: its {PROGRAM_METADATA} is not a JSON object")
+    return meta
 
 
 _FINAL = {"softmax": "softmax", "_softmax": "softmax", "sigmoid": "sigmoid"}
