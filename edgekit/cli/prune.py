@@ -224,7 +224,8 @@ def _scan(model: str, data: Path, scan_ratio: float, round_to: int | None,
               help="Labelled images with the model's classes: recovery trains on them, the "
                    "verification images are held out of it.")
 @click.option("--out", type=click.Path(dir_okay=False, path_type=Path), default=None,
-              help="Pruned checkpoint to write (required unless --scan).")
+              help="Pruned checkpoint to write (required unless --scan); a .pt2 path writes a "
+                   "torch.export program (the only form for a .pt2 or other non-zoo model).")
 @click.option("--recipe", default="prune30", show_default=True,
               help="A recipe with a pruning section: prune30, prune50, prune30-int8, "
                    "prune50-int8 or a YAML file.")
@@ -288,9 +289,13 @@ def command(ctx: click.Context, model: str, data: Path, out: Path | None, recipe
     trained on, and score the pruned model against the original. Exits 1 when it misses the
     recipe's accuracy gate (the checkpoint is still written) unless --allow-accuracy-drop.
 
-    MODEL is an edgekit checkpoint or ARCH:weights.pt of a zoo architecture (ONNX, TorchScript
-    and .pt2 files have no editable graph). --scan prunes and writes nothing: it ranks the
-    channel groups by how much accuracy each loses when pruned alone.
+    MODEL is an edgekit checkpoint, ARCH:weights.pt of a zoo architecture, or a torch.export
+    program (.pt2) of any CNN: its layers are made editable, the pruned model is written as a
+    .pt2 (--out must end in .pt2) that compress takes as a source. An op that fixes a channel
+    count (a constant view, a channel slice, a custom op) keeps the layers that feed it whole,
+    or is named in the error when nothing else is left. ONNX, TorchScript and Keras files have
+    no editable graph. --scan prunes and writes nothing: it ranks the channel groups by how
+    much accuracy each loses when pruned alone.
 
     \b
     Examples:
@@ -298,6 +303,7 @@ def command(ctx: click.Context, model: str, data: Path, out: Path | None, recipe
       edgekit prune model.pt --data Training/ --out pruned.pt --target-macs 0.5 --steps 2
       edgekit prune model.pt --data Training/ --scan
       edgekit compress pruned.pt --recipe int8 --data Training/ --out bundle/
+      edgekit prune model.pt2 --data Training/ --out pruned.pt2
     """
     if scan:
         refused = _given(ctx, PRUNE_ONLY)

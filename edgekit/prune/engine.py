@@ -29,7 +29,11 @@ Grouping, importance and policy are separate (as in Torch-Pruning):
 What was removed is kept as a **replayable JSON plan** (Torch-Pruning's pruning history, one
 list per pruning step), never a pickle: a pruned checkpoint is the zoo architecture + the plan +
 a ``state_dict``, loaded with ``torch.load(weights_only=True)``. MACs are counted exactly as
-``edgekit inspect`` counts them."""
+``edgekit inspect`` counts them.
+
+Models that are not zoo architectures (a ``torch.export`` program's graph) are made editable by
+``edgekit.prune.graph``; the ops of such a graph that fix a channel count (``blocked``) protect
+the layers that feed them, like the stem, and are reported in the outcome."""
 
 from __future__ import annotations
 

@@ -1,6 +1,6 @@
 """Prune + recover: what ``edgekit prune`` and the pruning recipes of ``compress`` run.
 
-A zoo model is pruned step by step with the engine (``edgekit.prune.engine``) and recovered after
+A zoo model (or a ``.pt2`` / plain module, made editable by ``edgekit.prune.graph``) is pruned step by step with the engine (``edgekit.prune.engine``) and recovered after
 each step by knowledge distillation from the unpruned model (``edgekit.train.recover``: KL on
 logits + label loss, early-stopped, BatchNorm statistics re-estimated on clean images) on images
 that are never the verification images; the pruned model is then scored against the unpruned one

@@ -5,7 +5,9 @@ Checkpoints are read with ``torch.load(weights_only=True)`` (``edgekit.checkpoin
 that needs code execution is refused. A pruned checkpoint carries a replayable JSON plan that
 rebuilds the pruned widths on the zoo architecture before the weights load. ``.pt2`` and
 TorchScript files carry no class names (they come from the data folder) and take the default
-[0, 1] RGB spec at the size the file fixes (or ``--input-size``).
+[0, 1] RGB spec at the size the file fixes (or ``--input-size``) — except a ``.pt2`` edgekit
+wrote (a pruned program), whose JSON extra file ``edgekit.json`` records its classes, task,
+preprocessing and pruning record (read as JSON: ``torch.export.load`` runs no pickle).
 
 torch is imported inside the functions: this module is imported by ``edgekit.sources``, which
 the CLI imports without torch.
@@ -49,7 +51,8 @@ def predict_module(module: Any, x: np.ndarray, *, batch_size: int = 64) -> np.nd
 @dataclass(frozen=True, kw_only=True)
 class TorchSource(Source):
     """A ``torch.nn.Module`` in eval mode: an edgekit checkpoint or zoo model (prunable, its
-    ``module.edgekit_name`` names the architecture) or a ``torch.export`` program."""
+    ``module.edgekit_name`` names the architecture) or a ``torch.export`` program (prunable
+    through ``edgekit.prune.graph.editable``)."""
 
     kind: ClassVar[str] = "torch"
     runtime: ClassVar[str] = TORCH_REFERENCE.name
@@ -65,7 +68,7 @@ class TorchSource(Source):
 @dataclass(frozen=True, kw_only=True)
 class TorchScriptSource(TorchSource):
     """A TorchScript archive: runs like a module, but has no ``torch.export`` graph (litert
-    cannot convert it) and no editable graph (it cannot be pruned)."""
+    cannot convert it) and no editable graph (it cannot be pruned; a ``.pt2`` can)."""
 
     kind: ClassVar[str] = "torchscript"
 
