@@ -134,12 +134,13 @@ def _macs(cli, model: Path) -> int:
 
 @pytest.fixture(scope="module")
 def program(mri_phantoms: Path, tmp_path_factory) -> Path:
-    """ResNetish trained for 6 epochs on the grey 64 px phantoms, exported as a .pt2."""
+    """ResNetish trained for 6 epochs on the grey 64 px phantoms normalised with mean 0.5 /
+    std 0.5 (as third-party models often are), exported as a .pt2."""
     from edgekit.data.folder import scan
     from edgekit.data.preprocess import PreprocessSpec
     from edgekit.evaluate import load_arrays
 
-    spec = PreprocessSpec(input_size=(64, 64), color="gray", mean=(0.0,), std=(1.0,))
+    spec = PreprocessSpec(input_size=(64, 64), color="gray", mean=(0.5,), std=(0.5,))
     x, y = load_arrays(scan(mri_phantoms), spec)
     torch.manual_seed(0)
     model = ResNetish()
@@ -155,14 +156,15 @@ def program(mri_phantoms: Path, tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def pruned_program(program: Path, mri_phantoms: Path, tmp_path_factory):
-    """`edgekit prune net.pt2 --out pruned.pt2` with the default recipe (prune30)."""
+    """`edgekit prune net.pt2 --mean 0.5 --std 0.5 --out pruned.pt2`, default recipe (prune30)."""
     from click.testing import CliRunner
 
     from edgekit.cli import main
 
     out = tmp_path_factory.mktemp("pruned") / "pruned.pt2"
     res = CliRunner().invoke(main, ["prune", str(program), "--data", str(mri_phantoms),
-                                    "--out", str(out), "--epochs", "2",
+                                    "--out", str(out), "--epochs", "2", "--mean", "0.5",
+                                    "--std", "0.5",
                                     "--verification-images", "40"], catch_exceptions=False)
     return out, res
 
@@ -212,7 +214,9 @@ def test_weights_read_twice_become_one_module_called_twice() -> None:
 
 def test_prune_a_pt2_with_the_cli(pruned_program, program: Path, mri_phantoms: Path,
                                   cli) -> None:
+    from edgekit.errors import ConfigError
     from edgekit.sources import load_model
+    from edgekit.sources.declared import declared
 
     out, res = pruned_program
     assert res.exit_code in (0, 1), (res.output, res.stderr)
@@ -224,6 +228,10 @@ def test_prune_a_pt2_with_the_cli(pruned_program, program: Path, mri_phantoms: P
     record = loaded.metadata["pruning"]
     assert loaded.class_names == ("glioma", "meningioma", "notumor", "pituitary")
     assert loaded.spec.color == "gray" and loaded.spec.input_size == (64, 64)
+    assert loaded.spec.mean == (0.5,) and loaded.spec.std == (0.5,)  # recorded, not re-declared
+    assert loaded.spec_sources["mean"] == "program's edgekit record"
+    with pytest.raises(ConfigError, match="program's edgekit record fixes mean"):
+        load_model(out, preprocess=declared(mean=(0.2,)))
     assert record["saved_as"] == "torch.export" and record["recovery"]
     macs0, macs1 = _macs(cli, program), _macs(cli, out)
     assert (macs0, macs1) == (record["macs_before"], record["macs_after"])
@@ -244,15 +252,17 @@ def test_compress_prunes_a_pt2_and_takes_the_pruned_pt2(program: Path, pruned_pr
     from edgekit.compress import compress
     from edgekit.prune import pruning_recipe
     from edgekit.sources import load_model
+    from edgekit.sources.declared import declared
 
     recipe = pruning_recipe("prune30", **{"pruning.recovery.epochs": 0})
     result = compress(program, data=mri_phantoms, out=tmp_path / "b", recipe=recipe,
                       backends=["onnxruntime"], verification_images=24,
-                      allow_accuracy_drop=True)
+                      allow_accuracy_drop=True, preprocess=declared(mean=(0.5,), std=(0.5,)))
     m = result.manifest.to_json()
     p = m["pruning"]
     assert p["saved_as"] == "torch.export" and p["checkpoint"]["path"] == "source/pruned.pt2"
     assert p["macs_fraction"] <= 0.75 and p["widths_after"]
+    assert m["preprocess"]["mean"] == [0.5]
     assert "source/pruned.pt2" in {f["path"] for f in m["files"]}
     pruned = load_model(tmp_path / "b" / "source" / "pruned.pt2")
     art = result.artifacts[0]

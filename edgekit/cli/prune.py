@@ -12,13 +12,14 @@ from rich import box
 from rich.table import Table
 
 from edgekit.cli.display import fmt_count
-from edgekit.cli.options import latency_target_options
+from edgekit.cli.options import classes_option, latency_target_options, preprocess_options
 from edgekit.errors import VerificationFailed
 from edgekit.inspect import summarize
 from edgekit.manifest import recorded_decision as _decision
 from edgekit.metrics import metric_value as _value
 from edgekit.prune.recover import prune_file, require_prunable, scan_source
 from edgekit.sources import load_model
+from edgekit.sources.declared import DeclaredPreprocess
 from edgekit.ui import out as stdout
 from edgekit.ui import status
 
@@ -196,10 +197,16 @@ def scan_table(scan: dict[str, Any], total_macs: int, task: str, round_to: int) 
     return table
 
 
-def _scan(model: str, data: Path, scan_ratio: float, round_to: int | None,
+def _load(model: str, preprocess: DeclaredPreprocess, classes: tuple[str, ...] | None) -> Any:
+    """MODEL with its declared preprocessing (a .pt2 fixes only its shape) and, with
+    --classes, its output order."""
+    loaded = load_model(model, preprocess=preprocess)
+    return loaded.with_class_order(classes) if classes else loaded
+
+
+def _scan(loaded: Any, data: Path, scan_ratio: float, round_to: int | None,
           protect: tuple[str, ...], verification_images: int | None, seed: int | None,
           on_error: str, as_json: bool) -> None:
-    loaded = load_model(model)
     require_prunable(loaded, "edgekit prune --scan")
     round_to = 8 if round_to is None else round_to
     result = scan_source(loaded, data=data, ratio=scan_ratio, round_to=round_to,
@@ -271,12 +278,15 @@ def _scan(model: str, data: Path, scan_ratio: float, round_to: int | None,
                                  "[default: 0.5].")
 @click.option("--json", "as_json", is_flag=True,
               help="Print the pruning record (or the scan) as JSON on stdout.")
+@preprocess_options
+@classes_option
 @click.pass_context
 def command(ctx: click.Context, model: str, data: Path, out: Path | None, recipe: str,
             target_latency_ms: float | None, target: str, threads: int | None,
             verification_images: int | None, overwrite: bool, on_error: str,
             allow_accuracy_drop: bool, scan: bool, scan_ratio: float | None, as_json: bool,
-            protect: tuple[str, ...], epochs: int | None, **overrides: Any) -> None:
+            protect: tuple[str, ...], epochs: int | None, preprocess: DeclaredPreprocess,
+            classes: tuple[str, ...] | None, **overrides: Any) -> None:
     """Make MODEL smaller by removing whole channels (structured pruning), recover its accuracy
     by knowledge distillation from the unpruned model on DIR, and write a pruned checkpoint.
 
@@ -311,7 +321,7 @@ def command(ctx: click.Context, model: str, data: Path, out: Path | None, recipe
             raise click.UsageError(
                 f"--scan only measures (it writes nothing); {', '.join(map(_flag, refused))} "
                 f"{'does' if len(refused) == 1 else 'do'} not apply to it.", ctx)
-        _scan(model, data, 0.5 if scan_ratio is None else scan_ratio, overrides["round_to"],
+        _scan(_load(model, preprocess, classes), data, 0.5 if scan_ratio is None else scan_ratio, overrides["round_to"],
               protect, verification_images, overrides["seed"], on_error, as_json)
         return
     if scan_ratio is not None:
@@ -330,7 +340,7 @@ def command(ctx: click.Context, model: str, data: Path, out: Path | None, recipe
                                f"{'applies' if len(unused) == 1 else 'apply'} with "
                                "--target-latency-ms.", ctx)
 
-    loaded = load_model(model)
+    loaded = _load(model, preprocess, classes)
     require_prunable(loaded, "edgekit prune")
     overrides["protect"] = list(protect) or None
     overrides["pruning.recovery.epochs"] = epochs
