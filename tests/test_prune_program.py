@@ -212,6 +212,25 @@ def test_weights_read_twice_become_one_module_called_twice() -> None:
         assert graph(x).shape == (2, 4)
 
 
+def test_a_symbolically_traced_graph_module_prunes() -> None:
+    """A ``torch.fx.symbolic_trace`` GraphModule: real layers already, leaf activations,
+    pooling and dropout as call_module nodes — none of them blocks."""
+    from edgekit.prune import PruneSettings, blockers, editable, prune
+
+    model = nn.Sequential(nn.Conv2d(1, 16, 3, padding=1), nn.BatchNorm2d(16), nn.ReLU(),
+                          nn.Conv2d(16, 32, 3, padding=1), nn.ReLU6(), nn.MaxPool2d(2),
+                          nn.Dropout(0.1), nn.Conv2d(32, 32, 3), nn.AdaptiveAvgPool2d(1),
+                          nn.Flatten(), nn.Linear(32, 4)).eval()
+    graph = torch.fx.symbolic_trace(model)
+    assert blockers(graph) == []
+    example = torch.zeros(EXAMPLE)
+    module = editable(graph, example)
+    outcome = prune(module, example, PruneSettings(ratio=0.5))
+    assert outcome.macs_fraction < 0.6 and not outcome.blocked
+    with torch.no_grad():
+        assert module(torch.zeros(3, *EXAMPLE[1:])).shape == (3, 4)
+
+
 def test_prune_a_pt2_with_the_cli(pruned_program, program: Path, mri_phantoms: Path,
                                   cli) -> None:
     from edgekit.errors import ConfigError

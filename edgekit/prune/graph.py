@@ -336,6 +336,9 @@ def blockers(module: Any) -> list[Blocker]:
             m = mods.get(node.target)
             if isinstance(m, layers + (nn.BatchNorm1d, nn.BatchNorm2d)):
                 carries.add(node)
+            elif any(a in carries for a in node.all_input_nodes) and \
+                    isinstance(m, _channel_safe_modules()):
+                carries.add(node)
             elif any(a in carries for a in node.all_input_nodes):
                 carries.add(node)
                 found.append(Blocker(node.name, f"module {type(m).__name__}",
@@ -355,6 +358,18 @@ def blockers(module: Any) -> list[Blocker]:
             found.append(Blocker(node.name, target, why, ()))
     return [dataclasses.replace(b, layers=tuple(_feeding_layers(gm, b.node, mods)))
             for b in found]
+
+
+def _channel_safe_modules() -> tuple[type, ...]:
+    """Leaf modules of a traced graph (``torch.fx.symbolic_trace``) that keep channels where
+    Torch-Pruning follows them: activations, pooling, dropout, identity, flatten, upsampling."""
+    import torch.nn as nn
+    from torch.nn.modules import activation, dropout, pooling
+
+    from_modules = [c for mod in (activation, pooling, dropout) for c in vars(mod).values()
+                    if isinstance(c, type) and issubclass(c, nn.Module)
+                    and c not in (nn.MultiheadAttention, nn.Softmax2d, nn.Module)]
+    return (*from_modules, nn.Identity, nn.Flatten, nn.Upsample)
 
 
 def _why(node: Any, ns: str, name: str) -> str | None:
