@@ -305,7 +305,7 @@ def _batch_free(gm: Any, example: Any) -> None:
         src = node.args[0]
         val = getattr(src, "meta", {}).get("val")
         if not isinstance(shape, list | tuple) or not shape or shape[0] != 1 or val is None \
-                or val.dim() < 1 or int(val.shape[0]) != 1:
+                or val.dim() < 1 or not isinstance(val.shape[0], int) or val.shape[0] != 1:
             continue
         with graph.inserting_before(node):
             size = graph.call_function(_sym_size(), (src, 0))
