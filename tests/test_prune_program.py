@@ -3,8 +3,9 @@
 A small ResNet-ish CNN that is NOT in the zoo (greyscale 64 px, BatchNorm, a depthwise block
 with a residual sum, global pooling, a Linear head), trained briefly on the MRI phantoms and
 exported with ``torch.export``: pruned with the CLI, compressed with a prune recipe, the pruned
-``.pt2`` compressed again. Graphs that fix a channel count (a constant ``view``, a channel slice,
-a custom op) are pruned around or refused with the op's name."""
+``.pt2`` compressed again. Graphs that fix a channel count (a channel slice, a view that splits
+the channels, a custom op) are pruned around or refused with the op's name; a constant view that
+only flattens (``x.view(-1, 64 * 8 * 8)``) follows the pruned width."""
 
 from __future__ import annotations
 
@@ -49,13 +50,13 @@ class ResNetish(nn.Module):
 
 
 class FixedView(nn.Module):
-    """VGG-ish with ``x.view(-1, 64 * 8 * 8)``: the exported graph fixes 4096 features."""
+    """VGG-ish with ``x.view(-1, 64 * 8 * 8)``: the exported graph reads view(x, [-1, 4096])."""
 
-    def __init__(self, middle: bool = True) -> None:
+    def __init__(self) -> None:
         super().__init__()
         self.c1 = nn.Conv2d(1, 16, 3, padding=1)
-        self.c2 = nn.Conv2d(16, 32, 3, padding=1) if middle else nn.Identity()
-        self.c3 = nn.Conv2d(32 if middle else 16, 64, 3, stride=2, padding=1)
+        self.c2 = nn.Conv2d(16, 32, 3, padding=1)
+        self.c3 = nn.Conv2d(32, 64, 3, stride=2, padding=1)
         self.fc = nn.Linear(64 * 8 * 8, 4)
 
     def forward(self, x):
@@ -65,16 +66,32 @@ class FixedView(nn.Module):
 
 
 class ChannelSlice(nn.Module):
-    """Keeps the first 32 of 64 channels: a slice at fixed channel positions."""
+    """Keeps the first 48 of 64 channels: a slice at fixed channel positions."""
+
+    def __init__(self, middle: bool = False) -> None:
+        super().__init__()
+        self.c1 = nn.Conv2d(1, 16, 3, padding=1)
+        self.c2 = nn.Conv2d(16, 32, 3, padding=1) if middle else nn.Identity()
+        self.c3 = nn.Conv2d(32 if middle else 16, 64, 3, padding=1)
+        self.fc = nn.Linear(48, 4)
+
+    def forward(self, x):
+        x = torch.relu(self.c3(torch.relu(self.c2(torch.relu(self.c1(x))))))[:, :48]
+        return self.fc(x.mean((2, 3)))
+
+
+class ChannelShuffle(nn.Module):
+    """ShuffleNet's channel shuffle: a view that splits the channels into 2 groups of 16."""
 
     def __init__(self) -> None:
         super().__init__()
         self.c1 = nn.Conv2d(1, 16, 3, padding=1)
-        self.c2 = nn.Conv2d(16, 64, 3, padding=1)
+        self.c2 = nn.Conv2d(16, 32, 3, padding=1)
         self.fc = nn.Linear(32, 4)
 
     def forward(self, x):
-        x = torch.relu(self.c2(torch.relu(self.c1(x))))[:, :32]
+        x = torch.relu(self.c2(torch.relu(self.c1(x))))
+        x = x.view(1, 2, 16, 64, 64).transpose(1, 2).reshape(1, 32, 64, 64)
         return self.fc(x.mean((2, 3)))
 
 
@@ -298,21 +315,62 @@ def test_compress_prunes_a_pt2_and_takes_the_pruned_pt2(program: Path, pruned_pr
     assert again.manifest.to_json()["class_names"] == list(load_model(out).class_names)
 
 
-def test_a_fixed_view_is_pruned_around_and_said_so() -> None:
+def test_a_constant_flatten_view_follows_the_pruned_width() -> None:
+    """``x.view(-1, 64 * 8 * 8)`` merges dimensions: it becomes flatten(1), so the last
+    convolution prunes and the Linear after it loses the matching inputs."""
+    from edgekit.prune import PruneSettings, blockers, editable, prune
+    from edgekit.prune.engine import layer_widths
+
+    torch.manual_seed(2)
+    example, model = torch.zeros(EXAMPLE), FixedView().eval()
+    graph = editable(torch.export.export(model, (example,)).module(), example)
+    assert blockers(graph) == []
+    x = torch.randn(2, *EXAMPLE[1:])
+    with torch.no_grad():
+        torch.testing.assert_close(graph(x), model(x), rtol=0, atol=1e-5)
+    prune(graph, example, PruneSettings(ratio=0.5, round_to=8))
+    assert layer_widths(graph)["c3"] == 32 and dict(graph.named_modules())["fc"].in_features \
+        == 32 * 8 * 8
+    with torch.no_grad():
+        assert graph(x).shape == (2, 4)
+
+
+def test_a_decomposed_program_has_real_layers_too() -> None:
+    """``run_decompositions()`` programs: aten.convolution, _native_batch_norm_legit_no_training,
+    addmm on a transposed weight, flatten as a view."""
+    from edgekit.prune import PruneSettings, blockers, editable, prune
+
+    torch.manual_seed(5)
+    example, model = torch.zeros(EXAMPLE), ResNetish().eval()
+    program = torch.export.export(model, (example,)).run_decompositions()
+    targets = {str(n.target) for n in program.graph.nodes if n.op == "call_function"}
+    assert {"aten.convolution.default", "aten.addmm.default",
+            "aten._native_batch_norm_legit_no_training.default"} <= targets
+    graph = editable(program.module(), example)
+    kinds = {n: type(m).__name__ for n, m in graph.named_modules() if n}
+    assert kinds["head"] == "Linear" and kinds["block.bn1"] == "BatchNorm2d"
+    assert blockers(graph) == []
+    x = torch.randn(3, *EXAMPLE[1:])
+    with torch.no_grad():
+        torch.testing.assert_close(graph(x), model(x), rtol=0, atol=1e-5)
+    assert prune(graph, example, PruneSettings(ratio=0.3)).macs_fraction < 0.75
+
+
+def test_a_channel_slice_is_pruned_around_and_said_so() -> None:
     from edgekit.prune import PruneSettings, editable, prunable_groups, prune
     from edgekit.prune.engine import layer_widths
 
     torch.manual_seed(2)
     example = torch.zeros(EXAMPLE)
-    program = torch.export.export(FixedView().eval(), (example,))
+    program = torch.export.export(ChannelSlice(middle=True).eval(), (example,))
     graph = editable(program.module(), example)
     groups = {g.root: g for g in prunable_groups(graph, example)}
     assert groups["c3"].protected and not groups["c2"].protected
     outcome = prune(graph, example, PruneSettings(ratio=0.5, round_to=8))
     assert [b["layers"] for b in outcome.blocked] == [["c3"]]
     blocked = outcome.blocked[0]
-    assert (blocked["target"], blocked["node"]) == ("aten.view.default", "view")
-    assert blocked["why"] == "fixes 4096 features"
+    assert (blocked["target"], blocked["node"]) == ("aten.slice.Tensor", "slice_1")
+    assert blocked["why"] == "indexes channels (dim 1) at fixed positions"
     widths = layer_widths(graph)
     assert widths["c3"] == 64 and widths["c2"] == 16  # c2 pruned, c3 kept whole
     with torch.no_grad():
@@ -320,8 +378,8 @@ def test_a_fixed_view_is_pruned_around_and_said_so() -> None:
 
 
 @pytest.mark.parametrize("model, message", [
-    (lambda: FixedView(middle=False), "aten.view.default at node 'view' fixes 4096 features"),
-    (ChannelSlice, "aten.slice.Tensor at node 'slice_1' indexes channels"),
+    (ChannelSlice, "aten.slice.Tensor at node 'slice_1' indexes channels (dim 1)"),
+    (ChannelShuffle, "aten.view.default at node 'view' fixes the shape [N, 2, 16, 64, 64]"),
     (CustomOp, "edgekit_test.channel_scale.default at node 'channel_scale' is a custom op"),
 ])
 def test_a_graph_with_nothing_left_to_prune_names_the_op(model, message) -> None:
@@ -338,10 +396,11 @@ def test_a_graph_with_nothing_left_to_prune_names_the_op(model, message) -> None
 
 def test_the_cli_refuses_a_blocked_pt2_with_the_op(mri_phantoms: Path, tmp_path: Path,
                                                    cli) -> None:
-    blocked = _export(FixedView(middle=False), tmp_path / "vgg.pt2")
+    blocked = _export(ChannelSlice(), tmp_path / "sliced.pt2")
     res = cli("prune", blocked, "--data", mri_phantoms, "--out", tmp_path / "p.pt2",
               "--epochs", "0", "--verification-images", "8", code=2)
-    assert "aten.view.default at node 'view' fixes 4096 features (fed by c3)" in res.stderr
+    assert ("aten.slice.Tensor at node 'slice_1' indexes channels (dim 1) at fixed positions "
+            "(fed by c3)") in res.stderr
     assert "Traceback" not in res.stderr and not (tmp_path / "p.pt2").exists()
 
 

@@ -301,10 +301,11 @@ def command(ctx: click.Context, model: str, data: Path, out: Path | None, recipe
 
     MODEL is an edgekit checkpoint, ARCH:weights.pt of a zoo architecture, or a torch.export
     program (.pt2) of any CNN: its layers are made editable, the pruned model is written as a
-    .pt2 (--out must end in .pt2) that compress takes as a source. An op that fixes a channel
-    count (a constant view, a channel slice, a custom op) keeps the layers that feed it whole,
-    or is named in the error when nothing else is left. ONNX, TorchScript and Keras files have
-    no editable graph. --scan prunes and writes nothing: it ranks the channel groups by how
+    .pt2 (--out must end in .pt2) that compress takes as a source; declare its preprocessing
+    (--preprocess, --mean, --std ...) as for compress. An op that fixes a channel count (a
+    channel slice, a view that splits channels, a custom op) keeps the layers that feed it
+    whole, or is named in the error when nothing else is left. ONNX, TorchScript and Keras
+    files have no editable graph. --scan prunes and writes nothing: it ranks the channel groups by how
     much accuracy each loses when pruned alone.
 
     \b

@@ -11,9 +11,11 @@ importance and policy apply unchanged. A program exported at batch 1 fixes its b
 reshapes (``view(x, [1, -1])``): those take the batch from the input again, so recovery trains
 on real batches.
 
-Some graphs fix a channel count in an op Torch-Pruning cannot shrink: a reshape to a constant
-feature count (``x.view(-1, 64 * 8 * 8)``), a slice or index on the channel dimension, a custom
-op, a layer whose weights are computed in the graph. :func:`blockers` finds each such op and the
+A reshape to a constant shape that only merges dimensions after the batch (``x.view(-1, 64 * 8 *
+8)``, or any ``flatten`` of a decomposed program) becomes ``flatten`` again, so it follows the
+pruned width. Some graphs do fix a channel count in an op Torch-Pruning cannot shrink: a reshape
+that splits channels (a channel shuffle), a slice or index on the channel dimension, a custom op,
+a layer whose weights are computed in the graph. :func:`blockers` finds each such op and the
 layers whose output channels reach it; the engine keeps those layers' groups whole (pruning
 around the op) and says so, and refuses with the op's name when nothing else is left.
 
@@ -135,13 +137,17 @@ def _layer(gm: Any, node: Any) -> tuple[Any, Any, list[Any]] | None:
         if name == "addmm":  # addmm(bias, x, t(weight)) with beta = alpha = 1
             t = kw["mat2"]
             if kw.get("beta", 1) != 1 or kw.get("alpha", 1) != 1 or \
-                    getattr(t, "op", None) != "call_function" or _op(t.target)[1] not in ("t",
-                                                                                         "permute"):
+                    getattr(t, "op", None) != "call_function" or _op(t.target)[1] not in (
+                        "t", "permute") or (_op(t.target)[1] == "permute"
+                                            and list(t.args[1]) != [1, 0]):
                 return None
-            w, b = _fetch(gm, t.args[0]), _fetch(gm, kw["self"])
+            bias = kw["self"] if "self" in kw else kw["input"]  # the schema's name varies
+            w, b = _fetch(gm, t.args[0]), _fetch(gm, bias)
+            if b is None or b.dim() != 1:
+                return None
             m = nn.Linear(w.shape[1], w.shape[0])
             m.weight, m.bias = w, b
-            return m, kw["mat1"], [t.args[0], kw["self"]]
+            return m, kw["mat1"], [t.args[0], bias]
         # batch norm (inference form)
         w, b = _fetch(gm, kw.get("weight")), _fetch(gm, kw.get("bias"))
         mean, var = _fetch(gm, kw["running_mean"]), _fetch(gm, kw["running_var"])
@@ -228,11 +234,15 @@ def editable(module: Any, example: Any) -> Any:
             node.replace_all_uses_with(new)
         graph.erase_node(node)
         for a in attrs:
+            for via in list(a.users):  # addmm's transpose of its weight, now unread
+                if not via.users:
+                    graph.erase_node(via)
             if not a.users:
                 graph.erase_node(a)
     for node in list(graph.nodes):  # e.g. a BatchNorm's num_batches_tracked, never read
         if node.op == "get_attr" and not node.users:
             graph.erase_node(node)
+    _flexible_reshapes(graph)
     _batch_free(gm, example)
     _plain_call(graph)
     graph.eliminate_dead_code()
@@ -262,7 +272,8 @@ def _convertible(gm: Any) -> dict[Any, tuple[Any, int | str, list[Any]]]:
         by_key.setdefault(tuple(a.target for a in attrs), []).append(node)
     keep = {}
     for nodes in by_key.values():
-        readers = {u for n in nodes for a in found[n][2] for u in a.users}
+        readers = {r for n in nodes for a in found[n][2] for u in a.users
+                   for r in (u.users if _op(u.target)[1] in ("t", "permute") else (u,))}
         if readers == set(nodes) and len({repr(found[n][0]) for n in nodes}) == 1:
             keep.update({n: found[n] for n in nodes})
     return keep
@@ -289,6 +300,36 @@ def _drop_attr(gm: Any, target: str) -> None:
     holder = gm.get_submodule(prefix) if prefix else gm
     if hasattr(holder, attr):
         delattr(holder, attr)
+
+
+def _flexible_reshapes(graph: Any) -> None:
+    """A reshape that only merges neighbouring dimensions after the batch (what ``flatten``
+    decomposes into, and ``x.view(-1, 64 * 8 * 8)`` after the last convolution) becomes
+    ``flatten(start, end)``, and a reshape to the same shape goes: the same values, but a
+    width that follows the pruned channels instead of fixing them."""
+    import torch
+
+    for node in list(graph.nodes):
+        if node.op != "call_function" or _op(node.target)[1] not in _RESHAPES:
+            continue
+        src = node.args[0]
+        shapes = [getattr(getattr(n, "meta", {}).get("val"), "shape", None) for n in (src, node)]
+        if any(sh is None or not all(isinstance(d, int) for d in sh) for sh in shapes):
+            continue
+        a, b = (list(sh) for sh in shapes)
+        if a == b:
+            node.replace_all_uses_with(src)
+            graph.erase_node(node)
+            continue
+        span = next(((i, j) for i in range(1, len(a)) for j in range(i + 1, len(a))
+                     if b == a[:i] + [math.prod(a[i:j + 1])] + a[j + 1:]), None)
+        if span is None:
+            continue
+        with graph.inserting_before(node):
+            flat = graph.call_function(torch.ops.aten.flatten.using_ints, (src, *span))
+        flat.meta = dict(node.meta)
+        node.replace_all_uses_with(flat)
+        graph.erase_node(node)
 
 
 def _batch_free(gm: Any, example: Any) -> None:
