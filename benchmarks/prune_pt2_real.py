@@ -230,7 +230,7 @@ def main() -> int:
     md = f"""# prune_pt2_real ({args.size}², {args.recipe})
 
 A non-zoo greyscale CNN (mean/std 0.5, BN, depthwise residual blocks, GAP, Linear head) trained
-{args.epochs} epochs on the training side of edgekit's de-duplicated split of the real MRI
+{'(reused with --model) ' if args.model else f'{args.epochs} epochs '}on the training side of edgekit's de-duplicated split of the real MRI
 Training folder, exported with torch.export, pruned with `edgekit prune model.pt2 --recipe
 {args.recipe}` (recovery by distillation on the training side only), both programs scored on the
 {summary['val']} held-out images.
