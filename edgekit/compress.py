@@ -25,7 +25,6 @@ from edgekit.backends import Artifact, ExportRequest, QuantOptions, require_back
 from edgekit.backends.base import check_supported
 from edgekit.bundle import BundleWriter, load_manifest, package_versions, sha256_path
 from edgekit.calibrate import DataPlan, StreamedImages, plan_data, stratified_sample
-from edgekit.checkpoint import save_checkpoint
 from edgekit.data.folder import scan
 from edgekit.errors import ConfigError, VerificationFailed
 from edgekit.evaluate import (
@@ -49,7 +48,7 @@ from edgekit.manifest import (
 )
 from edgekit.outputs import refuse_inside_data
 from edgekit.prune.latency import for_latency
-from edgekit.prune.recover import prune_and_verify
+from edgekit.prune.recover import prune_and_verify, save_pruned
 from edgekit.quantize.rescue import METHOD as RESCUE_METHOD
 from edgekit.quantize.rescue import run_rescue
 from edgekit.quantize.sensitivity import LayerError
@@ -303,10 +302,12 @@ def _report_source(source_metrics: dict[str, Any], loaded: Source, n: int) -> No
 
 def _save_pruned(model: Source, record: dict[str, Any], writer: BundleWriter
                  ) -> dict[str, Any]:
-    """Put the pruned PyTorch checkpoint (plan + weights) in the bundle; the manifest's
-    ``pruning`` section without the bulky plan (it lives in the checkpoint)."""
-    path = writer.tmp / "source" / "pruned.pt"
-    save_checkpoint(path, model.module.state_dict(), model.metadata)
+    """Put the pruned PyTorch model in the bundle: a checkpoint (plan + weights) for a zoo
+    architecture, a ``torch.export`` program (``pruned.pt2``) for any other; the manifest's
+    ``pruning`` section without the bulky plan (it lives in the checkpoint / program)."""
+    path = writer.tmp / "source" / ("pruned.pt" if record.get("saved_as") != "torch.export"
+                                    else "pruned.pt2")
+    save_pruned(model, path)
     summary = {k: v for k, v in record.items() if k != "plan"}
     summary["plan_format"] = record["plan"]["format"]
     summary["checkpoint"] = writer.file_entry(path)
@@ -542,7 +543,8 @@ def _readme(m: dict[str, Any]) -> str:
               f"({p['macs_before']:,} → {p['macs_after']:,}) and {p['params_after']:,} of "
               f"{p['params_before']:,} parameters; the model was recovered by distillation. "
               "Accuracy columns and the gate compare with the UNPRUNED source model. The pruned "
-              "PyTorch checkpoint is `source/pruned.pt` (`edgekit inspect source/pruned.pt`).\n"
+              f"PyTorch model is `{p['checkpoint']['path']}` (`edgekit inspect "
+              f"{p['checkpoint']['path']}`).\n"
               if p else "")
     return f"""# edgekit bundle: {m['source']['architecture']} ({m['recipe']['name']})
 {warn}{pruned}

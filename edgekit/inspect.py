@@ -12,6 +12,7 @@ from dataclasses import asdict, dataclass
 from typing import TYPE_CHECKING, Any
 
 from edgekit.errors import ConfigError
+from edgekit.prune.graph import editable, is_graph
 
 if TYPE_CHECKING:  # sources load pruned checkpoints with the pruning engine, which counts MACs here
     from edgekit.sources import Source
@@ -69,7 +70,10 @@ def layer_table(module: Any, input_shape: tuple[int, ...]) -> list[LayerInfo]:
 
     def hook(name: str):
         def fn(mod: Any, inputs: tuple, output: Any) -> None:
-            out = output if isinstance(output, torch.Tensor) else output[0]
+            out = output if isinstance(output, torch.Tensor) else \
+                next((o for o in output or () if isinstance(o, torch.Tensor)), None)
+            if out is None:  # a module that checks or records, returning no tensor
+                return
             params = sum(p.numel() for p in mod.parameters(recurse=False))
             rows.append(LayerInfo(name, type(mod).__name__, list(out.shape[1:]), params,
                                   layer_macs(mod, inputs, out)))
@@ -93,8 +97,13 @@ def summarize(loaded: Source, input_size: int | None = None) -> ModelSummary:
         raise ConfigError(f"{loaded.source}: inspect counts layers of a PyTorch model; this "
                           f"is a {loaded.kind} file (open it in Netron, or inspect the "
                           "checkpoint it was exported from)")
+    import torch
+
     spec = loaded.spec if input_size is None else loaded.spec.with_size(input_size)
-    module = loaded.module.eval()
+    # a torch.export program's layers are aten calls: counted on its editable form, whose
+    # convolutions and linear layers are real modules (what pruning sees, too)
+    module = (editable(loaded.module, torch.zeros(spec.input_shape(1)))
+              if is_graph(loaded.module) else loaded.module).eval()
     rows = layer_table(module, tuple(spec.input_shape(1)))
     params = sum(p.numel() for p in module.parameters())
     trainable = sum(p.numel() for p in module.parameters() if p.requires_grad)

@@ -116,7 +116,7 @@ def test_onnx_sources_cannot_be_pruned(pruned_bundle, mri_phantoms: Path,
     from edgekit.errors import ConfigError
 
     onnx = next(a.artifact.path for a in pruned_bundle.artifacts if a.name == "onnxruntime-fp32")
-    with pytest.raises(ConfigError, match="structured pruning needs the PyTorch model"):
+    with pytest.raises(ConfigError, match="structured pruning needs a PyTorch model"):
         compress(onnx, data=mri_phantoms, out=tmp_path / "b", recipe="prune30",
                  backends=["onnxruntime"], verification_images=8)
     assert not (tmp_path / "b").exists()

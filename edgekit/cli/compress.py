@@ -83,9 +83,10 @@ def command(model: str, data: Path, out: Path, recipe: str, backends: tuple[str,
     (random augmentation, noise, dropout) and keep their in-graph Rescaling, so the bundle
     feeds them the pixel range they expect; a one-unit sigmoid head is a binary classifier
     whose classes are DIR's two folders (the second is the positive class). Pruning recipes (prune30-int8 …) first remove whole
-    channels from a PyTorch checkpoint and recover it by distillation on DIR's
-    non-verification images; their gate compares every artifact with the UNPRUNED model, and
-    the pruned checkpoint is kept in the bundle (source/pruned.pt).
+    channels from a PyTorch model (a checkpoint or a .pt2) and recover it by distillation on
+    DIR's non-verification images; their gate compares every artifact with the UNPRUNED model,
+    and the pruned model is kept in the bundle (source/pruned.pt, or source/pruned.pt2 for a
+    model that is not a zoo architecture).
 
     Each gate check is decided on the 95 % confidence interval of the paired drop: pass when
     it lies within the limit, FAIL when beyond it, inconclusive when the images cannot tell

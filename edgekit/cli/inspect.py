@@ -12,6 +12,7 @@ from rich.table import Table
 from edgekit.cli.display import fmt_count
 from edgekit.inspect import summarize
 from edgekit.prune.engine import prunable_groups
+from edgekit.prune.graph import editable
 from edgekit.prune.recover import require_prunable
 from edgekit.sources import load_model
 from edgekit.ui import out
@@ -44,9 +45,10 @@ def command(model: str, input_size: int | None, layers: bool, with_groups: bool,
             as_json: bool) -> None:
     """Show parameters, MACs, the per-layer table and the preprocessing spec of MODEL.
 
-    MODEL is an edgekit checkpoint (model.pt), ARCH:weights.pt for a plain state_dict, or a
-    zoo name (fresh weights; see `edgekit models`). With --groups, also the prunable channel
-    groups (PyTorch zoo models only), e.g. `edgekit inspect model.pt --groups --no-layers`.
+    MODEL is an edgekit checkpoint (model.pt), ARCH:weights.pt for a plain state_dict, a
+    torch.export program (.pt2) or a zoo name (fresh weights; see `edgekit models`). With
+    --groups, also the prunable channel groups (PyTorch models: checkpoints, zoo names, .pt2),
+    e.g. `edgekit inspect model.pt --groups --no-layers`.
     """
     loaded = load_model(model, input_size=input_size)
     groups = None
@@ -55,7 +57,8 @@ def command(model: str, input_size: int | None, layers: bool, with_groups: bool,
 
         require_prunable(loaded, "--groups")
         spec = loaded.spec if input_size is None else loaded.spec.with_size(input_size)
-        groups = prunable_groups(loaded.module, torch.zeros(spec.input_shape(1)))
+        example = torch.zeros(spec.input_shape(1))
+        groups = prunable_groups(editable(loaded.module, example), example)
     summary = summarize(loaded, input_size)
     if as_json:
         data = summary.to_dict()

@@ -12,13 +12,14 @@ from rich import box
 from rich.table import Table
 
 from edgekit.cli.display import fmt_count
-from edgekit.cli.options import latency_target_options
+from edgekit.cli.options import classes_option, latency_target_options, preprocess_options
 from edgekit.errors import VerificationFailed
 from edgekit.inspect import summarize
 from edgekit.manifest import recorded_decision as _decision
 from edgekit.metrics import metric_value as _value
 from edgekit.prune.recover import prune_file, require_prunable, scan_source
 from edgekit.sources import load_model
+from edgekit.sources.declared import DeclaredPreprocess
 from edgekit.ui import out as stdout
 from edgekit.ui import status
 
@@ -196,10 +197,16 @@ def scan_table(scan: dict[str, Any], total_macs: int, task: str, round_to: int) 
     return table
 
 
-def _scan(model: str, data: Path, scan_ratio: float, round_to: int | None,
+def _load(model: str, preprocess: DeclaredPreprocess, classes: tuple[str, ...] | None) -> Any:
+    """MODEL with its declared preprocessing (a .pt2 fixes only its shape) and, with
+    --classes, its output order."""
+    loaded = load_model(model, preprocess=preprocess)
+    return loaded.with_class_order(classes) if classes else loaded
+
+
+def _scan(loaded: Any, data: Path, scan_ratio: float, round_to: int | None,
           protect: tuple[str, ...], verification_images: int | None, seed: int | None,
           on_error: str, as_json: bool) -> None:
-    loaded = load_model(model)
     require_prunable(loaded, "edgekit prune --scan")
     round_to = 8 if round_to is None else round_to
     result = scan_source(loaded, data=data, ratio=scan_ratio, round_to=round_to,
@@ -224,7 +231,8 @@ def _scan(model: str, data: Path, scan_ratio: float, round_to: int | None,
               help="Labelled images with the model's classes: recovery trains on them, the "
                    "verification images are held out of it.")
 @click.option("--out", type=click.Path(dir_okay=False, path_type=Path), default=None,
-              help="Pruned checkpoint to write (required unless --scan).")
+              help="Pruned checkpoint to write (required unless --scan); a .pt2 path writes a "
+                   "torch.export program (the only form for a .pt2 or other non-zoo model).")
 @click.option("--recipe", default="prune30", show_default=True,
               help="A recipe with a pruning section: prune30, prune50, prune30-int8, "
                    "prune50-int8 or a YAML file.")
@@ -270,12 +278,15 @@ def _scan(model: str, data: Path, scan_ratio: float, round_to: int | None,
                                  "[default: 0.5].")
 @click.option("--json", "as_json", is_flag=True,
               help="Print the pruning record (or the scan) as JSON on stdout.")
+@preprocess_options
+@classes_option
 @click.pass_context
 def command(ctx: click.Context, model: str, data: Path, out: Path | None, recipe: str,
             target_latency_ms: float | None, target: str, threads: int | None,
             verification_images: int | None, overwrite: bool, on_error: str,
             allow_accuracy_drop: bool, scan: bool, scan_ratio: float | None, as_json: bool,
-            protect: tuple[str, ...], epochs: int | None, **overrides: Any) -> None:
+            protect: tuple[str, ...], epochs: int | None, preprocess: DeclaredPreprocess,
+            classes: tuple[str, ...] | None, **overrides: Any) -> None:
     """Make MODEL smaller by removing whole channels (structured pruning), recover its accuracy
     by knowledge distillation from the unpruned model on DIR, and write a pruned checkpoint.
 
@@ -288,9 +299,14 @@ def command(ctx: click.Context, model: str, data: Path, out: Path | None, recipe
     trained on, and score the pruned model against the original. Exits 1 when it misses the
     recipe's accuracy gate (the checkpoint is still written) unless --allow-accuracy-drop.
 
-    MODEL is an edgekit checkpoint or ARCH:weights.pt of a zoo architecture (ONNX, TorchScript
-    and .pt2 files have no editable graph). --scan prunes and writes nothing: it ranks the
-    channel groups by how much accuracy each loses when pruned alone.
+    MODEL is an edgekit checkpoint, ARCH:weights.pt of a zoo architecture, or a torch.export
+    program (.pt2) of any CNN: its layers are made editable, the pruned model is written as a
+    .pt2 (--out must end in .pt2) that compress takes as a source; declare its preprocessing
+    (--preprocess, --mean, --std ...) as for compress. An op that fixes a channel count (a
+    channel slice, a view that splits channels, a custom op) keeps the layers that feed it
+    whole, or is named in the error when nothing else is left. ONNX, TorchScript and Keras
+    files have no editable graph. --scan prunes and writes nothing: it ranks the channel groups by how
+    much accuracy each loses when pruned alone.
 
     \b
     Examples:
@@ -298,6 +314,7 @@ def command(ctx: click.Context, model: str, data: Path, out: Path | None, recipe
       edgekit prune model.pt --data Training/ --out pruned.pt --target-macs 0.5 --steps 2
       edgekit prune model.pt --data Training/ --scan
       edgekit compress pruned.pt --recipe int8 --data Training/ --out bundle/
+      edgekit prune model.pt2 --data Training/ --out pruned.pt2
     """
     if scan:
         refused = _given(ctx, PRUNE_ONLY)
@@ -305,7 +322,7 @@ def command(ctx: click.Context, model: str, data: Path, out: Path | None, recipe
             raise click.UsageError(
                 f"--scan only measures (it writes nothing); {', '.join(map(_flag, refused))} "
                 f"{'does' if len(refused) == 1 else 'do'} not apply to it.", ctx)
-        _scan(model, data, 0.5 if scan_ratio is None else scan_ratio, overrides["round_to"],
+        _scan(_load(model, preprocess, classes), data, 0.5 if scan_ratio is None else scan_ratio, overrides["round_to"],
               protect, verification_images, overrides["seed"], on_error, as_json)
         return
     if scan_ratio is not None:
@@ -324,7 +341,7 @@ def command(ctx: click.Context, model: str, data: Path, out: Path | None, recipe
                                f"{'applies' if len(unused) == 1 else 'apply'} with "
                                "--target-latency-ms.", ctx)
 
-    loaded = load_model(model)
+    loaded = _load(model, preprocess, classes)
     require_prunable(loaded, "edgekit prune")
     overrides["protect"] = list(protect) or None
     overrides["pruning.recovery.epochs"] = epochs
@@ -359,7 +376,8 @@ def command(ctx: click.Context, model: str, data: Path, out: Path | None, recipe
                "inconclusive": " [yellow](too few images to show it meets the accuracy gate)[/]"
                }[result.decision]
     bundle = result.checkpoint.with_name(result.checkpoint.stem + "-int8")
-    status(f"Pruned checkpoint: {result.checkpoint}{verdict} "
+    status(f"Pruned {'model' if result.checkpoint.suffix == '.pt2' else 'checkpoint'}: "
+           f"{result.checkpoint}{verdict} "
            f"({record['macs_fraction']:.0%} of the MACs, {result.seconds:.0f} s). Next, quantize "
            f"and export it: edgekit compress {result.checkpoint} --recipe int8 --data {data} "
            f"--out {bundle}")

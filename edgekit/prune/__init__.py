@@ -13,12 +13,14 @@ from typing import Any
 
 _API = {
     **dict.fromkeys(("IMPORTANCES", "PLAN_FORMAT", "PruneGroup", "PruneOutcome", "PruneSettings",
-                     "accumulate_gradients", "apply_plan", "count", "default_protected",
+                     "accumulate_gradients", "apply_plan", "blocked", "count", "default_protected",
                      "layer_widths", "make_plan", "prunable_groups", "prune", "scan_groups",
                      "step_settings"), "edgekit.prune.engine"),
     **dict.fromkeys(("PruneFileResult", "prune_and_recover", "prune_and_verify", "prune_file",
                      "recovery_split", "require_prunable", "scan_source"),
                     "edgekit.prune.recover"),
+    **dict.fromkeys(("Blocker", "blockers", "check_runs", "editable", "export_program"),
+                    "edgekit.prune.graph"),
     **dict.fromkeys(("LATENCY_FRACTIONS", "for_latency", "latency_search"),
                     "edgekit.prune.latency"),
     "pruning_recipe": "edgekit.recipes",

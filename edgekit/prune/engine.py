@@ -29,7 +29,11 @@ Grouping, importance and policy are separate (as in Torch-Pruning):
 What was removed is kept as a **replayable JSON plan** (Torch-Pruning's pruning history, one
 list per pruning step), never a pickle: a pruned checkpoint is the zoo architecture + the plan +
 a ``state_dict``, loaded with ``torch.load(weights_only=True)``. MACs are counted exactly as
-``edgekit inspect`` counts them."""
+``edgekit inspect`` counts them.
+
+Models that are not zoo architectures (a ``torch.export`` program's graph) are made editable by
+``edgekit.prune.graph``; the ops of such a graph that fix a channel count (``blocked``) protect
+the layers that feed them, like the stem, and are reported in the outcome."""
 
 from __future__ import annotations
 
@@ -43,6 +47,7 @@ import numpy as np
 
 from edgekit.errors import BackendUnavailable, ConfigError
 from edgekit.inspect import layer_table
+from edgekit.prune.graph import Blocker, blockers, check_runs
 
 PLAN_FORMAT = "edgekit.prune-plan/1"
 
@@ -181,11 +186,21 @@ def default_protected(module: Any, example: Any) -> list[str]:
     return list(dict.fromkeys(names))
 
 
+def blocked(module: Any, example: Any) -> list[Blocker]:
+    """The ops of ``module``'s graph (a pruned ``.pt2``'s, any ``GraphModule``'s) that fix a
+    channel count, with the layers that feed them; ops fed only by the always-protected
+    interface layers (the classifier) are left out: nothing would prune them anyway."""
+    always = set(_always_protected(_leaf_order(module, example)))
+    return [b for b in blockers(module) if not set(b.layers) <= always]
+
+
 def _protected(module: Any, example: Any, protect: Sequence[str] | None) -> list[str]:
     """``protect`` (default: the stem), always plus the interface layers: pruning a model's
-    outputs would silently drop classes, its input channels would change the input."""
+    outputs would silently drop classes, its input channels would change the input; and the
+    layers that feed an op that fixes their channel count (:func:`blocked`)."""
     names = (default_protected(module, example) if protect is None
              else [*protect, *_always_protected(_leaf_order(module, example))])
+    names += [n for b in blocked(module, example) for n in b.layers]
     names = list(dict.fromkeys(names))
     _modules_by_name(module, names)  # unknown names fail before any work
     return names
@@ -371,6 +386,7 @@ class PruneOutcome:
     params_after: int
     protect: list[str]
     searched: list[dict[str, float]] = field(default_factory=list)  # bisection trials
+    blocked: list[dict[str, Any]] = field(default_factory=list)  # ops pruned around (Blocker)
 
     @property
     def macs_fraction(self) -> float:
@@ -389,6 +405,16 @@ def prune(module: Any, example: Any, settings: PruneSettings, *,
     settings.validate()
     module.eval()
     protect = _protected(module, example, settings.protect)
+    stops = blocked(module, example)
+    if stops and not any(not g.protected for g in prunable_groups(module, example, protect)):
+        raise ConfigError(
+            "nothing left to prune: "
+            + "; ".join(f"{b.describe()}" for b in stops)
+            + ". Those layers' channels cannot shrink, and the others are protected ("
+            + ", ".join(protect) + ")."
+            + (" Re-export the model with the shape computed from the input (x.flatten(1), "
+               "x.view(x.size(0), -1)) instead of a fixed size."
+               if any(b.why.startswith("fixes") for b in stops) else ""))
     macs0, params0 = count(module, example)
     goal = None if settings.target_macs is None else settings.target_macs * (reference_macs or macs0)
     searched: list[dict[str, float]] = []
@@ -399,8 +425,10 @@ def prune(module: Any, example: Any, settings: PruneSettings, *,
     else:
         ratio = _bisect_ratio(module, example, settings, protect, goal, macs0, searched)
     history = _prune_once(module, example, ratio, settings, protect) if ratio > 0 else []
+    check_runs(module, example)  # an op that fixes channels and that no rule caught: named
     macs1, params1 = count(module, example)
-    return PruneOutcome(history, ratio, macs0, macs1, params0, params1, protect, searched)
+    return PruneOutcome(history, ratio, macs0, macs1, params0, params1, protect, searched,
+                        [b.to_dict() for b in stops])
 
 
 def _bisect_ratio(module: Any, example: Any, s: PruneSettings, protect: Sequence[str],

@@ -17,6 +17,7 @@ from edgekit.bench.local import LocalExecutor
 from edgekit.bench.protocol import Protocol
 from edgekit.errors import ConfigError
 from edgekit.prune.engine import count, prune, step_settings
+from edgekit.prune.graph import editable
 from edgekit.recipes import pruning_recipe
 from edgekit.targets import Target, load_target
 from edgekit.ui import progress_bar, status
@@ -51,13 +52,14 @@ def latency_search(loaded: Any, cfg: Any, target_ms: float, target: Any, *,
     options = target.runtime_options.get(backend.name)
     executor = executor or LocalExecutor()
     example = torch.zeros(loaded.spec.input_shape(1))
-    macs0 = count(loaded.module, example)[0]
+    base = editable(loaded.module, example)  # a .pt2's graph with real layers; else a copy
+    macs0 = count(base, example)[0]
     rows: list[dict] = []
     with tempfile.TemporaryDirectory(prefix="edgekit-prune-latency-") as tmp, \
             progress_bar(f"Latency search on {target.name} ({backend.name} fp32, "
                          f"{threads} threads)", len(fractions) + 1) as bar:
         for i, frac in enumerate((1.0, *fractions)):
-            module = copy.deepcopy(loaded.module).eval()
+            module = copy.deepcopy(base).eval()
             if frac < 1.0:
                 s = step_settings(cfg, 1)
                 s.importance, s.ratio, s.target_macs = "l2", None, frac

@@ -1,6 +1,6 @@
 """Prune + recover: what ``edgekit prune`` and the pruning recipes of ``compress`` run.
 
-A zoo model is pruned step by step with the engine (``edgekit.prune.engine``) and recovered after
+A zoo model (or a ``.pt2`` / plain module, made editable by ``edgekit.prune.graph``) is pruned step by step with the engine (``edgekit.prune.engine``) and recovered after
 each step by knowledge distillation from the unpruned model (``edgekit.train.recover``: KL on
 logits + label loss, early-stopped, BatchNorm statistics re-estimated on clean images) on images
 that are never the verification images; the pruned model is then scored against the unpruned one
@@ -11,7 +11,9 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import json
 import math
+import os
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -22,6 +24,7 @@ import numpy as np
 
 from edgekit.calibrate import plan_data, stratified_sample
 from edgekit.checkpoint import save_checkpoint
+from edgekit.data.folder import scan
 from edgekit.errors import ConfigError
 from edgekit.evaluate import load_arrays, score
 from edgekit.manifest import recorded_decision
@@ -37,6 +40,7 @@ from edgekit.prune.engine import (
     scan_groups,
     step_settings,
 )
+from edgekit.prune.graph import PROGRAM_METADATA, editable, export_program
 from edgekit.prune.latency import for_latency
 from edgekit.recipes import pruning_recipe
 from edgekit.sources import Source, load_model, predict_module, reference_outputs
@@ -70,20 +74,40 @@ def recovery_split(samples: Sequence[Any], cfg: Any, seed: int) -> tuple[list[An
 
 
 def require_prunable(loaded: Any, what: str = "structured pruning") -> None:
-    """ConfigError unless ``loaded`` is the PyTorch model of a zoo architecture (the only kind
-    whose channels can be removed: ONNX, TorchScript and torch.export have no editable graph)."""
-    if loaded.kind == "torch" and getattr(loaded.module, "edgekit_name", None) is not None:
+    """ConfigError unless ``loaded`` is a PyTorch model with an editable graph: a zoo
+    architecture, a ``torch.export`` program (``.pt2``) or another ``nn.Module`` with real
+    convolution/linear layers. TorchScript, ONNX and Keras models are refused."""
+    if loaded.kind == "torch":
         return
     if loaded.kind == "keras":
         raise ConfigError(f"{loaded.source}: {what} is not supported for Keras models (edgekit's "
                           "pruning engine works on PyTorch graphs). Compress it with an "
                           "unpruned recipe (fp32, fp16, int8) instead.")
     kind = {"onnx": "an ONNX model", "torchscript": "a TorchScript archive"}.get(
-        loaded.kind, "a torch.export program" if loaded.kind == "torch" else loaded.kind)
-    raise ConfigError(f"{loaded.source}: {what} needs the PyTorch model of a zoo architecture "
-                      f"(an edgekit checkpoint, ARCH:weights.pt or a zoo name); this is "
-                      f"{kind}, which has no editable graph. Prune the checkpoint, then "
-                      "compress it.")
+        loaded.kind, loaded.kind)
+    raise ConfigError(f"{loaded.source}: {what} needs a PyTorch model (an edgekit checkpoint, "
+                      "ARCH:weights.pt, a zoo name or a torch.export .pt2 program); this is "
+                      f"{kind}, which has no editable graph. Export the PyTorch model with "
+                      "torch.export.save (or prune the checkpoint), then compress it.")
+
+
+def is_zoo(loaded: Any) -> bool:
+    """A zoo architecture: pruned models are saved as checkpoints (architecture + plan +
+    weights); any other PyTorch model as a ``torch.export`` program (``.pt2``)."""
+    return getattr(loaded.module, "edgekit_name", None) is not None
+
+
+def prunable_module(loaded: Any, example: Any) -> Any:
+    """A copy of ``loaded``'s module that Torch-Pruning can prune (a ``.pt2``'s graph with real
+    layers: ``edgekit.prune.graph.editable``); a ConfigError when it has no layer to prune."""
+    import torch.nn as nn
+
+    module = editable(loaded.module, example)
+    if not any(isinstance(m, nn.Conv2d | nn.Linear) for m in module.modules()):
+        raise ConfigError(f"{loaded.source}: no convolution or linear layer edgekit can prune "
+                          "(their weights must be parameters of the model, not computed in "
+                          "the graph)")
+    return module
 
 
 def prune_and_recover(loaded: Any, cfg: Any, dataset: Any, train_samples: Sequence[Any], *,
@@ -101,11 +125,13 @@ def prune_and_recover(loaded: Any, cfg: Any, dataset: Any, train_samples: Sequen
     require_prunable(loaded)
     if cfg.recovery.epochs and not loaded.pretrained:
         status("[yellow]Note:[/] recovering a model with fresh (untrained) weights")
-    teacher = loaded.module.eval()  # never updated: recover() runs it under no_grad
+    example = torch.zeros(loaded.spec.input_shape(1))
+    # the teacher is never updated (recover() runs it under no_grad); a .pt2's graph is made
+    # editable (and batch-free) for both, so the teacher's outputs are the program's own
+    teacher = (loaded.module if is_zoo(loaded) else prunable_module(loaded, example)).eval()
     student = copy.deepcopy(teacher)
     for p in student.parameters():
         p.requires_grad_(True)
-    example = torch.zeros(loaded.spec.input_shape(1))
     macs0, params0 = count(student, example)
     widths0 = layer_widths(student)
 
@@ -131,6 +157,10 @@ def prune_and_recover(loaded: Any, cfg: Any, dataset: Any, train_samples: Sequen
             recalibrate_batchnorm(student, x_tr, images=cfg.recovery.bn_images)
         steps.append(outcome.history)
         outcomes.append(outcome)
+        if step == 1:
+            for b in outcome.blocked:
+                status(f"[yellow]Note:[/] pruning around {b['target']} at node '{b['node']}', "
+                       f"which {b['why']}: the channels of {', '.join(b['layers'])} are kept")
         status(f"Pruning step {step}/{cfg.steps}: channel ratio {outcome.ratio:.3f}, MACs "
                f"{outcome.macs_after / macs0:.1%} of the original, parameters "
                f"{outcome.params_after / params0:.1%}")
@@ -166,6 +196,8 @@ def prune_and_recover(loaded: Any, cfg: Any, dataset: Any, train_samples: Sequen
                    "searched": o.searched} for o in outcomes],
         "recovery": recoveries,
         "recovery_images": {"train": len(x_tr), "validation": len(x_va)},
+        "blocked": outcomes[0].blocked if outcomes else [],
+        "saved_as": "checkpoint" if is_zoo(loaded) else "torch.export",
     }
     meta = dict(loaded.metadata)
     meta.setdefault("architecture", loaded.name)  # a zoo-name source has no metadata yet
@@ -174,7 +206,7 @@ def prune_and_recover(loaded: Any, cfg: Any, dataset: Any, train_samples: Sequen
     meta.setdefault("preprocess", loaded.spec.to_dict())
     meta["pruning"] = record
     meta["parameters"] = params1
-    pruned = dataclasses.replace(loaded, module=student, metadata=meta)
+    pruned = dataclasses.replace(loaded, module=student.eval(), metadata=meta)
     return pruned, record
 
 
@@ -204,6 +236,14 @@ def prune_and_verify(loaded: Any, rec: Any, plan: Any, x: np.ndarray, y: np.ndar
     return pruned, record, logits
 
 
+def with_folder_classes(source: Any, data: Any, on_error: str) -> Any:
+    """The loaded source, named with the data folder's classes when the file carries none
+    (a ``.pt2`` or another program edgekit did not write)."""
+    loaded = source if isinstance(source, Source) else load_model(source)
+    return loaded if loaded.class_names else loaded.with_classes(
+        scan(data, on_error=on_error).classes)
+
+
 @dataclass
 class PruneFileResult:
     checkpoint: Any  # Path of the pruned checkpoint
@@ -227,7 +267,9 @@ def prune_file(source: Any, *, data: Any, out: Any, recipe: Any = "prune30",
                threads: int | None = None, verification_images: int | None = None,
                on_error: str = "skip", overwrite: bool = False,
                **overrides: Any) -> PruneFileResult:
-    """Prune + recover ``source`` and write a pruned edgekit checkpoint to ``out``.
+    """Prune + recover ``source`` and write the pruned model to ``out``: an edgekit checkpoint
+    (zoo architectures), or a ``torch.export`` program when ``out`` ends in ``.pt2`` (any PyTorch
+    source; the only form for a ``.pt2`` or another non-zoo model).
 
     ``overrides`` are recipe fields (``pruning.target_macs=0.5``, ``seed=1`` …). With
     ``target_latency_ms`` the MACs target comes from :func:`latency_search` on ``target``.
@@ -244,8 +286,12 @@ def prune_file(source: Any, *, data: Any, out: Any, recipe: Any = "prune30",
         for k, v in overrides.items()})
     if verification_images is not None:
         rec = rec.with_overrides(**{"verification.images": verification_images})
-    loaded = source if isinstance(source, Source) else load_model(source)
+    loaded = with_folder_classes(source, data, on_error)
     require_prunable(loaded)
+    if not is_zoo(loaded) and out.suffix != ".pt2":
+        raise ConfigError(f"{loaded.source} is not a zoo architecture: its pruned model is "
+                          f"written as a torch.export program; name --out with .pt2 (not "
+                          f"{out.name})")
     rec, latency_rows = for_latency(loaded, rec, target_latency_ms, target, threads)
     plan = plan_data(loaded, data, seed=rec.seed, on_error=on_error, calibration_images=1,
                      verification_images=rec.verification.images)
@@ -260,9 +306,31 @@ def prune_file(source: Any, *, data: Any, out: Any, recipe: Any = "prune30",
     record["recipe"] = rec.model_dump()
     record["source"] = str(loaded.source)
     pruned.metadata["pruning"] = record
-    save_checkpoint(out, pruned.module.state_dict(), pruned.metadata)
+    save_pruned(pruned, out)
     return PruneFileResult(out, record, source_metrics, time.perf_counter() - start,
                            latency_rows)
+
+
+def save_pruned(pruned: Any, out: Path) -> Path:
+    """Write a pruned model: a ``.pt2`` path gets a ``torch.export`` program of the pruned
+    module at the source's input shape, with edgekit's metadata (classes, preprocessing, the
+    pruning record) as a JSON extra file; any other path an edgekit checkpoint (zoo only).
+    Atomic: a temporary file in the same folder, then a rename."""
+    import torch
+
+    out = Path(out)
+    if out.suffix != ".pt2":
+        return save_checkpoint(out, pruned.module.state_dict(), pruned.metadata)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(f".{out.stem}.tmp.pt2")
+    try:
+        export_program(pruned.module, torch.zeros(pruned.spec.input_shape(1)), tmp,
+                       {PROGRAM_METADATA: json.dumps(_finite_json(pruned.metadata),
+                                                     sort_keys=True, default=str)})
+        os.replace(tmp, out)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return out
 
 
 def scan_source(source: Any, *, data: Any, ratio: float = 0.5, round_to: int = 8,
@@ -274,7 +342,7 @@ def scan_source(source: Any, *, data: Any, ratio: float = 0.5, round_to: int = 8
 
     if not 0 < ratio < 1:
         raise ConfigError(f"scan ratio must be in (0, 1), got {ratio}")
-    loaded = source if isinstance(source, Source) else load_model(source)
+    loaded = with_folder_classes(source, data, on_error)
     require_prunable(loaded)
     plan = plan_data(loaded, data, seed=seed, on_error=on_error, calibration_images=1,
                      verification_images=verification_images)
@@ -288,11 +356,12 @@ def scan_source(source: Any, *, data: Any, ratio: float = 0.5, round_to: int = 8
         return float(metric_value(m))
 
     example = torch.zeros(loaded.spec.input_shape(1))
-    groups = prunable_groups(loaded.module, example, protect)
-    base = evaluate(loaded.module)
+    module = loaded.module if is_zoo(loaded) else prunable_module(loaded, example)
+    groups = prunable_groups(module, example, protect)
+    base = evaluate(module)
     with progress_bar(f"Scanning {len(groups)} groups (each pruned alone by {ratio:.0%})",
                       len(groups)) as bar:
-        rows = scan_groups(loaded.module, example, groups, ratio, evaluate,
+        rows = scan_groups(module, example, groups, ratio, evaluate,
                            round_to=round_to, progress=bar.set)
     for r in rows:
         r["drop"] = None if r["metric"] is None else base - r["metric"]

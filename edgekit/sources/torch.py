@@ -5,7 +5,9 @@ Checkpoints are read with ``torch.load(weights_only=True)`` (``edgekit.checkpoin
 that needs code execution is refused. A pruned checkpoint carries a replayable JSON plan that
 rebuilds the pruned widths on the zoo architecture before the weights load. ``.pt2`` and
 TorchScript files carry no class names (they come from the data folder) and take the default
-[0, 1] RGB spec at the size the file fixes (or ``--input-size``).
+[0, 1] RGB spec at the size the file fixes (or ``--input-size``) — except a ``.pt2`` edgekit
+wrote (a pruned program), whose JSON extra file ``edgekit.json`` records its classes, task,
+preprocessing and pruning record (read as JSON: ``torch.export.load`` runs no pickle).
 
 torch is imported inside the functions: this module is imported by ``edgekit.sources``, which
 the CLI imports without torch.
@@ -15,6 +17,7 @@ from __future__ import annotations
 
 import functools
 import io
+import json
 import warnings
 import zipfile
 from dataclasses import dataclass
@@ -25,11 +28,12 @@ import numpy as np
 
 from edgekit.backends.base import TORCH_REFERENCE
 from edgekit.checkpoint import load_checkpoint
-from edgekit.data.preprocess import PreprocessSpec
+from edgekit.data.preprocess import PREPROCESS_KEYS, PreprocessSpec
 from edgekit.errors import ConfigError, DataError
 from edgekit.prune.engine import apply_plan
+from edgekit.prune.graph import PROGRAM_METADATA
 from edgekit.sources.base import Source, default_head, require_file, shaped_spec
-from edgekit.sources.declared import DeclaredPreprocess
+from edgekit.sources.declared import DeclaredPreprocess, resolve_spec
 from edgekit.zoo import create_model, list_models, model_config
 
 
@@ -49,7 +53,8 @@ def predict_module(module: Any, x: np.ndarray, *, batch_size: int = 64) -> np.nd
 @dataclass(frozen=True, kw_only=True)
 class TorchSource(Source):
     """A ``torch.nn.Module`` in eval mode: an edgekit checkpoint or zoo model (prunable, its
-    ``module.edgekit_name`` names the architecture) or a ``torch.export`` program."""
+    ``module.edgekit_name`` names the architecture) or a ``torch.export`` program (prunable
+    through ``edgekit.prune.graph.editable``)."""
 
     kind: ClassVar[str] = "torch"
     runtime: ClassVar[str] = TORCH_REFERENCE.name
@@ -65,7 +70,8 @@ class TorchSource(Source):
 @dataclass(frozen=True, kw_only=True)
 class TorchScriptSource(TorchSource):
     """A TorchScript archive: runs like a module, but has no ``torch.export`` graph (litert
-    converts it through ONNX, ``torch_module``) and no editable graph (it cannot be pruned)."""
+    converts it through ONNX, ``torch_module``) and no editable graph (it cannot be pruned; a
+    ``.pt2`` can)."""
 
     kind: ClassVar[str] = "torchscript"
 
@@ -144,19 +150,42 @@ def from_exported(path: Path, decl: DeclaredPreprocess | None = None) -> TorchSo
     import torch
 
     require_file(path)
+    extra = {PROGRAM_METADATA: ""}
     try:
-        program = torch.export.load(str(path))
+        program = torch.export.load(str(path), extra_files=extra)
     except Exception as exc:
         raise DataError(f"{path}: not a readable torch.export program ({exc})") from exc
     shape = [list(a.shape) for a in program.example_inputs[0]][0] if program.example_inputs else None
-    spec, origins = shaped_spec(shape, decl, path)
+    meta = _program_metadata(path, extra[PROGRAM_METADATA])
+    if "preprocess" in meta:  # a program edgekit wrote (a pruned .pt2): its record fixes the spec
+        recorded = PreprocessSpec.from_dict(meta["preprocess"])
+        spec, origins = resolve_spec(path, decl, fixed={k: getattr(recorded, k)
+                                                        for k in PREPROCESS_KEYS},
+                                     fixed_by="program's edgekit record")
+    else:
+        spec, origins = shaped_spec(shape, decl, path)
     module = _exported_module_class()(program.module(), shape[0] if shape else None)
     head = default_head()
     if exported_activation(program.graph) is not None:
         head["scores_are"] = "probs"
-    return TorchSource(module=module, name=path.stem, task="multiclass", class_names=(),
-                       spec=spec, source=str(path), pretrained=True, spec_sources=origins,
-                       head=head)
+    return TorchSource(module=module, name=str(meta.get("architecture") or path.stem),
+                       task=str(meta.get("task") or "multiclass"),
+                       class_names=tuple(meta.get("class_names") or ()), spec=spec,
+                       source=str(path), pretrained=True, spec_sources=origins, head=head,
+                       metadata=meta)
+
+
+def _program_metadata(path: Path, text: str) -> dict[str, Any]:
+    """The JSON record edgekit writes beside a pruned program's graph ({} when absent)."""
+    if not text:
+        return {}
+    try:
+        meta = json.loads(text)
+    except ValueError as exc:
+        raise DataError(f"{path}: its {PROGRAM_METADATA} is not valid JSON ({exc})") from exc
+    if not isinstance(meta, dict):
+        raise DataError(f"{path}: its {PROGRAM_METADATA} is not a JSON object")
+    return meta
 
 
 _FINAL = {"softmax": "softmax", "_softmax": "softmax", "sigmoid": "sigmoid"}
