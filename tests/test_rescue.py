@@ -69,8 +69,8 @@ def tinted(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="module")
-def planted(tinted: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The trained tiny CNN with its planted outlier channel, as an ONNX file."""
+def planted_model(tinted: Path) -> tuple[Tiny, torch.Tensor]:
+    """The trained tiny CNN with its planted outlier channel, and one input row."""
     spec = PreprocessSpec(input_size=32)
     data = scan(tinted)
     x = torch.from_numpy(np.stack([spec.load(s.path) for s in data.samples]).astype(np.float32))
@@ -90,9 +90,27 @@ def planted(tinted: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
         model.crushed.weight[:, 0] *= 1e-4
         assert torch.allclose(model(x), before, atol=1e-2)  # the float function is unchanged
         assert (before.argmax(1) == y).float().mean() > 0.9
+    return model, x[:1]
+
+
+@pytest.fixture(scope="module")
+def planted(planted_model: tuple[Tiny, torch.Tensor],
+            tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The planted tiny CNN as an ONNX file (onnxruntime, openvino)."""
+    model, row = planted_model
     path = tmp_path_factory.mktemp("planted") / "tiny.onnx"
-    torch.onnx.export(model, (x[:1],), str(path), dynamo=False, opset_version=17,
+    torch.onnx.export(model, (row,), str(path), dynamo=False, opset_version=17,
                       input_names=["input"], output_names=["logits"])
+    return path
+
+
+@pytest.fixture(scope="module")
+def planted_pt2(planted_model: tuple[Tiny, torch.Tensor],
+                tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The planted tiny CNN as a torch.export program (litert converts PyTorch only)."""
+    model, row = planted_model
+    path = tmp_path_factory.mktemp("planted") / "tiny.pt2"
+    torch.export.save(torch.export.export(model, (row,)), str(path))
     return path
 
 
@@ -220,3 +238,34 @@ def test_rescue_recipe_key_turns_it_off(planted: Path, tinted: Path,
                    "rescue: {max_attempts: 0}\n")
     with pytest.raises(ConfigError, match="max_attempts"):
         compress(planted, data=tinted, out=tmp_path / "c", recipe=bad, **SMALL)
+
+
+def test_litert_sensitivity_finds_the_planted_layer(planted_pt2: Path, tinted: Path,
+                                                    tmp_path: Path) -> None:
+    """PT2E on LiteRT: the layer is named by its module path (a .pt2 carries none: the path
+    of its weight), keep_float leaves it (and its input's producer) unquantized, the .tflite
+    agrees again."""
+    source = load_model(planted_pt2, input_size=32)
+    samples = scan(tinted).samples[::4]
+    calib = StreamedImages(samples, source.spec)
+    backend = get_backend("litert")
+    request = ExportRequest(source, "int8", tmp_path, "model-int8", calib, QuantOptions())
+    artifact = backend.export(request)
+    x = np.stack([source.spec.load(s.path) for s in samples[:16]]).astype(np.float32)
+    ranked = backend.layer_sensitivity(request, artifact.path, x)
+    assert ranked[0].name == "crushed", ranked[:3]
+    assert ranked[0].op_type == "conv2d"
+    assert ranked[0].added > 0.5 > max(r.added for r in ranked[1:])
+    with pytest.raises(ConfigError, match="no such layer"):
+        backend.export(ExportRequest(source, "int8", tmp_path / "bad", "model-int8", calib,
+                                     QuantOptions(keep_float=("nope",))))
+    kept = backend.export(ExportRequest(source, "int8", tmp_path / "kept", "model-int8", calib,
+                                        QuantOptions(keep_float=("crushed",))))
+    assert kept.quantization["keep_float"] == ["crushed"]
+    assert any("kept in float" in n for n in kept.notes)
+    ref = source.predict(x)
+    plain = backend.open(artifact.path).run(x)
+    rescued = backend.open(kept.path).run(x)
+    assert np.mean(plain.argmax(1) == ref.argmax(1)) < 0.8
+    assert np.mean(rescued.argmax(1) == ref.argmax(1)) >= 0.95
+    assert np.abs(rescued - ref).mean() < 0.5 * np.abs(plain - ref).mean()
