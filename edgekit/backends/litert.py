@@ -641,7 +641,8 @@ def _export_int8(litert_torch: Any, module: Any, sample: tuple[Any, ...],
     weights = "per-channel" if opts.per_channel else "per-tensor"
     quant = {"scheme": f"PT2E static: int8 weights ({weights} symmetric), int8 activations "
              "(per-tensor affine)", "method": opts.method, "calibration_images": count,
-             "keep_float": list(opts.keep_float)}
+             "keep_float": list(opts.keep_float),
+             "excluded_nodes": sorted(getattr(quantizer, "excluded", ()))}
     notes = [f"int8: static PT2E quantization calibrated on {count} images "
              f"({opts.method} activation ranges, {weights} weights)"]
     if opts.keep_float:
