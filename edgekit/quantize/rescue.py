@@ -166,7 +166,7 @@ def choose_candidate(export: Callable[[tuple[str, ...], int], Any],
                             baseline_kl=baseline.kl, baseline_p50_ms=baseline_p50_ms)
     agreement_decides = baseline.agreement < min_agreement
 
-    def improves(a: Attempt) -> bool:
+    def improves(a: Attempt | Score) -> bool:
         if agreement_decides and a.agreement > baseline.agreement:
             return True
         return a.agreement >= baseline.agreement and a.kl <= 0.5 * baseline.kl
@@ -178,9 +178,8 @@ def choose_candidate(export: Callable[[tuple[str, ...], int], Any],
         artifact = export(keep, index)
         got = score(artifact)
         seconds = time.perf_counter() - t0
-        attempt = Attempt(keep, got.agreement, got.mean_abs_logit_diff, seconds, got.kl)
         attempt = Attempt(keep, got.agreement, got.mean_abs_logit_diff, seconds, got.kl,
-                          passed=got.agreement >= min_agreement and improves(attempt),
+                          passed=got.agreement >= min_agreement and improves(got),
                           p50_ms=None if timer is None else timer(artifact))
         outcome.attempts.append(attempt)
         outcome.artifacts.append(artifact)
