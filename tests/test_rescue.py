@@ -166,6 +166,9 @@ def test_choose_candidate_needs_evidence_of_improvement() -> None:
     out = _fake_search({1: (0.9, 1.0), 2: (1.0, 0.2), 4: (1.0, 0.1), 8: (1.0, 0.0)}, (0.5, 2.0))
     assert out.keep_float == tuple("ab") and len(out.attempts) == 2
     assert [a.passed for a in out.attempts] == [False, True]
+    # more agreement with a larger KL divergence is not evidence of improvement
+    out = _fake_search({1: (1.0, 2.5), 2: (1.0, 2.4), 4: (1.0, 1.5), 8: (1.0, 0.0)}, (0.5, 2.0))
+    assert not out.attempts[0].passed and out.keep_float == tuple("abcd")
     # the plain artifact already agrees on every tuning image: agreement cannot tell, so a
     # candidate must at least halve the KL divergence
     out = _fake_search({1: (1.0, 0.8), 2: (1.0, 0.4), 4: (1.0, 0.1), 8: (1.0, 0.0)}, (1.0, 1.0))
