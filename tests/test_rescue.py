@@ -326,3 +326,27 @@ def test_litert_sensitivity_finds_the_planted_layer(planted_pt2: Path, tinted: P
     assert np.mean(plain.argmax(1) == ref.argmax(1)) < 0.8
     assert np.mean(rescued.argmax(1) == ref.argmax(1)) >= 0.95
     assert np.abs(rescued - ref).mean() < 0.5 * np.abs(plain - ref).mean()
+
+
+def test_litert_sensitivity_compares_after_batch_norm(tmp_path: Path) -> None:
+    """prepare_pt2e folds batch norms into their convs: the float side must be folded too, or
+    a conv's INT8 output (after BN) is compared with its float output before BN."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU(),
+                          nn.Conv2d(8, 8, 3, padding=1), nn.BatchNorm2d(8),
+                          nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(8, 4)).eval()
+    with torch.no_grad():  # statistics far from the identity: pre- and post-BN values differ
+        for bn in (model[1], model[4]):
+            bn.running_mean.uniform_(-2.0, 2.0)
+            bn.running_var.uniform_(0.01, 0.05)
+    path = tmp_path / "bn.pt2"
+    torch.export.save(torch.export.export(model, (torch.rand(1, 3, 32, 32),)), str(path))
+    source = load_model(path)
+    rng = np.random.default_rng(0)
+    x = rng.random((24, 3, 32, 32), dtype=np.float32)
+    request = ExportRequest(source, "int8", tmp_path, "m", [r[None] for r in x[:16]],
+                            QuantOptions())
+    ranked = get_backend("litert").layer_sensitivity(request, tmp_path / "unused.tflite", x[16:])
+    convs = [r for r in ranked if r.op_type == "conv2d"]
+    assert {r.name for r in convs} == {"0", "3"}  # .pt2: named by weight path
+    assert max(r.error for r in ranked) < 0.2, ranked

@@ -376,7 +376,9 @@ def pt2e_quantize(module: Any, sample: tuple[Any, ...], calibration: Any, *,
     about, and how many calibration images were run. ``keep_float`` names layers
     (``layer_sensitivity``'s names: module paths such as ``features.3.conv``) left unquantized
     with float inputs and output (``_keep_float_nodes``). ``float_graph``, when given, receives
-    a copy of the exported float graph the converted one was made from (same node names).
+    a copy of the exported float graph the converted one was made from, batch norms folded into
+    their convs as ``prepare_pt2e`` folds them (same nodes, same names: a conv's output is
+    compared after its batch norm on both sides).
     """
     import torch
     from torchao.quantization.pt2e import move_exported_model_to_eval
@@ -393,8 +395,12 @@ def pt2e_quantize(module: Any, sample: tuple[Any, ...], calibration: Any, *,
         if unknown:
             raise ConfigError(f"litert: cannot keep {', '.join(unknown)} in float: no such layer "
                               "in the model (names come from layer_sensitivity)")
-    if float_graph is not None:
-        float_graph.append(copy.deepcopy(graph))
+    if float_graph is not None:  # with batch norms folded into convs, as prepare_pt2e does
+        from torchao.quantization.pt2e.utils import _fuse_conv_bn_
+
+        reference = copy.deepcopy(graph)
+        _fuse_conv_bn_(reference)
+        float_graph.append(reference)
     prepared = prepare_pt2e(graph, quantizer)
     count = 0
     with torch.no_grad():
