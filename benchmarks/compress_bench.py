@@ -129,8 +129,11 @@ def main() -> None:
     if rescued:
         md += ["", "INT8 rescue (layers kept in float, chosen on tuning images only):", ""]
         md += [f"- {name}: first gate {res_['first_decision']}, tuning agreement "
-               f"{res_['first_tuning_agreement']:.3f}; {len(res_['attempts'])} attempt(s); "
-               f"{res_.get('outcome', '')}" for name, res_ in rescued]
+               f"{res_['first_tuning_agreement']:.3f} on {res_['tuning_images']} images; "
+               f"{len(res_['attempts'])} attempt(s) (stopped: {res_.get('stopped', '?')}); "
+               f"{res_.get('outcome', '')}"
+               + (f"; {res_['latency']}" if res_.get("latency") else "")
+               for name, res_ in rescued]
     write_results(name, {"environment": environment(), "source": args.source,
                          "recipe": args.recipe, "input_size": loaded.spec.height,
                          "wall_seconds": wall, "peak_rss_gb": peak_gb,

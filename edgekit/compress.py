@@ -50,7 +50,7 @@ from edgekit.outputs import refuse_inside_data
 from edgekit.prune.latency import for_latency
 from edgekit.prune.recover import prune_and_verify, save_pruned
 from edgekit.quantize.rescue import METHOD as RESCUE_METHOD
-from edgekit.quantize.rescue import run_rescue
+from edgekit.quantize.rescue import Score, mean_kl, run_rescue
 from edgekit.quantize.sensitivity import LayerError
 from edgekit.recipes import Recipe, load_recipe, pruning_recipe
 from edgekit.sources import Source, load_model, reference_outputs
@@ -403,13 +403,13 @@ def _rescue(backend: Any, name: str, loaded: Source, rec: Recipe, plan: DataPlan
     ref_t = reference_outputs(loaded, x_t)
     kind = metrics_task(loaded.task, ref_t)
 
-    def tuning_agreement(candidate: Artifact) -> tuple[float, float]:
+    def tuning_agreement(candidate: Artifact) -> Score:
         out = backend.open(candidate.path).run(x_t)
         diff = float(np.mean(np.abs(out.astype(np.float64) - ref_t)))
-        agree = metrics.top1_agreement(as_logits(out, loaded.head, kind),
-                                       as_logits(ref_t, loaded.head, kind), task=kind,
+        logits, ref_logits = as_logits(out, loaded.head, kind), as_logits(ref_t, loaded.head, kind)
+        agree = metrics.top1_agreement(logits, ref_logits, task=kind,
                                        threshold=threshold_of(loaded.head))
-        return float(agree), diff
+        return Score(float(agree), diff, mean_kl(ref_logits, logits, kind))
 
     work = writer.tmp / "rescue" / backend.name
     try:
@@ -426,14 +426,21 @@ def _rescue(backend: Any, name: str, loaded: Source, rec: Recipe, plan: DataPlan
             "first_top1_agreement": verification.top1_agreement,
             "tuning_images": len(x_t), "first_tuning_agreement": outcome.baseline_agreement,
             "first_tuning_mean_abs_logit_diff": outcome.baseline_logit_diff,
-            "min_agreement": rec.rescue.min_agreement,
+            "first_tuning_mean_kl": _round_sig(outcome.baseline_kl),
+            "first_p50_ms": _round_ms(outcome.baseline_p50_ms),
+            "min_agreement": rec.rescue.min_agreement, "stopped": outcome.stopped,
             "attempts": [a.to_json() for a in outcome.attempts], "keep_float": []}
         chosen = outcome.artifact
         if chosen is None:
-            record["outcome"] = "no candidate agreed better with the source; plain INT8 kept"
-            status(f"[red]{name}: no rescue candidate within {rec.rescue.max_attempts} "
-                   f"re-exports beat the plain INT8 artifact; the fallback is this backend's "
-                   f"fp32 artifact (edgekit compress … --recipe fp32 --backend {backend.name})")
+            unranked = not outcome.sensitivity  # e.g. a Keras source on litert
+            record["outcome"] = ("no per-layer sensitivity for this source on this backend; "
+                                 "plain INT8 kept" if unranked else
+                                 "no candidate agreed better with the source; plain INT8 kept")
+            why = ("no layers to keep in float for this source" if unranked else
+                   f"no rescue candidate within {rec.rescue.max_attempts} re-exports beat the "
+                   "plain INT8 artifact")
+            status(f"[red]{name}: {why}; the fallback is this backend's fp32 artifact "
+                   f"(edgekit compress … --recipe fp32 --backend {backend.name})")
             artifact.quantization = {**artifact.quantization, **sens, "rescue": record}
             return artifact, verification, outcome.sensitivity
         for path in artifact.files:  # the chosen candidate takes the plain artifact's place
@@ -444,13 +451,16 @@ def _rescue(backend: Any, name: str, loaded: Source, rec: Recipe, plan: DataPlan
             path.replace(files[-1])
         chosen = dataclasses.replace(chosen, path=out_dir / chosen.path.name, files=files)
         rescued = verify(chosen)  # once, on the verification images: no selection on them
+        picked = outcome.attempts[outcome.chosen]
+        latency = _latency_note(outcome.baseline_p50_ms, picked.p50_ms)
         record.update(keep_float=list(outcome.keep_float), chosen_attempt=outcome.chosen + 1,
+                      p50_ms=_round_ms(picked.p50_ms), latency=latency,
                       outcome=f"{len(outcome.keep_float)} layer(s) kept in float; "
                               f"verification {verification.decision} → {rescued.decision}")
         chosen.quantization = {**chosen.quantization, **sens, "rescue": record}
         status(f"{name}: rescued with {len(outcome.keep_float)} layer(s) kept in float "
                f"({', '.join(outcome.keep_float)}): verification {verification.decision} → "
-               f"{rescued.decision}")
+               f"{rescued.decision}; {latency}")
         if rescued.decision == "fail":
             status(f"[red]{name}: still failing after the rescue; the fallback is this "
                    f"backend's fp32 artifact (edgekit compress … --recipe fp32 --backend "
@@ -458,6 +468,24 @@ def _rescue(backend: Any, name: str, loaded: Source, rec: Recipe, plan: DataPlan
         return chosen, rescued, outcome.sensitivity
     finally:
         shutil.rmtree(writer.tmp / "rescue", ignore_errors=True)
+
+
+def _round_ms(ms: float | None) -> float | None:
+    return None if ms is None else round(ms, 3)
+
+
+def _round_sig(x: float) -> float | None:
+    return None if x != x else float(f"{x:.4g}")  # NaN → null
+
+
+def _latency_note(plain: float | None, rescued: float | None) -> str:
+    """The rescued artifact's batch-1 p50 against the plain INT8 one (both timed here, briefly;
+    against the fp32 artifact: ``edgekit bench`` on the target)."""
+    if plain is None or rescued is None:
+        return "latency not measured"
+    return (f"p50 {rescued:.2f} ms vs {plain:.2f} ms for plain INT8 "
+            f"({100 * (rescued / plain - 1):+.0f} %, batch 1 on this machine; compare with the "
+            "fp32 artifact with edgekit bench on the target)")
 
 
 def _manifest(loaded: Source, rec: Recipe, plan: DataPlan, source_metrics: dict[str, Any],

@@ -49,15 +49,17 @@ class Gate(BaseModel):
 class Rescue(BaseModel):
     """What compress does when an INT8 artifact misses its gate: re-export it with its most
     sensitive layers kept in float (top 1, 2, 4 … of the per-layer sensitivity ranking), judge
-    each candidate by its top-1 agreement with the source on ``tuning_images`` calibration-side
-    images (never the verification images), verify the chosen one once. Backends without a
-    per-layer sensitivity analysis are left as they are."""
+    each candidate by its top-1 agreement with the source and the KL divergence of its outputs
+    from the source's on ``tuning_images`` calibration-side images (never the verification
+    images; rule: ``edgekit.quantize.rescue``), keep the fastest passing one and verify it once.
+    Backends without a per-layer sensitivity analysis are left as they are."""
 
     model_config = _STRICT
     enabled: bool = True
     max_attempts: int = Field(5, ge=1, le=20, description="re-exports at most")
-    tuning_images: int = Field(64, ge=8, le=10_000, description=(
-        "calibration-side images candidates are judged on (the first 32 also rank the layers)"))
+    tuning_images: int = Field(256, ge=8, le=10_000, description=(
+        "calibration-side images candidates are judged on, at most (fewer when the "
+        "calibration side has fewer; 32 of them also rank the layers)"))
     min_agreement: float = Field(0.99, gt=0, le=1, description=(
         "top-1 agreement with the source on the tuning images that ends the search"))
 

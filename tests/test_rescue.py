@@ -29,7 +29,7 @@ from edgekit.compress import _misses_gate, compress
 from edgekit.data.folder import scan
 from edgekit.data.preprocess import PreprocessSpec
 from edgekit.errors import ConfigError, VerificationFailed
-from edgekit.quantize.rescue import candidate_sets, choose_candidate
+from edgekit.quantize.rescue import Score, candidate_sets, choose_candidate, mean_kl
 from edgekit.quantize.sensitivity import LayerError, format_table, rank
 from edgekit.sources import load_model
 from edgekit.verify import Check, Verification
@@ -69,8 +69,8 @@ def tinted(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="module")
-def planted(tinted: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The trained tiny CNN with its planted outlier channel, as an ONNX file."""
+def planted_model(tinted: Path) -> tuple[Tiny, torch.Tensor]:
+    """The trained tiny CNN with its planted outlier channel, and one input row."""
     spec = PreprocessSpec(input_size=32)
     data = scan(tinted)
     x = torch.from_numpy(np.stack([spec.load(s.path) for s in data.samples]).astype(np.float32))
@@ -90,9 +90,27 @@ def planted(tinted: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
         model.crushed.weight[:, 0] *= 1e-4
         assert torch.allclose(model(x), before, atol=1e-2)  # the float function is unchanged
         assert (before.argmax(1) == y).float().mean() > 0.9
+    return model, x[:1]
+
+
+@pytest.fixture(scope="module")
+def planted(planted_model: tuple[Tiny, torch.Tensor],
+            tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The planted tiny CNN as an ONNX file (onnxruntime, openvino)."""
+    model, row = planted_model
     path = tmp_path_factory.mktemp("planted") / "tiny.onnx"
-    torch.onnx.export(model, (x[:1],), str(path), dynamo=False, opset_version=17,
+    torch.onnx.export(model, (row,), str(path), dynamo=False, opset_version=17,
                       input_names=["input"], output_names=["logits"])
+    return path
+
+
+@pytest.fixture(scope="module")
+def planted_pt2(planted_model: tuple[Tiny, torch.Tensor],
+                tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The planted tiny CNN as a torch.export program (litert converts PyTorch only)."""
+    model, row = planted_model
+    path = tmp_path_factory.mktemp("planted") / "tiny.pt2"
+    torch.export.save(torch.export.export(model, (row,)), str(path))
     return path
 
 
@@ -131,28 +149,69 @@ def test_rescue_runs_on_a_fail_or_a_drop_beyond_the_limit() -> None:
     assert not _misses_gate(verification(passed))
 
 
-def _fake_search(scores: dict[int, tuple[float, float]], baseline: tuple[float, float]):
-    """choose_candidate over five ranked layers where a candidate keeping n layers in float
-    scores ``scores[n]`` (agreement, mean |logit diff|) on the tuning images."""
-    rows = [LayerError(n, "Conv", 1.0, 1.0 - i / 10) for i, n in enumerate("abcde")]
-    return choose_candidate(lambda keep, i: len(keep), lambda n: scores[n], rows, baseline,
-                            max_attempts=5, min_agreement=0.99)
+def _fake_search(scores: dict[int, tuple[float, float]], baseline: tuple[float, float],
+                 p50: dict[int, float] | None = None, base_p50: float | None = None):
+    """choose_candidate over nine ranked layers where a candidate keeping n layers in float
+    scores ``scores[n]`` (agreement, KL) on the tuning images and runs in ``p50[n]`` ms."""
+    rows = [LayerError(n, "Conv", 1.0, 1.0 - i / 10) for i, n in enumerate("abcdefghi")]
+    return choose_candidate(lambda keep, i: len(keep), lambda n: Score(scores[n][0], 0.0,
+                                                                      scores[n][1]),
+                            rows, Score(baseline[0], 0.0, baseline[1]), max_attempts=5,
+                            min_agreement=0.99, timer=None if p50 is None else p50.get,
+                            baseline_p50_ms=base_p50)
 
 
 def test_choose_candidate_needs_evidence_of_improvement() -> None:
     # the first candidate that reaches the agreement target wins (fewest float layers)
-    out = _fake_search({1: (0.9, 1.0), 2: (1.0, 0.2), 4: (1.0, 0.1), 5: (1.0, 0.0)}, (0.5, 2.0))
-    assert out.keep_float == ("a", "b") and len(out.attempts) == 2
+    out = _fake_search({1: (0.9, 1.0), 2: (1.0, 0.2), 4: (1.0, 0.1), 8: (1.0, 0.0)}, (0.5, 2.0))
+    assert out.keep_float == tuple("ab") and len(out.attempts) == 2
+    assert [a.passed for a in out.attempts] == [False, True]
+    # more agreement with a larger KL divergence is not evidence of improvement
+    out = _fake_search({1: (1.0, 2.5), 2: (1.0, 2.4), 4: (1.0, 1.5), 8: (1.0, 0.0)}, (0.5, 2.0))
+    assert not out.attempts[0].passed and out.keep_float == tuple("abcd")
     # the plain artifact already agrees on every tuning image: agreement cannot tell, so a
-    # candidate must at least halve the logit error
-    out = _fake_search({1: (1.0, 0.9), 2: (1.0, 0.4), 4: (1.0, 0.1), 5: (1.0, 0.0)}, (1.0, 1.0))
-    assert out.keep_float == ("a", "b")
-    # nothing beats the plain artifact: nothing is chosen, the whole budget was tried
-    out = _fake_search({1: (0.8, 1.0), 2: (0.8, 1.0), 4: (0.8, 0.9), 5: (0.8, 0.9)}, (0.8, 1.0))
-    assert out.chosen is None and len(out.attempts) == 3
-    # none reaches the target: the best agreement (fewest layers on a tie) is chosen
-    out = _fake_search({1: (0.85, 1.0), 2: (0.9, 0.5), 4: (0.9, 0.4), 5: (0.7, 0.1)}, (0.8, 1.0))
-    assert out.keep_float == ("a", "b")
+    # candidate must at least halve the KL divergence
+    out = _fake_search({1: (1.0, 0.8), 2: (1.0, 0.4), 4: (1.0, 0.1), 8: (1.0, 0.0)}, (1.0, 1.0))
+    assert out.keep_float == tuple("ab")
+    # nothing beats the plain artifact: nothing is chosen, and the search stops after two
+    # candidates that bring no 10 % gain instead of spending the budget
+    out = _fake_search({1: (0.8, 1.0), 2: (0.8, 0.95), 4: (0.8, 0.9), 8: (0.8, 0.9)}, (0.8, 1.0))
+    assert out.chosen is None and len(out.attempts) == 2
+    assert "without" in out.stopped
+    # slow progress is still progress: it goes on while each candidate gains 10 % (the four
+    # candidates of nine layers: 1, 2, 4, 8), and the best one is kept
+    out = _fake_search({1: (0.8, 0.85), 2: (0.8, 0.7), 4: (0.8, 0.6), 8: (0.8, 0.45)},
+                       (0.8, 1.0))
+    assert len(out.attempts) == 4 and out.stopped == "candidates exhausted"
+    assert out.keep_float == tuple("abcdefgh")
+    # none reaches the target: the best agreement (then lowest KL) is chosen if it improves
+    out = _fake_search({1: (0.85, 1.0), 2: (0.9, 0.5), 4: (0.9, 0.4), 8: (0.7, 0.1)},
+                       (0.8, 1.0))
+    assert out.keep_float == tuple("abcd")
+
+
+def test_choose_candidate_keeps_the_fastest_passing() -> None:
+    scores = {1: (1.0, 0.4), 2: (1.0, 0.3), 4: (1.0, 0.2), 8: (1.0, 0.1)}
+    # the first passing candidate is barely slower than plain INT8: no look-ahead
+    out = _fake_search(scores, (0.5, 1.0), {1: 10.5, 2: 8.0}, 10.0)
+    assert out.keep_float == ("a",) and len(out.attempts) == 1
+    assert out.attempts[0].p50_ms == 10.5 and out.baseline_p50_ms == 10.0
+    # it is 50 % slower: the next candidate is tried too, and the faster one kept
+    out = _fake_search(scores, (0.5, 1.0), {1: 15.0, 2: 11.0, 4: 9.0}, 10.0)
+    assert out.keep_float == tuple("ab") and len(out.attempts) == 2
+    # ... unless it is not clearly faster: then the fewer float layers
+    out = _fake_search(scores, (0.5, 1.0), {1: 15.0, 2: 14.9}, 10.0)
+    assert out.keep_float == ("a",) and len(out.attempts) == 2
+    assert out.attempts[1].to_json()["p50_ms"] == 14.9
+
+
+def test_mean_kl() -> None:
+    ref = np.array([[2.0, 0.0, -1.0], [0.0, 1.0, 0.0]])
+    assert mean_kl(ref, ref, "multiclass") == pytest.approx(0.0, abs=1e-12)
+    assert mean_kl(ref, ref + 5.0, "multiclass") == pytest.approx(0.0, abs=1e-12)  # shift
+    assert mean_kl(ref, ref * 0.5, "multiclass") > 0.05
+    assert mean_kl(ref[:, :1], -ref[:, :1], "binary") > 0.5
+    assert mean_kl(ref[:, :1], ref[:, :1], "binary") == pytest.approx(0.0, abs=1e-12)
 
 
 @pytest.mark.parametrize("backend_name", ["onnxruntime", "openvino"])
@@ -181,9 +240,12 @@ def test_sensitivity_finds_the_planted_layer(planted: Path, tinted: Path, tmp_pa
     assert np.mean(rescued.argmax(1) == ref.argmax(1)) >= 0.95
 
 
-@pytest.mark.parametrize("backend_name", ["onnxruntime", "openvino"])
-def test_compress_rescues_the_planted_layer(planted: Path, tinted: Path, tmp_path: Path,
-                                            cli, backend_name: str) -> None:
+@pytest.mark.parametrize("backend_name", ["onnxruntime", "openvino", "litert"])
+def test_compress_rescues_the_planted_layer(planted: Path, planted_pt2: Path, tinted: Path,
+                                            tmp_path: Path, cli, backend_name: str) -> None:
+    crushed = "crushed" if backend_name == "litert" else CRUSHED  # PT2E names module paths
+    if backend_name == "litert":  # litert converts PyTorch sources
+        planted = planted_pt2
     # without the rescue the INT8 artifact fails its gate (exit 1)
     cli("compress", planted, "--data", tinted, "--out", tmp_path / "plain",
         "--backend", backend_name, "--calibration-images", 32, "--no-rescue", code=1)
@@ -197,14 +259,27 @@ def test_compress_rescues_the_planted_layer(planted: Path, tinted: Path, tmp_pat
     assert art["verification"]["decision"] != "fail"
     assert art["verification"]["top1_agreement"] >= 0.95
     rescue = art["quantization"]["rescue"]
-    assert rescue["keep_float"][0].startswith(CRUSHED)
+    assert rescue["keep_float"][0].startswith(crushed)
     assert rescue["first_decision"] == "fail"
     assert rescue["method"].startswith("mixed precision")
-    assert len(rescue["attempts"]) == 1  # the planted layer alone: one re-export
-    assert art["quantization"]["sensitivity_top10"][0]["name"].startswith(CRUSHED)
-    assert set(rescue["keep_float"]) <= set(art["quantization"]["excluded_nodes"])
-    assert CRUSHED in res.output  # --explain prints the ranked table
-    assert "kept in float" in res.output
+    first = rescue["attempts"][0]  # the planted layer alone
+    assert first["keep_float"] == rescue["keep_float"][:1]
+    assert first["tuning_mean_kl"] < 0.5 * rescue["first_tuning_mean_kl"]
+    assert first["tuning_top1_agreement"] > rescue["first_tuning_agreement"] + 0.1
+    if backend_name != "openvino":  # (NNCF's INT8 of the rest disagrees on ~3 tuning images)
+        assert first["passed"] and len(rescue["attempts"]) == 1  # one re-export
+        assert rescue["stopped"] == "first passing candidate"
+    # both timed, batch 1, and said in the record and in compress's output
+    assert rescue["p50_ms"] == rescue["attempts"][0]["p50_ms"] > 0
+    assert rescue["first_p50_ms"] > 0 and "plain INT8" in rescue["latency"]
+    assert art["quantization"]["sensitivity_top10"][0]["name"].startswith(crushed)
+    if backend_name == "litert":
+        assert art["quantization"]["keep_float"] == rescue["keep_float"]
+    else:
+        assert set(rescue["keep_float"]) <= set(art["quantization"]["excluded_nodes"])
+    assert crushed in res.output  # --explain prints the ranked table
+    assert "kept in float" in res.output and "ms for plain INT8" in res.output
+    assert "attempt 1: 1 in float" in res.output
     assert "was rescued" in (tmp_path / "rescued" / "README.md").read_text()
 
 
@@ -220,3 +295,58 @@ def test_rescue_recipe_key_turns_it_off(planted: Path, tinted: Path,
                    "rescue: {max_attempts: 0}\n")
     with pytest.raises(ConfigError, match="max_attempts"):
         compress(planted, data=tinted, out=tmp_path / "c", recipe=bad, **SMALL)
+
+
+def test_litert_sensitivity_finds_the_planted_layer(planted_pt2: Path, tinted: Path,
+                                                    tmp_path: Path) -> None:
+    """PT2E on LiteRT: the layer is named by its module path (a .pt2 carries none: the path
+    of its weight), keep_float leaves it (and its input's producer) unquantized, the .tflite
+    agrees again."""
+    source = load_model(planted_pt2, input_size=32)
+    samples = scan(tinted).samples[::4]
+    calib = StreamedImages(samples, source.spec)
+    backend = get_backend("litert")
+    request = ExportRequest(source, "int8", tmp_path, "model-int8", calib, QuantOptions())
+    artifact = backend.export(request)
+    x = np.stack([source.spec.load(s.path) for s in samples[:16]]).astype(np.float32)
+    ranked = backend.layer_sensitivity(request, artifact.path, x)
+    assert ranked[0].name == "crushed", ranked[:3]
+    assert ranked[0].op_type == "conv2d"
+    assert ranked[0].added > 0.5 > max(r.added for r in ranked[1:])
+    with pytest.raises(ConfigError, match="no such layer"):
+        backend.export(ExportRequest(source, "int8", tmp_path / "bad", "model-int8", calib,
+                                     QuantOptions(keep_float=("nope",))))
+    kept = backend.export(ExportRequest(source, "int8", tmp_path / "kept", "model-int8", calib,
+                                        QuantOptions(keep_float=("crushed",))))
+    assert kept.quantization["keep_float"] == ["crushed"]
+    assert any("kept in float" in n for n in kept.notes)
+    ref = source.predict(x)
+    plain = backend.open(artifact.path).run(x)
+    rescued = backend.open(kept.path).run(x)
+    assert np.mean(plain.argmax(1) == ref.argmax(1)) < 0.8
+    assert np.mean(rescued.argmax(1) == ref.argmax(1)) >= 0.95
+    assert np.abs(rescued - ref).mean() < 0.5 * np.abs(plain - ref).mean()
+
+
+def test_litert_sensitivity_compares_after_batch_norm(tmp_path: Path) -> None:
+    """prepare_pt2e folds batch norms into their convs: the float side must be folded too, or
+    a conv's INT8 output (after BN) is compared with its float output before BN."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU(),
+                          nn.Conv2d(8, 8, 3, padding=1), nn.BatchNorm2d(8),
+                          nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(8, 4)).eval()
+    with torch.no_grad():  # statistics far from the identity: pre- and post-BN values differ
+        for bn in (model[1], model[4]):
+            bn.running_mean.uniform_(-2.0, 2.0)
+            bn.running_var.uniform_(0.01, 0.05)
+    path = tmp_path / "bn.pt2"
+    torch.export.save(torch.export.export(model, (torch.rand(1, 3, 32, 32),)), str(path))
+    source = load_model(path)
+    rng = np.random.default_rng(0)
+    x = rng.random((24, 3, 32, 32), dtype=np.float32)
+    request = ExportRequest(source, "int8", tmp_path, "m", [r[None] for r in x[:16]],
+                            QuantOptions())
+    ranked = get_backend("litert").layer_sensitivity(request, tmp_path / "unused.tflite", x[16:])
+    convs = [r for r in ranked if r.op_type == "conv2d"]
+    assert {r.name for r in convs} == {"0", "3"}  # .pt2: named by weight path
+    assert max(r.error for r in ranked) < 0.2, ranked

@@ -37,6 +37,7 @@ Runtime (device, ``edgekit[litert]``): ``open`` uses ``ai_edge_litert.interprete
 from __future__ import annotations
 
 import contextlib
+import copy
 import dataclasses
 import logging
 import os
@@ -66,6 +67,7 @@ from edgekit.errors import (
     EdgekitError,
     ExportError,
 )
+from edgekit.quantize.sensitivity import ErrorAccumulator, LayerError, rank
 
 RUNTIME_HINT = "pip install 'edgekit[litert]'"
 CONVERTER_HINT = "pip install 'edgekit[compress]'"
@@ -244,6 +246,26 @@ class LiteRTBackend(QuietHooks):
             layout=loaded.spec.layout, quantization=quant, notes=notes)
 
 
+    def layer_sensitivity(self, request: ExportRequest, int8_path: Path,
+                          images: np.ndarray) -> list[LayerError]:
+        """The quantized layers of a PyTorch source's INT8 export, ranked by the error they add
+        (``edgekit.quantize.sensitivity``) on ``images`` (float32, the spec's layout).
+
+        Measured in PyTorch, not on the ``.tflite`` at ``int8_path``: ``request`` is quantized
+        again exactly as the export does it (same calibration, seed and ``keep_float``) and the
+        converted PT2E graph — the torch reference of what the ``.tflite`` computes — runs next
+        to the float graph it was made from (same node names). A layer's error is taken where
+        its consumers read it (after its fused ReLU and the QUANTIZE/DEQUANTIZE of its output);
+        ``added`` is that minus the largest error of its inputs as read: the damage done by its
+        weights and output quantization, which ``keep_float`` (the layer, the producers of its
+        inputs and the consumers of its output left unannotated) removes. Keras sources
+        (TensorFlow's converter) have no per-layer analysis: an empty list."""
+        if getattr(request.model, "kind", None) == "keras":
+            return []
+        _check_request(request)
+        return _sensitivity(request, np.asarray(images, dtype=np.float32))
+
+
 BACKEND = LiteRTBackend()
 
 # Why a source kind litert does not take cannot reach it (``source_hint``).
@@ -362,22 +384,41 @@ def _quant_config(method: str, per_channel: bool) -> Any:
 
 
 def pt2e_quantize(module: Any, sample: tuple[Any, ...], calibration: Any, *,
-                  method: str = "minmax", per_channel: bool = True) -> tuple[Any, Any, int]:
+                  method: str = "minmax", per_channel: bool = True,
+                  keep_float: tuple[str, ...] = (), float_graph: list[Any] | None = None
+                  ) -> tuple[Any, Any, int]:
     """PT2E static quantization of ``module`` as the int8 export does it (torch needed).
 
     Returns ``(converted, quantizer, images)``: the quantize/dequantize ``GraphModule`` (also a
     torch reference of what the .tflite computes), the quantizer litert-torch must be told
-    about, and how many calibration images were run.
+    about, and how many calibration images were run. ``keep_float`` names layers
+    (``layer_sensitivity``'s names: module paths such as ``features.3.conv``) left unquantized
+    with float inputs and output (``_keep_float_nodes``). ``float_graph``, when given, receives
+    a copy of the exported float graph the converted one was made from, batch norms folded into
+    their convs as ``prepare_pt2e`` folds them (same nodes, same names: a conv's output is
+    compared after its batch norm on both sides).
     """
     import torch
-    from litert_torch.quantize import pt2e_quantizer
     from torchao.quantization.pt2e import move_exported_model_to_eval
     from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_pt2e
 
     shape = tuple(sample[0].shape)
-    quantizer = pt2e_quantizer.PT2EQuantizer().set_global(_quant_config(method, per_channel))
+    quantizer = _quantizer(tuple(keep_float)).set_global(_quant_config(method, per_channel))
     graph = torch.export.export(module, sample, strict=False).module()
     move_exported_model_to_eval(graph)
+    if keep_float:
+        names = {_layer_name(n) for n in _compute_nodes(graph)} | {
+            p for n in graph.graph.nodes for p in _module_paths(n)}
+        unknown = sorted(set(keep_float) - names)
+        if unknown:
+            raise ConfigError(f"litert: cannot keep {', '.join(unknown)} in float: no such layer "
+                              "in the model (names come from layer_sensitivity)")
+    if float_graph is not None:  # with batch norms folded into convs, as prepare_pt2e does
+        from torchao.quantization.pt2e.utils import _fuse_conv_bn_
+
+        reference = copy.deepcopy(graph)
+        _fuse_conv_bn_(reference)
+        float_graph.append(reference)
     prepared = prepare_pt2e(graph, quantizer)
     count = 0
     with torch.no_grad():
@@ -397,22 +438,240 @@ def pt2e_quantize(module: Any, sample: tuple[Any, ...], calibration: Any, *,
     return converted, quantizer, count
 
 
+# ----------------------------------------------------------------------------- mixed precision
+# Layers are named as ``keep_float`` and ``layer_sensitivity`` name them: the deepest module path
+# of a compute node (``features.3.conv``); for a ``.pt2`` source, whose re-export carries no
+# module stack, the path of its weight (``crushed.0`` for ``crushed.0.weight``); else the node's
+# name in the exported graph (``add_3``), which is stable for one model.
+_PASS_THROUGH = ("relu", "relu_", "hardtanh", "hardtanh_", "clamp", "max_pool2d", "view",
+                 "reshape", "flatten", "permute", "squeeze", "unsqueeze", "dropout", "clone",
+                 "contiguous", "_to_copy", "getitem")
+_FUSED = ("relu", "relu_", "hardtanh", "hardtanh_", "clamp")  # quantized with their producer
+_WRAPPER = "graph_module."  # edgekit's wrapper of a .pt2 program (sources.torch)
+
+
+def _op(node: Any) -> str:
+    """``conv2d`` for ``aten.conv2d.default``; the callable's name otherwise."""
+    text = str(node.target)
+    if text.startswith(("aten.", "quantized_decomposed.")):
+        return text.split(".")[1]
+    return str(getattr(node.target, "__name__", text))
+
+
+def _is_qdq(node: Any) -> bool:
+    return node.op == "call_function" and str(node.target).startswith("quantized_decomposed.")
+
+
+def _module_paths(node: Any) -> list[str]:
+    """The module paths ``node`` was traced under, outermost first (the root left out)."""
+    paths = []
+    for value in (node.meta.get("nn_module_stack") or {}).values():
+        path = str(value[0])
+        path = path[len("L['self']."):] if path.startswith("L['self'].") else path
+        if path and path != "L['self']":
+            paths.append(path)
+    return paths
+
+
+def _weight_name(node: Any) -> str | None:
+    """The parameter path a conv/linear node's weight comes from (through Q/DQ), minus
+    ``.weight``."""
+    if len(node.args) < 2 or not hasattr(node.args[1], "op"):
+        return None
+    arg = node.args[1]
+    while _is_qdq(arg) and arg.args and hasattr(arg.args[0], "op"):
+        arg = arg.args[0]
+    if arg.op != "get_attr" or not str(arg.target).endswith(".weight"):
+        return None
+    name = str(arg.target)[:-len(".weight")]
+    return name[len(_WRAPPER):] if name.startswith(_WRAPPER) else name
+
+
+def _layer_name(node: Any) -> str:
+    paths = _module_paths(node)
+    return paths[-1] if paths else (_weight_name(node) or node.name)
+
+
+def _compute_nodes(graph_module: Any) -> list[Any]:
+    """The nodes that compute (not Q/DQ, not pass-through, not constants)."""
+    return [n for n in graph_module.graph.nodes if n.op == "call_function" and not _is_qdq(n)
+            and _op(n) not in _PASS_THROUGH]
+
+
+def _keep_float_nodes(graph_module: Any, keep: tuple[str, ...]) -> set[str]:
+    """The names of the nodes to leave unannotated so that each layer in ``keep`` runs in float
+    with float inputs and a float output: its compute nodes, the producers of their inputs (a
+    PT2E conv quantizes its own output) and the consumers of their outputs (they quantize their
+    inputs), following pass-through ops (ReLU, max pool, reshape …)."""
+    wanted = set(keep)
+    out: set[str] = set()
+    for node in _compute_nodes(graph_module):
+        if _layer_name(node) not in wanted:
+            continue
+        out.add(node.name)
+        for step in (lambda n: list(n.all_input_nodes), lambda n: list(n.users)):
+            frontier = step(node)
+            while frontier:
+                other = frontier.pop()
+                if other.op != "call_function" or _is_qdq(other) or other.name in out:
+                    continue
+                out.add(other.name)
+                if _op(other) in _PASS_THROUGH:
+                    frontier += step(other)
+    return out
+
+
+def _quantizer(keep: tuple[str, ...]) -> Any:
+    """litert-torch's ``PT2EQuantizer``; with ``keep``, one that leaves those layers (and the
+    nodes ``_keep_float_nodes`` adds) unannotated. Not ``set_module_name(name, None)``: its
+    filter in litert-torch 0.10 strips a ``L__self___`` prefix that torch 2.13's module-stack
+    keys (``L__self__features.3``) do not have, so it never matches, and a ``.pt2`` source
+    has no module stack at all."""
+    from litert_torch.quantize import pt2e_quantizer
+
+    if not keep:
+        return pt2e_quantizer.PT2EQuantizer()
+
+    class KeepFloatQuantizer(pt2e_quantizer.PT2EQuantizer):  # type: ignore[misc]
+        excluded: set[str] = set()
+
+        def annotate(self, model: Any) -> Any:
+            self.excluded = _keep_float_nodes(model, keep)
+            return super().annotate(model)
+
+        def _annotate_all_static_patterns(self, model: Any, quantization_config: Any,
+                                          filter_fn: Any = None) -> Any:
+            excluded = self.excluded
+
+            def quantized(node: Any) -> bool:
+                return node.name not in excluded and (filter_fn is None or filter_fn(node))
+
+            return super()._annotate_all_static_patterns(model, quantization_config, quantized)
+
+    return KeepFloatQuantizer()
+
+
+def _read_as(node: Any) -> Any:
+    """What consumers of ``node`` read in a converted PT2E graph: the DEQUANTIZE after the
+    QUANTIZE that follows it, when it is quantized; itself otherwise."""
+    for user in node.users:
+        if _is_qdq(user) and _op(user).startswith("quantize"):
+            for dq in user.users:
+                if _is_qdq(dq) and _op(dq).startswith("dequantize"):
+                    return dq
+    return node
+
+
+def _pt2e_view(converted: Any, float_names: set[str]
+               ) -> tuple[list[tuple[str, str, str, list[str]]], dict[str, tuple[str, str]]]:
+    """The quantized layers of a converted PT2E graph and what to compare.
+
+    Layers: ``(name, op, output tensor, input tensors)`` for each compute node that reads a
+    DEQUANTIZE or whose output (after a fused ReLU/clamp) is quantized. Pairs: ``tensor →
+    (the node consumers read in the converted graph, the float graph's node of that name)``."""
+    pairs: dict[str, tuple[str, str]] = {}
+    for node in converted.graph.nodes:
+        if node.name in float_names and (node.op == "placeholder" or (
+                node.op == "call_function" and not _is_qdq(node))):
+            pairs[node.name] = (_read_as(node).name, node.name)
+    layers = []
+    for node in _compute_nodes(converted):
+        end = node
+        while len(end.users) == 1 and _op(next(iter(end.users))) in _FUSED:
+            end = next(iter(end.users))
+        sources, quantized = [], _read_as(end) is not end
+        for arg in node.all_input_nodes:
+            if _is_qdq(arg):
+                quantized = True
+                q = arg.args[0] if arg.args else None
+                src = q.args[0] if _is_qdq(q) and q.args else None
+                if getattr(src, "name", None) in pairs:
+                    sources.append(src.name)
+            elif arg.name in pairs:
+                sources.append(arg.name)
+        if quantized and end.name in pairs:
+            layers.append((_layer_name(node), _op(node), end.name, sources))
+    return layers, pairs
+
+
+def _recorder(graph_module: Any, names: list[str], torch: Any
+              ) -> Callable[[np.ndarray], list[np.ndarray]]:
+    """One image → the values of the nodes ``names`` of ``graph_module`` (an fx Interpreter)."""
+    index = set(names)
+
+    class Recorder(torch.fx.Interpreter):  # type: ignore[misc]
+        seen: dict[str, Any] = {}
+
+        def run_node(self, n: Any) -> Any:
+            out = super().run_node(n)
+            if n.name in index:
+                self.seen[n.name] = out
+            return out
+
+    def run(row: np.ndarray) -> list[np.ndarray]:
+        rec = Recorder(graph_module)
+        rec.seen = {}
+        with torch.no_grad():
+            rec.run(torch.from_numpy(row))
+        return [rec.seen[n].detach().numpy() for n in names]
+
+    return run
+
+
+def _sensitivity(request: ExportRequest, images: np.ndarray) -> list[LayerError]:
+    """``LiteRTBackend.layer_sensitivity`` for a PyTorch source (see there)."""
+    loaded, opts = request.model, request.options
+    with _quiet():
+        _, torch = _import_converter()
+        shape = tuple(loaded.spec.input_shape(1))
+        rng = np.random.default_rng(opts.seed)
+        sample = (torch.from_numpy(rng.random(shape, dtype=np.float32)),)
+        floats: list[Any] = []
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(opts.seed)
+            converted, _, _ = pt2e_quantize(loaded.module.eval(), sample, request.calibration,
+                                            method=opts.method, per_channel=opts.per_channel,
+                                            keep_float=tuple(opts.keep_float),
+                                            float_graph=floats)
+        layers, pairs = _pt2e_view(converted, {n.name for n in floats[0].graph.nodes})
+        keys = sorted(pairs)
+        acc = ErrorAccumulator.over(images, keys,
+                                    _recorder(floats[0], [pairs[k][1] for k in keys], torch),
+                                    _recorder(converted, [pairs[k][0] for k in keys], torch))
+    rows: dict[str, LayerError] = {}
+    for name, op, out_key, sources in layers:
+        out = acc.error(out_key)
+        if out is None:
+            continue
+        before = max([acc.error(t) or 0.0 for t in sources] + [0.0])
+        row = LayerError(name, op, out, out - before)
+        if name not in rows or row.added > rows[name].added:
+            rows[name] = row
+    return rank(rows.values())
+
+
 def _export_int8(litert_torch: Any, module: Any, sample: tuple[Any, ...],
                  request: ExportRequest) -> tuple[bytes, dict[str, Any], list[str]]:
     from litert_torch.quantize import quant_config
 
     opts = request.options
     converted, quantizer, count = pt2e_quantize(module, sample, request.calibration,
-                                                method=opts.method, per_channel=opts.per_channel)
+                                                method=opts.method, per_channel=opts.per_channel,
+                                                keep_float=tuple(opts.keep_float))
     content = litert_torch.convert(
         converted, sample,
         quant_config=quant_config.QuantConfig(pt2e_quantizer=quantizer)).model_content()
     content = _set_io_types(content, integer=opts.int8_io)
     weights = "per-channel" if opts.per_channel else "per-tensor"
     quant = {"scheme": f"PT2E static: int8 weights ({weights} symmetric), int8 activations "
-             "(per-tensor affine)", "method": opts.method, "calibration_images": count}
+             "(per-tensor affine)", "method": opts.method, "calibration_images": count,
+             "keep_float": list(opts.keep_float),
+             "excluded_nodes": sorted(getattr(quantizer, "excluded", ()))}
     notes = [f"int8: static PT2E quantization calibrated on {count} images "
              f"({opts.method} activation ranges, {weights} weights)"]
+    if opts.keep_float:
+        notes.append(f"mixed precision: {len(opts.keep_float)} layer(s) kept in float with "
+                     f"float inputs and output ({', '.join(opts.keep_float)})")
     if opts.method == "percentile":
         notes.append("percentile calibration = torchao HistogramObserver: a histogram search "
                      "for the activation range with the least quantization error (clips "

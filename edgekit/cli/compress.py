@@ -140,8 +140,13 @@ def rescue_lines(result: Any, explain: bool) -> list[Any]:
             lines.append(Text(
                 f"  {a.name}: rescue ({len(rescue['attempts'])} re-exports): "
                 + (f"{len(kept)} layer(s) kept in float: {', '.join(kept)}; gate "
-                   f"{rescue['first_decision']} → {a.verification.decision}" if kept
+                   f"{rescue['first_decision']} → {a.verification.decision}; "
+                   f"{rescue.get('latency', 'latency not measured')}" if kept
                    else "no candidate helped; plain INT8 kept")))
+            lines += [Text(f"    attempt {i}: {len(t['keep_float'])} in float, tuning agreement "
+                           f"{t['tuning_top1_agreement']:.3f}, KL {t.get('tuning_mean_kl')}, "
+                           f"p50 {t.get('p50_ms')} ms{' (passes)' if t.get('passed') else ''}")
+                      for i, t in enumerate(rescue["attempts"], start=1)]
         if explain and a.sensitivity:
             lines.append(Text(f"\n{a.name}: layers ranked by the error their INT8 quantization "
                               f"adds (relative L2 vs fp32 on "

@@ -2,16 +2,34 @@
 
 Candidates keep the top 1, 2, 4, 8 … layers of the sensitivity ranking in float, within a
 bounded number of re-exports. Each candidate is judged WITHOUT the verification labels or
-images: by its top-1 agreement with the source on tuning images (calibration-side images), so
-the verification set is used once, on the chosen candidate, and stays an honest test. The first
-candidate whose agreement reaches ``min_agreement`` (and, when the plain artifact already
-did, that at least halves its mean logit error) is chosen — the fewest float layers, so the
-one closest to full-INT8 speed; when none does, the one with the best agreement (fewest float
-layers on a tie), if it beats the plain INT8 artifact.
+images, on calibration-side tuning images (``Score``): its top-1 agreement with the source and
+the mean KL divergence of its output distribution from the source's. The verification set is
+used once, on the chosen candidate, and stays an honest test.
+
+The rule (``choose_candidate``):
+
+* a candidate **passes** when its agreement reaches ``min_agreement`` and it improves on the
+  plain INT8 artifact: better agreement with a KL divergence no larger (a few borderline
+  images flipping is noise otherwise: on prudensnet 64, ORT, +2 of 256 tuning images with a
+  larger KL verified worse), or — when the plain artifact already reaches the target, so
+  agreement cannot tell them apart — at most half its KL divergence;
+* the search **stops** at the first passing candidate (fewest float layers), unless that one
+  runs more than ``LOOKAHEAD_SLOWDOWN`` slower than the plain INT8 artifact: then the next
+  candidate is tried too and the fastest passing one is kept (merged float islands can be
+  faster than a lone one);
+* it also stops **early** after ``STALL_LIMIT`` candidates in a row that neither pass, nor
+  raise the best agreement so far, nor cut the best KL divergence so far by ``MIN_GAIN``: the next candidates add layers of lower
+  sensitivity, which are not expected to do better;
+* when nothing passes, the candidate with the best agreement (then the lowest KL) is chosen if
+  it improves on the plain artifact; otherwise the plain artifact stays.
+
+Every candidate is timed briefly (batch 1, ``WARMUP`` + ``RUNS`` calls, the median) so the
+record says what the float layers cost against the plain INT8 artifact.
 """
 
 from __future__ import annotations
 
+import statistics
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -24,28 +42,81 @@ from edgekit.quantize.sensitivity import LayerError
 from edgekit.ui import progress_bar, status
 
 METHOD = "mixed precision: the most sensitive layers kept in float"
+LOOKAHEAD_SLOWDOWN = 1.10  # a passing candidate this much slower than plain INT8: try one more
+MIN_GAIN = 0.10  # a candidate must cut the best KL so far by this fraction to count as progress
+STALL_LIMIT = 2  # candidates in a row without progress end the search
+WARMUP, RUNS = 3, 20  # the brief latency measurement of each candidate (batch 1)
+
+
+@dataclass(frozen=True)
+class Score:
+    """How an artifact agrees with the source on the tuning images."""
+
+    agreement: float  # top-1 agreement
+    mean_abs_logit_diff: float
+    kl: float  # mean KL(source ‖ artifact) of the output distributions (nats)
+
+
+def mean_kl(reference: np.ndarray, logits: np.ndarray, kind: str) -> float:
+    """Mean KL divergence of ``logits``' output distribution from ``reference``'s (nats per
+    image): softmax over classes for ``multiclass``; per-output Bernoulli (sigmoid) otherwise,
+    averaged over the outputs."""
+    ref = np.asarray(reference, np.float64)
+    out = np.asarray(logits, np.float64)
+    if ref.ndim == 1:
+        ref, out = ref[:, None], out[:, None]
+    if kind == "multiclass":
+        log_p = ref - np.logaddexp.reduce(ref, axis=1, keepdims=True)
+        log_q = out - np.logaddexp.reduce(out, axis=1, keepdims=True)
+        return float(np.mean(np.sum(np.exp(log_p) * (log_p - log_q), axis=1)))
+    log_p1, log_q1 = -np.logaddexp(0, -ref), -np.logaddexp(0, -out)
+    log_p0, log_q0 = -np.logaddexp(0, ref), -np.logaddexp(0, out)
+    kl = np.exp(log_p1) * (log_p1 - log_q1) + np.exp(log_p0) * (log_p0 - log_q0)
+    return float(np.mean(kl))
+
+
+def p50_ms(call: Callable[[], Any], warmup: int = WARMUP, runs: int = RUNS) -> float:
+    """The median of ``runs`` timed calls after ``warmup`` untimed ones, in milliseconds."""
+    for _ in range(warmup):
+        call()
+    times = []
+    for _ in range(runs):
+        t0 = time.perf_counter()
+        call()
+        times.append(time.perf_counter() - t0)
+    return 1e3 * statistics.median(times)
 
 
 @dataclass(frozen=True)
 class Attempt:
-    """One candidate: the layers it keeps in float and how it agrees with the source on the
-    tuning images."""
+    """One candidate: the layers it keeps in float, how it agrees with the source on the
+    tuning images, whether it passes (see the module), and its batch-1 p50 latency."""
 
     keep_float: tuple[str, ...]
     agreement: float
     mean_abs_logit_diff: float
     seconds: float
+    kl: float = float("nan")
+    passed: bool = False
+    p50_ms: float | None = None
 
     def to_json(self) -> dict[str, Any]:
         return {"keep_float": list(self.keep_float), "tuning_top1_agreement": self.agreement,
                 "tuning_mean_abs_logit_diff": self.mean_abs_logit_diff,
+                "tuning_mean_kl": _round(self.kl), "passed": self.passed,
+                "p50_ms": None if self.p50_ms is None else round(self.p50_ms, 3),
                 "export_seconds": round(self.seconds, 2)}
+
+
+def _round(x: float) -> float | None:
+    return None if x != x else float(f"{x:.4g}")  # NaN → null
 
 
 @dataclass
 class RescueOutcome:
     """What the rescue tried and chose. ``artifacts[i]`` is the candidate of ``attempts[i]``;
-    ``chosen`` indexes both (None: no candidate beat the plain INT8 artifact)."""
+    ``chosen`` indexes both (None: no candidate beat the plain INT8 artifact). ``stopped``
+    says why the search ended."""
 
     sensitivity: list[LayerError]
     baseline_agreement: float
@@ -53,6 +124,9 @@ class RescueOutcome:
     attempts: list[Attempt] = field(default_factory=list)
     artifacts: list[Any] = field(default_factory=list)
     chosen: int | None = None
+    baseline_kl: float = float("nan")
+    baseline_p50_ms: float | None = None
+    stopped: str = ""
 
     @property
     def artifact(self) -> Any | None:
@@ -81,52 +155,89 @@ def candidate_sets(ranked: Sequence[str], max_attempts: int) -> list[tuple[str, 
 
 
 def choose_candidate(export: Callable[[tuple[str, ...], int], Any],
-                     score: Callable[[Any], tuple[float, float]],
-                     sensitivity: list[LayerError], baseline: tuple[float, float], *,
+                     score: Callable[[Any], Score],
+                     sensitivity: list[LayerError], baseline: Score, *,
                      max_attempts: int, min_agreement: float,
+                     timer: Callable[[Any], float | None] | None = None,
+                     baseline_p50_ms: float | None = None,
                      on_attempt: Callable[[Attempt], None] | None = None) -> RescueOutcome:
-    """Export candidates (``export(keep_float, index)``) and score each on the tuning images
-    (``score(artifact)`` → agreement, mean |logit diff|; ``baseline``: the plain INT8
-    artifact's) until one reaches ``min_agreement`` — and, when the plain artifact already
-    did (agreement cannot tell them apart), at least halves its logit error — or the budget is
-    spent. Then the best agreement (fewer float layers on a tie) is chosen if it is better than
-    the plain artifact by the same measure."""
-    base_agree, base_diff = baseline
-    outcome = RescueOutcome(sensitivity, base_agree, base_diff)
+    """Export candidates (``export(keep_float, index)``), score each on the tuning images
+    (``score(artifact)``; ``baseline``: the plain INT8 artifact's) and time it (``timer``:
+    batch-1 p50 in ms, or None), by the rule in the module docstring."""
+    outcome = RescueOutcome(sensitivity, baseline.agreement, baseline.mean_abs_logit_diff,
+                            baseline_kl=baseline.kl, baseline_p50_ms=baseline_p50_ms)
+    agreement_decides = baseline.agreement < min_agreement
 
-    def improves(a: Attempt) -> bool:
-        return a.agreement > base_agree or (a.agreement >= base_agree
-                                             and a.mean_abs_logit_diff <= 0.5 * base_diff)
+    def improves(a: Attempt | Score) -> bool:
+        # more agreement counts only with a distribution no further from the source's: a
+        # couple of borderline images flipping is noise otherwise
+        if agreement_decides and a.agreement > baseline.agreement and a.kl <= baseline.kl:
+            return True
+        return a.agreement >= baseline.agreement and a.kl <= 0.5 * baseline.kl
 
-    for index, keep in enumerate(candidate_sets([r.name for r in sensitivity], max_attempts)):
+    best_kl, best_agree, stalled, lookahead = baseline.kl, baseline.agreement, 0, False
+    sets = candidate_sets([r.name for r in sensitivity], max_attempts)
+    for index, keep in enumerate(sets):
         t0 = time.perf_counter()
         artifact = export(keep, index)
-        agree, diff = score(artifact)
-        attempt = Attempt(keep, agree, diff, time.perf_counter() - t0)
+        got = score(artifact)
+        seconds = time.perf_counter() - t0
+        attempt = Attempt(keep, got.agreement, got.mean_abs_logit_diff, seconds, got.kl,
+                          passed=got.agreement >= min_agreement and improves(got),
+                          p50_ms=None if timer is None else timer(artifact))
         outcome.attempts.append(attempt)
         outcome.artifacts.append(artifact)
         if on_attempt is not None:
             on_attempt(attempt)
-        if agree >= min_agreement and improves(attempt):
-            outcome.chosen = index
-            return outcome
-    if outcome.attempts:
-        best = max(range(len(outcome.attempts)),
-                   key=lambda i: (outcome.attempts[i].agreement,
-                                  -len(outcome.attempts[i].keep_float)))
-        if improves(outcome.attempts[best]):
-            outcome.chosen = best
+        if lookahead:
+            outcome.stopped = "looked one candidate past the first passing one"
+            break
+        if attempt.passed:
+            slow = (attempt.p50_ms is not None and baseline_p50_ms is not None
+                    and attempt.p50_ms > LOOKAHEAD_SLOWDOWN * baseline_p50_ms)
+            if not slow or index + 1 == len(sets):
+                outcome.stopped = "first passing candidate"
+                break
+            lookahead = True
+            continue
+        progress = got.kl < (1 - MIN_GAIN) * best_kl or got.agreement > best_agree
+        best_kl, best_agree = min(best_kl, got.kl), max(best_agree, got.agreement)
+        stalled = 0 if progress else stalled + 1
+        if stalled >= STALL_LIMIT and index + 1 < len(sets):
+            outcome.stopped = (f"{STALL_LIMIT} candidates in a row without a {MIN_GAIN:.0%} "
+                               "lower KL divergence: more float layers are not expected to help")
+            break
+    else:
+        outcome.stopped = "budget spent" if len(sets) == max_attempts else "candidates exhausted"
+    passing = [i for i, a in enumerate(outcome.attempts) if a.passed]
+    if passing:
+        def speed(i: int) -> tuple[float, int]:
+            p50 = outcome.attempts[i].p50_ms
+            return (float("inf") if p50 is None else p50, len(outcome.attempts[i].keep_float))
+        fastest = min(passing, key=speed)
+        first = passing[0]  # fewer float layers: kept unless the other is clearly faster
+        p_first, p_fast = outcome.attempts[first].p50_ms, outcome.attempts[fastest].p50_ms
+        outcome.chosen = (fastest if p_first is not None and p_fast is not None
+                          and p_fast < 0.97 * p_first else first)
+        return outcome
+    improving = [i for i, a in enumerate(outcome.attempts) if improves(a)]
+    if improving:
+        outcome.chosen = max(improving, key=lambda i: (outcome.attempts[i].agreement,
+                                                       -outcome.attempts[i].kl,
+                                                       -len(outcome.attempts[i].keep_float)))
     return outcome
 
 
 def run_rescue(backend: Any, request_for: Callable[[tuple[str, ...], Path], Any], artifact: Any,
-               work_dir: Path, tuning: np.ndarray, score: Callable[[Any], tuple[float, float]],
+               work_dir: Path, tuning: np.ndarray, score: Callable[[Any], Score],
                *, name: str, settings: Any, search: bool, sensitivity_images: int = 32
                ) -> RescueOutcome:
     """Rank ``artifact``'s layers (``backend.layer_sensitivity`` on ``sensitivity_images`` of
     the ``tuning`` batch, spread over it) and, when ``search``, look for a candidate
     (``choose_candidate``) within ``settings`` (the recipe's ``rescue``). Candidates are
-    exported into ``work_dir``; ``request_for(keep_float, out_dir)`` is the export request."""
+    exported into ``work_dir``; ``request_for(keep_float, out_dir)`` is the export request.
+    Each candidate and the plain artifact are timed with the backend's own session (batch 1,
+    one tuning image)."""
     step = max(1, len(tuning) // sensitivity_images)
     sample = tuning[::step][:sensitivity_images]
     status(f"{name}: per-layer sensitivity on {len(sample)} calibration-side images")
@@ -134,24 +245,43 @@ def run_rescue(backend: Any, request_for: Callable[[tuple[str, ...], Path], Any]
                                         sample)
     baseline = score(artifact)
     if not search:
-        return RescueOutcome(ranking, *baseline)
+        return RescueOutcome(ranking, baseline.agreement, baseline.mean_abs_logit_diff,
+                             baseline_kl=baseline.kl)
+    if not ranking:
+        status(f"{name}: no per-layer sensitivity for this source on {backend.name}: nothing to "
+               "keep in float")
+        return RescueOutcome(ranking, baseline.agreement, baseline.mean_abs_logit_diff,
+                             baseline_kl=baseline.kl, stopped="no layers ranked")
+
+    def timer(candidate: Any) -> float | None:
+        try:
+            return p50_ms(backend.open(candidate.path).bind(tuning[:1]))
+        except Exception:  # noqa: BLE001 - timing is informative; the choice falls back on order
+            return None
+
+    base_p50 = timer(artifact)
+    # one image of slack: on 64 tuning images a 0.99 target would otherwise mean every image,
+    # and one borderline image flips under any quantization
+    target = settings.min_agreement - 1 / max(1, len(tuning))
     status(f"{name}: rescue — keeping the most sensitive layers in float (at most "
-           f"{settings.max_attempts} re-exports; tuning agreement {baseline[0]:.3f} on "
-           f"{len(tuning)} calibration-side images, target {settings.min_agreement:g} less one "
-           "image)")
+           f"{settings.max_attempts} re-exports; plain INT8 on {len(tuning)} calibration-side "
+           f"images: agreement {baseline.agreement:.3f}, KL {baseline.kl:.2e}"
+           + ("" if base_p50 is None else f", p50 {base_p50:.2f} ms")
+           + (f"; target agreement {target:.3f}" if baseline.agreement < target
+              else "; it already reaches the agreement target, so a candidate must halve "
+                   "its KL divergence") + ")")
 
     def export(keep: tuple[str, ...], index: int) -> Any:
         return backend.export(request_for(keep, work_dir / f"attempt-{index + 1}"))
 
-    # one image of slack: on 64 tuning images a 0.99 target would otherwise mean every image,
-    # and one borderline image flips under any quantization
-    target = settings.min_agreement - 1 / max(1, len(tuning))
     with progress_bar(f"{name}: rescue", settings.max_attempts) as bar:
         def report(attempt: Attempt) -> None:
             bar.advance()
+            p50 = "" if attempt.p50_ms is None else f", p50 {attempt.p50_ms:.2f} ms"
             status(f"  {len(attempt.keep_float)} layer(s) in float: tuning agreement "
-                   f"{attempt.agreement:.3f} ({attempt.seconds:.1f} s)")
+                   f"{attempt.agreement:.3f}, KL {attempt.kl:.2e}{p50}"
+                   f"{' — passes' if attempt.passed else ''} ({attempt.seconds:.1f} s)")
 
         return choose_candidate(export, score, ranking, baseline,
-                                max_attempts=settings.max_attempts,
-                                min_agreement=target, on_attempt=report)
+                                max_attempts=settings.max_attempts, min_agreement=target,
+                                timer=timer, baseline_p50_ms=base_p50, on_attempt=report)
