@@ -205,6 +205,25 @@ def test_choose_candidate_keeps_the_fastest_passing() -> None:
     assert out.attempts[1].to_json()["p50_ms"] == 14.9
 
 
+def test_a_candidate_left_without_quantized_ops_is_never_chosen() -> None:
+    """Float islands can swallow the whole graph (8 of 20 layers kept float left no QDQ node in
+    a real grey CNN on ONNX Runtime): such a candidate agrees perfectly, and must not pass."""
+    class Art:
+        def __init__(self, n: int) -> None:
+            self.quantization = {"quantized_ops": 0 if n >= 4 else 10 - n}
+
+    rows = [LayerError(n, "Conv", 1.0, 1.0 - i / 10) for i, n in enumerate("abcdefghi")]
+    scores = {1: Score(0.9, 0.0, 0.9), 2: Score(0.95, 0.0, 0.5), 4: Score(1.0, 0.0, 0.0)}
+    out = choose_candidate(lambda keep, i: Art(len(keep)),
+                           lambda art: scores[10 - art.quantization["quantized_ops"]
+                                              if art.quantization["quantized_ops"] else 4],
+                           rows, Score(0.8, 0.0, 1.0), max_attempts=5, min_agreement=0.99)
+    assert [a.float_only for a in out.attempts] == [False, False, True]
+    assert not out.attempts[2].passed and "every quantized op" in out.stopped
+    assert out.keep_float == ("a", "b")  # the best real INT8 candidate, not the float one
+    assert out.attempts[2].to_json()["float_only"] is True
+
+
 def test_mean_kl() -> None:
     ref = np.array([[2.0, 0.0, -1.0], [0.0, 1.0, 0.0]])
     assert mean_kl(ref, ref, "multiclass") == pytest.approx(0.0, abs=1e-12)
@@ -238,6 +257,18 @@ def test_sensitivity_finds_the_planted_layer(planted: Path, tinted: Path, tmp_pa
     rescued = backend.open(kept.path).run(x)
     assert np.mean(plain.argmax(1) == ref.argmax(1)) < 0.8
     assert np.mean(rescued.argmax(1) == ref.argmax(1)) >= 0.95
+    _assert_quantized_ops_counted(backend, source, calib, tmp_path, artifact, kept,
+                                  [r.name for r in ranked])
+
+
+def _assert_quantized_ops_counted(backend, source, calib, tmp_path: Path, plain, kept,
+                                  every: list[str]) -> None:
+    """An artifact says how many ops stay quantized; keeping every ranked layer in float leaves
+    none (the rescue refuses such a candidate: it is the fp32 model under an INT8 name)."""
+    assert plain.quantization["quantized_ops"] > kept.quantization["quantized_ops"] > 0
+    none = backend.export(ExportRequest(source, "int8", tmp_path / "all", "model-int8", calib,
+                                        QuantOptions(keep_float=tuple(every))))
+    assert none.quantization["quantized_ops"] == 0
 
 
 @pytest.mark.parametrize("backend_name", ["onnxruntime", "openvino", "litert"])
@@ -326,6 +357,8 @@ def test_litert_sensitivity_finds_the_planted_layer(planted_pt2: Path, tinted: P
     assert np.mean(plain.argmax(1) == ref.argmax(1)) < 0.8
     assert np.mean(rescued.argmax(1) == ref.argmax(1)) >= 0.95
     assert np.abs(rescued - ref).mean() < 0.5 * np.abs(plain - ref).mean()
+    _assert_quantized_ops_counted(backend, source, calib, tmp_path, artifact, kept,
+                                  [r.name for r in ranked])
 
 
 def test_litert_sensitivity_compares_after_batch_norm(tmp_path: Path) -> None:

@@ -236,6 +236,8 @@ class LiteRTBackend(QuietHooks):
                 raise _conversion_error(exc, loaded, request.precision) from exc
         path.write_bytes(bytes(content))
         details = _describe(path)
+        if request.precision == "int8":
+            quant = {**quant, "quantized_ops": details["quantized_ops"]}
         if request.precision == "int8" and request.options.int8_io:
             quant = {**quant, "input": details["input_q"], "output": details["output_q"]}
         notes = _notes(request, details) + notes
@@ -729,9 +731,15 @@ def _describe(path: Path) -> dict[str, Any]:
     inp = interp.get_input_details()[0]
     out = interp.get_output_details()[0]
     try:
-        ops = [d["op_name"] for d in interp._get_ops_details()]  # private but stable listing
-    except Exception:  # noqa: BLE001 - only used for notes
-        ops = []
+        details = interp._get_ops_details()  # private but stable listing
+    except Exception:  # noqa: BLE001 - only used for notes and the quantized-op count
+        details = []
+    ops = [d["op_name"] for d in details]
+    integer = {t["index"] for t in interp.get_tensor_details()
+               if np.dtype(t["dtype"]) in (np.int8, np.uint8)}
+    # ops that compute on integer tensors (not the (de)quantize ops at float boundaries)
+    quantized_ops = sum(1 for d in details if d["op_name"] not in ("QUANTIZE", "DEQUANTIZE")
+                        and any(i in integer for i in d["inputs"]))
 
     def qinfo(d: dict[str, Any]) -> dict[str, Any]:
         scale, zero_point = d["quantization"]
@@ -740,7 +748,7 @@ def _describe(path: Path) -> dict[str, Any]:
 
     return {"input_name": str(inp["name"]), "input_dtype": np.dtype(inp["dtype"]).name,
             "output_dtype": np.dtype(out["dtype"]).name, "input_q": qinfo(inp),
-            "output_q": qinfo(out), "ops": ops}
+            "output_q": qinfo(out), "ops": ops, "quantized_ops": quantized_ops}
 
 
 def _notes(request: ExportRequest, details: dict[str, Any]) -> list[str]:

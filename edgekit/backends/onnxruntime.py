@@ -77,6 +77,17 @@ _EXPORTED: weakref.WeakKeyDictionary[Any, tuple[tuple[Any, ...], bytes]] = (
     weakref.WeakKeyDictionary())
 
 
+def _quantized_ops(path: Path) -> int:
+    """Nodes of a QDQ graph that read a DequantizeLinear output (what ORT fuses into integer
+    kernels); 0 means every op stayed float."""
+    import onnx
+
+    graph = onnx.load(str(path), load_external_data=False).graph
+    dequantized = {out for n in graph.node if n.op_type == "DequantizeLinear" for out in n.output}
+    return sum(1 for n in graph.node if n.op_type not in ("QuantizeLinear", "DequantizeLinear")
+               and any(i in dequantized for i in n.input))
+
+
 def _weights_digest(module: Any) -> str:
     """sha256 of a module's parameters and buffers (names and bytes): a module changed in
     place (pruned, re-calibrated) is exported again."""
@@ -437,6 +448,7 @@ class OnnxRuntimeBackend(QuietHooks):
             "preprocess": preprocess,
             "excluded_nodes": sorted(excluded),
             "keep_float": list(request.options.keep_float),
+            "quantized_ops": _quantized_ops(out),
         }
 
     # ------------------------------------------------------------------------ sensitivity

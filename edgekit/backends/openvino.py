@@ -440,6 +440,9 @@ class OpenVINOBackend(QuietHooks):
             "ignored_types": list(self.ignored_types),
             "keep_float": keep,
             "excluded_nodes": sorted(names),  # NNCF IgnoredScope names: keep_float's islands
+            # NNCF's quantizers left in the graph: 0 means every op stayed float
+            "quantized_ops": sum(1 for op in quantized.get_ops()
+                                 if op.get_type_name() == "FakeQuantize"),
         }
 
     # ------------------------------------------------------------------------ sensitivity

@@ -21,7 +21,10 @@ The rule (``choose_candidate``):
   raise the best agreement so far, nor cut the best KL divergence so far by ``MIN_GAIN``: the next candidates add layers of lower
   sensitivity, which are not expected to do better;
 * when nothing passes, the candidate with the best agreement (then the lowest KL) is chosen if
-  it improves on the plain artifact; otherwise the plain artifact stays.
+  it improves on the plain artifact; otherwise the plain artifact stays;
+* a candidate whose float islands leave **no op quantized** (the backend's
+  ``quantization.quantized_ops`` is 0) is the fp32 model under an INT8 name: it never passes,
+  is never chosen, and ends the search.
 
 Every candidate is timed briefly (batch 1, ``WARMUP`` + ``RUNS`` calls, the median) so the
 record says what the float layers cost against the plain INT8 artifact.
@@ -75,6 +78,14 @@ def mean_kl(reference: np.ndarray, logits: np.ndarray, kind: str) -> float:
     return float(np.mean(kl))
 
 
+def quantized_ops(artifact: Any) -> int | None:
+    """How many ops of an INT8 artifact still run quantized (the backend's count in
+    ``quantization.quantized_ops``; None when it does not say). Keeping a layer in float also
+    keeps its neighbours' float islands, so a few layers can leave nothing quantized."""
+    value = (getattr(artifact, "quantization", None) or {}).get("quantized_ops")
+    return None if value is None else int(value)
+
+
 def p50_ms(call: Callable[[], Any], warmup: int = WARMUP, runs: int = RUNS) -> float:
     """The median of ``runs`` timed calls after ``warmup`` untimed ones, in milliseconds."""
     for _ in range(warmup):
@@ -99,13 +110,14 @@ class Attempt:
     kl: float = float("nan")
     passed: bool = False
     p50_ms: float | None = None
+    float_only: bool = False  # no quantized op left: the fp32 model under an INT8 name
 
     def to_json(self) -> dict[str, Any]:
         return {"keep_float": list(self.keep_float), "tuning_top1_agreement": self.agreement,
                 "tuning_mean_abs_logit_diff": self.mean_abs_logit_diff,
                 "tuning_mean_kl": _round(self.kl), "passed": self.passed,
                 "p50_ms": None if self.p50_ms is None else round(self.p50_ms, 3),
-                "export_seconds": round(self.seconds, 2)}
+                "export_seconds": round(self.seconds, 2), "float_only": self.float_only}
 
 
 def _round(x: float) -> float | None:
@@ -182,13 +194,20 @@ def choose_candidate(export: Callable[[tuple[str, ...], int], Any],
         artifact = export(keep, index)
         got = score(artifact)
         seconds = time.perf_counter() - t0
+        float_only = quantized_ops(artifact) == 0
         attempt = Attempt(keep, got.agreement, got.mean_abs_logit_diff, seconds, got.kl,
-                          passed=got.agreement >= min_agreement and improves(got),
-                          p50_ms=None if timer is None else timer(artifact))
+                          passed=(not float_only and got.agreement >= min_agreement
+                                  and improves(got)),
+                          p50_ms=None if timer is None else timer(artifact),
+                          float_only=float_only)
         outcome.attempts.append(attempt)
         outcome.artifacts.append(artifact)
         if on_attempt is not None:
             on_attempt(attempt)
+        if float_only:  # larger sets keep even more in float
+            outcome.stopped = ("the float islands of this candidate covered every quantized "
+                               "op: it is the fp32 model, not an INT8 artifact")
+            break
         if lookahead:
             outcome.stopped = "looked one candidate past the first passing one"
             break
@@ -220,7 +239,7 @@ def choose_candidate(export: Callable[[tuple[str, ...], int], Any],
         outcome.chosen = (fastest if p_first is not None and p_fast is not None
                           and p_fast < 0.97 * p_first else first)
         return outcome
-    improving = [i for i, a in enumerate(outcome.attempts) if improves(a)]
+    improving = [i for i, a in enumerate(outcome.attempts) if improves(a) and not a.float_only]
     if improving:
         outcome.chosen = max(improving, key=lambda i: (outcome.attempts[i].agreement,
                                                        -outcome.attempts[i].kl,
