@@ -60,3 +60,23 @@ def release_work_folder(work: Path, workdir: Path | None, keep: bool,
         shutil.rmtree(work, ignore_errors=True)
     else:
         say(f"work folder kept: {work}")
+
+
+def limit_per_class(ds, n: int):
+    """At most ``n`` images of each class of a ``Dataset`` (smoke runs), in its order."""
+    kept, seen = [], {}
+    for s in ds.samples:
+        if seen.get(s.target, 0) < n:
+            kept.append(s)
+            seen[s.target] = seen.get(s.target, 0) + 1
+    return ds.subset(kept)
+
+
+def symlink_folder(ds, dest: Path) -> Path:
+    """A class-per-folder view of ``ds`` (symlinks to its files): a folder that holds exactly
+    those images, e.g. the training side only, for compress to calibrate on."""
+    for s in ds.samples:
+        link = dest / ds.relative(s)
+        link.parent.mkdir(parents=True, exist_ok=True)
+        link.symlink_to(s.path.resolve())
+    return dest

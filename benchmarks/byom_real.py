@@ -50,12 +50,15 @@ import numpy as np  # noqa: E402
 from _common import (  # noqa: E402
     REPO,
     environment,
+    limit_per_class,
     real_data_dir,
     release_work_folder,
+    symlink_folder,
     work_folder,
     write_results,
 )
 from edgekit.data.folder import Dataset, scan, split_dataset  # noqa: E402
+from edgekit.quantize.rescue import p50_ms  # noqa: E402
 
 sys.path.insert(0, str(REPO / "examples"))
 from byom import (  # noqa: E402  (the third-party-style models of the README's example)
@@ -138,7 +141,9 @@ def artifact_rows(bundle: Path, source_file: Path, preprocess: Path, heldout: Da
         session = get_backend(a["backend"]).open(bundle / a["files"][0]["path"])
         out = np.concatenate([session.run(x[i:i + 64]) for i in range(0, len(x), 64)])
         pred = out.argmax(1)
-        v = a.get("verification") or {}
+        p50 = p50_ms(session.bind(x[:1]), warmup=10, runs=200)  # batch 1, this process
+        q = a.get("quantization") or {}
+        rescue = q.get("rescue") or {}
         rows.append({
             "backend": a["backend"], "precision": a["precision"], "status": a.get("status"),
             "held_out_accuracy": round(float((pred == y).mean()), 4),
@@ -148,7 +153,11 @@ def artifact_rows(bundle: Path, source_file: Path, preprocess: Path, heldout: Da
             "worst_class_drop_points": round(100 * max(
                 float((ref.argmax(1)[y == c] == c).mean() - (pred[y == c] == c).mean())
                 for c in np.unique(y)), 2),
-            "rescue": (v.get("rescue") or {}).get("keep_float"),
+            "p50_ms": round(p50, 4),
+            "rescue": {"keep_float": rescue.get("keep_float"),
+                       "first_decision": rescue.get("first_decision"),
+                       "outcome": rescue.get("outcome")} if rescue else None,
+            "quantized_ops": q.get("quantized_ops"),
             "input": a["input"], "n": int(len(y))})
     return rows
 
@@ -178,6 +187,15 @@ def compress_rows(file: Path, fmt: str, preprocess: Path, trainview: Path, heldo
 
 
 # --------------------------------------------------------------------------- report
+def rescued(row: dict) -> str:
+    r = row.get("rescue")
+    if not r:
+        return "–"
+    kept = r.get("keep_float") or []
+    return (f"{len(kept)} layer(s) float (was {r.get('first_decision')})" if kept
+            else f"tried, none kept (was {r.get('first_decision')})")
+
+
 def markdown(p: dict) -> str:
     env = p["environment"]
     md = ["# Bring your own model: third-party-style classifiers through edgekit (real data)", "",
@@ -200,14 +218,18 @@ def markdown(p: dict) -> str:
                       + f" | {'' if gap is None else f'{gap:+.2f}'} | "
                       + (f"{100 * u['accuracy']:.2f} %" if "accuracy" in u else u["error"]) + " |")
     md += ["", f"## Artifacts (held-out; fp32 criterion max |diff| ≤ {MAX_FP32_DIFF:g} vs the source)",
-           "", "| case | file | recipe | backend | exit | status | held-out top-1 | Δ vs source (pt) "
-           "| worst class Δ (pt) | top-1 agreement | max abs diff | compress s |",
-           "|---|---|---|---|---:|---|---:|---:|---:|---:|---:|---:|"]
+           "", "Δ columns are artifact minus source on the held-out images (a worst-class Δ is the "
+           "largest drop of one class's sensitivity); p50 is batch-1 latency measured here, one "
+           "process, after each other (compare rows of one case only); rescue: the layers the "
+           "INT8 rescue kept in float.", "",
+           "| case | file | recipe | backend | exit | status | held-out top-1 | Δ vs source (pt) "
+           "| worst class Δ (pt) | top-1 agreement | max abs diff | p50 ms | rescue | compress s |",
+           "|---|---|---|---|---:|---|---:|---:|---:|---:|---:|---:|---|---:|"]
     for c in p["cases"]:
         for r in c["artifacts"]:
             if "error" in r:
                 md.append(f"| {c['name']} | {r['format']} | {r['recipe']} | {r['backend']} | "
-                          f"{r['exit']} | **no bundle**: {r['error']} | | | | | | "
+                          f"{r['exit']} | **no bundle**: {r['error']} | | | | | | | | "
                           f"{r['compress_seconds']:.0f} |")
                 continue
             delta = 100 * (r["held_out_accuracy"] - r["source_accuracy"])
@@ -215,28 +237,15 @@ def markdown(p: dict) -> str:
                       f"{r['exit']} | {r['status']} | {100 * r['held_out_accuracy']:.2f} % | "
                       f"{delta:+.2f} | {r['worst_class_drop_points']:+.2f} | "
                       f"{r['top1_agreement']:.4f} | {r['max_abs_diff']:.2e} | "
-                      f"{r['compress_seconds']:.0f} |")
+                      f"{r['p50_ms']:.3f} | {rescued(r)} | {r['compress_seconds']:.0f} |")
     md += ["", f"**{'PASS' if p['passed'] else 'FAIL'}**" + ("" if p["passed"] else ": "
            + "; ".join(p["failures"]))]
     return "\n".join(md)
 
 
 # --------------------------------------------------------------------------- main
-def symlink_view(ds: Dataset, dest: Path) -> Path:
-    for s in ds.samples:
-        link = dest / ds.relative(s)
-        link.parent.mkdir(parents=True, exist_ok=True)
-        link.symlink_to(s.path.resolve())
-    return dest
 
 
-def limit_per_class(ds: Dataset, n: int) -> Dataset:
-    kept, seen = [], {}
-    for s in ds.samples:
-        if seen.get(s.target, 0) < n:
-            kept.append(s)
-            seen[s.target] = seen.get(s.target, 0) + 1
-    return ds.subset(kept)
 
 
 def main() -> None:
@@ -269,8 +278,8 @@ def main() -> None:
     split = split_dataset(dataset, val_fraction=0.2, seed=args.seed)
     summary = split.summary()
     say(f"split: {summary['train']} train / {summary['val']} held-out")
-    trainview = symlink_view(split.train, work / "train_view")
-    heldout_dir = symlink_view(split.val, work / "heldout")
+    trainview = symlink_folder(split.train, work / "train_view")
+    heldout_dir = symlink_folder(split.val, work / "heldout")
     heldout = scan(heldout_dir)  # the folder edgekit evaluate reads, in its own order
     y_heldout = np.array([s.target for s in heldout.samples], dtype=np.int64)
     classes = split.train.classes

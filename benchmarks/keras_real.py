@@ -39,8 +39,16 @@ os.environ.setdefault("KERAS_BACKEND", "tensorflow")
 
 import numpy as np  # noqa: E402
 
-from _common import environment, real_data_dir, release_work_folder, work_folder, write_results  # noqa: E402
-from edgekit.data.folder import Dataset, scan, split_dataset  # noqa: E402
+from _common import (
+    environment,
+    limit_per_class,
+    real_data_dir,
+    release_work_folder,
+    symlink_folder,  # noqa: E402
+    work_folder,
+    write_results,
+)
+from edgekit.data.folder import scan, split_dataset  # noqa: E402
 from edgekit.data.preprocess import PreprocessSpec  # noqa: E402
 from edgekit.evaluate import load_arrays  # noqa: E402
 
@@ -165,22 +173,8 @@ def compare_to_keras(y: np.ndarray, ref: np.ndarray, pred: np.ndarray) -> dict:
 
 
 # --------------------------------------------------------------------------- data
-def limit_per_class(ds: Dataset, n: int) -> Dataset:
-    kept, seen = [], {}
-    for s in ds.samples:
-        if seen.get(s.target, 0) < n:
-            kept.append(s)
-            seen[s.target] = seen.get(s.target, 0) + 1
-    return ds.subset(kept)
 
 
-def symlink_folder(train: Dataset, dest: Path) -> Path:
-    """A class-per-folder view of ``train`` (symlinks): what compress may calibrate on."""
-    for s in train.samples:
-        link = dest / train.relative(s)
-        link.parent.mkdir(parents=True, exist_ok=True)
-        link.symlink_to(s.path.resolve())
-    return dest
 
 
 # --------------------------------------------------------------------------- artifacts

@@ -32,8 +32,16 @@ from pathlib import Path
 
 import numpy as np
 
-from _common import environment, real_data_dir, release_work_folder, work_folder, write_results
-from edgekit.data.folder import Dataset, scan, split_dataset
+from _common import (
+    environment,
+    limit_per_class,
+    real_data_dir,
+    release_work_folder,
+    symlink_folder,
+    work_folder,
+    write_results,
+)
+from edgekit.data.folder import scan, split_dataset
 from edgekit.data.preprocess import PreprocessSpec
 from edgekit.evaluate import load_arrays, score
 
@@ -106,22 +114,8 @@ def train(x: np.ndarray, y: np.ndarray, args: argparse.Namespace):
     return model.eval(), history
 
 
-def symlink_folder(train: Dataset, dest: Path) -> Path:
-    for s in train.samples:
-        link = dest / train.relative(s)
-        link.parent.mkdir(parents=True, exist_ok=True)
-        link.symlink_to(s.path.resolve())
-    return dest
 
 
-def limit_per_class(ds: Dataset, n: int) -> Dataset:
-    seen: dict[int, int] = {}
-    kept = []
-    for s in ds.samples:
-        if seen.get(s.target, 0) < n:
-            kept.append(s)
-            seen[s.target] = seen.get(s.target, 0) + 1
-    return ds.subset(kept)
 
 
 def edgekit(*args: object) -> subprocess.CompletedProcess:
