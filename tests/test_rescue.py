@@ -301,7 +301,9 @@ def test_compress_rescues_the_planted_layer(planted: Path, planted_pt2: Path, ti
         assert first["passed"] and len(rescue["attempts"]) == 1  # one re-export
         assert rescue["stopped"] == "first passing candidate"
     # both timed, batch 1, and said in the record and in compress's output
-    assert rescue["p50_ms"] == rescue["attempts"][0]["p50_ms"] > 0
+    chosen = rescue["attempts"][rescue["chosen_attempt"] - 1]  # 1-based in the record
+    assert chosen["keep_float"] == rescue["keep_float"]
+    assert rescue["p50_ms"] == chosen["p50_ms"] > 0
     assert rescue["first_p50_ms"] > 0 and "plain INT8" in rescue["latency"]
     assert art["quantization"]["sensitivity_top10"][0]["name"].startswith(crushed)
     if backend_name == "litert":
