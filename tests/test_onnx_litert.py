@@ -165,6 +165,17 @@ def test_onnx_source_to_litert_fp32_parity_and_int8(name: str, models, nhwc, mri
     assert int8.path.stat().st_size < fp32.path.stat().st_size
     assert_int8_sound(logits, get_backend("litert").open(int8.path).run(batch))
     assert _transposes(int8.path)[0] == count
+    if name in ("grey", "torchscript"):  # the INT8 rescue's ranking and keep_float work on
+        # the PyTorch replay too (a crash here once turned a rescue into a traceback)
+        from edgekit.backends import ExportRequest, QuantOptions
+
+        calibration = _images(source, mri_phantoms, 8)[:, None]
+        request = ExportRequest(source, "int8", tmp_path / "s", "m", calibration, QuantOptions())
+        ranked = get_backend("litert").layer_sensitivity(request, int8.path, batch)
+        assert ranked and ranked[0].added >= ranked[-1].added
+        kept = export("litert", source, "int8", tmp_path / "k", "m", calibration,
+                      keep_float=(ranked[0].name,))
+        assert 0 < kept.quantization["quantized_ops"] < int8.quantization["quantized_ops"]
     if name == "nhwc":  # tf2onnx's Mul/Add after the depthwise conv (its BatchNorm) is folded
         ops = [d["op_name"] for d in Interpreter(model_path=str(int8.path))._get_ops_details()]
         assert "MUL" not in ops and "ADD" not in ops, ops

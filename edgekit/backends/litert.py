@@ -621,7 +621,8 @@ def _recorder(graph_module: Any, names: list[str], torch: Any
 
 
 def _sensitivity(request: ExportRequest, images: np.ndarray) -> list[LayerError]:
-    """``LiteRTBackend.layer_sensitivity`` for a PyTorch source (see there)."""
+    """``LiteRTBackend.layer_sensitivity`` for a PyTorch source, or the PyTorch replay of an
+    ONNX or TorchScript one (see there)."""
     loaded, opts = request.model, request.options
     with _quiet():
         _, torch = _import_converter()
@@ -631,7 +632,7 @@ def _sensitivity(request: ExportRequest, images: np.ndarray) -> list[LayerError]
         floats: list[Any] = []
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(opts.seed)
-            converted, _, _ = pt2e_quantize(loaded.module.eval(), sample, request.calibration,
+            converted, _, _ = pt2e_quantize(_torch_module(loaded), sample, request.calibration,
                                             method=opts.method, per_channel=opts.per_channel,
                                             keep_float=tuple(opts.keep_float),
                                             float_graph=floats)
