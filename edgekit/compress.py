@@ -413,9 +413,19 @@ def _rescue(backend: Any, name: str, loaded: Source, rec: Recipe, plan: DataPlan
 
     work = writer.tmp / "rescue" / backend.name
     try:
-        with contextlib.redirect_stdout(sys.stderr):
-            outcome = run_rescue(backend, request_for, artifact, work, x_t, tuning_agreement, name=name,
-                                 settings=rec.rescue, search=search)
+        try:
+            with contextlib.redirect_stdout(sys.stderr):
+                outcome = run_rescue(backend, request_for, artifact, work, x_t,
+                                     tuning_agreement, name=name, settings=rec.rescue,
+                                     search=search)
+        except Exception as exc:  # noqa: BLE001 - best effort: the plain INT8 artifact stands
+            why = f"{type(exc).__name__}: {str(exc).strip().splitlines()[0] if str(exc).strip() else ''}"
+            status(f"[red]{name}: the INT8 rescue failed ({why[:300]}); the plain INT8 artifact "
+                   "is kept as verified")
+            artifact.quantization = {**artifact.quantization, "rescue": {
+                "method": RESCUE_METHOD, "first_decision": verification.decision,
+                "outcome": f"rescue failed ({why[:300]}); plain INT8 kept", "keep_float": []}}
+            return artifact, verification, []
         sens = {"sensitivity_images": min(32, len(x_t)),
                 "sensitivity_top10": [r.to_json() for r in outcome.sensitivity[:10]]}
         if not search:

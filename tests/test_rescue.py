@@ -330,6 +330,26 @@ def test_rescue_recipe_key_turns_it_off(planted: Path, tinted: Path,
         compress(planted, data=tinted, out=tmp_path / "c", recipe=bad, **SMALL)
 
 
+def test_a_rescue_that_crashes_keeps_the_plain_artifact(planted: Path, tinted: Path,
+                                                        tmp_path: Path,
+                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    """The rescue is best effort: an error inside it leaves the verified plain INT8 artifact,
+    says why, and the gate decides the exit as without a rescue (no traceback)."""
+    backend = get_backend("onnxruntime")
+
+    def boom(*args, **kwargs):
+        raise RuntimeError("sensitivity exploded")
+
+    monkeypatch.setattr(type(backend), "layer_sensitivity", boom)
+    with pytest.raises(VerificationFailed):
+        compress(planted, data=tinted, out=tmp_path / "b", recipe="int8",
+                 backends=["onnxruntime"], **SMALL)
+    art = _quantization(tmp_path / "b")
+    assert art["verification"]["decision"] == "fail"
+    assert "rescue failed (RuntimeError: sensitivity exploded)" in art["quantization"]["rescue"][
+        "outcome"]
+
+
 def test_litert_sensitivity_finds_the_planted_layer(planted_pt2: Path, tinted: Path,
                                                     tmp_path: Path) -> None:
     """PT2E on LiteRT: the layer is named by its module path (a .pt2 carries none: the path
