@@ -298,8 +298,13 @@ def test_compress_rescues_the_planted_layer(planted: Path, planted_pt2: Path, ti
     assert first["tuning_mean_kl"] < 0.5 * rescue["first_tuning_mean_kl"]
     assert first["tuning_top1_agreement"] > rescue["first_tuning_agreement"] + 0.1
     if backend_name != "openvino":  # (NNCF's INT8 of the rest disagrees on ~3 tuning images)
-        assert first["passed"] and len(rescue["attempts"]) == 1  # one re-export
-        assert rescue["stopped"] == "first passing candidate"
+        # one re-export — or two when the first passing one timed > 10 % slower than plain
+        # INT8 (sub-millisecond timings of a tiny model on a shared machine can)
+        assert first["passed"] and len(rescue["attempts"]) <= 2
+        assert rescue["stopped"] in ("first passing candidate",
+                                     "looked one candidate past the first passing one")
+        if len(rescue["attempts"]) == 2:
+            assert first["p50_ms"] > 1.1 * rescue["first_p50_ms"]
     # both timed, batch 1, and said in the record and in compress's output
     chosen = rescue["attempts"][rescue["chosen_attempt"] - 1]  # 1-based in the record
     assert chosen["keep_float"] == rescue["keep_float"]
