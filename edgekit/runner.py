@@ -39,10 +39,13 @@ from edgekit.errors import BackendUnavailable, ConfigError, DataError, EdgekitEr
 from edgekit.manifest import ArtifactEntry, Head, Manifest
 
 _PREFERENCE = {"int8": 0, "fp16": 1, "fp32": 2}
+# a passing artifact first, then one its gate could not decide; a failed one only as a last resort
+_STATUS_RANK = {"passed": 0, "inconclusive-gate": 1}
 
 
 def choose_artifact(manifest: Manifest, name: str | None = None) -> ArtifactEntry:
-    """The named artifact, or the best installed one: passing, INT8 first, then fp16, fp32."""
+    """The named artifact, or the best installed one: passing, then inconclusive, then failed;
+    within each, INT8 first, then fp16, fp32."""
     arts = manifest.artifacts
     if not arts:  # load_manifest refuses such a file; a Manifest built in code may still be one
         raise DataError("this bundle has no artifacts (manifest.json lists none): "
@@ -58,7 +61,8 @@ def choose_artifact(manifest: Manifest, name: str | None = None) -> ArtifactEntr
         hints = {a.backend: get_backend(a.backend).available() for a in arts}
         raise BackendUnavailable("No runtime for any artifact in this bundle is installed: "
                                  + "; ".join(f"{b}: {h}" for b, h in hints.items()))
-    return min(usable, key=lambda a: (a.status != "passed", _PREFERENCE.get(a.precision, 9)))
+    return min(usable, key=lambda a: (_STATUS_RANK.get(a.status, 2),
+                                      _PREFERENCE.get(a.precision, 9)))
 
 
 class Runner:

@@ -343,6 +343,20 @@ def test_item14d_a_bundle_without_artifacts_says_so(tiny, image):
         choose_artifact(dataclasses.replace(manifest, artifacts=()))
 
 
+def test_item14d_the_runner_prefers_an_undecided_artifact_to_a_failed_one(tiny):
+    """passed < inconclusive-gate < failed-gate, whatever the order in the manifest (a failed
+    INT8 listed first was chosen over an inconclusive one)."""
+    manifest = Runner(tiny, open_session=False).manifest
+    art = manifest.artifacts[0]
+    arts = (dataclasses.replace(art, name="a-failed", status="failed-gate"),
+            dataclasses.replace(art, name="b-undecided", status="inconclusive-gate"))
+    chosen = choose_artifact(dataclasses.replace(manifest, artifacts=arts))
+    assert chosen.name == "b-undecided"
+    passed = dataclasses.replace(art, name="c-passed", status="passed")
+    chosen = choose_artifact(dataclasses.replace(manifest, artifacts=(*arts, passed)))
+    assert chosen.name == "c-passed"
+
+
 @pytest.mark.parametrize("value", ["-oProxyCommand=touch /tmp/pwned", "-J evil",
                                    "bastion -oProxyCommand=x", "user@host;touch x",
                                    "bastion,-oProxyCommand=x", "`touch x`@bastion"])
