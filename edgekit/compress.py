@@ -322,15 +322,16 @@ def _export_one(backend: Any, loaded: Source, rec: Recipe, plan: DataPlan,
     out_dir = writer.artifacts_dir / backend.name
     out_dir.mkdir(parents=True, exist_ok=True)
 
-    def request_for(keep_float: tuple[str, ...], where: Path, bar: Any = None) -> ExportRequest:
+    def request_for(keep_float: tuple[str, ...], where: Path,
+                    overrides: dict[str, Any] | None = None, bar: Any = None) -> ExportRequest:
         calib = (StreamedImages(plan.calibration, loaded.spec,
                                 progress=None if bar is None else bar.set)
                  if rec.needs_calibration else None)
         return ExportRequest(
             model=loaded, precision=rec.precision, out_dir=where, stem=f"model-{rec.precision}",
-            calibration=calib, options=QuantOptions(
+            calibration=calib, options=dataclasses.replace(QuantOptions(
                 method=rec.calibration.method, per_channel=rec.calibration.per_channel,
-                int8_io=rec.int8_io, seed=rec.seed, keep_float=keep_float))
+                int8_io=rec.int8_io, seed=rec.seed, keep_float=keep_float), **(overrides or {})))
 
     def verify(artifact: Artifact) -> Verification:
         session = backend.open(artifact.path)
@@ -350,7 +351,7 @@ def _export_one(backend: Any, loaded: Source, rec: Recipe, plan: DataPlan,
                       if rec.needs_calibration else None) as bar:
         # converters (NNCF, ORT calibrators) print progress on stdout: keep stdout for results
         with contextlib.redirect_stdout(sys.stderr):
-            artifact = backend.export(request_for((), out_dir, bar))
+            artifact = backend.export(request_for((), out_dir, bar=bar))
     seconds = time.perf_counter() - t0
     verification = verify(artifact)
     ranking: list[LayerError] = []
@@ -462,13 +463,16 @@ def _rescue(backend: Any, name: str, loaded: Source, rec: Recipe, plan: DataPlan
         chosen = dataclasses.replace(chosen, path=out_dir / chosen.path.name, files=files)
         rescued = verify(chosen)  # once, on the verification images: no selection on them
         picked = outcome.attempts[outcome.chosen]
+        what = f"{outcome.options} + " if outcome.options else ""
         latency = _latency_note(outcome.baseline_p50_ms, picked.p50_ms)
+        if outcome.options:
+            record["options"] = outcome.options
         record.update(keep_float=list(outcome.keep_float), chosen_attempt=outcome.chosen + 1,
                       p50_ms=_round_ms(picked.p50_ms), latency=latency,
-                      outcome=f"{len(outcome.keep_float)} layer(s) kept in float; "
+                      outcome=f"{what}{len(outcome.keep_float)} layer(s) kept in float; "
                               f"verification {verification.decision} → {rescued.decision}")
         chosen.quantization = {**chosen.quantization, **sens, "rescue": record}
-        status(f"{name}: rescued with {len(outcome.keep_float)} layer(s) kept in float "
+        status(f"{name}: rescued with {what}{len(outcome.keep_float)} layer(s) kept in float "
                f"({', '.join(outcome.keep_float)}): verification {verification.decision} → "
                f"{rescued.decision}; {latency}")
         if rescued.decision == "fail":

@@ -15,6 +15,7 @@ restores the model.
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import numpy as np
@@ -154,7 +155,7 @@ def _fake_search(scores: dict[int, tuple[float, float]], baseline: tuple[float, 
     """choose_candidate over nine ranked layers where a candidate keeping n layers in float
     scores ``scores[n]`` (agreement, KL) on the tuning images and runs in ``p50[n]`` ms."""
     rows = [LayerError(n, "Conv", 1.0, 1.0 - i / 10) for i, n in enumerate("abcdefghi")]
-    return choose_candidate(lambda keep, i: len(keep), lambda n: Score(scores[n][0], 0.0,
+    return choose_candidate(lambda keep, i, o: len(keep), lambda n: Score(scores[n][0], 0.0,
                                                                       scores[n][1]),
                             rows, Score(baseline[0], 0.0, baseline[1]), max_attempts=5,
                             min_agreement=0.99, timer=None if p50 is None else p50.get,
@@ -214,7 +215,7 @@ def test_a_candidate_left_without_quantized_ops_is_never_chosen() -> None:
 
     rows = [LayerError(n, "Conv", 1.0, 1.0 - i / 10) for i, n in enumerate("abcdefghi")]
     scores = {1: Score(0.9, 0.0, 0.9), 2: Score(0.95, 0.0, 0.5), 4: Score(1.0, 0.0, 0.0)}
-    out = choose_candidate(lambda keep, i: Art(len(keep)),
+    out = choose_candidate(lambda keep, i, o: Art(len(keep)),
                            lambda art: scores[10 - art.quantization["quantized_ops"]
                                               if art.quantization["quantized_ops"] else 4],
                            rows, Score(0.8, 0.0, 1.0), max_attempts=5, min_agreement=0.99)
@@ -222,6 +223,36 @@ def test_a_candidate_left_without_quantized_ops_is_never_chosen() -> None:
     assert not out.attempts[2].passed and "every quantized op" in out.stopped
     assert out.keep_float == ("a", "b")  # the best real INT8 candidate, not the float one
     assert out.attempts[2].to_json()["float_only"] is True
+
+
+def test_a_backend_option_is_tried_first_and_kept_when_it_helps() -> None:
+    """rescue_options (e.g. NNCF's full bias correction) are candidates with nothing kept in
+    float; one that improves on the plain artifact stays on for the keep-float candidates."""
+    rows = [LayerError(n, "Conv", 1.0, 1.0 - i / 10) for i, n in enumerate("abcdefghi")]
+    calls = []
+
+    def export(keep, i, overrides):
+        calls.append((keep, dict(overrides)))
+        return (len(keep), bool(overrides))
+
+    def score(art):  # the option halves the KL; two float layers on top of it reach the target
+        n, option = art
+        kl = (0.5 if option else 1.0) / (1 + n)
+        return Score(0.995 if option and n >= 2 else 0.9, 0.0, kl)
+
+    out = choose_candidate(export, score, rows, Score(0.9, 0.0, 1.0), max_attempts=5,
+                           min_agreement=0.99, remedies=[("full bias correction",
+                                                          {"fast_bias_correction": False})])
+    assert calls[0] == ((), {"fast_bias_correction": False})
+    assert all(o == {"fast_bias_correction": False} for _, o in calls[1:])  # kept on
+    assert out.keep_float == ("a", "b") and out.options == "full bias correction"
+    assert out.attempts[0].to_json()["options"] == "full bias correction"
+    # an option that does not help is not carried into the keep-float candidates
+    calls.clear()
+    out = choose_candidate(export, lambda art: Score(0.9, 0.0, 2.0 if art[1] else 1.0 / (1 + art[0])),
+                           rows, Score(0.9, 0.0, 1.0), max_attempts=5, min_agreement=0.99,
+                           remedies=[("worse", {"fast_bias_correction": False})])
+    assert all(o == {} for _, o in calls[1:]) and out.options == ""
 
 
 def test_mean_kl() -> None:
@@ -293,7 +324,11 @@ def test_compress_rescues_the_planted_layer(planted: Path, planted_pt2: Path, ti
     assert rescue["keep_float"][0].startswith(crushed)
     assert rescue["first_decision"] == "fail"
     assert rescue["method"].startswith("mixed precision")
-    first = rescue["attempts"][0]  # the planted layer alone
+    # OpenVINO first tries its quantizer option (full bias correction, nothing kept float)
+    tried = rescue["attempts"]
+    if backend_name == "openvino":
+        assert tried[0]["options"] == "full bias correction" and tried[0]["keep_float"] == []
+    first = next(a for a in tried if a["keep_float"])  # the planted layer alone
     assert first["keep_float"] == rescue["keep_float"][:1]
     assert first["tuning_mean_kl"] < 0.5 * rescue["first_tuning_mean_kl"]
     assert first["tuning_top1_agreement"] > rescue["first_tuning_agreement"] + 0.1
@@ -317,7 +352,7 @@ def test_compress_rescues_the_planted_layer(planted: Path, planted_pt2: Path, ti
         assert set(rescue["keep_float"]) <= set(art["quantization"]["excluded_nodes"])
     assert crushed in res.output  # --explain prints the ranked table
     assert "kept in float" in res.output and "ms for plain INT8" in res.output
-    assert "attempt 1: 1 in float" in res.output
+    assert re.search(r"attempt \d: (full bias correction \+ )?1 in float", res.output)
     assert "was rescued" in (tmp_path / "rescued" / "README.md").read_text()
 
 

@@ -201,8 +201,12 @@ class Backend(Runtime, Protocol):
 
 
 class QuietHooks:
-    """The answers of a backend with nothing to add: no source hint, no known ARM failure.
-    Plugins derive from it and override the hook they have something to say in."""
+    """The answers of a backend with nothing to add: no source hint, no known ARM failure, no
+    quantizer option for the INT8 rescue to try. Plugins derive from it and override the hook
+    they have something to say in."""
+
+    # (label, QuantOptions overrides) the INT8 rescue tries before keeping layers in float
+    rescue_options: tuple[tuple[str, dict[str, Any]], ...] = ()
 
     def source_hint(self, kind: str) -> str:
         return ""

@@ -136,14 +136,16 @@ def rescue_lines(result: Any, explain: bool) -> list[Any]:
     for a in result.artifacts:
         rescue = a.artifact.quantization.get("rescue")
         if rescue:
-            kept = rescue["keep_float"]
+            kept, option = rescue["keep_float"], rescue.get("options")
             lines.append(Text(
                 f"  {a.name}: rescue ({len(rescue['attempts'])} re-exports): "
-                + (f"{len(kept)} layer(s) kept in float: {', '.join(kept)}; gate "
+                + (f"{option + ' + ' if option else ''}{len(kept)} layer(s) kept in float"
+                   f"{': ' + ', '.join(kept) if kept else ''}; gate "
                    f"{rescue['first_decision']} → {a.verification.decision}; "
-                   f"{rescue.get('latency', 'latency not measured')}" if kept
-                   else "no candidate helped; plain INT8 kept")))
-            lines += [Text(f"    attempt {i}: {len(t['keep_float'])} in float, tuning agreement "
+                   f"{rescue.get('latency', 'latency not measured')}"
+                   if rescue.get("chosen_attempt") else "no candidate helped; plain INT8 kept")))
+            lines += [Text(f"    attempt {i}: {t['options'] + ' + ' if t.get('options') else ''}"
+                           f"{len(t['keep_float'])} in float, tuning agreement "
                            f"{t['tuning_top1_agreement']:.3f}, KL {t.get('tuning_mean_kl')}, "
                            f"p50 {t.get('p50_ms')} ms{' (passes)' if t.get('passed') else ''}")
                       for i, t in enumerate(rescue["attempts"], start=1)]

@@ -111,13 +111,15 @@ class Attempt:
     passed: bool = False
     p50_ms: float | None = None
     float_only: bool = False  # no quantized op left: the fp32 model under an INT8 name
+    options: str = ""  # a quantizer option of the backend's (``rescue_options``), if any
 
     def to_json(self) -> dict[str, Any]:
         return {"keep_float": list(self.keep_float), "tuning_top1_agreement": self.agreement,
                 "tuning_mean_abs_logit_diff": self.mean_abs_logit_diff,
                 "tuning_mean_kl": _round(self.kl), "passed": self.passed,
                 "p50_ms": None if self.p50_ms is None else round(self.p50_ms, 3),
-                "export_seconds": round(self.seconds, 2), "float_only": self.float_only}
+                "export_seconds": round(self.seconds, 2), "float_only": self.float_only,
+                **({"options": self.options} if self.options else {})}
 
 
 def _round(x: float) -> float | None:
@@ -148,6 +150,10 @@ class RescueOutcome:
     def keep_float(self) -> tuple[str, ...]:
         return () if self.chosen is None else self.attempts[self.chosen].keep_float
 
+    @property
+    def options(self) -> str:
+        return "" if self.chosen is None else self.attempts[self.chosen].options
+
 
 def candidate_sets(ranked: Sequence[str], max_attempts: int) -> list[tuple[str, ...]]:
     """The top 1, 2, 4, 8 … names, at most ``max_attempts`` sets; never all of them (unless
@@ -166,16 +172,19 @@ def candidate_sets(ranked: Sequence[str], max_attempts: int) -> list[tuple[str, 
     return sets
 
 
-def choose_candidate(export: Callable[[tuple[str, ...], int], Any],
+def choose_candidate(export: Callable[[tuple[str, ...], int, dict[str, Any]], Any],
                      score: Callable[[Any], Score],
                      sensitivity: list[LayerError], baseline: Score, *,
                      max_attempts: int, min_agreement: float,
                      timer: Callable[[Any], float | None] | None = None,
                      baseline_p50_ms: float | None = None,
-                     on_attempt: Callable[[Attempt], None] | None = None) -> RescueOutcome:
-    """Export candidates (``export(keep_float, index)``), score each on the tuning images
-    (``score(artifact)``; ``baseline``: the plain INT8 artifact's) and time it (``timer``:
-    batch-1 p50 in ms, or None), by the rule in the module docstring."""
+                     on_attempt: Callable[[Attempt], None] | None = None,
+                     remedies: Sequence[tuple[str, dict[str, Any]]] = ()) -> RescueOutcome:
+    """Export candidates (``export(keep_float, index, option_overrides)``), score each on the
+    tuning images (``score(artifact)``; ``baseline``: the plain INT8 artifact's) and time it
+    (``timer``: batch-1 p50 in ms, or None), by the rule in the module docstring.
+    ``remedies`` (label, QuantOptions overrides) are tried first with nothing kept in float;
+    the best one that improves on the plain artifact stays on for the keep-float candidates."""
     outcome = RescueOutcome(sensitivity, baseline.agreement, baseline.mean_abs_logit_diff,
                             baseline_kl=baseline.kl, baseline_p50_ms=baseline_p50_ms)
     agreement_decides = baseline.agreement < min_agreement
@@ -188,10 +197,16 @@ def choose_candidate(export: Callable[[tuple[str, ...], int], Any],
         return a.agreement >= baseline.agreement and a.kl <= 0.5 * baseline.kl
 
     best_kl, best_agree, stalled, lookahead = baseline.kl, baseline.agreement, 0, False
-    sets = candidate_sets([r.name for r in sensitivity], max_attempts)
+    remedies = list(remedies)[:max(0, max_attempts - 1)]  # leave a keep-float candidate
+    keep_sets = (candidate_sets([r.name for r in sensitivity], max_attempts - len(remedies))
+                 if sensitivity else [])
+    sets: list[tuple[str, ...]] = [()] * len(remedies) + keep_sets
+    remedy: tuple[str, dict[str, Any]] = ("", {})  # the option the keep-float candidates use
+    remedy_kl = baseline.kl
     for index, keep in enumerate(sets):
+        label, overrides = remedies[index] if index < len(remedies) else remedy
         t0 = time.perf_counter()
-        artifact = export(keep, index)
+        artifact = export(keep, index, dict(overrides))
         got = score(artifact)
         seconds = time.perf_counter() - t0
         float_only = quantized_ops(artifact) == 0
@@ -199,11 +214,13 @@ def choose_candidate(export: Callable[[tuple[str, ...], int], Any],
                           passed=(not float_only and got.agreement >= min_agreement
                                   and improves(got)),
                           p50_ms=None if timer is None else timer(artifact),
-                          float_only=float_only)
+                          float_only=float_only, options=label)
         outcome.attempts.append(attempt)
         outcome.artifacts.append(artifact)
         if on_attempt is not None:
             on_attempt(attempt)
+        if index < len(remedies) and improves(got) and got.kl < remedy_kl:
+            remedy, remedy_kl = remedies[index], got.kl
         if float_only:  # larger sets keep even more in float
             outcome.stopped = ("the float islands of this candidate covered every quantized "
                                "op: it is the fp32 model, not an INT8 artifact")
@@ -254,7 +271,8 @@ def run_rescue(backend: Any, request_for: Callable[[tuple[str, ...], Path], Any]
     """Rank ``artifact``'s layers (``backend.layer_sensitivity`` on ``sensitivity_images`` of
     the ``tuning`` batch, spread over it) and, when ``search``, look for a candidate
     (``choose_candidate``) within ``settings`` (the recipe's ``rescue``). Candidates are
-    exported into ``work_dir``; ``request_for(keep_float, out_dir)`` is the export request.
+    exported into ``work_dir``; ``request_for(keep_float, out_dir, overrides)`` is the export
+    request (``overrides``: QuantOptions fields of a ``backend.rescue_options`` remedy).
     Each candidate and the plain artifact are timed with the backend's own session (batch 1,
     one tuning image)."""
     step = max(1, len(tuning) // sensitivity_images)
@@ -266,7 +284,8 @@ def run_rescue(backend: Any, request_for: Callable[[tuple[str, ...], Path], Any]
     if not search:
         return RescueOutcome(ranking, baseline.agreement, baseline.mean_abs_logit_diff,
                              baseline_kl=baseline.kl)
-    if not ranking:
+    remedies = tuple(getattr(backend, "rescue_options", ()))
+    if not ranking and not remedies:
         status(f"{name}: no per-layer sensitivity for this source on {backend.name}: nothing to "
                "keep in float")
         return RescueOutcome(ranking, baseline.agreement, baseline.mean_abs_logit_diff,
@@ -290,17 +309,19 @@ def run_rescue(backend: Any, request_for: Callable[[tuple[str, ...], Path], Any]
               else "; it already reaches the agreement target, so a candidate must halve "
                    "its KL divergence") + ")")
 
-    def export(keep: tuple[str, ...], index: int) -> Any:
-        return backend.export(request_for(keep, work_dir / f"attempt-{index + 1}"))
+    def export(keep: tuple[str, ...], index: int, overrides: dict[str, Any]) -> Any:
+        return backend.export(request_for(keep, work_dir / f"attempt-{index + 1}", overrides))
 
     with progress_bar(f"{name}: rescue", settings.max_attempts) as bar:
         def report(attempt: Attempt) -> None:
             bar.advance()
             p50 = "" if attempt.p50_ms is None else f", p50 {attempt.p50_ms:.2f} ms"
-            status(f"  {len(attempt.keep_float)} layer(s) in float: tuning agreement "
+            what = f"{attempt.options} + " if attempt.options else ""
+            status(f"  {what}{len(attempt.keep_float)} layer(s) in float: tuning agreement "
                    f"{attempt.agreement:.3f}, KL {attempt.kl:.2e}{p50}"
                    f"{' — passes' if attempt.passed else ''} ({attempt.seconds:.1f} s)")
 
         return choose_candidate(export, score, ranking, baseline,
                                 max_attempts=settings.max_attempts, min_agreement=target,
-                                timer=timer, baseline_p50_ms=base_p50, on_attempt=report)
+                                timer=timer, baseline_p50_ms=base_p50, on_attempt=report,
+                                remedies=remedies)
