@@ -22,7 +22,7 @@ import numpy as np
 
 from edgekit import __version__, metrics
 from edgekit.backends import Artifact, ExportRequest, QuantOptions, require_backend
-from edgekit.backends.base import check_supported
+from edgekit.backends.base import check_supported, first_line
 from edgekit.bundle import BundleWriter, load_manifest, package_versions, sha256_path
 from edgekit.calibrate import DataPlan, StreamedImages, plan_data, stratified_sample
 from edgekit.data.folder import scan
@@ -50,7 +50,7 @@ from edgekit.outputs import refuse_inside_data
 from edgekit.prune.latency import for_latency
 from edgekit.prune.recover import prune_and_verify, save_pruned
 from edgekit.quantize.rescue import METHOD as RESCUE_METHOD
-from edgekit.quantize.rescue import Score, mean_kl, run_rescue
+from edgekit.quantize.rescue import Score, mean_kl, remedy_text, run_rescue
 from edgekit.quantize.sensitivity import LayerError
 from edgekit.recipes import Recipe, load_recipe, pruning_recipe
 from edgekit.sources import Source, load_model, reference_outputs
@@ -420,12 +420,12 @@ def _rescue(backend: Any, name: str, loaded: Source, rec: Recipe, plan: DataPlan
                                      tuning_agreement, name=name, settings=rec.rescue,
                                      search=search)
         except Exception as exc:  # noqa: BLE001 - best effort: the plain INT8 artifact stands
-            why = f"{type(exc).__name__}: {str(exc).strip().splitlines()[0] if str(exc).strip() else ''}"
-            status(f"[red]{name}: the INT8 rescue failed ({why[:300]}); the plain INT8 artifact "
+            why = first_line(exc, 300, typed=True)
+            status(f"[red]{name}: the INT8 rescue failed ({why}); the plain INT8 artifact "
                    "is kept as verified")
             artifact.quantization = {**artifact.quantization, "rescue": {
                 "method": RESCUE_METHOD, "first_decision": verification.decision,
-                "outcome": f"rescue failed ({why[:300]}); plain INT8 kept", "keep_float": []}}
+                "outcome": f"rescue failed ({why}); plain INT8 kept", "keep_float": []}}
             return artifact, verification, []
         sens = {"sensitivity_images": min(32, len(x_t)),
                 "sensitivity_top10": [r.to_json() for r in outcome.sensitivity[:10]]}
@@ -443,7 +443,7 @@ def _rescue(backend: Any, name: str, loaded: Source, rec: Recipe, plan: DataPlan
             "attempts": [a.to_json() for a in outcome.attempts], "keep_float": []}
         chosen = outcome.artifact
         if chosen is None:
-            unranked = not outcome.sensitivity  # e.g. a Keras source on litert
+            unranked = not outcome.attempts  # nothing to try, e.g. a Keras source on litert
             record["outcome"] = ("no per-layer sensitivity for this source on this backend; "
                                  "plain INT8 kept" if unranked else
                                  "no candidate agreed better with the source; plain INT8 kept")
@@ -463,16 +463,16 @@ def _rescue(backend: Any, name: str, loaded: Source, rec: Recipe, plan: DataPlan
         chosen = dataclasses.replace(chosen, path=out_dir / chosen.path.name, files=files)
         rescued = verify(chosen)  # once, on the verification images: no selection on them
         picked = outcome.attempts[outcome.chosen]
-        what = f"{outcome.options} + " if outcome.options else ""
+        what = remedy_text(outcome.options, outcome.keep_float)
         latency = _latency_note(outcome.baseline_p50_ms, picked.p50_ms)
         if outcome.options:
             record["options"] = outcome.options
         record.update(keep_float=list(outcome.keep_float), chosen_attempt=outcome.chosen + 1,
                       p50_ms=_round_ms(picked.p50_ms), latency=latency,
-                      outcome=f"{what}{len(outcome.keep_float)} layer(s) kept in float; "
+                      outcome=f"{what}; "
                               f"verification {verification.decision} → {rescued.decision}")
         chosen.quantization = {**chosen.quantization, **sens, "rescue": record}
-        status(f"{name}: rescued with {what}{len(outcome.keep_float)} layer(s) kept in float "
+        status(f"{name}: rescued with {what} "
                f"({', '.join(outcome.keep_float)}): verification {verification.decision} → "
                f"{rescued.decision}; {latency}")
         if rescued.decision == "fail":

@@ -19,6 +19,7 @@ from edgekit.cli.options import (
 )
 from edgekit.compress import CompressOptions, compress
 from edgekit.errors import VerificationFailed
+from edgekit.quantize.rescue import remedy_text
 from edgekit.quantize.sensitivity import format_table
 from edgekit.ui import out as stdout
 from edgekit.ui import status
@@ -139,8 +140,7 @@ def rescue_lines(result: Any, explain: bool) -> list[Any]:
             kept, option = rescue["keep_float"], rescue.get("options")
             lines.append(Text(
                 f"  {a.name}: rescue ({len(rescue['attempts'])} re-exports): "
-                + (f"{option + ' + ' if option else ''}{len(kept)} layer(s) kept in float"
-                   f"{': ' + ', '.join(kept) if kept else ''}; gate "
+                + (f"{remedy_text(option, kept)}{': ' + ', '.join(kept) if kept else ''}; gate "
                    f"{rescue['first_decision']} → {a.verification.decision}; "
                    f"{rescue.get('latency', 'latency not measured')}"
                    if rescue.get("chosen_attempt") else "no candidate helped; plain INT8 kept")))

@@ -78,6 +78,11 @@ def mean_kl(reference: np.ndarray, logits: np.ndarray, kind: str) -> float:
     return float(np.mean(kl))
 
 
+def remedy_text(options: str | None, keep_float: Sequence[str]) -> str:
+    """What a candidate did, for messages: "full bias correction + 2 layer(s) kept in float"."""
+    return f"{options + ' + ' if options else ''}{len(keep_float)} layer(s) kept in float"
+
+
 def quantized_ops(artifact: Any) -> int | None:
     """How many ops of an INT8 artifact still run quantized (the backend's count in
     ``quantization.quantized_ops``; None when it does not say). Keeping a layer in float also
@@ -316,8 +321,7 @@ def run_rescue(backend: Any, request_for: Callable[[tuple[str, ...], Path], Any]
         def report(attempt: Attempt) -> None:
             bar.advance()
             p50 = "" if attempt.p50_ms is None else f", p50 {attempt.p50_ms:.2f} ms"
-            what = f"{attempt.options} + " if attempt.options else ""
-            status(f"  {what}{len(attempt.keep_float)} layer(s) in float: tuning agreement "
+            status(f"  {remedy_text(attempt.options, attempt.keep_float)}: tuning agreement "
                    f"{attempt.agreement:.3f}, KL {attempt.kl:.2e}{p50}"
                    f"{' — passes' if attempt.passed else ''} ({attempt.seconds:.1f} s)")
 
