@@ -13,6 +13,7 @@ not used: it downloads sample data for calibration).
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar
@@ -53,15 +54,24 @@ class OnnxSource(Source):
     def torch_module(self) -> Any:
         """The graph as a PyTorch module for the batch-1 input shape (built once per source;
         ``edgekit.sources.onnx_torch``); an ExportError names an operator it cannot translate."""
-        cached = self.__dict__.get("_torch_module")
-        if cached is None:
+        def graph() -> Any:
             import onnx
 
-            from edgekit.sources.onnx_torch import onnx_to_torch
+            return onnx.load(str(self.path))
 
-            cached = onnx_to_torch(onnx.load(str(self.path)), self.spec.input_shape(1))
-            object.__setattr__(self, "_torch_module", cached)
-        return cached
+        return replayed(self, graph)
+
+
+def replayed(source: Source, graph: Callable[[], Any]) -> Any:
+    """``source``'s ONNX graph (``graph()``, a ModelProto) replayed as a PyTorch module for its
+    batch-1 input shape (``edgekit.sources.onnx_torch``), built once per source."""
+    cached = source.__dict__.get("_torch_module")
+    if cached is None:
+        from edgekit.sources.onnx_torch import onnx_to_torch
+
+        cached = onnx_to_torch(graph(), source.spec.input_shape(1))
+        object.__setattr__(source, "_torch_module", cached)
+    return cached
 
 
 def final_activation(graph: Any) -> str | None:

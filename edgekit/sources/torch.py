@@ -34,6 +34,7 @@ from edgekit.prune.engine import apply_plan
 from edgekit.prune.graph import PROGRAM_METADATA
 from edgekit.sources.base import Source, default_head, require_file, shaped_spec
 from edgekit.sources.declared import DeclaredPreprocess, resolve_spec
+from edgekit.sources.onnx import replayed
 from edgekit.zoo import create_model, list_models, model_config
 
 
@@ -80,22 +81,18 @@ class TorchScriptSource(TorchSource):
         torch.export graph): the archive exported to ONNX with PyTorch's TorchScript exporter,
         then replayed with PyTorch ops (``edgekit.sources.onnx_torch``). Built once per source;
         an ExportError names an operator that cannot be translated."""
-        cached = self.__dict__.get("_torch_module")
-        if cached is None:
+        def graph() -> Any:
             import onnx
             import torch
 
-            from edgekit.sources.onnx_torch import onnx_to_torch
-
-            shape = self.spec.input_shape(1)
             buffer = io.BytesIO()
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")  # the legacy exporter's deprecation notice
-                torch.onnx.export(self.module.eval(), (torch.zeros(shape),), buffer,
-                                  dynamo=False, opset_version=17)
-            cached = onnx_to_torch(onnx.load_from_string(buffer.getvalue()), shape)
-            object.__setattr__(self, "_torch_module", cached)
-        return cached
+                torch.onnx.export(self.module.eval(), (torch.zeros(self.spec.input_shape(1)),),
+                                  buffer, dynamo=False, opset_version=17)
+            return onnx.load_from_string(buffer.getvalue())
+
+        return replayed(self, graph)
 
 
 def from_zoo(name: str, *, input_size: int | None, num_classes: int | None) -> TorchSource:
