@@ -355,15 +355,19 @@ def _export_one(backend: Any, loaded: Source, rec: Recipe, plan: DataPlan,
     seconds = time.perf_counter() - t0
     verification = verify(artifact)
     ranking: list[LayerError] = []
-    search = rec.rescue.enabled and _misses_gate(verification)
+    missed = rec.rescue.enabled and _misses_gate(verification)
+    explain = opts is not None and opts.explain
     if rec.precision == "int8" and hasattr(backend, "layer_sensitivity") and (
-            search or (opts is not None and opts.explain)):
+            rec.rescue.enabled or explain):
         _report(name, artifact, verification)
+        # a missed gate always searches; a met one only when the tuning agreement says the
+        # artifact is measurably off the source (decided in run_rescue)
+        search = True if missed else (None if rec.rescue.enabled else False)
         artifact, verification, ranking = _rescue(backend, name, loaded, rec, plan, writer,
                                                   out_dir, request_for, verify, artifact,
-                                                  verification, search)
+                                                  verification, search, explain)
         seconds = time.perf_counter() - t0
-    elif rec.precision == "int8" and search:
+    elif rec.precision == "int8" and missed:
         status(f"[yellow]{name}:[/] no per-layer rescue for {backend.name} yet; the fallback is "
                f"this backend's fp32 artifact (edgekit compress … --recipe fp32 --backend "
                f"{backend.name})")
@@ -391,8 +395,8 @@ def _misses_gate(verification: Verification) -> bool:
 
 def _rescue(backend: Any, name: str, loaded: Source, rec: Recipe, plan: DataPlan,
             writer: BundleWriter, out_dir: Path, request_for: Any, verify: Any,
-            artifact: Artifact, verification: Verification, search: bool
-            ) -> tuple[Artifact, Verification, list[LayerError]]:
+            artifact: Artifact, verification: Verification, search: bool | None,
+            explain: bool) -> tuple[Artifact, Verification, list[LayerError]]:
     """Rank the INT8 artifact's layers and, when ``search``, look for a candidate with the most
     sensitive ones kept in float (``edgekit.quantize.rescue``), chosen on calibration-side
     tuning images; the chosen one is verified ONCE and replaces the artifact in the bundle.
@@ -418,7 +422,7 @@ def _rescue(backend: Any, name: str, loaded: Source, rec: Recipe, plan: DataPlan
             with contextlib.redirect_stdout(sys.stderr):
                 outcome = run_rescue(backend, request_for, artifact, work, x_t,
                                      tuning_agreement, name=name, settings=rec.rescue,
-                                     search=search)
+                                     search=search, rank=explain)
         except Exception as exc:  # noqa: BLE001 - best effort: the plain INT8 artifact stands
             why = first_line(exc, 300, typed=True)
             status(f"[red]{name}: the INT8 rescue failed ({why}); the plain INT8 artifact "
@@ -429,11 +433,14 @@ def _rescue(backend: Any, name: str, loaded: Source, rec: Recipe, plan: DataPlan
             return artifact, verification, []
         sens = {"sensitivity_images": min(32, len(x_t)),
                 "sensitivity_top10": [r.to_json() for r in outcome.sensitivity[:10]]}
-        if not search:
-            artifact.quantization = {**artifact.quantization, **sens}
+        if not outcome.searched:
+            if explain:
+                artifact.quantization = {**artifact.quantization, **sens}
             return artifact, verification, outcome.sensitivity
         record: dict[str, Any] = {
             "method": RESCUE_METHOD, "first_decision": verification.decision,
+            "trigger": ("the verification gate" if search else
+                        "tuning agreement below min_agreement (gate met)"),
             "first_top1_agreement": verification.top1_agreement,
             "tuning_images": len(x_t), "first_tuning_agreement": outcome.baseline_agreement,
             "first_tuning_mean_abs_logit_diff": outcome.baseline_logit_diff,

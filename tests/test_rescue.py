@@ -370,6 +370,24 @@ def test_rescue_recipe_key_turns_it_off(planted: Path, tinted: Path,
         compress(planted, data=tinted, out=tmp_path / "c", recipe=bad, **SMALL)
 
 
+def test_a_met_gate_still_rescues_an_artifact_measurably_off_the_source(
+        planted: Path, tinted: Path, tmp_path: Path) -> None:
+    """A gate loose enough to pass the crushed INT8 artifact does not end the story: its
+    agreement with the source on the tuning images misses ``min_agreement``, so the rescue
+    runs anyway and keeps the planted layer in float (the record says what triggered it)."""
+    recipe = tmp_path / "loose.yaml"
+    recipe.write_text("name: loose\nprecision: int8\nbackends: [onnxruntime]\n"
+                      "gate: {max_top1_drop: 100, max_sensitivity_drop: 100}\n")
+    compress(planted, data=tinted, out=tmp_path / "b", recipe=recipe, **SMALL)
+    art = _quantization(tmp_path / "b")
+    rescue = art["quantization"]["rescue"]
+    assert rescue["first_decision"] == "pass"
+    assert rescue["trigger"].startswith("tuning agreement")
+    assert rescue["first_tuning_agreement"] < 0.9
+    assert rescue["keep_float"][0].startswith(CRUSHED)
+    assert art["verification"]["top1_agreement"] >= 0.95
+
+
 def test_a_rescue_that_crashes_keeps_the_plain_artifact(planted: Path, tinted: Path,
                                                         tmp_path: Path,
                                                         monkeypatch: pytest.MonkeyPatch) -> None:

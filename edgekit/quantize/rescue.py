@@ -146,6 +146,7 @@ class RescueOutcome:
     baseline_kl: float = float("nan")
     baseline_p50_ms: float | None = None
     stopped: str = ""
+    searched: bool = True  # False: the layers were only ranked (or not even that)
 
     @property
     def artifact(self) -> Any | None:
@@ -271,24 +272,40 @@ def choose_candidate(export: Callable[[tuple[str, ...], int, dict[str, Any]], An
 
 def run_rescue(backend: Any, request_for: Callable[[tuple[str, ...], Path], Any], artifact: Any,
                work_dir: Path, tuning: np.ndarray, score: Callable[[Any], Score],
-               *, name: str, settings: Any, search: bool, sensitivity_images: int = 32
-               ) -> RescueOutcome:
+               *, name: str, settings: Any, search: bool | None, rank: bool = True,
+               sensitivity_images: int = 32) -> RescueOutcome:
     """Rank ``artifact``'s layers (``backend.layer_sensitivity`` on ``sensitivity_images`` of
     the ``tuning`` batch, spread over it) and, when ``search``, look for a candidate
-    (``choose_candidate``) within ``settings`` (the recipe's ``rescue``). Candidates are
+    (``choose_candidate``) within ``settings`` (the recipe's ``rescue``). ``search=None``
+    (the artifact passed its gate) searches only when its tuning agreement misses the target
+    (``min_agreement`` less one image): within the gate's limits but measurably further from
+    the source than a good INT8 artifact is; without a search the layers are ranked only when
+    ``rank``. Candidates are
     exported into ``work_dir``; ``request_for(keep_float, out_dir, overrides)`` is the export
     request (``overrides``: QuantOptions fields of a ``backend.rescue_options`` remedy).
     Each candidate and the plain artifact are timed with the backend's own session (batch 1,
     one tuning image)."""
+    baseline = score(artifact)
+    # one image of slack: on 64 tuning images a 0.99 target would otherwise mean every image,
+    # and one borderline image flips under any quantization
+    target = settings.min_agreement - 1 / max(1, len(tuning))
+    if search is None:  # the gate passed: search when the artifact is measurably off the source
+        search = baseline.agreement < target
+        if search:
+            status(f"{name}: within its gate, but on {len(tuning)} calibration-side images it "
+                   f"agrees with the source on {baseline.agreement:.3f} of them (target "
+                   f"{target:.3f}): looking for a closer INT8 artifact")
+        elif not rank:
+            return RescueOutcome([], baseline.agreement, baseline.mean_abs_logit_diff,
+                                 baseline_kl=baseline.kl, searched=False)
     step = max(1, len(tuning) // sensitivity_images)
     sample = tuning[::step][:sensitivity_images]
     status(f"{name}: per-layer sensitivity on {len(sample)} calibration-side images")
     ranking = backend.layer_sensitivity(request_for((), work_dir / "unused"), artifact.path,
                                         sample)
-    baseline = score(artifact)
     if not search:
         return RescueOutcome(ranking, baseline.agreement, baseline.mean_abs_logit_diff,
-                             baseline_kl=baseline.kl)
+                             baseline_kl=baseline.kl, searched=False)
     remedies = tuple(getattr(backend, "rescue_options", ()))
     if not ranking and not remedies:
         status(f"{name}: no per-layer sensitivity for this source on {backend.name}: nothing to "
@@ -303,9 +320,6 @@ def run_rescue(backend: Any, request_for: Callable[[tuple[str, ...], Path], Any]
             return None
 
     base_p50 = timer(artifact)
-    # one image of slack: on 64 tuning images a 0.99 target would otherwise mean every image,
-    # and one borderline image flips under any quantization
-    target = settings.min_agreement - 1 / max(1, len(tuning))
     status(f"{name}: rescue — keeping the most sensitive layers in float (at most "
            f"{settings.max_attempts} re-exports; plain INT8 on {len(tuning)} calibration-side "
            f"images: agreement {baseline.agreement:.3f}, KL {baseline.kl:.2e}"
