@@ -264,6 +264,8 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--workdir", type=Path, default=None)
     ap.add_argument("--keep", action="store_true", help="keep the temporary work folder")
+    ap.add_argument("--name", default=None,
+                    help="results file stem [byom_real; byom_real_smoke with --limit]")
     args = ap.parse_args()
 
     data = real_data_dir()
@@ -271,7 +273,7 @@ def main() -> None:
         sys.exit("real data not found: set EDGEKIT_DATA_DIR or put it at ../shared/data")
     work = work_folder(args.workdir, "byom_real_")
     work.mkdir(parents=True, exist_ok=True)
-    name = "byom_real" + ("_smoke" if args.limit else "")
+    name = args.name or "byom_real" + ("_smoke" if args.limit else "")
     dataset = scan(data)
     if args.limit:
         dataset = limit_per_class(dataset, args.limit)

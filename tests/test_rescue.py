@@ -151,7 +151,8 @@ def test_rescue_runs_on_a_fail_or_a_drop_beyond_the_limit() -> None:
 
 
 def _fake_search(scores: dict[int, tuple[float, float]], baseline: tuple[float, float],
-                 p50: dict[int, float] | None = None, base_p50: float | None = None):
+                 p50: dict[int, float] | None = None, base_p50: float | None = None,
+                 tie: float = 0.0):
     """choose_candidate over nine ranked layers where a candidate keeping n layers in float
     scores ``scores[n]`` (agreement, KL) on the tuning images and runs in ``p50[n]`` ms."""
     rows = [LayerError(n, "Conv", 1.0, 1.0 - i / 10) for i, n in enumerate("abcdefghi")]
@@ -159,7 +160,7 @@ def _fake_search(scores: dict[int, tuple[float, float]], baseline: tuple[float, 
                                                                       scores[n][1]),
                             rows, Score(baseline[0], 0.0, baseline[1]), max_attempts=5,
                             min_agreement=0.99, timer=None if p50 is None else p50.get,
-                            baseline_p50_ms=base_p50)
+                            baseline_p50_ms=base_p50, tie=tie)
 
 
 def test_choose_candidate_needs_evidence_of_improvement() -> None:
@@ -185,10 +186,21 @@ def test_choose_candidate_needs_evidence_of_improvement() -> None:
                        (0.8, 1.0))
     assert len(out.attempts) == 4 and out.stopped == "candidates exhausted"
     assert out.keep_float == tuple("abcdefgh")
-    # none reaches the target: the best agreement (then lowest KL) is chosen if it improves
+    # none reaches the target: the best agreement is chosen if it improves; an equal
+    # agreement is not worth two more float layers for a lower KL
     out = _fake_search({1: (0.85, 1.0), 2: (0.9, 0.5), 4: (0.9, 0.4), 8: (0.7, 0.1)},
                        (0.8, 1.0))
-    assert out.keep_float == tuple("abcd")
+    assert out.keep_float == tuple("ab")
+    # one tuning image more agreement is a tie too: the faster candidate is kept (eight float
+    # layers for +1 of 100 images, 30 % slower, are not worth it) ...
+    scores = {1: (0.85, 1.0), 2: (0.95, 0.5), 4: (0.955, 0.45), 8: (0.96, 0.4)}
+    out = _fake_search(scores, (0.8, 1.0), {1: 10.0, 2: 10.5, 4: 11.0, 8: 13.0}, 10.0,
+                       tie=0.01)
+    assert out.keep_float == tuple("ab")
+    # ... but more than one image is real progress
+    out = _fake_search(scores, (0.8, 1.0), {1: 10.0, 2: 10.5, 4: 11.0, 8: 13.0}, 10.0,
+                       tie=0.001)
+    assert out.keep_float == tuple("abcdefgh")
 
 
 def test_choose_candidate_keeps_the_fastest_passing() -> None:

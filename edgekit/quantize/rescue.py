@@ -20,8 +20,10 @@ The rule (``choose_candidate``):
 * it also stops **early** after ``STALL_LIMIT`` candidates in a row that neither pass, nor
   raise the best agreement so far, nor cut the best KL divergence so far by ``MIN_GAIN``: the next candidates add layers of lower
   sensitivity, which are not expected to do better;
-* when nothing passes, the candidate with the best agreement (then the lowest KL) is chosen if
-  it improves on the plain artifact; otherwise the plain artifact stays;
+* when nothing passes, the candidate with the best agreement is chosen if it improves on the
+  plain artifact — among those within one tuning image of that agreement, the fastest (then
+  the fewest float layers): one image is not worth more float layers; otherwise the plain
+  artifact stays;
 * a candidate whose float islands leave **no op quantized** (the backend's
   ``quantization.quantized_ops`` is 0) is the fp32 model under an INT8 name: it never passes,
   is never chosen, and ends the search.
@@ -185,12 +187,14 @@ def choose_candidate(export: Callable[[tuple[str, ...], int, dict[str, Any]], An
                      timer: Callable[[Any], float | None] | None = None,
                      baseline_p50_ms: float | None = None,
                      on_attempt: Callable[[Attempt], None] | None = None,
-                     remedies: Sequence[tuple[str, dict[str, Any]]] = ()) -> RescueOutcome:
+                     remedies: Sequence[tuple[str, dict[str, Any]]] = (),
+                     tie: float = 0.0) -> RescueOutcome:
     """Export candidates (``export(keep_float, index, option_overrides)``), score each on the
     tuning images (``score(artifact)``; ``baseline``: the plain INT8 artifact's) and time it
     (``timer``: batch-1 p50 in ms, or None), by the rule in the module docstring.
     ``remedies`` (label, QuantOptions overrides) are tried first with nothing kept in float;
-    the best one that improves on the plain artifact stays on for the keep-float candidates."""
+    the best one that improves on the plain artifact stays on for the keep-float candidates.
+    ``tie``: agreements this close (one tuning image) count as equal when nothing passes."""
     outcome = RescueOutcome(sensitivity, baseline.agreement, baseline.mean_abs_logit_diff,
                             baseline_kl=baseline.kl, baseline_p50_ms=baseline_p50_ms)
     agreement_decides = baseline.agreement < min_agreement
@@ -264,9 +268,16 @@ def choose_candidate(export: Callable[[tuple[str, ...], int, dict[str, Any]], An
         return outcome
     improving = [i for i, a in enumerate(outcome.attempts) if improves(a) and not a.float_only]
     if improving:
-        outcome.chosen = max(improving, key=lambda i: (outcome.attempts[i].agreement,
-                                                       -outcome.attempts[i].kl,
-                                                       -len(outcome.attempts[i].keep_float)))
+        # the best agreement, but one tuning image (``tie``) is not worth more float layers:
+        # among the candidates that close, the fastest (then the fewest float layers)
+        best = max(outcome.attempts[i].agreement for i in improving)
+        near = [i for i in improving if outcome.attempts[i].agreement >= best - tie - 1e-12]
+
+        def cost(i: int) -> tuple[float, int, float]:
+            a = outcome.attempts[i]
+            return (float("inf") if a.p50_ms is None else a.p50_ms, len(a.keep_float), a.kl)
+        timed = all(outcome.attempts[i].p50_ms is not None for i in near)
+        outcome.chosen = min(near, key=cost if timed else lambda i: cost(i)[1:])
     return outcome
 
 
@@ -342,4 +353,4 @@ def run_rescue(backend: Any, request_for: Callable[[tuple[str, ...], Path], Any]
         return choose_candidate(export, score, ranking, baseline,
                                 max_attempts=settings.max_attempts, min_agreement=target,
                                 timer=timer, baseline_p50_ms=base_p50, on_attempt=report,
-                                remedies=remedies)
+                                remedies=remedies, tie=1 / max(1, len(tuning)))
