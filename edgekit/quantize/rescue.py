@@ -300,13 +300,17 @@ def run_rescue(backend: Any, request_for: Callable[[tuple[str, ...], Path], Any]
     # one image of slack: on 64 tuning images a 0.99 target would otherwise mean every image,
     # and one borderline image flips under any quantization
     target = settings.min_agreement - 1 / max(1, len(tuning))
-    if search is None:  # the gate passed: search when the artifact is measurably off the source
+    if search is None:  # gate not missed: search when the artifact is measurably off the source
         search = baseline.agreement < target
         if search:
             status(f"{name}: within its gate, but on {len(tuning)} calibration-side images it "
                    f"agrees with the source on {baseline.agreement:.3f} of them (target "
                    f"{target:.3f}): looking for a closer INT8 artifact")
-        elif not rank:
+        else:
+            status(f"{name}: agrees with the source on {baseline.agreement:.3f} of "
+                   f"{len(tuning)} calibration-side images (target {target:.3f}): no rescue "
+                   "needed")
+        if not search and not rank:
             return RescueOutcome([], baseline.agreement, baseline.mean_abs_logit_diff,
                                  baseline_kl=baseline.kl, searched=False)
     step = max(1, len(tuning) // sensitivity_images)
