@@ -20,6 +20,7 @@ from typing import Any, ClassVar
 
 import numpy as np
 
+from edgekit.backends.onnxruntime import NAME as ORT_NAME
 from edgekit.errors import BackendUnavailable, DataError
 from edgekit.sources.base import Source, default_head, require_file, shaped_spec
 from edgekit.sources.declared import DeclaredPreprocess
@@ -33,7 +34,7 @@ class OnnxSource(Source):
     """An ONNX graph on disk."""
 
     kind: ClassVar[str] = "onnx"
-    runtime: ClassVar[str] = "onnxruntime"
+    runtime: ClassVar[str] = ORT_NAME
     runtime_label: ClassVar[str] = "ONNX Runtime"
 
     path: Path
