@@ -30,7 +30,14 @@ from edgekit.compress import _misses_gate, compress
 from edgekit.data.folder import scan
 from edgekit.data.preprocess import PreprocessSpec
 from edgekit.errors import ConfigError, VerificationFailed
-from edgekit.quantize.rescue import Score, candidate_sets, choose_candidate, mean_kl
+from edgekit.quantize.rescue import (
+    Score,
+    binomial_tail,
+    candidate_sets,
+    choose_candidate,
+    mean_kl,
+    measurably_below,
+)
 from edgekit.quantize.sensitivity import LayerError, format_table, rank
 from edgekit.sources import load_model
 from edgekit.verify import Check, Verification
@@ -265,6 +272,16 @@ def test_a_backend_option_is_tried_first_and_kept_when_it_helps() -> None:
                            rows, Score(0.9, 0.0, 1.0), max_attempts=5, min_agreement=0.99,
                            remedies=[("worse", {"fast_bias_correction": False})])
     assert all(o == {} for _, o in calls[1:]) and out.options == ""
+
+
+def test_a_met_gate_searches_only_when_the_agreement_is_clearly_low() -> None:
+    """4 disagreements of 256 is what a 0.99 artifact shows one time in four (a real
+    MobileNetV2 on LiteRT: a 16-minute search that found nothing); 6 is clear evidence."""
+    assert binomial_tail(6, 256, 0.01) == pytest.approx(0.0453, abs=1e-4)  # scipy binom.sf(5)
+    assert binomial_tail(0, 10, 0.5) == 1.0 and binomial_tail(3, 10, 0.0) == 0.0
+    assert not measurably_below(252 / 256, 256, 0.99)
+    assert measurably_below(250 / 256, 256, 0.99)
+    assert measurably_below(0.8, 32, 0.99) and not measurably_below(31 / 32, 32, 0.99)
 
 
 def test_mean_kl() -> None:

@@ -34,6 +34,7 @@ record says what the float layers cost against the plain INT8 artifact.
 
 from __future__ import annotations
 
+import math
 import statistics
 import time
 from collections.abc import Callable, Sequence
@@ -50,6 +51,7 @@ METHOD = "mixed precision: the most sensitive layers kept in float"
 LOOKAHEAD_SLOWDOWN = 1.10  # a passing candidate this much slower than plain INT8: try one more
 MIN_GAIN = 0.10  # a candidate must cut the best KL so far by this fraction to count as progress
 STALL_LIMIT = 2  # candidates in a row without progress end the search
+TRIGGER_ALPHA = 0.05  # a met gate searches only when the tuning agreement is this clearly low
 WARMUP, RUNS = 3, 20  # the brief latency measurement of each candidate (batch 1)
 
 
@@ -78,6 +80,28 @@ def mean_kl(reference: np.ndarray, logits: np.ndarray, kind: str) -> float:
     log_p0, log_q0 = -np.logaddexp(0, ref), -np.logaddexp(0, out)
     kl = np.exp(log_p1) * (log_p1 - log_q1) + np.exp(log_p0) * (log_p0 - log_q0)
     return float(np.mean(kl))
+
+
+def binomial_tail(k: int, n: int, p: float) -> float:
+    """P(X ≥ k) for X ~ Binomial(n, p)."""
+    if k <= 0:
+        return 1.0
+    if p <= 0:
+        return 0.0
+    logs = [math.lgamma(n + 1) - math.lgamma(i + 1) - math.lgamma(n - i + 1)
+            + i * math.log(p) + (n - i) * math.log1p(-p) for i in range(k, n + 1)]
+    top = max(logs)
+    return min(1.0, math.exp(top) * sum(math.exp(v - top) for v in logs))
+
+
+def measurably_below(agreement: float, n: int, min_agreement: float,
+                     alpha: float = TRIGGER_ALPHA) -> bool:
+    """Whether ``agreement`` on ``n`` images shows the artifact's true agreement is below
+    ``min_agreement``: the one-sided binomial test of its disagreements against the rate
+    ``1 − min_agreement`` allows, at level ``alpha``. On 256 images and 0.99 that takes 6
+    disagreements (0.977); 4 (0.984) is what a 0.99 artifact shows one time in four."""
+    disagreements = round((1 - agreement) * n)
+    return binomial_tail(disagreements, n, 1 - min_agreement) < alpha
 
 
 def remedy_text(options: str | None, keep_float: Sequence[str]) -> str:
@@ -288,9 +312,9 @@ def run_rescue(backend: Any, request_for: Callable[[tuple[str, ...], Path], Any]
     """Rank ``artifact``'s layers (``backend.layer_sensitivity`` on ``sensitivity_images`` of
     the ``tuning`` batch, spread over it) and, when ``search``, look for a candidate
     (``choose_candidate``) within ``settings`` (the recipe's ``rescue``). ``search=None``
-    (the artifact passed its gate) searches only when its tuning agreement misses the target
-    (``min_agreement`` less one image): within the gate's limits but measurably further from
-    the source than a good INT8 artifact is; without a search the layers are ranked only when
+    (the artifact did not miss its gate) searches only when its tuning agreement is
+    measurably below ``min_agreement`` (``measurably_below``): within the gate's limits but
+    further from the source than a good INT8 artifact is; without a search the layers are ranked only when
     ``rank``. Candidates are
     exported into ``work_dir``; ``request_for(keep_float, out_dir, overrides)`` is the export
     request (``overrides``: QuantOptions fields of a ``backend.rescue_options`` remedy).
@@ -301,15 +325,16 @@ def run_rescue(backend: Any, request_for: Callable[[tuple[str, ...], Path], Any]
     # and one borderline image flips under any quantization
     target = settings.min_agreement - 1 / max(1, len(tuning))
     if search is None:  # gate not missed: search when the artifact is measurably off the source
-        search = baseline.agreement < target
+        search = measurably_below(baseline.agreement, len(tuning), settings.min_agreement)
         if search:
             status(f"{name}: within its gate, but on {len(tuning)} calibration-side images it "
-                   f"agrees with the source on {baseline.agreement:.3f} of them (target "
-                   f"{target:.3f}): looking for a closer INT8 artifact")
+                   f"agrees with the source on {baseline.agreement:.3f} of them: clearly below "
+                   f"{settings.min_agreement:g} (binomial test, p < {TRIGGER_ALPHA:g}); looking "
+                   "for a closer INT8 artifact")
         else:
             status(f"{name}: agrees with the source on {baseline.agreement:.3f} of "
-                   f"{len(tuning)} calibration-side images (target {target:.3f}): no rescue "
-                   "needed")
+                   f"{len(tuning)} calibration-side images (not clearly below "
+                   f"{settings.min_agreement:g}): no rescue needed")
         if not search and not rank:
             return RescueOutcome([], baseline.agreement, baseline.mean_abs_logit_diff,
                                  baseline_kl=baseline.kl, searched=False)
