@@ -27,6 +27,7 @@ import numpy as np
 
 from edgekit import __version__
 from edgekit.bench import hostinfo
+from edgekit.bench.cluster import ClusterEvaluator
 from edgekit.bench.emulated import EmulatedExecutor, check_bundle
 from edgekit.bench.executor import Executor
 from edgekit.bench.local import LocalExecutor, RunFailed
@@ -87,6 +88,8 @@ class BenchOptions:
     emulate: bool = False  # output parity of every artifact under QEMU (aarch64 targets)
     predict: bool = True  # add the latency model's predictions
     emulate_images: int = 16  # images for the emulated parity check
+    cluster: str | None = None  # classify the evaluation images on Ray: auto | ray://H:P | H:P
+    shard_size: int | None = None  # images per Ray task (else about 4 shards per cluster CPU)
 
 
 @dataclass
@@ -320,15 +323,25 @@ def bench(bundles: list[str | Path], options: BenchOptions | None = None, *,
     tgt = load_target(opts.target)
     if opts.threads and any(t < 1 for t in opts.threads):
         raise ConfigError(f"--threads must be >= 1, got {opts.threads}")
+    if opts.cluster and opts.data is None and not opts.held_out:
+        raise ConfigError("--cluster shards the evaluation images: give --data DIR (or "
+                          "--held-out)")
     notes: list[str] = []
     given = executor
-    executor, measured_by = _executor(tgt, opts.host, executor, notes)
     t_start = time.perf_counter()
+    cluster = ClusterEvaluator(opts.cluster, opts.shard_size) if opts.cluster else None
+    executor = None
     try:
-        return _bench(bundles, opts, tgt, executor, measured_by, notes, t_start)
+        if cluster is not None:
+            status(f"Connecting to {cluster.label} ...")
+            cluster.connect()  # a bad address fails here, before anything is measured
+        executor, measured_by = _executor(tgt, opts.host, given, notes)
+        return _bench(bundles, opts, tgt, executor, measured_by, notes, t_start, cluster)
     finally:  # the executors bench made (an SSH connection, its remote folder); not a caller's
         if executor is not None and executor is not given:
             executor.close()
+        if cluster is not None:
+            cluster.close()
 
 
 def _executor(tgt: Any, host: str | None, executor: Executor | None,
@@ -367,7 +380,8 @@ def _executor(tgt: Any, host: str | None, executor: Executor | None,
 
 
 def _bench(bundles: list[str | Path], opts: BenchOptions, tgt: Any, executor: Executor | None,
-           measured_by: str | None, notes: list[str], t_start: float) -> BenchRun:
+           measured_by: str | None, notes: list[str], t_start: float,
+           cluster: ClusterEvaluator | None = None) -> BenchRun:
     local = measured_by == "local"
     env0 = executor.environment() if executor is not None else None
     cores = (env0 or {}).get("cpu", {}).get("logical_cores") if executor is not None else None
@@ -420,9 +434,13 @@ def _bench(bundles: list[str | Path], opts: BenchOptions, tgt: Any, executor: Ex
         per_bundle, source_ids = _records(infos, opts.source and local)
         artifacts = [rec for records in per_bundle for rec in records]
         reference = None
-        scorer = executor or LocalExecutor()
+        scorer = cluster or executor or LocalExecutor()
         if ev is not None:
-            if executor is None:
+            if cluster is not None:
+                notes.append(f"the artifacts classified the evaluation images on {cluster.label} "
+                             "(shards of consecutive images, merged in order); metrics and "
+                             "CIs were computed once on the merged outputs")
+            elif executor is None:
                 notes.append("accuracy was computed on this machine (no board was reached): the "
                              "artifacts are the ones the board would run, on this machine's runtimes")
             reference = _score_all(infos, per_bundle, artifacts, source_ids, ev, scorer,
@@ -450,7 +468,8 @@ def _bench(bundles: list[str | Path], opts: BenchOptions, tgt: Any, executor: Ex
                                                     if opts.max_images else ""),
                 class_names=list(ev.class_names), skipped=ev.skipped),
             reference=reference, notes=notes, artifacts=artifacts, rows=rows,
-            predicted=predicted, emulated=emulated)
+            predicted=predicted, emulated=emulated,
+            **({} if cluster is None else {"cluster": cluster.info.to_json()}))
         data = _finite(results.to_dict())  # what results.json holds
         written = _write_run(run_dir, data, write_report)
         return BenchRun(run_dir, as_results(data), written)

@@ -1,0 +1,140 @@
+"""Sharded evaluation on a REAL local Ray cluster (head + 2 worker nodes on 127.0.0.1):
+the merged logits equal the single-machine runner's exactly, also when a worker process is
+killed mid-run, and the metrics of a sharded bench equal those of a plain one."""
+
+from __future__ import annotations
+
+import os
+import signal
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+pytest.importorskip("ray", reason="pip install 'edgekit[cluster]'")
+pytest.importorskip("torch", reason="pip install 'edgekit[torch]'")
+
+from edgekit.bench.cluster import DELAY_ENV, MARKS_ENV, ClusterEvaluator, plan_shards  # noqa: E402
+from edgekit.bench.local import LocalExecutor  # noqa: E402
+from edgekit.bench.protocol import Protocol  # noqa: E402
+
+ART = "onnxruntime-fp32"
+
+
+@pytest.fixture(scope="module")
+def ray_cluster():
+    """A head node with no CPU (it schedules nothing) and two 1-CPU worker nodes, each its own
+    raylet and worker processes; the tests connect to it by address, as a user would."""
+    from ray.cluster_utils import Cluster
+
+    cluster = Cluster(initialize_head=True, head_node_args={
+        "num_cpus": 0, "object_store_memory": 80 * 2**20, "include_dashboard": False})
+    for _ in range(2):
+        cluster.add_node(num_cpus=1, object_store_memory=80 * 2**20)
+    cluster.wait_for_nodes()
+    yield cluster
+    cluster.shutdown()
+
+
+@pytest.fixture(scope="module")
+def images(mri_phantoms: Path) -> list[Path]:
+    found = sorted(mri_phantoms.glob("*/*.jpg"))
+    assert len(found) == 128
+    return found
+
+
+@pytest.fixture(scope="module")
+def single(fp32_bundle: Path, images: list[Path]) -> np.ndarray:
+    """What `edgekit bench` computes without --cluster: the runner in one subprocess."""
+    return LocalExecutor().logits(fp32_bundle, ART, images)
+
+
+def test_shards_cover_every_image_once() -> None:
+    for n, cpus, size in [(128, 2, None), (7, 16, None), (1000, 3, 333), (1, 1, 5)]:
+        shards = plan_shards(n, cpus, size)
+        assert [i for s in shards for i in s] == list(range(n))
+    assert len(plan_shards(128, 2)) == 8  # about 4 shards per CPU, >= 8 images each
+
+
+def test_sharded_logits_equal_single_machine_even_when_a_worker_is_killed(
+        ray_cluster, fp32_bundle: Path, images: list[Path], single: np.ndarray,
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    marks = tmp_path / "marks"
+    marks.mkdir()
+    monkeypatch.setenv(DELAY_ENV, "0.6")  # each shard sleeps before it classifies
+    monkeypatch.setenv(MARKS_ENV, str(marks))
+    killed: list[tuple[int, int]] = []
+
+    def kill_first_worker() -> None:  # SIGKILL the worker running the first shard to start
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            found = sorted(marks.iterdir(), key=lambda p: p.stat().st_mtime_ns)
+            if found:
+                index, pid = map(int, found[0].name.split("."))
+                os.kill(pid, signal.SIGKILL)
+                killed.append((index, pid))
+                return
+            time.sleep(0.02)
+
+    killer = threading.Thread(target=kill_first_worker)
+    killer.start()
+    with ClusterEvaluator(ray_cluster.address, shard_size=16) as ev:
+        assert ev.info.nodes == 3 and ev.info.cpus == 2
+        sharded = ev.logits(fp32_bundle, ART, images)
+    killer.join()
+    assert killed, "no shard started"
+    index, pid = killed[0]
+    runs = [p.name for p in marks.iterdir() if p.name.startswith(f"{index}.")]
+    assert len(runs) >= 2 and f"{index}.{pid}" in runs  # the killed shard ran again elsewhere
+    assert sharded.dtype == single.dtype and sharded.shape == (len(images), 4)
+    assert np.array_equal(sharded, single)  # no image lost, none counted twice, same bits
+    assert ev.info.shards == {f"{fp32_bundle.name}/{ART}": 8}
+
+
+def test_sharded_bench_has_the_single_machine_metrics(ray_cluster, fp32_bundle: Path,
+                                                      mri_phantoms: Path, tmp_path: Path) -> None:
+    from edgekit.bench import bench
+
+    proto = Protocol(warmup_iters=1, warmup_seconds=0.0, iters=2, min_seconds=0.0, trials=1)
+    common = dict(data=mri_phantoms, threads=[1], protocol=proto, source=False, predict=False)
+    plain = bench([fp32_bundle], out=tmp_path / "plain", **common).results
+    sharded = bench([fp32_bundle], out=tmp_path / "sharded", cluster=ray_cluster.address,
+                    shard_size=20, **common).results
+    acc = {a.id: a.accuracy for a in plain.artifacts}
+    assert acc and all(v is not None for v in acc.values())
+    assert {a.id: a.accuracy for a in sharded.artifacts} == acc  # CIs included, bit for bit
+    info = sharded.cluster
+    assert info["engine"] == "ray" and info["cpus"] == 2 and info["shard_size"] == 20
+    assert info["shards"] == {f"{fp32_bundle.name}/{ART}": 7}  # 128 images
+    assert plain.cluster is None and "cluster" not in plain.to_dict()
+
+
+def test_cluster_usage_errors_exit_2(cli, fp32_bundle: Path, mri_phantoms: Path,
+                                     tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import socket
+
+    with socket.socket() as s:  # a port nothing listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    common = ("--data", mri_phantoms, "--out", tmp_path, "--no-source", "--no-predict")
+    res = cli("bench", fp32_bundle, *common, "--cluster", f"127.0.0.1:{port}", code=2)
+    assert f"--cluster 127.0.0.1:{port}: nothing answers there" in res.stderr
+    res = cli("bench", fp32_bundle, *common, "--cluster", "ray://nowhere", code=2)
+    assert "ray://HOST:PORT" in res.stderr
+    res = cli("bench", fp32_bundle, "--out", tmp_path, "--cluster", "auto", code=2)
+    assert "--cluster shards the evaluation images: give --data" in res.stderr
+    monkeypatch.setitem(__import__("sys").modules, "ray", None)  # as if not installed
+    res = cli("bench", fp32_bundle, *common, "--cluster", "auto", code=2)
+    assert "pip install 'edgekit[cluster]'" in res.stderr
+    assert not any(tmp_path.iterdir())  # nothing measured, nothing written
+
+
+def test_the_device_runner_never_imports_ray() -> None:
+    import subprocess
+    import sys
+
+    code = ("import sys, edgekit.runner, edgekit.bench.run; "
+            "sys.exit('ray' in sys.modules)")
+    assert subprocess.run([sys.executable, "-c", code], check=False).returncode == 0
