@@ -7,8 +7,11 @@ from pathlib import Path
 
 import click
 
+from edgekit import ui
+from edgekit.bench.fleet import bench_fleet, is_fleet_file
 from edgekit.bench.run import BenchOptions, bench
 from edgekit.cli.display import print_summary, report_of
+from edgekit.errors import EdgekitError
 from edgekit.ui import status
 
 
@@ -16,7 +19,8 @@ from edgekit.ui import status
 @click.argument("bundles", nargs=-1, required=True,
                 type=click.Path(file_okay=False, path_type=Path))
 @click.option("--target", default="x86-local", show_default=True,
-              help="Built-in target (see `edgekit targets list`) or a target YAML file.")
+              help="Built-in target (see `edgekit targets list`), a target YAML file, or a "
+                   "fleet YAML file (boards: [...]) whose boards are all benched in parallel.")
 @click.option("--data", type=click.Path(path_type=Path), default=None,
               help="Labelled evaluation images (class folders; CT: DICOM + labels.csv) the "
                    "model never trained on. Without it, accuracy is the bundle's own "
@@ -92,6 +96,7 @@ def command(bundles: tuple[Path, ...], target: str, data: Path | None,
       edgekit bench model-int8/ --target rpi4 --host pi@10.0.0.7
       edgekit bench model-int8/ --target rpi4 --emulate        # + ARM output parity
       edgekit bench model-int8/ --data Testing/ --cluster auto # shards on a local Ray
+      edgekit bench model-int8/ --target ward.yaml             # every board of a fleet
     """
     try:
         cpus = [int(c) for c in pin.split(",")] if pin else None
@@ -104,6 +109,16 @@ def command(bundles: tuple[Path, ...], target: str, data: Path | None,
                            seed=seed, on_error=on_error, pin=cpus, held_out=held_out,
                            host=host, emulate=emulate, emulate_images=emulate_images,
                            predict=not no_predict, cluster=cluster, shard_size=shard_size)
+    if is_fleet_file(target):
+        fleet = bench_fleet(list(bundles), target, options)
+        if as_json:
+            click.echo(json.dumps(fleet.summary, indent=1))
+        else:
+            ui.out.print((fleet.fleet_dir / "fleet.md").read_text(), markup=False)
+            status(f"Fleet folder: {fleet.fleet_dir} (fleet.md; one run folder per board)")
+        if not fleet.runs or all(b["status"] != "measured" for b in fleet.summary["boards"]):
+            raise EdgekitError(f"no board of the fleet was measured (see {fleet.fleet_dir})")
+        return
     run = bench(list(bundles), options)  # SIGTERM behaves like Ctrl-C (edgekit.interrupts)
     report = report_of(run)
     if as_json:
