@@ -94,20 +94,28 @@ def test_sharded_logits_equal_single_machine_even_when_a_worker_is_killed(
 
 
 def test_sharded_bench_has_the_single_machine_metrics(ray_cluster, fp32_bundle: Path,
-                                                      mri_phantoms: Path, tmp_path: Path) -> None:
+                                                      mri_copy: Path, tmp_path: Path) -> None:
+    """The same images kept (the readability check runs on the cluster too: one corrupt file
+    skipped by both), the same accuracy, CIs included."""
     from edgekit.bench import bench
 
+    broken = sorted(mri_copy.glob("glioma/*.jpg"))[5]
+    broken.write_bytes(b"not a jpeg")
     proto = Protocol(warmup_iters=1, warmup_seconds=0.0, iters=2, min_seconds=0.0, trials=1)
-    common = dict(data=mri_phantoms, threads=[1], protocol=proto, source=False, predict=False)
-    plain = bench([fp32_bundle], out=tmp_path / "plain", **common).results
-    sharded = bench([fp32_bundle], out=tmp_path / "sharded", cluster=ray_cluster.address,
-                    shard_size=20, **common).results
+    common = dict(data=mri_copy, threads=[1], protocol=proto, source=False, predict=False)
+    with pytest.warns(UserWarning, match=broken.name):
+        plain = bench([fp32_bundle], out=tmp_path / "plain", **common).results
+    with pytest.warns(UserWarning, match=broken.name):
+        sharded = bench([fp32_bundle], out=tmp_path / "sharded", cluster=ray_cluster.address,
+                        shard_size=20, **common).results
+    assert plain.data.skipped == sharded.data.skipped == [str(broken)]
+    assert plain.data.n == sharded.data.n == 127
     acc = {a.id: a.accuracy for a in plain.artifacts}
     assert acc and all(v is not None for v in acc.values())
     assert {a.id: a.accuracy for a in sharded.artifacts} == acc  # CIs included, bit for bit
     info = sharded.cluster
     assert info["engine"] == "ray" and info["cpus"] == 2 and info["shard_size"] == 20
-    assert info["shards"] == {f"{fp32_bundle.name}/{ART}": 7}  # 128 images
+    assert info["shards"] == {f"{fp32_bundle.name}/{ART}": 7}  # 127 images
     assert plain.cluster is None and "cluster" not in plain.to_dict()
 
 

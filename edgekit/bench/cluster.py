@@ -26,7 +26,8 @@ import math
 import os
 import socket
 import time
-from collections.abc import Sequence
+import warnings
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -35,6 +36,7 @@ import numpy as np
 
 from edgekit.bench.executor import Executor, RunFailed
 from edgekit.bundle import sha256_file
+from edgekit.data.preprocess import PreprocessSpec, small_images_warning
 from edgekit.errors import ConfigError, DataError, EdgekitError
 from edgekit.runner import Runner
 from edgekit.ui import progress_bar
@@ -99,6 +101,21 @@ def classify_shard(index: int, bundle: str, artifact: str, paths: list[str],
     if runner is None:
         runner = _RUNNERS[key] = Runner(bundle, artifact, threads=1, options=options)
     return index, runner.outputs(paths)
+
+
+def check_shard(index: int, paths: list[str], spec: PreprocessSpec,
+                hooks: dict[str, Any]) -> tuple[int, list[tuple[int, str]], list[str]]:
+    """One shard of the readability check, on a Ray worker: (index, [(position in the shard,
+    why the image cannot be read)], images far below the input size) — what
+    ``edgekit.calibrate.check_readable`` does on one machine."""
+    bad: list[tuple[int, str]] = []
+    small: list[Path] = []
+    for i, p in enumerate(paths):
+        try:
+            spec.load(p, small)
+        except DataError as exc:
+            bad.append((i, str(exc)))
+    return index, bad, [str(p) for p in small]
 
 
 # ------------------------------------------------------------------------------ the driver
@@ -202,41 +219,81 @@ class ClusterEvaluator(Executor):
                options: dict[str, Any] | None = None) -> np.ndarray:
         """The artifact's raw outputs for ``images`` (rows in order), shard by shard on the
         cluster; a RunFailed naming the shard when one fails for good."""
-        self.connect()
-        ray = self._ray
         paths = [str(p) for p in images]
-        shards = plan_shards(len(paths), self.info.cpus, self.shard_size)
+        shards = self._plan(len(paths))
         self.info.shards[f"{Path(bundle).name}/{artifact}"] = len(shards)
-        hooks = {"delay": os.environ.get(DELAY_ENV), "marks": os.environ.get(MARKS_ENV)}
-        task = ray.remote(num_cpus=1, max_retries=MAX_RETRIES,
-                          retry_exceptions=[OSError])(classify_shard)
         sha = sha256_file(Path(bundle) / "manifest.json")
-        bundle_ref = str(Path(bundle).resolve())
-        pending = {task.remote(i, bundle_ref, artifact, paths[s.start:s.stop], options, sha,
-                               hooks): i for i, s in enumerate(shards)}
-        slots: list[np.ndarray | None] = [None] * len(shards)
-        try:
-            with progress_bar(f"{Path(bundle).name}/{artifact}: {len(shards)} shards on "
-                              f"{self.info.cpus} Ray CPUs", len(shards)) as bar:
-                while pending:
-                    done, _ = ray.wait(list(pending), num_returns=1)
-                    for ref in done:
-                        i = pending.pop(ref)
-                        index, out = self._get(ref, i, shards[i])
-                        if index != i or slots[i] is not None:  # cannot happen: one value a ref
-                            raise RunFailed(f"shard {i} answered twice or for shard {index}")
-                        slots[i] = out
-                        bar.advance()
-        finally:
-            for ref in pending:  # a failed shard or Ctrl-C: the rest are not wanted
-                ray.cancel(ref, force=True)
-        merged = np.concatenate([s for s in slots if s is not None and s.size] or
+        where = str(Path(bundle).resolve())
+        answers = self._map(
+            classify_shard,
+            [(i, where, artifact, paths[s.start:s.stop], options, sha, self._hooks())
+             for i, s in enumerate(shards)],
+            shards, f"{Path(bundle).name}/{artifact}: {len(shards)} shards on "
+                    f"{self.info.cpus} Ray CPUs")
+        merged = np.concatenate([a for a in answers if a.size] or
                                 [np.zeros((0, 0), np.float32)])
         if len(merged) != len(paths):
             raise RunFailed(f"the shards returned {len(merged)} rows for {len(paths)} images")
         return merged
 
-    def _get(self, ref: Any, i: int, shard: range) -> tuple[int, np.ndarray]:
+    def check_readable(self, samples: list[Any], spec: PreprocessSpec, on_error: str,
+                       what: str) -> tuple[list[Any], list[str]]:
+        """``edgekit.calibrate.check_readable`` on the cluster: every image decoded once, in
+        shards; the same kept samples (same order) and skipped paths, the same warnings."""
+        paths = [str(s.path) for s in samples]
+        shards = self._plan(len(paths))
+        answers = self._map(check_shard, [(i, paths[s.start:s.stop], spec, self._hooks())
+                                          for i, s in enumerate(shards)],
+                            shards, f"Checking {len(paths)} {what} images on Ray")
+        bad: dict[int, str] = {}
+        small: list[Path] = []
+        for shard, (found, tiny) in zip(shards, answers, strict=True):
+            bad.update((shard.start + i, why) for i, why in found)
+            small += [Path(p) for p in tiny]
+        if bad and on_error == "fail":
+            raise DataError(bad[min(bad)])
+        for k in sorted(bad):
+            warnings.warn(f"skipping {bad[k]}", stacklevel=2)
+        kept = [s for k, s in enumerate(samples) if k not in bad]
+        note = small_images_warning(small, len(kept), spec)
+        if note:
+            warnings.warn(f"{what} images: {note}", stacklevel=2)
+        return kept, [paths[k] for k in sorted(bad)]
+
+    def _plan(self, n: int) -> list[range]:
+        self.connect()
+        return plan_shards(n, self.info.cpus, self.shard_size)
+
+    @staticmethod
+    def _hooks() -> dict[str, Any]:
+        return {"delay": os.environ.get(DELAY_ENV), "marks": os.environ.get(MARKS_ENV)}
+
+    def _map(self, fn: Callable[..., tuple[Any, ...]], calls: list[tuple[Any, ...]],
+             shards: list[range], description: str) -> list[Any]:
+        """``fn(*call)`` for every call as Ray tasks (one CPU each, retried); the answers
+        (without their leading shard index) in call order, each stored exactly once."""
+        ray = self._ray
+        task = ray.remote(num_cpus=1, max_retries=MAX_RETRIES,
+                          retry_exceptions=[OSError])(fn)
+        pending = {task.remote(*call): i for i, call in enumerate(calls)}
+        slots: list[Any] = [None] * len(calls)
+        try:
+            with progress_bar(description, len(calls)) as bar:
+                while pending:
+                    done, _ = ray.wait(list(pending), num_returns=1)
+                    for ref in done:
+                        i = pending.pop(ref)
+                        index, *answer = self._get(ref, i, shards[i])
+                        if index != i or slots[i] is not None:  # cannot happen: one value a ref
+                            raise RunFailed(f"shard {i} answered twice or for shard {index}")
+                        slots[i] = answer[0] if len(answer) == 1 else tuple(answer)
+                        bar.advance()
+        finally:
+            for ref in pending:  # a failed shard or Ctrl-C: the rest are not wanted
+                ray.cancel(ref, force=True)
+        return slots
+
+    def _get(self, ref: Any, i: int, shard: range) -> tuple[Any, ...]:
         ray = self._ray
         try:
             return ray.get(ref)

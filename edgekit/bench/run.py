@@ -210,14 +210,14 @@ def _source_path(text: str) -> Path:
 
 
 def _eval_set(dataset: Any, info: BundleInfo, max_images: int | None, seed: int,
-              on_error: str) -> EvalSet:
+              on_error: str, check: Callable[..., Any] = check_readable) -> EvalSet:
     m = info.manifest
     task, classes = m.task, m.class_names
     samples = dataset.samples
     if max_images and len(samples) > max_images:
         samples = stratified_sample(samples, max_images, seed)
     spec = m.preprocess
-    kept, unreadable = check_readable(samples, spec, on_error, "evaluation")
+    kept, unreadable = check(samples, spec, on_error, "evaluation")
     skipped = [str(p) for p, _ in dataset.skipped] + unreadable
     if not kept:
         raise DataError(f"{dataset.root}: none of the evaluation images could be read")
@@ -428,7 +428,8 @@ def _bench(bundles: list[str | Path], opts: BenchOptions, tgt: Any, executor: Ex
         ev = None
         if scoring:
             ev = _eval_set(_dataset(opts.data, infos[0], opts.held_out, opts.on_error), infos[0],
-                           opts.max_images, opts.seed, opts.on_error)
+                           opts.max_images, opts.seed, opts.on_error,
+                           cluster.check_readable if cluster is not None else check_readable)
 
         # the PyTorch source is timed only where it runs: on this machine
         per_bundle, source_ids = _records(infos, opts.source and local)
