@@ -88,12 +88,58 @@ def _task_overhead_dask(n: int = 500) -> float | None:
         return (time.perf_counter() - t) * 1e3 / n
 
 
+def driver_costs() -> None:
+    """What stays on the driver of a sharded run: the PyTorch source model's reference outputs
+    (per image, 1 thread) and ``score()`` — metrics + bootstrap CIs — on n images (6 labels)."""
+    import numpy as np
+    import torch
+
+    from edgekit.evaluate import score
+    from edgekit.zoo import create_model
+
+    torch.set_num_threads(1)
+    model = create_model("ich_mrf").eval()
+    x = torch.randn(1, 3, 256, 256)
+    with torch.inference_mode():
+        for _ in range(5):
+            model(x)
+        t = time.perf_counter()
+        for _ in range(50):
+            model(x)
+        torch_ms = (time.perf_counter() - t) * 1e3 / 50
+    names = ("epidural", "intraparenchymal", "intraventricular", "subarachnoid", "subdural",
+             "any")
+    score_s = {}
+    for n in (20_000, 80_000):
+        rng = np.random.default_rng(0)
+        y = (rng.random((n, 6)) < 0.15).astype(np.int64)
+        logits = rng.normal(size=(n, 6)).astype(np.float32) + y
+        t = time.perf_counter()
+        score(y, logits, task="multilabel", class_names=names, seed=0)
+        score_s[n] = time.perf_counter() - t
+    env = environment()
+    md = ["# What a sharded run leaves on the driver (issue 19)", "",
+          f"Machine: {env['cpu']}, {os.cpu_count()} logical cores, shared with other jobs.", "",
+          "| cost | measured |", "|---|---|",
+          f"| ich_mrf PyTorch eager fp32, 256², batch 1, 1 thread (the source reference) | "
+          f"{torch_ms:.1f} ms / image |"]
+    md += [f"| `score()` multilabel (6 labels, 1000 bootstrap resamples), {n:,} images | "
+           f"{v:.1f} s |" for n, v in score_s.items()]
+    write_results("cluster_driver_costs", {"environment": env, "torch_ms_per_image": torch_ms,
+                                           "score_seconds": score_s}, "\n".join(md))
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--images", type=int, default=384)
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--dask-path", type=Path, default=None)
+    ap.add_argument("--driver-costs", action="store_true",
+                    help="only measure what stays on the driver (source reference, metrics)")
     args = ap.parse_args()
+    if args.driver_costs:
+        driver_costs()
+        return
     if args.dask_path:
         sys.path.append(str(args.dask_path))
 
