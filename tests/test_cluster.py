@@ -146,3 +146,61 @@ def test_the_device_runner_never_imports_ray() -> None:
     code = ("import sys, edgekit.runner, edgekit.bench.run; "
             "sys.exit('ray' in sys.modules)")
     assert subprocess.run([sys.executable, "-c", code], check=False).returncode == 0
+
+
+def test_rescue_trials_on_ray_choose_what_the_sequential_search_chooses(ray_cluster) -> None:
+    """``choose_candidate(map_trials=ClusterEvaluator.map)``: every trial a Ray task, the same
+    attempts, choice and stop reason as one trial at a time — for a search that keeps a
+    remedy on, one that stalls, one that looks past a slow passing candidate and one whose
+    trial fails (the failure surfaces where the sequential search meets it)."""
+    from types import SimpleNamespace
+
+    from edgekit.quantize.rescue import Score, choose_candidate
+    from edgekit.quantize.sensitivity import LayerError
+
+    rows = [LayerError(n, "Conv", 1.0, 1.0 - i / 10) for i, n in enumerate("abcdefgh")]
+    remedies = [("full bias correction", {"fast_bias_correction": False}),
+                ("per-tensor", {"per_channel": False})]
+
+    def search(table: dict, p50: dict | None, map_trials=None, fail_at: int | None = None):
+        def export(keep, index, overrides):  # a real process on a worker: its pid differs
+            if index == fail_at:
+                raise RuntimeError(f"export {index} failed")
+            return SimpleNamespace(keep=keep, overrides=dict(overrides), pid=os.getpid(),
+                                   quantization={"quantized_ops": 8 - len(keep)})
+
+        def score(art):
+            agree, kl = table[(len(art.keep), tuple(sorted(art.overrides)))]
+            return Score(agree, 0.0, kl)
+
+        timer = None if p50 is None else (lambda art: p50[len(art.keep)])
+        return choose_candidate(export, score, rows, Score(0.90, 0.0, 1.0), max_attempts=6,
+                                min_agreement=0.97, timer=timer, baseline_p50_ms=1.0,
+                                remedies=remedies, map_trials=map_trials)
+
+    fbc, pt, none = ("fast_bias_correction",), ("per_channel",), ()
+    helps = {(0, fbc): (0.92, 0.6), (0, pt): (0.90, 1.2), (1, fbc): (0.95, 0.5),
+             (2, fbc): (0.98, 0.3), (4, fbc): (0.99, 0.2), (7, fbc): (0.99, 0.1)}
+    stalls = {(0, fbc): (0.90, 1.5), (0, pt): (0.89, 1.1), **{(k, none): (0.90, 1.0)
+                                                              for k in (1, 2, 4, 7)}}
+    slow = {**helps, (2, fbc): (0.98, 0.3)}
+    cases = [(helps, None, None), (stalls, None, None),
+             (slow, {0: 1.0, 1: 1.0, 2: 1.5, 4: 1.05, 7: 2.0}, None), (helps, None, 3)]
+    with ClusterEvaluator(ray_cluster.address) as ev:
+        for table, p50, fail_at in cases:
+            if fail_at is not None:
+                with pytest.raises(RuntimeError, match="export 3 failed"):
+                    search(table, p50, fail_at=fail_at)
+                with pytest.raises(RuntimeError, match="export 3 failed"):
+                    search(table, p50, ev.map, fail_at=fail_at)
+                continue
+            one, many = search(table, p50), search(table, p50, ev.map)
+            strip = [(a.keep_float, a.options, a.agreement, a.kl, a.passed, a.p50_ms)
+                     for a in one.attempts]
+            assert strip == [(a.keep_float, a.options, a.agreement, a.kl, a.passed, a.p50_ms)
+                             for a in many.attempts]
+            assert (one.chosen, one.stopped) == (many.chosen, many.stopped)
+            assert [(a.keep, a.overrides) for a in one.artifacts] == \
+                [(a.keep, a.overrides) for a in many.artifacts]
+            assert {a.pid for a in one.artifacts} == {os.getpid()}
+            assert os.getpid() not in {a.pid for a in many.artifacts}  # ran on the workers

@@ -118,6 +118,11 @@ def check_shard(index: int, paths: list[str], spec: PreprocessSpec,
     return index, bad, [str(p) for p in small]
 
 
+def call_one(index: int, fn: Callable[[Any], Any], item: Any) -> tuple[int, Any]:
+    """One item of ``ClusterEvaluator.map``, on a Ray worker."""
+    return index, fn(item)
+
+
 # ------------------------------------------------------------------------------ the driver
 @dataclass
 class ClusterInfo:
@@ -259,6 +264,15 @@ class ClusterEvaluator(Executor):
         if note:
             warnings.warn(f"{what} images: {note}", stacklevel=2)
         return kept, [paths[k] for k in sorted(bad)]
+
+    def map(self, fn: Callable[[Any], Any], items: list[Any]) -> list[Any]:
+        """``[fn(item) for item in items]`` as Ray tasks (one CPU each, retried like shards),
+        in item order: e.g. the INT8 rescue's trials (``edgekit.quantize.rescue``'s
+        ``map_trials``). ``fn`` travels by value (cloudpickle) and runs on the workers."""
+        self.connect()
+        return self._map(call_one, [(i, fn, item) for i, item in enumerate(items)],
+                         [range(i, i + 1) for i in range(len(items))],
+                         f"{len(items)} tasks on Ray")
 
     def _plan(self, n: int) -> list[range]:
         self.connect()
