@@ -115,8 +115,27 @@ def test_sharded_bench_has_the_single_machine_metrics(ray_cluster, fp32_bundle: 
     assert {a.id: a.accuracy for a in sharded.artifacts} == acc  # CIs included, bit for bit
     info = sharded.cluster
     assert info["engine"] == "ray" and info["cpus"] == 2 and info["shard_size"] == 20
-    assert info["shards"] == {f"{fp32_bundle.name}/{ART}": 7}  # 127 images
+    # 127 images: 7 shards of 20; the source model's outputs in 2 tasks of 64-image batches
+    assert info["shards"] == {f"{fp32_bundle.name}/{ART}": 7, f"{fp32_bundle.name}/source": 2}
     assert plain.cluster is None and "cluster" not in plain.to_dict()
+
+
+def test_the_source_reference_on_the_cluster_equals_the_driver_s(
+        ray_cluster, fp32_bundle: Path, images: list[Path]) -> None:
+    """The source model's outputs (the reference every artifact is held to) computed by Ray
+    workers, 64-image batches as on the driver: the same bits."""
+    from edgekit.bench.run import BundleInfo, EvalSet, _load_source, _source_logits
+    from edgekit.bundle import load_manifest
+
+    info = BundleInfo(fp32_bundle, load_manifest(fp32_bundle))
+    _load_source(info)
+    assert info.source is not None, info.source_note
+    ev = EvalSet(fp32_bundle, images[:100], np.zeros(100), "multiclass", ())
+    here = _source_logits(info, ev)
+    with ClusterEvaluator(ray_cluster.address) as cluster:
+        there = _source_logits(info, ev, cluster=cluster)
+        assert cluster.info.shards == {f"{fp32_bundle.name}/source": 2}
+    assert there.shape == (100, 4) and np.array_equal(here, there)
 
 
 def test_cluster_usage_errors_exit_2(cli, fp32_bundle: Path, mri_phantoms: Path,

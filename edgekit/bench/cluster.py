@@ -265,14 +265,15 @@ class ClusterEvaluator(Executor):
             warnings.warn(f"{what} images: {note}", stacklevel=2)
         return kept, [paths[k] for k in sorted(bad)]
 
-    def map(self, fn: Callable[[Any], Any], items: list[Any]) -> list[Any]:
+    def map(self, fn: Callable[[Any], Any], items: list[Any],
+            description: str | None = None) -> list[Any]:
         """``[fn(item) for item in items]`` as Ray tasks (one CPU each, retried like shards),
         in item order: e.g. the INT8 rescue's trials (``edgekit.quantize.rescue``'s
         ``map_trials``). ``fn`` travels by value (cloudpickle) and runs on the workers."""
         self.connect()
         return self._map(call_one, [(i, fn, item) for i, item in enumerate(items)],
                          [range(i, i + 1) for i in range(len(items))],
-                         f"{len(items)} tasks on Ray")
+                         description or f"{len(items)} tasks on Ray")
 
     def _plan(self, n: int) -> list[range]:
         self.connect()

@@ -10,6 +10,7 @@ gate. The run is written atomically to a new run folder (``results.json`` + repo
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import math
 import os
@@ -226,7 +227,17 @@ def _eval_set(dataset: Any, info: BundleInfo, max_images: int | None, seed: int,
                    skipped)
 
 
-def _source_logits(info: BundleInfo, ev: EvalSet, chunk: int = 64) -> np.ndarray:
+def _source_logits(info: BundleInfo, ev: EvalSet, chunk: int = 64,
+                   cluster: ClusterEvaluator | None = None) -> np.ndarray:
+    """The source model's outputs on the evaluation images, ``chunk`` images a batch; with a
+    cluster, groups of whole chunks as Ray tasks (the same batches, so the same outputs) —
+    else, or when the workers cannot load the source, here."""
+    if cluster is not None:
+        try:
+            return _sharded_source_logits(info, ev, chunk, cluster)
+        except RunFailed as exc:
+            status(f"[yellow]Note:[/] {info.name}: the source model could not run on the "
+                   f"cluster ({exc}); computing its outputs here")
     spec = info.manifest.preprocess
     outs = []
     with progress_bar(f"{info.name}: source model on {len(ev.paths)} images",
@@ -236,6 +247,40 @@ def _source_logits(info: BundleInfo, ev: EvalSet, chunk: int = 64) -> np.ndarray
             outs.append(reference_outputs(info.source, x))
             bar.advance(len(x))
     return np.concatenate(outs)
+
+
+def _sharded_source_logits(info: BundleInfo, ev: EvalSet, chunk: int,
+                           cluster: ClusterEvaluator) -> np.ndarray:
+    paths = [str(p) for p in ev.paths]
+    size = chunk * max(1, math.ceil(len(paths) / max(1, 4 * cluster.info.cpus) / chunk))
+    groups = [paths[i:i + size] for i in range(0, len(paths), size)]
+    fn = functools.partial(source_outputs, str(info.path),
+                           sha256_path(info.path / "manifest.json"), chunk=chunk)
+    parts = cluster.map(fn, groups, f"{info.name}: source model on {len(paths)} images, "
+                                    f"{len(groups)} Ray tasks")
+    cluster.info.shards[f"{info.name}/source"] = len(groups)
+    return np.concatenate(parts)
+
+
+_WORKER_SOURCES: dict[tuple[str, str], BundleInfo] = {}
+
+
+def source_outputs(bundle: str, manifest_sha: str, paths: list[str], chunk: int) -> np.ndarray:
+    """On a Ray worker: the bundle's source model (loaded once per worker process, checked
+    like ``bench`` checks it) on ``paths``, ``chunk`` images a batch as on one machine."""
+    key = (bundle, manifest_sha)
+    info = _WORKER_SOURCES.get(key)
+    if info is None:
+        info = BundleInfo(Path(bundle), load_manifest(Path(bundle)))
+        _load_source(info)
+        if info.source is None:
+            raise DataError(f"the source model is not loadable on this worker: "
+                            f"{info.source_note}")
+        _WORKER_SOURCES[key] = info
+    spec = info.manifest.preprocess
+    return np.concatenate([
+        reference_outputs(info.source, np.stack([spec.load(p) for p in paths[i:i + chunk]])
+                          .astype(np.float32)) for i in range(0, len(paths), chunk)])
 
 
 # ------------------------------------------------------------------------------------ scoring
@@ -273,12 +318,13 @@ def _source_record(info: BundleInfo) -> ArtifactRecord:
 
 
 def _reference_logits(info: BundleInfo, ev: EvalSet, outputs: dict[str, np.ndarray],
-                      infos: list[BundleInfo]) -> tuple[np.ndarray | None, str | None]:
+                      infos: list[BundleInfo], cluster: ClusterEvaluator | None = None,
+                      ) -> tuple[np.ndarray | None, str | None]:
     """(logits, id) of what ``info``'s artifacts are held to: its source model; else an fp32
     artifact of a bundle compressed from the same source file (same sha256), its own first."""
     if info.source is not None:
         if info.source_key not in ev.source_logits:
-            ev.source_logits[info.source_key] = _source_logits(info, ev)
+            ev.source_logits[info.source_key] = _source_logits(info, ev, cluster=cluster)
         return ev.source_logits[info.source_key], f"{info.name}/source"
     same = [i for i in infos if i is info] + [
         i for i in infos if i is not info and i.source_key == info.source_key
@@ -590,7 +636,8 @@ def _score_all(infos: list[BundleInfo], per_bundle: list[list[ArtifactRecord]],
     outputs = _classify_all(infos, per_bundle, ev, executor, runtime_options)
     reference = None
     for info, records in zip(infos, per_bundle, strict=True):
-        ref_id, ref = _score_bundle(info, records, ev, outputs, infos, seed)
+        ref_id, ref = _score_bundle(info, records, ev, outputs, infos, seed,
+                                    executor if isinstance(executor, ClusterEvaluator) else None)
         if ref_id is None:
             continue
         if ref_id == f"{info.name}/source":
@@ -638,9 +685,10 @@ def _classify_all(infos: list[BundleInfo], per_bundle: list[list[ArtifactRecord]
 
 def _score_bundle(info: BundleInfo, records: list[ArtifactRecord], ev: EvalSet,
                   outputs: dict[str, np.ndarray], infos: list[BundleInfo],
-                  seed: int) -> tuple[str | None, np.ndarray | None]:
+                  seed: int, cluster: ClusterEvaluator | None = None,
+                  ) -> tuple[str | None, np.ndarray | None]:
     """Score every artifact of one bundle against its reference: (reference id, logits)."""
-    ref, ref_id = _reference_logits(info, ev, outputs, infos)
+    ref, ref_id = _reference_logits(info, ev, outputs, infos, cluster)
     if ref is None:
         status(f"[yellow]Note:[/] {info.name}: no fp32 reference (its source model or an fp32 "
                "artifact of the same source); accuracy is the bundle's own verification")
