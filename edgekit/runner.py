@@ -20,6 +20,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -101,7 +102,16 @@ class Runner:
         return {"artifact": self.entry.name, **row}
 
     def save_logits(self, paths: list[str], out: str | Path) -> list[str]:
-        """Raw outputs for every image into ``out`` (.npy, rows in ``paths`` order).
+        """Raw outputs for every image into ``out`` (.npy, rows in ``paths`` order)."""
+        arr = self.outputs(paths)
+        tmp = Path(f"{out}.tmp.npy")
+        np.save(tmp, arr)
+        tmp.replace(out)
+        return paths
+
+    def outputs(self, paths: Sequence[str | Path]) -> np.ndarray:
+        """Raw outputs for every image (float32, rows in ``paths`` order): what
+        ``--save-logits`` writes, and what a cluster shard returns (``edgekit.bench.cluster``).
 
         An unreadable image stops the run with a DataError naming it: metrics over a silently
         shortened list would not line up with the caller's labels.
@@ -115,10 +125,7 @@ class Runner:
                                 "(NaN/inf) for this image")
             rows.append(row)
         _warn_small(small, len(paths), self.spec)
-        tmp = Path(f"{out}.tmp.npy")
-        np.save(tmp, np.stack(rows).astype(np.float32) if rows else np.zeros((0, 0), np.float32))
-        tmp.replace(out)
-        return paths
+        return np.stack(rows).astype(np.float32) if rows else np.zeros((0, 0), np.float32)
 
     def logits(self, x: np.ndarray) -> np.ndarray:
         """The artifact's raw outputs for a batch; a DataError when their width does not fit

@@ -6,8 +6,10 @@ Progress bars go to stderr and only when it is a terminal, so piped output, CI l
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
+from typing import Any
 
 from rich.console import Console
 from rich.progress import (
@@ -22,7 +24,7 @@ from rich.progress import (
 
 console = Console(stderr=True, highlight=False, soft_wrap=True)  # status, warnings, progress bars
 out = Console(highlight=False)  # results (tables) on stdout
-_state = {"quiet": False}
+_state: dict[str, Any] = {"quiet": False, "bars_thread": None}
 
 
 def set_quiet(quiet: bool) -> None:
@@ -66,7 +68,9 @@ class Bar:
 @contextmanager
 def progress_bar(description: str, total: float | None) -> Iterator[Bar]:
     """A rich progress bar on stderr when it is a terminal; a no-op handle otherwise."""
-    if _state["quiet"] or not console.is_terminal:
+    owner = _state["bars_thread"]
+    if (_state["quiet"] or not console.is_terminal
+            or (owner is not None and owner != threading.get_ident())):
         yield Bar(None, None)
         return
     columns = [SpinnerColumn(), TextColumn("[bold]{task.description}"), BarColumn(),
@@ -75,3 +79,16 @@ def progress_bar(description: str, total: float | None) -> Iterator[Bar]:
     with Progress(*columns, console=console, transient=False) as prog:
         task = prog.add_task(description, total=total, note="")
         yield Bar(prog, task)
+
+
+@contextmanager
+def bars_off() -> Iterator[None]:
+    """Inside this block only this thread shows progress bars: rich has one live display at a
+    time, so the worker threads of a parallel run (a fleet's boards) stay silent while this
+    thread shows one bar over all of them."""
+    before = _state["bars_thread"]
+    _state["bars_thread"] = threading.get_ident()
+    try:
+        yield
+    finally:
+        _state["bars_thread"] = before

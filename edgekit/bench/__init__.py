@@ -1,4 +1,5 @@
-"""Benchmarking: protocol, host facts, local/ssh/emulated runners and latency prediction.
+"""Benchmarking: protocol, host facts, local/ssh/emulated runners, latency prediction, fleets
+of boards (``fleet``) and evaluation sharded on Ray (``cluster``).
 
 ``from edgekit.bench import bench, BenchOptions`` is the public entry point
 (``edgekit.bench.run``); it is imported on first use so the device runner, which imports

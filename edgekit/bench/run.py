@@ -10,6 +10,7 @@ gate. The run is written atomically to a new run folder (``results.json`` + repo
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import math
 import os
@@ -27,6 +28,7 @@ import numpy as np
 
 from edgekit import __version__
 from edgekit.bench import hostinfo
+from edgekit.bench.cluster import ClusterEvaluator
 from edgekit.bench.emulated import EmulatedExecutor, check_bundle
 from edgekit.bench.executor import Executor
 from edgekit.bench.local import LocalExecutor, RunFailed
@@ -87,6 +89,8 @@ class BenchOptions:
     emulate: bool = False  # output parity of every artifact under QEMU (aarch64 targets)
     predict: bool = True  # add the latency model's predictions
     emulate_images: int = 16  # images for the emulated parity check
+    cluster: str | None = None  # classify the evaluation images on Ray: auto | ray://H:P | H:P
+    shard_size: int | None = None  # images per Ray task (else about 4 shards per cluster CPU)
 
 
 @dataclass
@@ -207,14 +211,14 @@ def _source_path(text: str) -> Path:
 
 
 def _eval_set(dataset: Any, info: BundleInfo, max_images: int | None, seed: int,
-              on_error: str) -> EvalSet:
+              on_error: str, check: Callable[..., Any] = check_readable) -> EvalSet:
     m = info.manifest
     task, classes = m.task, m.class_names
     samples = dataset.samples
     if max_images and len(samples) > max_images:
         samples = stratified_sample(samples, max_images, seed)
     spec = m.preprocess
-    kept, unreadable = check_readable(samples, spec, on_error, "evaluation")
+    kept, unreadable = check(samples, spec, on_error, "evaluation")
     skipped = [str(p) for p, _ in dataset.skipped] + unreadable
     if not kept:
         raise DataError(f"{dataset.root}: none of the evaluation images could be read")
@@ -223,7 +227,17 @@ def _eval_set(dataset: Any, info: BundleInfo, max_images: int | None, seed: int,
                    skipped)
 
 
-def _source_logits(info: BundleInfo, ev: EvalSet, chunk: int = 64) -> np.ndarray:
+def _source_logits(info: BundleInfo, ev: EvalSet, chunk: int = 64,
+                   cluster: ClusterEvaluator | None = None) -> np.ndarray:
+    """The source model's outputs on the evaluation images, ``chunk`` images a batch; with a
+    cluster, groups of whole chunks as Ray tasks (the same batches, so the same outputs) —
+    else, or when the workers cannot load the source, here."""
+    if cluster is not None:
+        try:
+            return _sharded_source_logits(info, ev, chunk, cluster)
+        except RunFailed as exc:
+            status(f"[yellow]Note:[/] {info.name}: the source model could not run on the "
+                   f"cluster ({exc}); computing its outputs here")
     spec = info.manifest.preprocess
     outs = []
     with progress_bar(f"{info.name}: source model on {len(ev.paths)} images",
@@ -233,6 +247,40 @@ def _source_logits(info: BundleInfo, ev: EvalSet, chunk: int = 64) -> np.ndarray
             outs.append(reference_outputs(info.source, x))
             bar.advance(len(x))
     return np.concatenate(outs)
+
+
+def _sharded_source_logits(info: BundleInfo, ev: EvalSet, chunk: int,
+                           cluster: ClusterEvaluator) -> np.ndarray:
+    paths = [str(p) for p in ev.paths]
+    size = chunk * max(1, math.ceil(len(paths) / max(1, 4 * cluster.info.cpus) / chunk))
+    groups = [paths[i:i + size] for i in range(0, len(paths), size)]
+    fn = functools.partial(source_outputs, str(info.path),
+                           sha256_path(info.path / "manifest.json"), chunk=chunk)
+    parts = cluster.map(fn, groups, f"{info.name}: source model on {len(paths)} images, "
+                                    f"{len(groups)} Ray tasks")
+    cluster.info.shards[f"{info.name}/source"] = len(groups)
+    return np.concatenate(parts)
+
+
+_WORKER_SOURCES: dict[tuple[str, str], BundleInfo] = {}
+
+
+def source_outputs(bundle: str, manifest_sha: str, paths: list[str], chunk: int) -> np.ndarray:
+    """On a Ray worker: the bundle's source model (loaded once per worker process, checked
+    like ``bench`` checks it) on ``paths``, ``chunk`` images a batch as on one machine."""
+    key = (bundle, manifest_sha)
+    info = _WORKER_SOURCES.get(key)
+    if info is None:
+        info = BundleInfo(Path(bundle), load_manifest(Path(bundle)))
+        _load_source(info)
+        if info.source is None:
+            raise DataError(f"the source model is not loadable on this worker: "
+                            f"{info.source_note}")
+        _WORKER_SOURCES[key] = info
+    spec = info.manifest.preprocess
+    return np.concatenate([
+        reference_outputs(info.source, np.stack([spec.load(p) for p in paths[i:i + chunk]])
+                          .astype(np.float32)) for i in range(0, len(paths), chunk)])
 
 
 # ------------------------------------------------------------------------------------ scoring
@@ -270,12 +318,13 @@ def _source_record(info: BundleInfo) -> ArtifactRecord:
 
 
 def _reference_logits(info: BundleInfo, ev: EvalSet, outputs: dict[str, np.ndarray],
-                      infos: list[BundleInfo]) -> tuple[np.ndarray | None, str | None]:
+                      infos: list[BundleInfo], cluster: ClusterEvaluator | None = None,
+                      ) -> tuple[np.ndarray | None, str | None]:
     """(logits, id) of what ``info``'s artifacts are held to: its source model; else an fp32
     artifact of a bundle compressed from the same source file (same sha256), its own first."""
     if info.source is not None:
         if info.source_key not in ev.source_logits:
-            ev.source_logits[info.source_key] = _source_logits(info, ev)
+            ev.source_logits[info.source_key] = _source_logits(info, ev, cluster=cluster)
         return ev.source_logits[info.source_key], f"{info.name}/source"
     same = [i for i in infos if i is info] + [
         i for i in infos if i is not info and i.source_key == info.source_key
@@ -320,15 +369,25 @@ def bench(bundles: list[str | Path], options: BenchOptions | None = None, *,
     tgt = load_target(opts.target)
     if opts.threads and any(t < 1 for t in opts.threads):
         raise ConfigError(f"--threads must be >= 1, got {opts.threads}")
+    if opts.cluster and opts.data is None and not opts.held_out:
+        raise ConfigError("--cluster shards the evaluation images: give --data DIR (or "
+                          "--held-out)")
     notes: list[str] = []
     given = executor
-    executor, measured_by = _executor(tgt, opts.host, executor, notes)
     t_start = time.perf_counter()
+    cluster = ClusterEvaluator(opts.cluster, opts.shard_size) if opts.cluster else None
+    executor = None
     try:
-        return _bench(bundles, opts, tgt, executor, measured_by, notes, t_start)
+        if cluster is not None:
+            status(f"Connecting to {cluster.label} ...")
+            cluster.connect()  # a bad address fails here, before anything is measured
+        executor, measured_by = _executor(tgt, opts.host, given, notes)
+        return _bench(bundles, opts, tgt, executor, measured_by, notes, t_start, cluster)
     finally:  # the executors bench made (an SSH connection, its remote folder); not a caller's
         if executor is not None and executor is not given:
             executor.close()
+        if cluster is not None:
+            cluster.close()
 
 
 def _executor(tgt: Any, host: str | None, executor: Executor | None,
@@ -367,7 +426,8 @@ def _executor(tgt: Any, host: str | None, executor: Executor | None,
 
 
 def _bench(bundles: list[str | Path], opts: BenchOptions, tgt: Any, executor: Executor | None,
-           measured_by: str | None, notes: list[str], t_start: float) -> BenchRun:
+           measured_by: str | None, notes: list[str], t_start: float,
+           cluster: ClusterEvaluator | None = None) -> BenchRun:
     local = measured_by == "local"
     env0 = executor.environment() if executor is not None else None
     cores = (env0 or {}).get("cpu", {}).get("logical_cores") if executor is not None else None
@@ -414,15 +474,20 @@ def _bench(bundles: list[str | Path], opts: BenchOptions, tgt: Any, executor: Ex
         ev = None
         if scoring:
             ev = _eval_set(_dataset(opts.data, infos[0], opts.held_out, opts.on_error), infos[0],
-                           opts.max_images, opts.seed, opts.on_error)
+                           opts.max_images, opts.seed, opts.on_error,
+                           cluster.check_readable if cluster is not None else check_readable)
 
         # the PyTorch source is timed only where it runs: on this machine
         per_bundle, source_ids = _records(infos, opts.source and local)
         artifacts = [rec for records in per_bundle for rec in records]
         reference = None
-        scorer = executor or LocalExecutor()
+        scorer = cluster or executor or LocalExecutor()
         if ev is not None:
-            if executor is None:
+            if cluster is not None:
+                notes.append(f"the artifacts classified the evaluation images on {cluster.label} "
+                             "(shards of consecutive images, merged in order); metrics and "
+                             "CIs were computed once on the merged outputs")
+            elif executor is None:
                 notes.append("accuracy was computed on this machine (no board was reached): the "
                              "artifacts are the ones the board would run, on this machine's runtimes")
             reference = _score_all(infos, per_bundle, artifacts, source_ids, ev, scorer,
@@ -450,7 +515,8 @@ def _bench(bundles: list[str | Path], opts: BenchOptions, tgt: Any, executor: Ex
                                                     if opts.max_images else ""),
                 class_names=list(ev.class_names), skipped=ev.skipped),
             reference=reference, notes=notes, artifacts=artifacts, rows=rows,
-            predicted=predicted, emulated=emulated)
+            predicted=predicted, emulated=emulated,
+            **({} if cluster is None else {"cluster": cluster.info.to_json()}))
         data = _finite(results.to_dict())  # what results.json holds
         written = _write_run(run_dir, data, write_report)
         return BenchRun(run_dir, as_results(data), written)
@@ -570,7 +636,8 @@ def _score_all(infos: list[BundleInfo], per_bundle: list[list[ArtifactRecord]],
     outputs = _classify_all(infos, per_bundle, ev, executor, runtime_options)
     reference = None
     for info, records in zip(infos, per_bundle, strict=True):
-        ref_id, ref = _score_bundle(info, records, ev, outputs, infos, seed)
+        ref_id, ref = _score_bundle(info, records, ev, outputs, infos, seed,
+                                    executor if isinstance(executor, ClusterEvaluator) else None)
         if ref_id is None:
             continue
         if ref_id == f"{info.name}/source":
@@ -618,9 +685,10 @@ def _classify_all(infos: list[BundleInfo], per_bundle: list[list[ArtifactRecord]
 
 def _score_bundle(info: BundleInfo, records: list[ArtifactRecord], ev: EvalSet,
                   outputs: dict[str, np.ndarray], infos: list[BundleInfo],
-                  seed: int) -> tuple[str | None, np.ndarray | None]:
+                  seed: int, cluster: ClusterEvaluator | None = None,
+                  ) -> tuple[str | None, np.ndarray | None]:
     """Score every artifact of one bundle against its reference: (reference id, logits)."""
-    ref, ref_id = _reference_logits(info, ev, outputs, infos)
+    ref, ref_id = _reference_logits(info, ev, outputs, infos, cluster)
     if ref is None:
         status(f"[yellow]Note:[/] {info.name}: no fp32 reference (its source model or an fp32 "
                "artifact of the same source); accuracy is the bundle's own verification")

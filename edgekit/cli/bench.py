@@ -7,8 +7,11 @@ from pathlib import Path
 
 import click
 
+from edgekit import ui
+from edgekit.bench.fleet import bench_fleet, is_fleet_file
 from edgekit.bench.run import BenchOptions, bench
 from edgekit.cli.display import print_summary, report_of
+from edgekit.errors import EdgekitError
 from edgekit.ui import status
 
 
@@ -16,7 +19,8 @@ from edgekit.ui import status
 @click.argument("bundles", nargs=-1, required=True,
                 type=click.Path(file_okay=False, path_type=Path))
 @click.option("--target", default="x86-local", show_default=True,
-              help="Built-in target (see `edgekit targets list`) or a target YAML file.")
+              help="Built-in target (see `edgekit targets list`), a target YAML file, or a "
+                   "fleet YAML file (boards: [...]) whose boards are all benched in parallel.")
 @click.option("--data", type=click.Path(path_type=Path), default=None,
               help="Labelled evaluation images (class folders; CT: DICOM + labels.csv) the "
                    "model never trained on. Without it, accuracy is the bundle's own "
@@ -54,13 +58,23 @@ from edgekit.ui import status
               help="Images for the emulated parity check (evaluation images, else phantoms).")
 @click.option("--no-predict", is_flag=True,
               help="Do not add the latency model's predicted latencies to the report.")
+@click.option("--cluster", default=None, metavar="auto|ray://HOST:PORT|HOST:PORT",
+              help="Classify the --data images on a Ray cluster, in shards (needs "
+                   "pip install 'edgekit[cluster]'): 'auto' starts a local Ray for the run. "
+                   "Every node must see the bundle and the images under the same paths. "
+                   "Metrics are computed once on the merged outputs: the same numbers as "
+                   "without --cluster.")
+@click.option("--shard-size", type=click.IntRange(1, 10_000_000), default=None,
+              help="Images per Ray task with --cluster [default: about 4 shards per CPU, "
+                   "8 to 2048 images each].")
 @click.option("--json", "as_json", is_flag=True,
               help="Print report.json (results + recommendation) on stdout.")
 def command(bundles: tuple[Path, ...], target: str, data: Path | None,
             threads: tuple[int, ...], quick: bool, out: Path | None, no_source: bool,
             max_images: int | None, seed: int, on_error: str, pin: str | None,
             held_out: bool, host: str | None, emulate: bool, emulate_images: int,
-            no_predict: bool, as_json: bool) -> None:
+            no_predict: bool, cluster: str | None, shard_size: int | None,
+            as_json: bool) -> None:
     """Measure latency (and, with --data, accuracy) of every artifact in BUNDLES on a target,
     then write a report and recommend the artifact to ship.
 
@@ -81,6 +95,8 @@ def command(bundles: tuple[Path, ...], target: str, data: Path | None,
       edgekit bench model-int8/ --target rpi4                  # predicted (no board)
       edgekit bench model-int8/ --target rpi4 --host pi@10.0.0.7
       edgekit bench model-int8/ --target rpi4 --emulate        # + ARM output parity
+      edgekit bench model-int8/ --data Testing/ --cluster auto # shards on a local Ray
+      edgekit bench model-int8/ --target ward.yaml             # every board of a fleet
     """
     try:
         cpus = [int(c) for c in pin.split(",")] if pin else None
@@ -92,7 +108,17 @@ def command(bundles: tuple[Path, ...], target: str, data: Path | None,
                            quick=quick, out=out, source=not no_source, max_images=max_images,
                            seed=seed, on_error=on_error, pin=cpus, held_out=held_out,
                            host=host, emulate=emulate, emulate_images=emulate_images,
-                           predict=not no_predict)
+                           predict=not no_predict, cluster=cluster, shard_size=shard_size)
+    if is_fleet_file(target):
+        fleet = bench_fleet(list(bundles), target, options)
+        if as_json:
+            click.echo(json.dumps(fleet.summary, indent=1))
+        else:
+            ui.out.print((fleet.fleet_dir / "fleet.md").read_text(), markup=False)
+            status(f"Fleet folder: {fleet.fleet_dir} (fleet.md; one run folder per board)")
+        if not fleet.runs or all(b["status"] != "measured" for b in fleet.summary["boards"]):
+            raise EdgekitError(f"no board of the fleet was measured (see {fleet.fleet_dir})")
+        return
     run = bench(list(bundles), options)  # SIGTERM behaves like Ctrl-C (edgekit.interrupts)
     report = report_of(run)
     if as_json:

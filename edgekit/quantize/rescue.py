@@ -47,6 +47,9 @@ import numpy as np
 from edgekit.quantize.sensitivity import LayerError
 from edgekit.ui import progress_bar, status
 
+#: ``map(fn, items) -> [fn(item) ...]`` in item order: the builtin map's contract, e.g. run as Ray
+#: tasks by ``edgekit.bench.cluster.ClusterEvaluator.map``
+MapTrials = Callable[[Callable[[Any], Any], list[Any]], list[Any]]
 METHOD = "mixed precision: the most sensitive layers kept in float"
 LOOKAHEAD_SLOWDOWN = 1.10  # a passing candidate this much slower than plain INT8: try one more
 MIN_GAIN = 0.10  # a candidate must cut the best KL so far by this fraction to count as progress
@@ -212,13 +215,15 @@ def choose_candidate(export: Callable[[tuple[str, ...], int, dict[str, Any]], An
                      baseline_p50_ms: float | None = None,
                      on_attempt: Callable[[Attempt], None] | None = None,
                      remedies: Sequence[tuple[str, dict[str, Any]]] = (),
-                     tie: float = 0.0) -> RescueOutcome:
+                     tie: float = 0.0,
+                     map_trials: MapTrials | None = None) -> RescueOutcome:
     """Export candidates (``export(keep_float, index, option_overrides)``), score each on the
     tuning images (``score(artifact)``; ``baseline``: the plain INT8 artifact's) and time it
     (``timer``: batch-1 p50 in ms, or None), by the rule in the module docstring.
     ``remedies`` (label, QuantOptions overrides) are tried first with nothing kept in float;
     the best one that improves on the plain artifact stays on for the keep-float candidates.
-    ``tie``: agreements this close (one tuning image) count as equal when nothing passes."""
+    ``tie``: agreements this close (one tuning image) count as equal when nothing passes.
+    ``map_trials(fn, items)`` runs trials at once (``prefetched``), with the same choice."""
     outcome = RescueOutcome(sensitivity, baseline.agreement, baseline.mean_abs_logit_diff,
                             baseline_kl=baseline.kl, baseline_p50_ms=baseline_p50_ms)
     agreement_decides = baseline.agreement < min_agreement
@@ -237,6 +242,9 @@ def choose_candidate(export: Callable[[tuple[str, ...], int, dict[str, Any]], An
     sets: list[tuple[str, ...]] = [()] * len(remedies) + keep_sets
     remedy: tuple[str, dict[str, Any]] = ("", {})  # the option the keep-float candidates use
     remedy_kl = baseline.kl
+    if map_trials is not None:  # every trial up front; the rule below reads them in order
+        export, score, timer = prefetched(map_trials, export, score, timer, sets, remedies,
+                                          improves, baseline.kl)
     for index, keep in enumerate(sets):
         label, overrides = remedies[index] if index < len(remedies) else remedy
         t0 = time.perf_counter()
@@ -308,7 +316,8 @@ def choose_candidate(export: Callable[[tuple[str, ...], int, dict[str, Any]], An
 def run_rescue(backend: Any, request_for: Callable[[tuple[str, ...], Path], Any], artifact: Any,
                work_dir: Path, tuning: np.ndarray, score: Callable[[Any], Score],
                *, name: str, settings: Any, search: bool | None, rank: bool = True,
-               sensitivity_images: int = 32) -> RescueOutcome:
+               sensitivity_images: int = 32,
+               map_trials: MapTrials | None = None) -> RescueOutcome:
     """Rank ``artifact``'s layers (``backend.layer_sensitivity`` on ``sensitivity_images`` of
     the ``tuning`` batch, spread over it) and, when ``search``, look for a candidate
     (``choose_candidate``) within ``settings`` (the recipe's ``rescue``). ``search=None``
@@ -382,4 +391,48 @@ def run_rescue(backend: Any, request_for: Callable[[tuple[str, ...], Path], Any]
         return choose_candidate(export, score, ranking, baseline,
                                 max_attempts=settings.max_attempts, min_agreement=target,
                                 timer=timer, baseline_p50_ms=base_p50, on_attempt=report,
-                                remedies=remedies, tie=1 / max(1, len(tuning)))
+                                remedies=remedies, tie=1 / max(1, len(tuning)),
+                                map_trials=map_trials)
+
+
+def prefetched(map_trials: MapTrials, export: Callable[[tuple[str, ...], int, dict[str, Any]], Any],
+               score: Callable[[Any], Score], timer: Callable[[Any], float | None] | None,
+               sets: list[tuple[str, ...]], remedies: list[tuple[str, dict[str, Any]]],
+               improves: Callable[[Score], bool], baseline_kl: float) -> tuple[Any, Any, Any]:
+    """Run ``choose_candidate``'s trials (export + score + time) through ``map_trials`` in two
+    waves — the remedies, then the keep-float sets with the remedy the sequential rule keeps —
+    and return (export, score, timer) that hand back those results. The rule then sees what
+    it would have computed one trial at a time (exports and scores are deterministic), so it
+    chooses the same candidate; trials past where it stops are wasted, not used. Latencies
+    timed while other trials run are noisier, and ``Attempt.seconds`` is no longer the
+    trial's own time."""
+    def trial(item: tuple[tuple[str, ...], int, dict[str, Any]]) -> tuple[Any, Any, Any]:
+        keep, index, overrides = item
+        try:
+            artifact = export(keep, index, overrides)
+            return artifact, score(artifact), None if timer is None else timer(artifact)
+        except Exception as exc:  # noqa: BLE001 - raised where the sequential loop would meet it
+            return exc, None, None
+
+    current = [0]  # the loop scores and times each candidate right after exporting it
+
+    def export_again(keep: tuple[str, ...], index: int, overrides: dict[str, Any]) -> Any:
+        current[0] = index
+        if isinstance(done[index][0], Exception):
+            raise done[index][0]
+        return done[index][0]
+
+    n = len(remedies)
+    done = dict(enumerate(map_trials(trial, [((), i, dict(remedies[i][1])) for i in range(n)])))
+    remedy: tuple[str, dict[str, Any]] = ("", {})
+    for i in range(n):  # the loop's own remedy rule
+        got = done[i][1]
+        if got is None:  # the loop stops at this failed trial
+            break
+        if improves(got) and got.kl < baseline_kl:
+            remedy, baseline_kl = remedies[i], got.kl
+    rest = range(n, len(sets))
+    done.update(zip(rest, map_trials(trial, [(sets[i], i, dict(remedy[1])) for i in rest]),
+                    strict=True))
+    return (export_again, lambda artifact: done[current[0]][1],
+            None if timer is None else (lambda artifact: done[current[0]][2]))

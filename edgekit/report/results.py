@@ -311,6 +311,7 @@ class BenchResults(Record):
     rows: list[Row]
     predicted: Predicted | None = None
     emulated: Emulated | None = None
+    cluster: Json | None = None  # a sharded evaluation (--cluster): engine, nodes, shards
 
     def by_id(self) -> dict[str, ArtifactRecord]:
         return {a.id: a for a in self.artifacts}
