@@ -23,6 +23,7 @@ import numpy as np
 from edgekit import __version__, metrics
 from edgekit.backends import Artifact, ExportRequest, QuantOptions, require_backend
 from edgekit.backends.base import check_supported, first_line
+from edgekit.bench.cluster import ClusterEvaluator
 from edgekit.bundle import BundleWriter, load_manifest, package_versions, sha256_path
 from edgekit.calibrate import DataPlan, StreamedImages, plan_data, stratified_sample
 from edgekit.data.folder import scan
@@ -50,7 +51,7 @@ from edgekit.outputs import refuse_inside_data
 from edgekit.prune.latency import for_latency
 from edgekit.prune.recover import prune_and_verify, save_pruned
 from edgekit.quantize.rescue import METHOD as RESCUE_METHOD
-from edgekit.quantize.rescue import Score, mean_kl, remedy_text, run_rescue
+from edgekit.quantize.rescue import MapTrials, Score, mean_kl, remedy_text, run_rescue
 from edgekit.quantize.sensitivity import LayerError
 from edgekit.recipes import Recipe, load_recipe, pruning_recipe
 from edgekit.sources import Source, load_model, reference_outputs
@@ -95,6 +96,7 @@ class CompressOptions:
     classes: tuple[str, ...] | None = None
     rescue: bool | None = None  # None: the recipe's rescue.enabled (int8: on)
     explain: bool = False  # rank every INT8 artifact's layers by sensitivity, even when it passes
+    cluster: str | None = None  # a Ray address ("auto": local): the rescue's trials as Ray tasks
 
 
 @dataclass
@@ -247,10 +249,14 @@ def compress(source: str | Path | Source, *, data: str | Path, out: str | Path,
         pruning["latency_search"] = latency_rows
 
     results: list[ArtifactResult] = []
-    with BundleWriter(out, overwrite=opts.overwrite) as writer:
+    with contextlib.ExitStack() as stack, BundleWriter(out, overwrite=opts.overwrite) as writer:
+        map_trials = None
+        if opts.cluster is not None and rec.precision == "int8" and rec.rescue.enabled:
+            # connected up front: a wrong address is a usage error (exit 2), not a failed rescue
+            map_trials = stack.enter_context(ClusterEvaluator(opts.cluster)).map
         for backend in plugins:
             results.append(_export_one(backend, model, rec, plan, writer, x, y, ref,
-                                       source_metrics, parity_ref, opts))
+                                       source_metrics, parity_ref, opts, map_trials))
         pruned = None if pruning is None else _save_pruned(model, pruning, writer)
         manifest = _manifest(loaded, rec, plan, source_metrics, results, writer, started,
                              time.perf_counter() - start, pruned)
@@ -317,7 +323,8 @@ def _save_pruned(model: Source, record: dict[str, Any], writer: BundleWriter
 def _export_one(backend: Any, loaded: Source, rec: Recipe, plan: DataPlan,
                 writer: BundleWriter, x: np.ndarray, y: np.ndarray, ref: np.ndarray,
                 source_metrics: dict[str, Any], parity_ref: np.ndarray | None = None,
-                opts: CompressOptions | None = None) -> ArtifactResult:
+                opts: CompressOptions | None = None,
+                map_trials: MapTrials | None = None) -> ArtifactResult:
     name = f"{backend.name}-{rec.precision}"
     out_dir = writer.artifacts_dir / backend.name
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -365,7 +372,8 @@ def _export_one(backend: Any, loaded: Source, rec: Recipe, plan: DataPlan,
         search = True if missed else (None if rec.rescue.enabled else False)
         artifact, verification, ranking = _rescue(backend, name, loaded, rec, plan, writer,
                                                   out_dir, request_for, verify, artifact,
-                                                  verification, search, explain)
+                                                  verification, search, explain,
+                                                  map_trials)
         seconds = time.perf_counter() - t0
     elif rec.precision == "int8" and missed:
         status(f"[yellow]{name}:[/] no per-layer rescue for {backend.name} yet; the fallback is "
@@ -396,7 +404,8 @@ def _misses_gate(verification: Verification) -> bool:
 def _rescue(backend: Any, name: str, loaded: Source, rec: Recipe, plan: DataPlan,
             writer: BundleWriter, out_dir: Path, request_for: Any, verify: Any,
             artifact: Artifact, verification: Verification, search: bool | None,
-            explain: bool) -> tuple[Artifact, Verification, list[LayerError]]:
+            explain: bool, map_trials: MapTrials | None = None
+            ) -> tuple[Artifact, Verification, list[LayerError]]:
     """Rank the INT8 artifact's layers and, when ``search``, look for a candidate with the most
     sensitive ones kept in float (``edgekit.quantize.rescue``), chosen on calibration-side
     tuning images; the chosen one is verified ONCE and replaces the artifact in the bundle.
@@ -422,7 +431,8 @@ def _rescue(backend: Any, name: str, loaded: Source, rec: Recipe, plan: DataPlan
             with contextlib.redirect_stdout(sys.stderr):
                 outcome = run_rescue(backend, request_for, artifact, work, x_t,
                                      tuning_agreement, name=name, settings=rec.rescue,
-                                     search=search, rank=explain)
+                                     search=search, rank=explain,
+                                     map_trials=map_trials)
         except Exception as exc:  # noqa: BLE001 - best effort: the plain INT8 artifact stands
             why = first_line(exc, 300, typed=True)
             status(f"[red]{name}: the INT8 rescue failed ({why}); the plain INT8 artifact "

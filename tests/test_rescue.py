@@ -417,6 +417,34 @@ def test_a_met_gate_still_rescues_an_artifact_measurably_off_the_source(
     assert art["verification"]["top1_agreement"] >= 0.95
 
 
+def test_the_rescue_on_ray_chooses_what_the_sequential_rescue_chooses(
+        planted: Path, tinted: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """``compress --cluster auto``: the candidates are exported, scored and timed as Ray tasks
+    on a local Ray; the record's candidates and choice are the sequential run's."""
+    pytest.importorskip("ray", reason="ray is the optional [cluster] extra")
+    from edgekit.bench.cluster import ClusterEvaluator
+
+    on_ray = []
+    real_map = ClusterEvaluator.map
+
+    def counted(self, fn, items, description=None):
+        out = real_map(self, fn, items, description)
+        on_ray.append(len(out))
+        return out
+
+    monkeypatch.setattr(ClusterEvaluator, "map", counted)
+    runs = {}
+    for how, cluster in (("sequential", None), ("ray", "auto")):
+        compress(planted, data=tinted, out=tmp_path / how, recipe="int8",
+                 backends=["onnxruntime"], cluster=cluster, **SMALL)
+        runs[how] = _quantization(tmp_path / how)["quantization"]["rescue"]
+    seq, par = runs["sequential"], runs["ray"]
+    assert sum(on_ray) >= len(par["attempts"])  # every candidate was a Ray task
+    assert par["keep_float"] == seq["keep_float"] and par["keep_float"][0].startswith(CRUSHED)
+    assert [(a["keep_float"], a["tuning_top1_agreement"], a["passed"]) for a in par["attempts"]] \
+        == [(a["keep_float"], a["tuning_top1_agreement"], a["passed"]) for a in seq["attempts"]]
+
+
 def test_a_rescue_that_crashes_keeps_the_plain_artifact(planted: Path, tinted: Path,
                                                         tmp_path: Path,
                                                         monkeypatch: pytest.MonkeyPatch) -> None:

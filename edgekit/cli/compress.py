@@ -69,6 +69,10 @@ from edgekit.ui import status
 @click.option("--explain", is_flag=True,
               help="INT8: print each artifact's layers ranked by the error their quantization "
                    "adds (measured on calibration-side images), even when it passes.")
+@click.option("--cluster", default=None, metavar="auto|ray://HOST:PORT|HOST:PORT",
+              help="INT8: run the rescue's candidate re-exports as Ray tasks (needs pip install "
+                   "'edgekit[cluster]'; 'auto' starts a local Ray). Same choice as without; "
+                   "every worker must see --out's folder under the same path.")
 @click.option("--overwrite", is_flag=True, help="Replace an existing bundle at --out.")
 @click.option("--on-error", type=click.Choice(["skip", "fail"]), default="skip",
               show_default=True, help="Corrupt or non-image files: skip with a warning, or fail.")
