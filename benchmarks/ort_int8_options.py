@@ -29,6 +29,7 @@ import os
 import statistics
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -38,6 +39,7 @@ import torch
 from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
 
 from _common import environment, release_work_folder, work_folder, write_results
+from edgekit.backends import get_backend
 from edgekit.backends.base import ExportRequest, QuantOptions
 from edgekit.backends.onnxruntime import (
     BACKEND,
@@ -48,6 +50,7 @@ from edgekit.backends.onnxruntime import (
 from edgekit.calibrate import StreamedImages, plan_data
 from edgekit.data.phantoms import generate_ct_dataset, generate_mri_dataset
 from edgekit.sources import load_model
+from edgekit.targets import load_target
 from edgekit.zoo import create_model, model_config
 
 CONV = ["Conv", "MatMul", "Gemm"]
@@ -125,7 +128,7 @@ def agreement(task: str, ref: np.ndarray, got: np.ndarray) -> dict[str, float]:
 
 
 def build(model: str, size: int, args: argparse.Namespace, work: Path
-          ) -> tuple[dict[str, Path], list[np.ndarray], str]:
+          ) -> tuple[dict[str, Path], list[np.ndarray], str, Path | None]:
     work.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(0)
     weights = work / f"{model}_{size}.pt"
@@ -147,6 +150,13 @@ def build(model: str, size: int, args: argparse.Namespace, work: Path
                                        stem="edgekit-int8", calibration=calib,
                                        options=QuantOptions()))
     paths["edgekit"] = art.path
+    ov_path = None
+    if args.openvino:  # the reference: edgekit's OpenVINO INT8 (NNCF), same calibration images
+        say(f"{model}: edgekit OpenVINO int8 export")
+        with contextlib.redirect_stdout(sys.stderr):
+            ov_path = get_backend("openvino").export(ExportRequest(
+                model=loaded, precision="int8", out_dir=work, stem="ov-int8", calibration=calib,
+                options=QuantOptions())).path
     pre = work / "model.pre.onnx"
     _pre_process(fp32.path, pre, [])
     name = fp32.input_name
@@ -158,31 +168,29 @@ def build(model: str, size: int, args: argparse.Namespace, work: Path
             paths[label] = out
         except Exception as exc:  # a variant failing is a result
             say(f"{model}: {label} FAILED: {type(exc).__name__}: {exc}")
-    return paths, verify, task
+    return paths, verify, task, ov_path
 
 
-def time_rows(rows: dict[str, ort.InferenceSession], x: np.ndarray, rounds: int,
+def time_rows(rows: dict[str, Callable[[], Any]], rounds: int,
               seconds: float) -> dict[str, list[float]]:
     names = list(rows)
     p50s: dict[str, list[float]] = {k: [] for k in names}
     runs: dict[str, int] = {}
     for k in names:  # warm up, and size each row's batch of timed calls
-        sess = rows[k]
-        feed = {sess.get_inputs()[0].name: x}
+        call = rows[k]
         for _ in range(3):
-            sess.run(None, feed)
+            call()
         t0 = time.perf_counter()
-        sess.run(None, feed)
+        call()
         runs[k] = max(10, min(200, int(seconds / max(time.perf_counter() - t0, 1e-5))))
     for r in range(rounds):
         order = names[r % len(names):] + names[:r % len(names)]
         for k in order:
-            sess = rows[k]
-            feed = {sess.get_inputs()[0].name: x}
+            call = rows[k]
             times = []
             for _ in range(runs[k]):
                 t0 = time.perf_counter()
-                sess.run(None, feed)
+                call()
                 times.append((time.perf_counter() - t0) * 1e3)
             p50s[k].append(statistics.median(times))
         say(f"  round {r + 1}/{rounds} done")
@@ -190,7 +198,7 @@ def time_rows(rows: dict[str, ort.InferenceSession], x: np.ndarray, rounds: int,
 
 
 def measure(model: str, size: int, args: argparse.Namespace, work: Path) -> dict[str, Any]:
-    paths, verify, task = build(model, size, args, work / model)
+    paths, verify, task, ov_path = build(model, size, args, work / model)
     sessions: dict[str, ort.InferenceSession] = {}
     meta: dict[str, dict[str, Any]] = {}
     for art, path in paths.items():
@@ -206,8 +214,18 @@ def measure(model: str, size: int, args: argparse.Namespace, work: Path) -> dict
             level = "ORT_ENABLE_ALL"
             m["unfused"] = [f"{r['op']}:{r['node']}" for r in unfused_ops(paths[m["artifact"]],
                                                                           level)]
-    say(f"{model}: timing {len(sessions)} rows, {args.rounds} interleaved rounds")
-    p50s = time_rows(sessions, verify[0], args.rounds, args.seconds)
+    x = verify[0]
+    calls: dict[str, Callable[[], Any]] = {
+        k: (lambda s=s, f={s.get_inputs()[0].name: x}: s.run(None, f))
+        for k, s in sessions.items()}
+    if ov_path is not None:
+        ov = get_backend("openvino").open(
+            ov_path, threads=args.threads,
+            options=dict(load_target("x86-local").runtime_options.get("openvino", {})))
+        calls["openvino-int8@x86-local"] = ov.bind(x)
+        meta["openvino-int8@x86-local"] = {"artifact": "openvino-int8", "session": "x86-local"}
+    say(f"{model}: timing {len(calls)} rows, {args.rounds} interleaved rounds")
+    p50s = time_rows(calls, args.rounds, args.seconds)
     base = statistics.median(p50s["fp32@all"])
     for key, m in meta.items():
         med = statistics.median(p50s[key])
@@ -250,6 +268,13 @@ def markdown(res: dict[str, Any]) -> str:
             lines.append(f"| {r['artifact']} | {r['session']} | {r['p50_ms']:.3f} | "
                          f"{r['spread']:.2f} | {r['speedup_vs_fp32']:.2f} | "
                          f"{r.get('agreement', '')} | {r.get('rel_l2', '')} | {shown} |")
+        ov = m["rows"].get("openvino-int8@x86-local")
+        if ov:
+            ratios = ", ".join(
+                f"{s} {m['rows'][f'edgekit@{s}']['p50_ms'] / ov['p50_ms']:.2f}×"
+                for s in SESSIONS if f"edgekit@{s}" in m["rows"])
+            lines += ["", f"edgekit ORT INT8 / edgekit OpenVINO INT8 ({ov['p50_ms']:.3f} ms, "
+                      f"x86-local session options): {ratios}"]
         lines.append("")
     return "\n".join(lines)
 
@@ -264,6 +289,8 @@ def main() -> None:
     ap.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
     ap.add_argument("--calibration-images", type=int, default=32)
     ap.add_argument("--verification-images", type=int, default=32)
+    ap.add_argument("--openvino", action="store_true",
+                    help="also time edgekit's OpenVINO INT8 (the 1.5x goal's reference)")
     ap.add_argument("--quick", action="store_true")
     ap.add_argument("--name", default=None, help="results file stem")
     ap.add_argument("--workdir", type=Path, default=None)

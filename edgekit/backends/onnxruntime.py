@@ -86,13 +86,13 @@ class Int8Scheme:
 
 # Every scheme: QDQ (QOperator measured no faster), weights int8 per channel (per tensor was no
 # faster and lost agreement on the depthwise models), ALL op types ORT quantizes (Conv/MatMul/
-# Gemm only left Add/Mul/Concat/Sigmoid in float between extra Q/DQ: 1.2-2x slower), and the
+# Gemm only left Add/Mul/Concat/Sigmoid in float between extra Q/DQ: 1.3-2.4x slower), and the
 # exact graph rewrites of ``_int8_rewrites`` (GELU, global pooling, channel mean).
 SCHEMES = {
     "x86-vnni": Int8Scheme(
         "x86-vnni", "uint8", False,
         "measured (" + _RESULTS + "): U8S8 QDQ fuses into QLinearConv/QLinearAdd/QGemm; S8S8 "
-        "left convolutions unfused and ran 1.5-3.5x slower; VNNI/AMX dot products do not "
+        "left convolutions unfused and ran 1.5-3.7x slower; VNNI/AMX dot products do not "
         "saturate, so reduce_range only costs accuracy"),
     "x86": Int8Scheme(
         "x86", "uint8", True,
@@ -259,10 +259,10 @@ class OnnxRuntimeBackend(QuietHooks):
     ``options.per_channel`` is False), every op type ORT quantizes**, after the exact graph
     rewrites of ``_int8_rewrites`` (GELU → one Gelu, spatial Reduce → global pools, channel
     mean → 1×1 Conv) that keep ORT's integer kernels fused. What the measurements ruled out:
-    S8S8 (convolutions left unfused, 1.5-3.5x slower), Conv/MatMul/Gemm-only (Add/Mul/Concat/
-    Sigmoid in float between extra Q/DQ, 1.2-2x slower), QOperator (no faster), per-tensor
+    S8S8 (convolutions left unfused, 1.5-3.7x slower), Conv/MatMul/Gemm-only (Add/Mul/Concat/
+    Sigmoid in float between extra Q/DQ, 1.3-2.4x slower), QOperator (no faster), per-tensor
     weights (no faster, lower agreement), ORT_ENABLE_EXTENDED sessions (the NHWC/NCHWc layout
-    passes are in ALL: 1.3-2x slower).
+    passes are in ALL: 1.3-1.9x slower).
 
     * x86 with VNNI/AMX: U8S8, full range (no saturation in VNNI dot products).
     * x86 without VNNI (AVX2/AVX-512F): U8S8 with ``reduce_range=True``: ``vpmaddubsw``'s int16
