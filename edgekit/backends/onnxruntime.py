@@ -12,9 +12,10 @@ Export
       shape (edge inference is batch 1; ``Session.run`` loops rows) and ORT can plan memory
       statically. Input/output names are kept as the file has them.
     * int8: ORT's pre-processing (``quant_pre_process``: symbolic shape inference, ORT basic
-      graph optimisation — Conv+BN folding — and ONNX shape inference), then ``quantize_static``
-      in QDQ format with a streaming ``CalibrationDataReader``. See ``OnnxRuntimeBackend`` for
-      the quantization types and why.
+      graph optimisation — Conv+BN folding — and ONNX shape inference), the exact fast-path
+      rewrites (``_int8_rewrites``), then ``quantize_static`` in QDQ format with a streaming
+      ``CalibrationDataReader``. See ``OnnxRuntimeBackend`` for the per-ISA quantization
+      types and why; ``unfused_ops`` lists what ORT still runs in float in an INT8 artifact.
 
 Every artifact is opened once with ORT before it is copied to ``out_dir``, so an operator ORT
 cannot run fails the export (``ExportError`` naming the operator and "onnxruntime"), not the
@@ -70,6 +71,15 @@ OPSET = 18  # the torch.export-based exporter implements 18 natively (17 silentl
 CALIBRATION_CHUNK = 16  # images whose intermediate tensors ORT holds at once during calibration
 _METHODS = {"minmax": "MinMax", "percentile": "Percentile", "entropy": "Entropy"}
 _ACTIVATION_TYPES = {"int8": "QInt8", "uint8": "QUInt8"}
+_INSTALL_HINT = "pip install 'edgekit[onnxruntime]'"
+_EXPORT_HINT = "pip install 'edgekit[torch,onnxruntime]' (torch, onnx, onnxscript and onnxruntime)"
+# The last fp32 ONNX export of each PyTorch module, keyed by input shape, source kind and a digest
+# of its weights: the INT8 rescue re-quantizes the same graph up to max_attempts times, and the
+# torch.export-based exporter takes seconds to tens of seconds per call.
+_EXPORTED: weakref.WeakKeyDictionary[Any, tuple[tuple[Any, ...], bytes]] = (
+    weakref.WeakKeyDictionary())
+
+
 _VNNI = ("avx512_vnni", "avx_vnni", "amx_int8")  # x86 int8 dot products without saturation
 _RESULTS = "benchmarks/results/ort_int8_options.md"
 
@@ -114,13 +124,6 @@ def isa_of(arch: str, features: list[str] | tuple[str, ...] | set[str]) -> str:
     if normalize_arch(arch) == "aarch64":
         return "arm64"
     return "x86-vnni" if set(features) & set(_VNNI) else "x86"
-_INSTALL_HINT = "pip install 'edgekit[onnxruntime]'"
-_EXPORT_HINT = "pip install 'edgekit[torch,onnxruntime]' (torch, onnx, onnxscript and onnxruntime)"
-# The last fp32 ONNX export of each PyTorch module, keyed by input shape, source kind and a digest
-# of its weights: the INT8 rescue re-quantizes the same graph up to max_attempts times, and the
-# torch.export-based exporter takes seconds to tens of seconds per call.
-_EXPORTED: weakref.WeakKeyDictionary[Any, tuple[tuple[Any, ...], bytes]] = (
-    weakref.WeakKeyDictionary())
 
 
 def _quantized_ops(path: Path) -> int:
