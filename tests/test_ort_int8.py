@@ -155,6 +155,9 @@ def test_rewrites_are_exact_in_float(exports: Store, tmp_path: Path) -> None:
     assert counts["global_pool"] >= 3 and counts["channel_mean"] >= 3  # SE + spatial attention
     ops = {n.op_type for n in onnx.load(str(rewritten)).graph.node}
     assert "Erf" not in ops and {"Gelu", "GlobalAveragePool"} <= ops
+    graph = onnx.load(str(rewritten)).graph  # no orphans left for ORT to warn about
+    read = {t for n in graph.node for t in n.input}
+    assert all(i.name in read for i in graph.initializer)
 
     def run(path: Path) -> np.ndarray:
         o = ort.SessionOptions()

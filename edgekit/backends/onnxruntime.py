@@ -743,9 +743,14 @@ def _int8_rewrites(path: Path) -> dict[str, int]:
         return counts
     nodes = [replace.get(id(n), n) for n in graph.node
              if id(n) in replace or id(n) not in drop]
+    used = {t for n in nodes for t in n.input} | {o.name for o in graph.output}
+    nodes = [n for n in nodes if n.op_type != "Constant" or n.output[0] in used]
     del graph.node[:]
     graph.node.extend(nodes)
-    graph.initializer.extend(inits)
+    used |= {i.name for i in graph.input}  # an initializer listed as an input stays
+    kept = [i for i in graph.initializer if i.name in used]  # the patterns' constants go too:
+    del graph.initializer[:]  # ORT warns about every unused initializer it meets
+    graph.initializer.extend(kept + inits)
     if counts["gelu"] and not any(o.domain == "com.microsoft" for o in proto.opset_import):
         proto.opset_import.append(helper.make_opsetid("com.microsoft", 1))
     onnx.save(proto, str(path))
