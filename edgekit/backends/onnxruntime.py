@@ -12,9 +12,10 @@ Export
       shape (edge inference is batch 1; ``Session.run`` loops rows) and ORT can plan memory
       statically. Input/output names are kept as the file has them.
     * int8: ORT's pre-processing (``quant_pre_process``: symbolic shape inference, ORT basic
-      graph optimisation — Conv+BN folding — and ONNX shape inference), then ``quantize_static``
-      in QDQ format with a streaming ``CalibrationDataReader``. See ``OnnxRuntimeBackend`` for
-      the quantization types and why.
+      graph optimisation — Conv+BN folding — and ONNX shape inference), the exact fast-path
+      rewrites (``_int8_rewrites``), then ``quantize_static`` in QDQ format with a streaming
+      ``CalibrationDataReader``. See ``OnnxRuntimeBackend`` for the per-ISA quantization
+      types and why; ``unfused_ops`` lists what ORT still runs in float in an INT8 artifact.
 
 Every artifact is opened once with ORT before it is copied to ``out_dir``, so an operator ORT
 cannot run fails the export (``ExportError`` naming the operator and "onnxruntime"), not the
@@ -26,6 +27,7 @@ device. Work files live in a temporary directory; ``out_dir`` only ever receives
 from __future__ import annotations
 
 import contextlib
+import functools
 import hashlib
 import importlib.util
 import io
@@ -52,6 +54,7 @@ from edgekit.backends.base import (
     iter_calibration,
     onnx_source_file,
 )
+from edgekit.bench.hostinfo import cpu_info, normalize_arch
 from edgekit.errors import (
     BackendUnavailable,
     ConfigError,
@@ -75,6 +78,52 @@ _EXPORT_HINT = "pip install 'edgekit[torch,onnxruntime]' (torch, onnx, onnxscrip
 # torch.export-based exporter takes seconds to tens of seconds per call.
 _EXPORTED: weakref.WeakKeyDictionary[Any, tuple[tuple[Any, ...], bytes]] = (
     weakref.WeakKeyDictionary())
+
+
+_VNNI = ("avx512_vnni", "avx_vnni", "amx_int8")  # x86 int8 dot products without saturation
+_RESULTS = "benchmarks/results/ort_int8_options.md"
+
+
+@dataclass(frozen=True)
+class Int8Scheme:
+    """The INT8 quantization an ISA gets by default, and why (recorded in the manifest)."""
+
+    isa: str  # "x86-vnni", "x86" or "arm64"
+    activation_type: str  # "uint8" (QUInt8) or "int8" (QInt8); weights are always int8
+    reduce_range: bool  # 7-bit weights
+    basis: str
+
+
+# Every scheme: QDQ (QOperator measured no faster), weights int8 per channel (per tensor was no
+# faster and lost agreement on the depthwise models), ALL op types ORT quantizes (Conv/MatMul/
+# Gemm only left Add/Mul/Concat/Sigmoid in float between extra Q/DQ: 1.3-2.4x slower), and the
+# exact graph rewrites of ``_int8_rewrites`` (GELU, global pooling, channel mean).
+SCHEMES = {
+    "x86-vnni": Int8Scheme(
+        "x86-vnni", "uint8", False,
+        "measured (" + _RESULTS + "): U8S8 QDQ fuses into QLinearConv/QLinearAdd/QGemm; S8S8 "
+        "left convolutions unfused and ran 1.5-3.7x slower; VNNI/AMX dot products do not "
+        "saturate, so reduce_range only costs accuracy"),
+    "x86": Int8Scheme(
+        "x86", "uint8", True,
+        "ORT's quantization guide: without VNNI, U8S8 runs on vpmaddubsw, whose int16 "
+        "intermediate can saturate; reduce_range (7-bit weights) avoids it. Speed measured "
+        "equal to full range on the VNNI machine (" + _RESULTS + ")"),
+    "arm64": Int8Scheme(
+        "arm64", "uint8", False,
+        "not measured (no ARM machine): argued from ORT's MLAS kernels, which run U8S8 on the "
+        "UDOT/I8MM dot-product instructions with int32 accumulation (no saturation, so no "
+        "reduce_range); the same U8S8 QDQ graph as x86 keeps one artifact for both"),
+}
+ISAS = tuple(SCHEMES)
+
+
+def isa_of(arch: str, features: list[str] | tuple[str, ...] | set[str]) -> str:
+    """The ``SCHEMES`` key for a CPU: ``arm64`` for aarch64, ``x86-vnni`` for x86-64 with
+    AVX-512 VNNI, AVX-VNNI or AMX-INT8, else ``x86`` (the conservative scheme)."""
+    if normalize_arch(arch) == "aarch64":
+        return "arm64"
+    return "x86-vnni" if set(features) & set(_VNNI) else "x86"
 
 
 def _quantized_ops(path: Path) -> int:
@@ -206,22 +255,27 @@ class OnnxRuntimeBackend(QuietHooks):
     """ONNX Runtime plugin. ``BACKEND`` is the default instance; variants are made with
     ``dataclasses.replace(BACKEND, ...)``.
 
-    Quantization types (defaults): **uint8 activations (asymmetric, per tensor) + int8 weights
-    (symmetric, per channel unless ``options.per_channel`` is False), ``reduce_range=False``**
-    (U8S8, ORT's recommendation for x86 with VNNI, and supported on ARM64).
+    INT8 defaults come from ``SCHEMES`` for the target ISA (``isa``; "auto" = the CPU edgekit
+    runs on), chosen from ``benchmarks/results/ort_int8_options.md`` (seed models at their
+    published sizes, 2 threads, this Xeon with AVX-512 VNNI + AMX): **QDQ, uint8 activations
+    (asymmetric, per tensor) + int8 weights (symmetric, per channel unless
+    ``options.per_channel`` is False), every op type ORT quantizes**, after the exact graph
+    rewrites of ``_int8_rewrites`` (GELU → one Gelu, spatial Reduce → global pools, channel
+    mean → 1×1 Conv) that keep ORT's integer kernels fused. What the measurements ruled out:
+    S8S8 (convolutions left unfused, 1.5-3.7x slower), Conv/MatMul/Gemm-only (Add/Mul/Concat/
+    Sigmoid in float between extra Q/DQ, 1.3-2.4x slower), QOperator (no faster), per-tensor
+    weights (no faster, lower agreement), ORT_ENABLE_EXTENDED sessions (the NHWC/NCHWc layout
+    passes are in ALL: 1.3-1.9x slower).
 
-    * x86-64 with AVX-512 VNNI (measured here, 1 thread, 128 px): U8S8 QDQ fuses into
-      QLinearConv/QLinearAdd throughout and runs 1.5-2.2x faster than fp32 (mobilenetv2
-      2.56 -> 1.18 ms, prudensnet 30.4 -> 15.9 ms). S8 activations (``activation_type="int8"``)
-      were much worse on x86: ORT's S8->U8 QDQ rewrite left the residual Adds and the convs
-      feeding them in float with extra Q/DQ and layout Transposes (mobilenetv2: 15 of 52 convs
-      float), and INT8 came out SLOWER than fp32 for 4 of 5 zoo models.
-    * ARM64 (Cortex-A72/A76, Graviton): MLAS runs U8S8 with the UDOT dot-product kernels (and
-      S8S8 with SDOT; ``activation_type="int8"`` is the option to benchmark on an ARM-only
-      deployment). One U8S8 artifact serves both device families.
-    * x86 WITHOUT VNNI (AVX2/AVX-512F only): U8S8 uses ``vpmaddubsw``, whose int16
-      intermediate can saturate; ``reduce_range=True`` (7-bit weights) avoids that at some
-      accuracy cost. Not the default: the targets here are VNNI x86 and ARM.
+    * x86 with VNNI/AMX: U8S8, full range (no saturation in VNNI dot products).
+    * x86 without VNNI (AVX2/AVX-512F): U8S8 with ``reduce_range=True``: ``vpmaddubsw``'s int16
+      intermediate can saturate with full-range weights (ORT's quantization guide).
+    * ARM64: U8S8 full range, argued (not measured): MLAS runs it on UDOT/I8MM with int32
+      accumulation; one graph for both device families.
+
+    ``activation_type`` / ``reduce_range`` set explicitly override the scheme; the
+    quantization record names the ISA, where it came from and why (``isa``, ``isa_from``,
+    ``scheme_basis``) and the rewrites made.
 
     Known accuracy traps, left as options (the default excludes nothing): depthwise
     convolutions need per-channel weights (on by default); attention gates (CBAM/SE
@@ -234,8 +288,10 @@ class OnnxRuntimeBackend(QuietHooks):
     suffix: str = ".onnx"
     precisions: tuple[str, ...] = ("fp32", "int8")
     sources: tuple[str, ...] = ("torch", "torchscript", "onnx", "keras")
-    activation_type: str = "uint8"  # "uint8" (QUInt8) or "int8" (QInt8)
-    reduce_range: bool = False
+    isa: str = "auto"  # a SCHEMES key, or "auto": the CPU edgekit runs on (isa_of)
+    activation_type: str | None = None  # "uint8" (QUInt8) or "int8" (QInt8); None: the scheme's
+    reduce_range: bool | None = None  # None: the scheme's
+    rewrites: bool = True  # the exact fast-path rewrites of _int8_rewrites
     exclude_op_types: tuple[str, ...] = ()
     exclude_nodes: tuple[str, ...] = ()
     percentile: float = 99.999  # ORT's default for method "percentile"
@@ -303,7 +359,10 @@ class OnnxRuntimeBackend(QuietHooks):
     def _validate(self, request: ExportRequest) -> None:
         check_request(self, request)
         kind = request.model.kind
-        if self.activation_type not in _ACTIVATION_TYPES:
+        if self.isa != "auto" and self.isa not in SCHEMES:
+            raise ConfigError(f"Backend {self.name!r}: isa must be 'auto' or one of "
+                              f"{', '.join(SCHEMES)}, got {self.isa!r}")
+        if self.activation_type is not None and self.activation_type not in _ACTIVATION_TYPES:
             raise ConfigError(f"Backend {self.name!r}: activation_type must be one of "
                               f"{', '.join(_ACTIVATION_TYPES)}, got {self.activation_type!r}")
         if request.options.int8_io:
@@ -315,6 +374,13 @@ class OnnxRuntimeBackend(QuietHooks):
         if missing:
             raise BackendUnavailable(f"Exporting with {self.name!r} needs {', '.join(missing)}: "
                                      f"{_EXPORT_HINT}")
+
+    def scheme(self) -> tuple[Int8Scheme, str]:
+        """The INT8 scheme this variant quantizes with, and where its ISA came from."""
+        if self.isa != "auto":
+            return SCHEMES[self.isa], "backend option isa"
+        info = _host_cpu()
+        return SCHEMES[isa_of(info["arch"], info["features"])], "this machine's CPU (isa=auto)"
 
     def _ort_method(self, request: ExportRequest) -> str:
         method = request.options.method
@@ -386,6 +452,10 @@ class OnnxRuntimeBackend(QuietHooks):
 
         pre = tmp / "model.pre.onnx"
         preprocess = _pre_process(fp32, pre, notes)
+        rewrites = _int8_rewrites(pre) if self.rewrites else {}
+        scheme, isa_from = self.scheme()
+        act_type = self.activation_type or scheme.activation_type
+        reduce_range = scheme.reduce_range if self.reduce_range is None else self.reduce_range
         calibration = request.calibration
         assert calibration is not None and ort_method is not None
         count = len(calibration)
@@ -410,13 +480,13 @@ class OnnxRuntimeBackend(QuietHooks):
                               f"node in {request.model.name} (names come from "
                               "layer_sensitivity)")
         excluded += [k for k in _keep_float_nodes(graph, keep) if k not in excluded]
-        activation = getattr(QuantType, _ACTIVATION_TYPES[self.activation_type])
+        activation = getattr(QuantType, _ACTIVATION_TYPES[act_type])
         try:
             # ORT's histogram calibrators print progress with print(): keep stdout clean
             with contextlib.redirect_stdout(io.StringIO()):
                 quantize_static(str(pre), str(out), reader, quant_format=QuantFormat.QDQ,
                                 per_channel=bool(request.options.per_channel),
-                                reduce_range=self.reduce_range, activation_type=activation,
+                                reduce_range=reduce_range, activation_type=activation,
                                 weight_type=QuantType.QInt8, nodes_to_exclude=excluded or None,
                                 calibrate_method=getattr(CalibrationMethod, ort_method),
                                 extra_options=extra)
@@ -430,19 +500,28 @@ class OnnxRuntimeBackend(QuietHooks):
                          "(128 histogram bins = 128 quantized bins; quantize_static does not "
                          "forward num_bins), so its KL search has a single candidate and the "
                          "ranges come out as min/max.")
-        act = "uint8" if self.activation_type == "uint8" else "int8"
-        notes.append(f"INT8 QDQ: {act} activations (asymmetric, per tensor) + int8 weights "
-                     f"(symmetric, {'per channel' if request.options.per_channel else 'per tensor'})"
-                     ". x86-64 runs U8S8 QLinearConv (AVX-512 VNNI where present); ARM64 runs "
-                     f"it with dot-product kernels. reduce_range={self.reduce_range}: on x86 "
-                     "without VNNI (AVX2) U8S8 can saturate; re-export with reduce_range=True "
-                     "for such CPUs if accuracy drops.")
+        notes.append(f"INT8 QDQ for ISA {scheme.isa} (from {isa_from}): {act_type} activations "
+                     "(asymmetric, per tensor) + int8 weights (symmetric, "
+                     f"{'per channel' if request.options.per_channel else 'per tensor'}), "
+                     f"reduce_range={reduce_range}, every op type ORT quantizes. Why: "
+                     f"{scheme.basis}.")
+        made = {k: v for k, v in rewrites.items() if v}
+        if made:
+            notes.append("Exact rewrites that keep ORT on its integer kernels: "
+                         + ", ".join(f"{v} {k.replace('_', ' ')}" for k, v in made.items())
+                         + " (GELU → com.microsoft.Gelu, spatial Reduce → global pools, "
+                         "channel mean → 1×1 Conv).")
         return {
             "format": "QDQ",
-            "activation_type": _ACTIVATION_TYPES[self.activation_type],
+            "activation_type": _ACTIVATION_TYPES[act_type],
             "weight_type": "QInt8",
             "per_channel": bool(request.options.per_channel),
-            "reduce_range": self.reduce_range,
+            "reduce_range": reduce_range,
+            "isa": scheme.isa,
+            "isa_from": isa_from,
+            "scheme_basis": scheme.basis,
+            "op_types": "all ORT quantizes",
+            "rewrites": rewrites,
             "calibration_method": request.options.method,
             "calibration_images": count,
             "preprocess": preprocess,
@@ -476,6 +555,8 @@ class OnnxRuntimeBackend(QuietHooks):
             else:
                 self._from_onnx(request.model, fp32, [])
             _pre_process(fp32, pre, [])
+            if self.rewrites:  # the graph _quantize quantized: same nodes, same tensor names
+                _int8_rewrites(pre)
             float_proto = onnx.load(str(pre))
             quant_proto = onnx.load(str(int8_path))
             float_names = ({o for n in float_proto.graph.node for o in n.output if o}
@@ -517,6 +598,13 @@ class OnnxRuntimeBackend(QuietHooks):
 
 
 # ------------------------------------------------------------------------------------ helpers
+@functools.cache
+def _host_cpu() -> dict[str, Any]:
+    """This machine's arch and ISA features (read once)."""
+    info = cpu_info()
+    return {"arch": info["arch"], "features": list(info["features"])}
+
+
 def _pre_process(fp32: Path, pre: Path, notes: list[str]) -> str:
     """ORT's quantization pre-processing of ``fp32`` into ``pre``; what it did, in words."""
     from onnxruntime.quantization.shape_inference import quant_pre_process
@@ -535,6 +623,138 @@ def _pre_process(fp32: Path, pre: Path, notes: list[str]) -> str:
                      "Reduce* ops at opset >= 18); ONNX shape inference covered the static "
                      "shapes.")
         return "optimization + ONNX shape inference (symbolic shape inference failed)"
+
+
+def _int8_rewrites(path: Path) -> dict[str, int]:
+    """Exact graph rewrites, in place, that keep the INT8 graph on ORT's integer fast path
+    (measured in ``benchmarks/results/ort_int8_options.md``); how many of each were made.
+
+    * ``gelu``: the exported exact GELU (``Div(x, √2) → Erf → Add 1 → Mul x → Mul ½``, either
+      Mul order) becomes one ``com.microsoft.Gelu``. Quantized as exported, the chain costs a
+      float Div and Erf plus QLinearAdd/QLinearMul with (de)quantization between each (ORT's
+      own Gelu fusion cannot match once each consumer of ``x`` has its own DequantizeLinear);
+      fused, it is one float kernel between a DequantizeLinear and a QuantizeLinear.
+    * ``global_pool``: ``ReduceMean``/``ReduceMax`` over H and W of an NCHW tensor (keepdims) —
+      squeeze-excitation and CBAM pooling — become ``GlobalAveragePool`` / a ``MaxPool`` with
+      an H×W kernel, which ORT runs on uint8 (QLinearGlobalAveragePool, NhwcMaxPool) instead of
+      dequantizing the feature map and reducing in float.
+    * ``channel_mean``: ``ReduceMean`` over the channels (keepdims; spatial attention) becomes
+      a 1×1 ``Conv`` with C weights of 1/C, an integer QLinearConv (the weights quantize
+      exactly: per-channel scale (1/C)/127).
+    """
+    import onnx
+    from onnx import helper, numpy_helper
+
+    proto = onnx.load(str(path))
+    graph = proto.graph
+    consts: dict[str, np.ndarray] = {i.name: numpy_helper.to_array(i) for i in graph.initializer}
+    for n in graph.node:
+        if n.op_type == "Constant" and n.attribute and n.attribute[0].name == "value":
+            consts[n.output[0]] = numpy_helper.to_array(n.attribute[0].t)
+    shapes: dict[str, list[int]] = {}
+    for v in [*graph.value_info, *graph.input, *graph.output]:
+        dims = v.type.tensor_type.shape.dim
+        if dims and all(d.HasField("dim_value") for d in dims):
+            shapes[v.name] = [d.dim_value for d in dims]
+    producer = {o: n for n in graph.node for o in n.output}
+    consumers: dict[str, list[Any]] = {}
+    for n in graph.node:
+        for t in n.input:
+            consumers.setdefault(t, []).append(n)
+
+    def scalar(name: str, value: float, tol: float = 1e-4) -> bool:
+        c = consts.get(name)
+        return c is not None and c.size == 1 and abs(float(c.reshape(-1)[0]) - value) < tol
+
+    def only(tensor: str, op: str) -> Any:
+        c = consumers.get(tensor, [])
+        return c[0] if len(c) == 1 and c[0].op_type == op else None
+
+    def other(node: Any, tensor: str) -> str:
+        rest = [t for t in node.input if t != tensor]
+        return rest[0] if len(rest) == 1 else ""
+
+    replace: dict[int, Any] = {}  # id(first node of a pattern) -> its replacement
+    drop: set[int] = set()
+    inits: list[Any] = []
+    counts = {"gelu": 0, "global_pool": 0, "channel_mean": 0}
+    for erf in [n for n in graph.node if n.op_type == "Erf"]:
+        div = producer.get(erf.input[0])
+        if div is None or not ((div.op_type == "Div" and scalar(div.input[1], 2 ** 0.5))
+                               or (div.op_type == "Mul" and scalar(div.input[1], 2 ** -0.5))):
+            continue
+        x = div.input[0]
+        add = only(erf.output[0], "Add")
+        if add is None or not scalar(other(add, erf.output[0]), 1.0):
+            continue
+        mul = only(add.output[0], "Mul")
+        if mul is None or only(div.output[0], "Erf") is None:
+            continue
+        partner = other(mul, add.output[0])
+        if partner == x or scalar(partner, 0.5):  # (x * (1 + erf)) * 0.5, x * (0.5 * (1 + erf))
+            last = only(mul.output[0], "Mul")
+            rest = other(last, mul.output[0]) if last is not None else ""
+            if not (rest == x if partner != x else scalar(rest, 0.5)):
+                continue
+            chain, out = [div, erf, add, mul, last], last.output[0]
+        else:  # (x * 0.5) * (1 + erf)
+            half = producer.get(partner)
+            if (half is None or half.op_type != "Mul" or x not in half.input
+                    or not scalar(other(half, x), 0.5) or only(partner, "Mul") is None):
+                continue
+            chain, out = [div, erf, add, half, mul], mul.output[0]
+        if any(id(n) in drop for n in chain):
+            continue
+        drop.update(id(n) for n in chain)
+        replace[id(chain[0])] = helper.make_node("Gelu", [x], [out], domain="com.microsoft",
+                                                 name=f"{erf.name or out}_gelu")
+        counts["gelu"] += 1
+    for node in graph.node:
+        if node.op_type not in ("ReduceMean", "ReduceMax") or id(node) in drop:
+            continue
+        keepdims = next((a.i for a in node.attribute if a.name == "keepdims"), 1)
+        axes_attr = next((list(a.ints) for a in node.attribute if a.name == "axes"), None)
+        axes = axes_attr if axes_attr is not None else (
+            consts[node.input[1]].reshape(-1).tolist()
+            if len(node.input) > 1 and node.input[1] in consts else None)
+        shape = shapes.get(node.input[0])
+        if not keepdims or axes is None or shape is None or len(shape) != 4:
+            continue
+        axes = sorted(int(a) % 4 for a in axes)
+        name = node.name or node.output[0]
+        if axes == [2, 3]:
+            new = (helper.make_node("GlobalAveragePool", [node.input[0]], [node.output[0]],
+                                    name=f"{name}_gap") if node.op_type == "ReduceMean" else
+                   helper.make_node("MaxPool", [node.input[0]], [node.output[0]],
+                                    name=f"{name}_gmp", kernel_shape=shape[2:]))
+            counts["global_pool"] += 1
+        elif axes == [1] and node.op_type == "ReduceMean":
+            weight = f"{name}_mean_weight"
+            inits.append(numpy_helper.from_array(
+                np.full((1, shape[1], 1, 1), 1.0 / shape[1], np.float32), weight))
+            new = helper.make_node("Conv", [node.input[0], weight], [node.output[0]],
+                                   name=f"{name}_conv", kernel_shape=[1, 1])
+            counts["channel_mean"] += 1
+        else:
+            continue
+        drop.add(id(node))
+        replace[id(node)] = new
+    if not drop:
+        return counts
+    nodes = [replace.get(id(n), n) for n in graph.node
+             if id(n) in replace or id(n) not in drop]
+    used = {t for n in nodes for t in n.input} | {o.name for o in graph.output}
+    nodes = [n for n in nodes if n.op_type != "Constant" or n.output[0] in used]
+    del graph.node[:]
+    graph.node.extend(nodes)
+    used |= {i.name for i in graph.input}  # an initializer listed as an input stays
+    kept = [i for i in graph.initializer if i.name in used]  # the patterns' constants go too:
+    del graph.initializer[:]  # ORT warns about every unused initializer it meets
+    graph.initializer.extend(kept + inits)
+    if counts["gelu"] and not any(o.domain == "com.microsoft" for o in proto.opset_import):
+        proto.opset_import.append(helper.make_opsetid("com.microsoft", 1))
+    onnx.save(proto, str(path))
+    return counts
 
 
 _QDQ = ("QuantizeLinear", "DequantizeLinear")
@@ -650,6 +870,92 @@ def _probe(proto: Any, names: list[str], path: Path) -> Callable[[np.ndarray], l
                                    providers=["CPUExecutionProvider"])
     input_name = session.get_inputs()[0].name
     return lambda row: session.run(names, {input_name: row})
+
+
+# ------------------------------------------------------------------- off the fast path
+_LEVELS = ("ORT_DISABLE_ALL", "ORT_ENABLE_BASIC", "ORT_ENABLE_EXTENDED", "ORT_ENABLE_ALL")
+
+
+def unfused_ops(path: Path, graph_optimization_level: str = "ORT_ENABLE_ALL"
+                ) -> list[dict[str, str]]:
+    """The ops of a QDQ artifact that ORT leaves OFF its integer fast path: what still runs in
+    float in the graph ORT actually executes.
+
+    The artifact is optimized as a CPU session at ``graph_optimization_level`` (ORT's default,
+    ``ORT_ENABLE_ALL``, is what ``open`` uses) and the optimized graph is saved
+    (``optimized_model_filepath``) and read back. ORT's QDQ fusions replace a
+    DequantizeLinear → op → QuantizeLinear group by one integer kernel (QLinearConv,
+    QLinearAdd, QGemm …); whatever float op still reads a DequantizeLinear output, or lies on
+    a float path from a DequantizeLinear to a QuantizeLinear, was not fused: it pays a float
+    kernel plus the (de)quantization around it. Each row: ``op`` (op type), ``node`` (node
+    name in the optimized graph; ORT keeps the names of nodes it did not fuse) and ``reason``.
+    A float artifact (no QDQ) gives ``[]``; so does a fully fused one."""
+    import onnx
+    import onnxruntime as ort
+
+    if graph_optimization_level not in _LEVELS:
+        _bad_option("graph_optimization_level", graph_optimization_level)
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"{path}: no such ONNX artifact")
+    with tempfile.TemporaryDirectory(prefix="edgekit-ort-opt-") as tmp_name:
+        optimized = Path(tmp_name) / "optimized.onnx"
+        options = ort.SessionOptions()
+        options.graph_optimization_level = getattr(ort.GraphOptimizationLevel,
+                                                   graph_optimization_level)
+        options.optimized_model_filepath = str(optimized)
+        options.log_severity_level = 3  # "hardware specific optimizations" warning at ALL
+        try:
+            ort.InferenceSession(str(path), sess_options=options,
+                                 providers=["CPUExecutionProvider"])
+        except Exception as exc:
+            raise ExportError(_describe_ort_failure(exc, path)) from exc
+        graph = onnx.load(str(optimized), load_external_data=False).graph
+    return _float_in_quantized(graph)
+
+
+def _float_in_quantized(graph: Any) -> list[dict[str, str]]:
+    """Float compute nodes of an (optimized) graph that touch its quantized region: readers of
+    a DequantizeLinear output, and nodes on a float path from a DequantizeLinear to a
+    QuantizeLinear. Graph order."""
+    consumers: dict[str, list[Any]] = {}
+    producer = {o: n for n in graph.node for o in n.output}
+    for n in graph.node:
+        for t in n.input:
+            consumers.setdefault(t, []).append(n)
+    compute = [n for n in graph.node if n.op_type not in _QDQ]
+
+    def reach(start: list[Any], step: Callable[[Any], list[Any]]) -> set[int]:
+        seen: set[int] = set()
+        frontier = list(start)
+        while frontier:
+            node = frontier.pop()
+            if id(node) in seen or node.op_type in _QDQ:
+                continue
+            seen.add(id(node))
+            frontier += step(node)
+        return seen
+
+    dq_out = {o for n in graph.node if n.op_type == "DequantizeLinear" for o in n.output}
+    readers = [n for n in compute if any(t in dq_out for t in n.input)]
+    into_q = [producer[n.input[0]] for n in graph.node
+              if n.op_type == "QuantizeLinear" and n.input and n.input[0] in producer]
+    downstream = reach(readers, lambda n: [c for o in n.output for c in consumers.get(o, [])])
+    upstream = reach(into_q, lambda n: [producer[t] for t in n.input if t in producer])
+    direct = {id(n) for n in readers}
+    rows = []
+    for node in compute:
+        key = id(node)
+        if key in downstream and key in upstream:
+            reason = ("float kernel between DequantizeLinear and QuantizeLinear (ORT did not "
+                      "fuse it into an integer kernel)")
+        elif key in direct:
+            reason = "float kernel on a dequantized input (the quantized region ends here)"
+        else:
+            continue
+        rows.append({"op": node.op_type if node.domain in ("", "ai.onnx")
+                     else f"{node.domain}.{node.op_type}", "node": node.name, "reason": reason})
+    return rows
 
 
 def _chunk_stride(count: int, chunk: int) -> int:
