@@ -158,7 +158,8 @@ def test_xnnpack_fit_is_exact_for_strides_dilations_and_odd_kernels() -> None:
     from edgekit.backends.litert import xnnpack_fit
 
     for kernel, stride, dilation, padding in [(7, 1, 1, 3), (7, 2, 1, 3), (9, 1, 2, 8),
-                                              ((7, 5), 2, 1, (3, 2))]:
+                                              ((7, 5), 2, 1, (3, 2)), (7, 1, 1, "same"),
+                                              (7, 1, 2, "valid")]:
         conv = torch.nn.Conv2d(4, 8, kernel, stride=stride, padding=padding, dilation=dilation,
                                groups=4, bias=True).eval()
         net = torch.nn.Sequential(conv)

@@ -374,7 +374,18 @@ def _is_wide_depthwise(conv: Any, torch: Any) -> bool:
     kh, kw = conv.kernel_size
     return (conv.groups == conv.in_channels and conv.out_channels % conv.groups == 0
             and kh * kw > XNNPACK_DEPTHWISE_TAPS and kw <= XNNPACK_DEPTHWISE_TAPS
-            and conv.padding_mode == "zeros" and not isinstance(conv.padding, str))
+            and conv.padding_mode == "zeros" and _numeric_padding(conv) is not None)
+
+
+def _numeric_padding(conv: Any) -> tuple[int, int] | None:
+    """``conv``'s (top/bottom, left/right) zero padding; "valid" is none, "same" is half the
+    dilated kernel on each side (None when that is not symmetric: an even kernel)."""
+    if not isinstance(conv.padding, str):
+        return int(conv.padding[0]), int(conv.padding[1])
+    if conv.padding == "valid":
+        return 0, 0
+    spans = [d * (k - 1) for k, d in zip(conv.kernel_size, conv.dilation, strict=True)]
+    return None if any(s % 2 for s in spans) else (spans[0] // 2, spans[1] // 2)
 
 
 def _row_bands(conv: Any, torch: Any) -> Any:
@@ -397,7 +408,7 @@ def _row_bands(conv: Any, torch: Any) -> Any:
             self.bias = (None if conv.bias is None
                          else torch.nn.Parameter(conv.bias.detach().clone(), requires_grad=False))
             self.stride, self.dilation, self.groups = conv.stride, conv.dilation, conv.groups
-            self.padding, self.kernel_size = conv.padding, conv.kernel_size
+            self.padding, self.kernel_size = _numeric_padding(conv), conv.kernel_size
 
         def forward(self, x: Any) -> Any:
             (ph, pw), (sh, sw), (dh, dw) = self.padding, self.stride, self.dilation
