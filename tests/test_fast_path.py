@@ -209,3 +209,18 @@ def test_fast_path_record_round_trips_and_is_strict() -> None:
         FastPath.from_json({"status": "slow", "ops": [], "checked": ""})
     with pytest.raises(DataError, match="ops\\[0\\].reason: missing"):
         FastPath.from_json({"status": "off", "ops": [{"op": "X", "node": "n"}], "checked": ""})
+
+
+def test_a_failing_check_records_unknown_and_never_fails_the_bundle(tmp_path: Path) -> None:
+    from edgekit.backends import Artifact
+    from edgekit.compress import fast_path_of
+
+    class Broken:
+        def fast_path(self, path: Path, precision: str) -> FastPath:
+            raise RuntimeError("interpreter exploded\nsecond line")
+
+    artifact = Artifact(backend="litert", precision="int8", path=tmp_path / "m.tflite",
+                        files=[tmp_path / "m.tflite"], input_name="x", input_shape=[1, 3, 8, 8],
+                        input_dtype="float32", output_dtype="float32", layout="NCHW")
+    found = fast_path_of(Broken(), "litert-int8", artifact)
+    assert found == FastPath(status="unknown", checked="the check failed: interpreter exploded")
