@@ -141,6 +141,19 @@ def test_litert_export_splits_wide_depthwise_into_xnnpack_bands(wide) -> None:
     assert np.corrcoef(int8.ravel(), want.ravel())[0, 1] > 0.95
 
 
+def test_litert_int8_adds_are_int8(wide) -> None:
+    """The bands' sums are int8 ADDs, not float islands between DEQUANTIZE and QUANTIZE
+    (litert-torch 0.10 does not annotate adds under non-strict export; edgekit does)."""
+    from ai_edge_litert.interpreter import Interpreter
+
+    _, artifacts = wide
+    interp = Interpreter(model_path=str(artifacts["int8"].path))
+    dtypes = {t["index"]: np.dtype(t["dtype"]) for t in interp.get_tensor_details()}
+    adds = [op for op in interp._get_ops_details() if op["op_name"] == "ADD"]
+    assert len(adds) == 2
+    assert all(dtypes[i] == np.int8 for op in adds for i in op["inputs"]), adds
+
+
 def test_litert_fp32_clean_and_int8_gelu_not_delegated(wide, tmp_path: Path) -> None:
     """A plain conv net is clean; in the INT8 block the GELU, which XNNPACK takes only in
     float, is reported as not delegated (and nothing else is)."""

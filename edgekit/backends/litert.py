@@ -627,21 +627,24 @@ def _keep_float_nodes(graph_module: Any, keep: tuple[str, ...]) -> set[str]:
 
 
 def _quantizer(keep: tuple[str, ...]) -> Any:
-    """litert-torch's ``PT2EQuantizer``; with ``keep``, one that leaves those layers (and the
-    nodes ``_keep_float_nodes`` adds) unannotated. Not ``set_module_name(name, None)``: its
-    filter in litert-torch 0.10 strips a ``L__self___`` prefix that torch 2.13's module-stack
-    keys (``L__self__features.3``) do not have, so it never matches, and a ``.pt2`` source
-    has no module stack at all."""
+    """litert-torch's ``PT2EQuantizer``, with two changes.
+
+    * Every float tensor add is annotated (int8 inputs and output). litert-torch 0.10 finds adds
+      through ``get_source_partitions``, which under ``torch.export(strict=False)`` (torch
+      2.13) compares a string to functions and never matches: an add then ran in float between
+      DEQUANTIZE/QUANTIZE ops, and a chain of adds (the row bands of a wide depthwise conv, a
+      residual after a GELU) kept whole float islands (issue 18).
+    * With ``keep``, those layers (and the nodes ``_keep_float_nodes`` adds) stay unannotated.
+      Not ``set_module_name(name, None)``: its filter in litert-torch 0.10 strips a
+      ``L__self___`` prefix that torch 2.13's module-stack keys (``L__self__features.3``) do
+      not have, so it never matches, and a ``.pt2`` source has no module stack at all."""
     from litert_torch.quantize import pt2e_quantizer
 
-    if not keep:
-        return pt2e_quantizer.PT2EQuantizer()
-
-    class KeepFloatQuantizer(pt2e_quantizer.PT2EQuantizer):  # type: ignore[misc]
+    class EdgekitQuantizer(pt2e_quantizer.PT2EQuantizer):  # type: ignore[misc]
         excluded: set[str] = set()
 
         def annotate(self, model: Any) -> Any:
-            self.excluded = _keep_float_nodes(model, keep)
+            self.excluded = _keep_float_nodes(model, keep) if keep else set()
             return super().annotate(model)
 
         def _annotate_all_static_patterns(self, model: Any, quantization_config: Any,
@@ -651,9 +654,38 @@ def _quantizer(keep: tuple[str, ...]) -> Any:
             def quantized(node: Any) -> bool:
                 return node.name not in excluded and (filter_fn is None or filter_fn(node))
 
-            return super()._annotate_all_static_patterns(model, quantization_config, quantized)
+            model = super()._annotate_all_static_patterns(model, quantization_config, quantized)
+            if quantization_config is not None:
+                _annotate_adds(model, quantization_config, quantized)
+            return model
 
-    return KeepFloatQuantizer()
+    return EdgekitQuantizer()
+
+
+def _annotate_adds(model: Any, config: Any, wanted: Callable[[Any], bool]) -> None:
+    """Annotate each not yet annotated add of two float tensors as litert-torch's add
+    annotator would (both inputs and the output quantized with the activation spec)."""
+    import torch
+    from litert_torch.quantize.pt2e_quantizer_utils import (
+        _is_annotated,
+        get_input_act_qspec,
+        get_output_act_qspec,
+    )
+    from torchao.quantization.pt2e.quantizer import QuantizationAnnotation
+
+    adds = (torch.ops.aten.add.Tensor, torch.ops.aten.add_.Tensor)
+    for node in model.graph.nodes:
+        if node.op != "call_function" or node.target not in adds or _is_annotated([node]) \
+                or not wanted(node):
+            continue
+        args = [a for a in node.args[:2] if isinstance(a, torch.fx.Node)]
+        values = [getattr(a, "meta", {}).get("val") for a in [*args, node]]
+        if len(args) != 2 or not all(getattr(v, "is_floating_point", lambda: False)()
+                                     for v in values):
+            continue
+        node.meta["quantization_annotation"] = QuantizationAnnotation(
+            input_qspec_map={a: get_input_act_qspec(config) for a in args},
+            output_qspec=get_output_act_qspec(config), _annotated=True)
 
 
 def _read_as(node: Any) -> Any:
