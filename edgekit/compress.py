@@ -42,6 +42,7 @@ from edgekit.manifest import (
     ArtifactOutput,
     DataRecord,
     EnvironmentRecord,
+    FastPath,
     FileEntry,
     Head,
     Manifest,
@@ -112,6 +113,7 @@ class ArtifactResult:
     export_seconds: float
     bytes: int
     sensitivity: list[LayerError] = field(default_factory=list)  # ranked, when measured
+    fast_path: FastPath | None = None  # the backend's fast_path of the final artifact
 
     @property
     def passed(self) -> bool:
@@ -383,7 +385,20 @@ def _export_one(backend: Any, loaded: Source, rec: Recipe, plan: DataPlan,
                f"this backend's fp32 artifact (edgekit compress … --recipe fp32 --backend "
                f"{backend.name})")
     size = _report(name, artifact, verification, seconds)
-    return ArtifactResult(name, artifact, verification, seconds, size, ranking)
+    return ArtifactResult(name, artifact, verification, seconds, size, ranking,
+                          fast_path_of(backend, name, artifact))
+
+
+def fast_path_of(backend: Any, name: str, artifact: Artifact) -> FastPath:
+    """The backend's ``fast_path`` of ``artifact`` (unknown, with why, when it fails); a yellow
+    status line names the ops off the fast path."""
+    try:
+        found = backend.fast_path(artifact.path, artifact.precision)
+    except Exception as exc:  # noqa: BLE001 - a check that fails must not fail the bundle
+        return FastPath(status="unknown", checked=f"the check failed: {first_line(exc)}")
+    if found.status == "off":
+        status(f"[yellow]{name}:[/] {found.summary()}")
+    return found
 
 
 def _report(name: str, artifact: Artifact, verification: Verification,
@@ -547,7 +562,8 @@ def _manifest(loaded: Source, rec: Recipe, plan: DataPlan, source_metrics: dict[
                             dtype=r.artifact.input_dtype, layout=r.artifact.layout),
         output=ArtifactOutput(dtype=r.artifact.output_dtype),
         quantization=r.artifact.quantization, notes=tuple(r.artifact.notes),
-        export_seconds=round(r.export_seconds, 2), verification=r.verification.to_json())
+        export_seconds=round(r.export_seconds, 2), verification=r.verification.to_json(),
+        fast_path=r.fast_path)
         for r in results)
     return Manifest(
         created=datetime.now(UTC).isoformat(timespec="seconds"), started=started,

@@ -369,6 +369,54 @@ class ArtifactOutput(_Record):
     dtype: str
 
 
+FAST_PATH_STATUSES = ("clean", "off", "unknown")
+
+
+@dataclass(frozen=True, kw_only=True)
+class OffPathOp(_Record):
+    """One op of an artifact that runs off its runtime's fast path: the op type (the runtime's
+    name: ``DEPTHWISE_CONV_2D``, ``Convolution``), the node (the runtime's node or output tensor
+    name) and why it is slow (not delegated, reference kernel, float in an INT8 model ...)."""
+
+    op: str
+    node: str
+    reason: str
+
+
+@dataclass(frozen=True, kw_only=True)
+class FastPath(_Record):
+    """Whether an artifact's ops run on the runtime's fast kernels, as its backend's
+    ``fast_path`` found on the machine that made it. ``status``: "clean" (checked, none off),
+    "off" (``ops`` lists them) or "unknown" (the backend cannot tell; ``checked`` says why).
+    ``checked``: how it was checked (runtime, version, method)."""
+
+    status: str = _key(check=_one_of(FAST_PATH_STATUSES))
+    ops: tuple[OffPathOp, ...] = ()
+    checked: str = ""
+
+    def _cross_checks(self, key: str) -> list[str]:
+        if (self.status == "off") != bool(self.ops):
+            return [f"{key}.status: {self.status!r} with {len(self.ops)} op(s) listed "
+                    "(\"off\" if and only if ops are listed)"]
+        return []
+
+    def summary(self, limit: int = 4) -> str:
+        """One line: "" when clean or unknown; else the op types and counts, first ``limit``."""
+        if self.status != "off":
+            return ""
+        counts: dict[str, int] = {}
+        for o in self.ops:
+            counts[o.op] = counts.get(o.op, 0) + 1
+        parts = [f"{n}× {op}" if n > 1 else op for op, n in counts.items()]
+        more = f", +{len(parts) - limit} more" if len(parts) > limit else ""
+        reasons = sorted({o.reason for o in self.ops})
+        return (f"{len(self.ops)} op(s) off the fast path: {', '.join(parts[:limit])}{more} "
+                f"({reasons[0]}{'; …' if len(reasons) > 1 else ''})")
+
+
+UNKNOWN_FAST_PATH = FastPath(status="unknown", checked="this backend does not report it")
+
+
 @dataclass(frozen=True, kw_only=True)
 class ArtifactEntry(_Record):
     """One exported artifact: its files (main file first), how to call it, its verification."""
@@ -385,6 +433,8 @@ class ArtifactEntry(_Record):
     notes: tuple[str, ...]
     export_seconds: float
     verification: dict[str, Any]
+    # which ops run off the runtime's fast path (bundles before issue 18 have none)
+    fast_path: FastPath | None = _key(optional=True, default=None)
 
     def _cross_checks(self, key: str) -> list[str]:
         total = sum(f.bytes for f in self.files)

@@ -96,6 +96,7 @@ def test_every_plugin_declares_every_fact() -> None:
         for kind in KINDS:
             assert isinstance(b.source_hint(kind), str)
         assert b.arm_failure_hint("", "cortex-a72", ()) is None
+        assert callable(b.fast_path)  # issue 18: "unknown" unless the plugin can tell
 
 
 def test_runtime_facts_are_distinct_and_reach_the_reference() -> None:

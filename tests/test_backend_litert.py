@@ -36,7 +36,12 @@ from backend_support import (  # noqa: E402
 )
 
 from edgekit.backends import get_backend  # noqa: E402
-from edgekit.backends.litert import BACKEND, _set_io_types, pt2e_quantize  # noqa: E402
+from edgekit.backends.litert import (  # noqa: E402
+    BACKEND,
+    _set_io_types,
+    pt2e_quantize,
+    xnnpack_fit,
+)
 from edgekit.data.preprocess import PreprocessSpec  # noqa: E402
 from edgekit.errors import ConfigError, DataError, ExportError  # noqa: E402
 from edgekit.zoo import list_models  # noqa: E402
@@ -99,7 +104,8 @@ def test_int8_smaller_and_faithful(exports: Store, name: str) -> None:
     #    conversion is faithful (independent of how quantization-friendly untrained weights are).
     calibration = calibration_for(name, exports.files, loaded.spec)
     sample = (torch.from_numpy(next(iter(calibration))),)
-    reference, _, _ = pt2e_quantize(loaded.module, sample, calibration)
+    module, _ = xnnpack_fit(loaded.module, torch)  # as the export hands it to litert-torch
+    reference, _, _ = pt2e_quantize(module, sample, calibration)
     with torch.no_grad():
         simulated = np.concatenate([reference(torch.from_numpy(x[None])).numpy()
                                     for x in held_out])

@@ -105,6 +105,9 @@ def test_trained_model_int8_bundle_manifest_and_cli(trained, mri_phantoms, tmp_p
     for a in m["artifacts"]:
         assert a["files"][0]["sha256"] and a["input"]["dtype"] == "float32"
         assert "top1_agreement" in a["verification"] and a["verification"]["checks"]
+        # issue 18: every artifact says whether it runs on its runtime's fast path
+        assert a["fast_path"]["status"] in ("clean", "off", "unknown")
+        assert (a["fast_path"]["status"] == "unknown") == (a["backend"] == "onnxruntime")
     assert "python -m edgekit.runner" in (out / "README.md").read_text()
     assert not list(tmp_path.glob(".bundle.partial-*"))
     _cli("verify", str(out))

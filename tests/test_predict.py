@@ -266,6 +266,18 @@ def test_predict_bundle_rows_are_labelled_with_basis_and_error(bundles, tmp_path
     assert "no published ONNX Runtime figures" in by[("onnxruntime-fp32", 4)]["basis"]
     assert by[("onnxruntime-fp32", 4)]["rel_err"] > by[("litert-int8", 4)]["rel_err"] - 0.2
     assert by[("litert-fp16", 4)]["group"] == "xnnpack/fp32/4"
+    # issue 18: an artifact the manifest says has ops off the fast path: a lower bound, marked
+    off = {"status": "off", "checked": "t", "ops": [{"op": "GELU", "node": "g", "reason": "r"}]}
+    marked = {**manifest, "artifacts": [a | ({"fast_path": off} if a["name"] == "litert-int8"
+                                             else {}) for a in manifest["artifacts"]]}
+    again = {r["artifact"].split("/")[1]: r
+             for r in predict_bundle(bundles["int8"], marked, load_target("rpi4"), [4])}
+    assert again["litert-int8"]["off_fast_path"] == 1
+    assert "LOWER BOUND: 1 op(s) off the fast path when exported (GELU)" in \
+        again["litert-int8"]["basis"]
+    assert again["litert-int8"]["p50_ms"] == by[("litert-int8", 4)]["p50_ms"]
+    assert "off_fast_path" not in again["litert-fp16"] and "off_fast_path" not in by[
+        ("litert-int8", 4)]
     # every profile predicts; OpenVINO INT8 on ARM is costed as floating point
     for name in ("rpi5", "jetson-nano-cpu", "graviton3"):
         got = predict_bundle(bundles["int8"], manifest, load_target(name), [1, 4])

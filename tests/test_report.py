@@ -218,9 +218,46 @@ def test_error_rows_are_skipped():
 @pytest.mark.parametrize(("int8_ms", "flagged"), [(4.5, True), (4.3, False)])
 def test_int8_slower_than_fp32_flag_exactly_when_true(int8_ms, flagged):
     results = make_results(p50={("onnxruntime-int8", 2): int8_ms})  # ort fp32 x2 is 4.4 ms
-    flags = _flags(results, "INT8 is slower")
-    assert flags == ([f"INT8 is slower than fp32 here on onnxruntime (2 threads): "
-                      f"{int8_ms:.2f} vs 4.40 ms."] if flagged else [])
+    flags = _flags(results, "is slower than")
+    assert flags == ([f"`model-int8/onnxruntime-int8` ({int8_ms:.2f} ms, 2 threads) is slower "
+                      f"than its fp32 sibling (4.40 ms). Its backend did not check which ops "
+                      f"run off the fast path."] if flagged else [])
+
+
+OFF = {"status": "off", "checked": "test", "ops": [
+    {"op": "DEPTHWISE_CONV_2D", "node": "blocks.0.sep1.depthwise",
+     "reason": "7×7 depthwise kernel: XNNPACK's depthwise kernels take at most 25 taps"}]}
+
+
+def test_slow_artifact_flag_names_the_ops_off_the_fast_path(tmp_path):
+    """An artifact slower than its fp32 sibling or than PyTorch eager (same threads) is flagged
+    with the ops its backend found off the fast path; the report lists them; nothing else."""
+    plain = make_results()
+    assert _flags(plain, "is slower than") == []
+    results = make_results(p50={("litert-int8", 2): 12.0})  # fp32 5.0, eager 11.0 ms
+    for a in results["artifacts"]:
+        if a["name"] == "litert-int8":
+            a["fast_path"] = OFF
+        elif a["name"] == "openvino-int8":
+            a["fast_path"] = {"status": "clean", "ops": [], "checked": "test"}
+    flags = _flags(results, "is slower than")
+    assert flags == ["`model-int8/litert-int8` (12.0 ms, 2 threads) is slower than its fp32 "
+                     "sibling (5.00 ms) and PyTorch eager (11.0 ms). Its backend found "
+                     "1 op(s) off the fast path: DEPTHWISE_CONV_2D (7×7 depthwise kernel: "
+                     "XNNPACK's depthwise kernels take at most 25 taps); first: "
+                     "DEPTHWISE_CONV_2D `blocks.0.sep1.depthwise`."]
+    results = make_results(p50={("openvino-int8", 1): 7.0})  # fp32 6.0 ms, 1 thread
+    assert "did not check" in _flags(results, "is slower than")[0]
+    md = report.render_markdown(report.build_report(make_results() | {"artifacts": [
+        a | ({"fast_path": OFF} if a["name"] == "litert-int8" else {})
+        for a in make_results()["artifacts"]]}))
+    assert "## Off the fast path" in md and "`blocks.0.sep1.depthwise`" not in md
+    assert "| DEPTHWISE_CONV_2D | blocks.0.sep1.depthwise |" in md
+    assert "## Off the fast path" not in report.render_markdown(report.build_report(plain))
+    page = report.render_html(report.build_report(make_results() | {"artifacts": [
+        a | ({"fast_path": OFF} if a["name"] == "litert-int8" else {})
+        for a in make_results()["artifacts"]]}), None)
+    assert "<h2>Off the fast path</h2>" in page and "<td>blocks.0.sep1.depthwise</td>" in page
 
 
 def test_reduced_precision_flag():
@@ -536,6 +573,17 @@ def test_predicted_only_recommendation_and_files(tmp_path):
     assert (lite["p50_ms"], lite["predicted_p50_ms"], lite["predicted_rel_err"],
             lite["predicted_group"]) == ("", "23.1", "0.35", "xnnpack/int8/4")
     assert json.loads(paths["report.json"].read_text())["recommendation"]["basis"] == "predicted"
+
+
+def test_prediction_of_an_artifact_off_the_fast_path_is_flagged_as_a_lower_bound():
+    results = arm_results(preds={"litert-int8": 23.1, "litert-fp32": (60.0, 0.1)})
+    assert not any("lower bound" in f for f in report.recommend(results)["flags"])
+    marked = "model-int8/litert-int8"
+    next(r for r in results["predicted"]["rows"] if r["artifact"] == marked)["off_fast_path"] = 2
+    flags = [f for f in report.recommend(results)["flags"] if "lower bound" in f]
+    assert flags == [f"The latency model costs every kernel at its fast rate: `{marked}` has "
+                     "ops off the fast path (see “Off the fast path”), so its prediction is a "
+                     "lower bound."]
 
 
 def test_predicted_skips_gate_failures_and_says_predicted_when_none_passes():

@@ -24,6 +24,7 @@ from typing import Any, Protocol
 import numpy as np
 
 from edgekit.errors import ConfigError, DataError
+from edgekit.manifest import UNKNOWN_FAST_PATH, FastPath
 
 PRECISIONS = ("fp32", "fp16", "int8")
 CALIBRATION_METHODS = ("minmax", "percentile", "entropy")
@@ -194,6 +195,13 @@ class Backend(Runtime, Protocol):
     def available(self) -> str | None:
         """None when the runtime is importable; otherwise a one-line install hint."""
 
+    def fast_path(self, path: Path, precision: str) -> FastPath:
+        """Which ops of the artifact at ``path`` (exported at ``precision``) run off this
+        runtime's fast path on this machine — not taken by the fast delegate/plugin, run in a
+        reference kernel, or in float inside an INT8 model — each with a reason.
+        ``FastPath(status="unknown")`` when the backend cannot tell (``QuietHooks``'s
+        default)."""
+
     def export(self, request: ExportRequest) -> Artifact: ...
 
     def open(self, path: Path, threads: int | None = None,
@@ -213,6 +221,9 @@ class QuietHooks:
 
     def arm_failure_hint(self, message: str, cpu: str, features: Collection[str]) -> str | None:
         return None
+
+    def fast_path(self, path: Path, precision: str) -> FastPath:
+        return UNKNOWN_FAST_PATH
 
 
 def first_line(exc: BaseException, limit: int | None = 500, *, typed: bool = False) -> str:

@@ -67,6 +67,7 @@ from edgekit.errors import (
     EdgekitError,
     ExportError,
 )
+from edgekit.manifest import FastPath, OffPathOp
 from edgekit.quantize.sensitivity import ErrorAccumulator, LayerError, rank
 
 RUNTIME_HINT = "pip install 'edgekit[litert]'"
@@ -219,7 +220,8 @@ class LiteRTBackend(QuietHooks):
         out_dir = Path(request.out_dir)
         with _quiet():
             litert_torch, torch = _import_converter()
-            module = _torch_module(loaded)
+            source_module = _torch_module(loaded)
+            module, wide = xnnpack_fit(source_module, torch)
             out_dir.mkdir(parents=True, exist_ok=True)
             path = out_dir / f"{request.stem}{self.suffix}"
             shape = tuple(loaded.spec.input_shape(1))
@@ -240,13 +242,19 @@ class LiteRTBackend(QuietHooks):
             quant = {**quant, "quantized_ops": details["quantized_ops"]}
         if request.precision == "int8" and request.options.int8_io:
             quant = {**quant, "input": details["input_q"], "output": details["output_q"]}
-        notes = _notes(request, details) + notes
+        notes = _notes(request, details) + _fit_note(wide, source_module) + notes
         return Artifact(
             backend=self.name, precision=request.precision, path=path, files=[path],
             input_name=details["input_name"], input_shape=list(shape),
             input_dtype=details["input_dtype"], output_dtype=details["output_dtype"],
             layout=loaded.spec.layout, quantization=quant, notes=notes)
 
+
+    def fast_path(self, path: Path, precision: str) -> FastPath:
+        """The ops of a ``.tflite`` that run off XNNPACK's fast path here (``_fast_path``)."""
+        if _interpreter_class() is None:
+            return FastPath(status="unknown", checked=f"no LiteRT runtime: {RUNTIME_HINT}")
+        return _fast_path(Path(path), precision)
 
     def layer_sensitivity(self, request: ExportRequest, int8_path: Path,
                           images: np.ndarray) -> list[LayerError]:
@@ -345,6 +353,101 @@ def _method_refusal(method: str, keras: bool) -> str:
             "litert-torch's PT2E quantizer offers 'minmax' (MinMaxObserver) and 'percentile' "
             "(HistogramObserver, a histogram search for the least-error clipping range); it "
             "has no entropy/KL observer. Use one of: " + ", ".join(_METHODS))
+
+
+# ----------------------------------------------------------------------------- XNNPACK fit
+# XNNPACK (LiteRT's CPU delegate) has depthwise-convolution micro-kernels for up to 25 taps
+# (5×5); a larger depthwise kernel runs in a generic path that is slower than TFLite's own
+# built-in kernel. Measured here (x86, 2 threads, 64×64×128): fp32 3×3 0.8 ms, 5×5 1.1 ms,
+# 1×7 0.8 ms, 7×7 18 ms, 9×9 28 ms; PruDensNet's six 7×7 depthwise layers made its INT8 TFLite
+# 3.6× slower under XNNPACK than without it (issue 18). So edgekit hands litert-torch each
+# larger depthwise convolution as bands of rows of at most 25 taps each (a 7×7 kernel: rows
+# 0-2, 3-5, 6) summed: the same function (exact in fp32), every piece on a fast kernel.
+XNNPACK_DEPTHWISE_TAPS = 25
+
+
+def _is_wide_depthwise(conv: Any, torch: Any) -> bool:
+    """A depthwise ``nn.Conv2d`` with more taps than XNNPACK's kernels take, splittable by
+    rows (zero padding, a row no wider than the limit)."""
+    if not isinstance(conv, torch.nn.Conv2d) or conv.groups == 1:
+        return False
+    kh, kw = conv.kernel_size
+    return (conv.groups == conv.in_channels and conv.out_channels % conv.groups == 0
+            and kh * kw > XNNPACK_DEPTHWISE_TAPS and kw <= XNNPACK_DEPTHWISE_TAPS
+            and conv.padding_mode == "zeros" and _numeric_padding(conv) is not None)
+
+
+def _numeric_padding(conv: Any) -> tuple[int, int] | None:
+    """``conv``'s (top/bottom, left/right) zero padding; "valid" is none, "same" is half the
+    dilated kernel on each side (None when that is not symmetric: an even kernel)."""
+    if not isinstance(conv.padding, str):
+        return int(conv.padding[0]), int(conv.padding[1])
+    if conv.padding == "valid":
+        return 0, 0
+    spans = [d * (k - 1) for k, d in zip(conv.kernel_size, conv.dilation, strict=True)]
+    return None if any(s % 2 for s in spans) else (spans[0] // 2, spans[1] // 2)
+
+
+def _row_bands(conv: Any, torch: Any) -> Any:
+    """A module computing ``conv`` (a wide depthwise convolution) as a sum of depthwise
+    convolutions over bands of at most ``XNNPACK_DEPTHWISE_TAPS`` taps each: the input padded
+    once, each band reading the rows its kernel rows see. Its forward keeps the conv's module
+    path, so layer names (``keep_float``, ``layer_sensitivity``) do not change."""
+    functional = torch.nn.functional
+
+    class RowBandDepthwise(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            kh, kw = conv.kernel_size
+            step = max(1, XNNPACK_DEPTHWISE_TAPS // kw)
+            self.starts = list(range(0, kh, step))
+            weight = conv.weight.detach()
+            self.bands = torch.nn.ParameterList(
+                torch.nn.Parameter(weight[:, :, r:r + step].clone(), requires_grad=False)
+                for r in self.starts)
+            self.bias = (None if conv.bias is None
+                         else torch.nn.Parameter(conv.bias.detach().clone(), requires_grad=False))
+            self.stride, self.dilation, self.groups = conv.stride, conv.dilation, conv.groups
+            self.padding, self.kernel_size = _numeric_padding(conv), conv.kernel_size
+
+        def forward(self, x: Any) -> Any:
+            (ph, pw), (sh, sw), (dh, dw) = self.padding, self.stride, self.dilation
+            x = functional.pad(x, (pw, pw, ph, ph)) if ph or pw else x
+            rows = (x.shape[2] - dh * (self.kernel_size[0] - 1) - 1) // sh + 1
+            out = None
+            for i, (r, w) in enumerate(zip(self.starts, self.bands, strict=True)):
+                top = r * dh
+                part = x[:, :, top:top + (rows - 1) * sh + dh * (w.shape[2] - 1) + 1]
+                y = functional.conv2d(part, w, self.bias if i == 0 else None, (sh, sw), 0,
+                                      (dh, dw), self.groups)
+                out = y if out is None else out + y
+            return out
+
+    return RowBandDepthwise()
+
+
+def xnnpack_fit(module: Any, torch: Any) -> tuple[Any, list[str]]:
+    """``module`` with every depthwise convolution wider than XNNPACK's kernels replaced by its
+    row-band form (``_row_bands``), on a copy; the original when there is none. Also returns
+    the replaced layers' names (module paths), for the artifact's notes."""
+    wide = [name for name, sub in module.named_modules() if _is_wide_depthwise(sub, torch)]
+    if not wide:
+        return module, []
+    fitted = copy.deepcopy(module)
+    for name in wide:
+        parent, _, leaf = name.rpartition(".")
+        owner = fitted.get_submodule(parent) if parent else fitted
+        setattr(owner, leaf, _row_bands(getattr(owner, leaf), torch))
+    return fitted.eval(), wide
+
+
+def _fit_note(wide: list[str], module: Any) -> list[str]:
+    if not wide:
+        return []
+    kernels = sorted({"×".join(map(str, module.get_submodule(n).kernel_size)) for n in wide})
+    return [f"{len(wide)} depthwise convolution(s) with {', '.join(kernels)} kernels converted as "
+            f"sums of row bands of ≤ {XNNPACK_DEPTHWISE_TAPS} taps: XNNPACK has no fast kernel "
+            "for larger depthwise kernels (same function; every band on XNNPACK's fast path)"]
 
 
 def _import_converter() -> tuple[Any, Any]:
@@ -524,21 +627,24 @@ def _keep_float_nodes(graph_module: Any, keep: tuple[str, ...]) -> set[str]:
 
 
 def _quantizer(keep: tuple[str, ...]) -> Any:
-    """litert-torch's ``PT2EQuantizer``; with ``keep``, one that leaves those layers (and the
-    nodes ``_keep_float_nodes`` adds) unannotated. Not ``set_module_name(name, None)``: its
-    filter in litert-torch 0.10 strips a ``L__self___`` prefix that torch 2.13's module-stack
-    keys (``L__self__features.3``) do not have, so it never matches, and a ``.pt2`` source
-    has no module stack at all."""
+    """litert-torch's ``PT2EQuantizer``, with two changes.
+
+    * Every float tensor add is annotated (int8 inputs and output). litert-torch 0.10 finds adds
+      through ``get_source_partitions``, which under ``torch.export(strict=False)`` (torch
+      2.13) compares a string to functions and never matches: an add then ran in float between
+      DEQUANTIZE/QUANTIZE ops, and a chain of adds (the row bands of a wide depthwise conv, a
+      residual after a GELU) kept whole float islands (issue 18).
+    * With ``keep``, those layers (and the nodes ``_keep_float_nodes`` adds) stay unannotated.
+      Not ``set_module_name(name, None)``: its filter in litert-torch 0.10 strips a
+      ``L__self___`` prefix that torch 2.13's module-stack keys (``L__self__features.3``) do
+      not have, so it never matches, and a ``.pt2`` source has no module stack at all."""
     from litert_torch.quantize import pt2e_quantizer
 
-    if not keep:
-        return pt2e_quantizer.PT2EQuantizer()
-
-    class KeepFloatQuantizer(pt2e_quantizer.PT2EQuantizer):  # type: ignore[misc]
+    class EdgekitQuantizer(pt2e_quantizer.PT2EQuantizer):  # type: ignore[misc]
         excluded: set[str] = set()
 
         def annotate(self, model: Any) -> Any:
-            self.excluded = _keep_float_nodes(model, keep)
+            self.excluded = _keep_float_nodes(model, keep) if keep else set()
             return super().annotate(model)
 
         def _annotate_all_static_patterns(self, model: Any, quantization_config: Any,
@@ -548,9 +654,38 @@ def _quantizer(keep: tuple[str, ...]) -> Any:
             def quantized(node: Any) -> bool:
                 return node.name not in excluded and (filter_fn is None or filter_fn(node))
 
-            return super()._annotate_all_static_patterns(model, quantization_config, quantized)
+            model = super()._annotate_all_static_patterns(model, quantization_config, quantized)
+            if quantization_config is not None:
+                _annotate_adds(model, quantization_config, quantized)
+            return model
 
-    return KeepFloatQuantizer()
+    return EdgekitQuantizer()
+
+
+def _annotate_adds(model: Any, config: Any, wanted: Callable[[Any], bool]) -> None:
+    """Annotate each not yet annotated add of two float tensors as litert-torch's add
+    annotator would (both inputs and the output quantized with the activation spec)."""
+    import torch
+    from litert_torch.quantize.pt2e_quantizer_utils import (
+        _is_annotated,
+        get_input_act_qspec,
+        get_output_act_qspec,
+    )
+    from torchao.quantization.pt2e.quantizer import QuantizationAnnotation
+
+    adds = (torch.ops.aten.add.Tensor, torch.ops.aten.add_.Tensor)
+    for node in model.graph.nodes:
+        if node.op != "call_function" or node.target not in adds or _is_annotated([node]) \
+                or not wanted(node):
+            continue
+        args = [a for a in node.args[:2] if isinstance(a, torch.fx.Node)]
+        values = [getattr(a, "meta", {}).get("val") for a in [*args, node]]
+        if len(args) != 2 or not all(getattr(v, "is_floating_point", lambda: False)()
+                                     for v in values):
+            continue
+        node.meta["quantization_annotation"] = QuantizationAnnotation(
+            input_qspec_map={a: get_input_act_qspec(config) for a in args},
+            output_qspec=get_output_act_qspec(config), _annotated=True)
 
 
 def _read_as(node: Any) -> Any:
@@ -632,7 +767,8 @@ def _sensitivity(request: ExportRequest, images: np.ndarray) -> list[LayerError]
         floats: list[Any] = []
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(opts.seed)
-            converted, _, _ = pt2e_quantize(_torch_module(loaded), sample, request.calibration,
+            module, _ = xnnpack_fit(_torch_module(loaded), torch)
+            converted, _, _ = pt2e_quantize(module, sample, request.calibration,
                                             method=opts.method, per_channel=opts.per_channel,
                                             keep_float=tuple(opts.keep_float),
                                             float_graph=floats)
@@ -802,6 +938,104 @@ def _notes(request: ExportRequest, details: dict[str, Any]) -> list[str]:
                      "core with FP16 arithmetic (Cortex-A55/A76, Raspberry Pi 5; not the "
                      "Cortex-A72 of a Pi 4).")
     return notes
+
+
+# ----------------------------------------------------------------------------- fast path
+# Ops that carry the arithmetic: one of them computing in float inside an INT8 model is slow.
+_COMPUTE_OPS = ("CONV_2D", "DEPTHWISE_CONV_2D", "FULLY_CONNECTED", "TRANSPOSE_CONV",
+                "BATCH_MATMUL", "CONV_3D")
+
+
+def _fast_path(path: Path, precision: str) -> FastPath:
+    """Which ops of the ``.tflite`` at ``path`` run off the fast path under the LiteRT
+    interpreter's default XNNPACK delegate, each with why:
+
+    * not delegated: each op is put alone in a one-op model and opened with the default
+      delegate (XNNPACK decides op by op, so alone is how it decides in the graph); an op it
+      does not take runs in TFLite's built-in kernel, with a delegate boundary around it;
+    * a depthwise convolution wider than ``XNNPACK_DEPTHWISE_TAPS`` taps: XNNPACK takes it but
+      runs it in a generic path 10-20× slower than its micro-kernels (issue 18);
+    * in an INT8 model, a convolution / fully connected / matmul computing in float.
+    """
+    from ai_edge_litert import __version__ as version
+    from ai_edge_litert import schema_py_generated as fb
+    from ai_edge_litert.tools import flatbuffer_utils
+
+    model = flatbuffer_utils.read_model_from_bytearray(bytearray(path.read_bytes()))
+    sg = model.subgraphs[0]
+    op_names = {v: k for k, v in vars(fb.BuiltinOperator).items() if not k.startswith("_")}
+    off: list[OffPathOp] = []
+    for op in sg.operators:
+        kind = op_names.get(_builtin(model, op.opcodeIndex), "CUSTOM")
+        node = _tensor_name(sg, op.outputs[0]) if len(op.outputs) else kind
+        inputs = [sg.tensors[i] for i in op.inputs if i >= 0]
+        if kind == "DEPTHWISE_CONV_2D" and len(inputs) > 1:
+            kh, kw = (list(inputs[1].shape) + [1, 1, 1])[1:3]
+            if kh * kw > XNNPACK_DEPTHWISE_TAPS:
+                off.append(OffPathOp(op=kind, node=node, reason=(
+                    f"{kh}×{kw} depthwise kernel: XNNPACK's depthwise kernels take at most "
+                    f"{XNNPACK_DEPTHWISE_TAPS} taps; a wider one runs in a slow generic path")))
+                continue
+        if (precision == "int8" and kind in _COMPUTE_OPS and inputs
+                and inputs[0].type == fb.TensorType.FLOAT32):
+            off.append(OffPathOp(op=kind, node=node, reason="computes in float inside an INT8 "
+                                 "model"))
+            continue
+        if _xnnpack_takes(model, sg, op) is False:
+            off.append(OffPathOp(op=kind, node=node, reason=(
+                "not delegated to XNNPACK: runs in TFLite's built-in kernel, between "
+                "delegate partitions")))
+    return FastPath(status="off" if off else "clean", ops=tuple(off),
+                    checked=f"ai-edge-litert {version}: each op alone under the default XNNPACK "
+                    "delegate; depthwise kernel sizes; float compute in INT8")
+
+
+def _tensor_name(sg: Any, tid: int) -> str:
+    name = sg.tensors[tid].name
+    return name.decode(errors="replace") if isinstance(name, bytes) else str(name)
+
+
+def _xnnpack_takes(model: Any, sg: Any, op: Any) -> bool | None:
+    """Whether the default XNNPACK delegate takes ``op`` alone in a one-op model (its own
+    tensors and constant buffers only); None when the op cannot be opened alone (an op with
+    subgraphs, a custom op)."""
+    from ai_edge_litert import schema_py_generated as fb
+
+    one = fb.ModelT()
+    one.version = model.version
+    one.operatorCodes = [model.operatorCodes[op.opcodeIndex]]
+    empty = fb.BufferT()
+    one.buffers = [empty]
+    sub = fb.SubGraphT()
+    sub.tensors, index = [], {}
+    constants = set()
+    for tid in [t for t in list(op.inputs) + list(op.outputs) if t >= 0]:
+        if tid in index:
+            continue
+        tensor = copy.copy(sg.tensors[tid])
+        buffer = model.buffers[tensor.buffer] if tensor.buffer < len(model.buffers) else None
+        if buffer is not None and buffer.data is not None and len(buffer.data):
+            one.buffers.append(buffer)
+            tensor.buffer = len(one.buffers) - 1
+            constants.add(tid)
+        else:
+            tensor.buffer = 0
+        index[tid] = len(sub.tensors)
+        sub.tensors.append(tensor)
+    single = copy.copy(op)
+    single.opcodeIndex = 0
+    single.inputs = [index.get(t, -1) if t >= 0 else -1 for t in op.inputs]
+    single.outputs = [index[t] for t in op.outputs]
+    sub.inputs = [index[t] for t in op.inputs if t >= 0 and t not in constants]
+    sub.outputs = list(single.outputs)
+    sub.operators = [single]
+    one.subgraphs = [sub]
+    try:
+        interp = _interpreter_class()(model_content=_pack(one), num_threads=1)
+        interp.allocate_tensors()
+        return any(d["op_name"] == "DELEGATE" for d in interp._get_ops_details())
+    except Exception:  # noqa: BLE001 - an op that cannot stand alone: no answer
+        return None
 
 
 # ----------------------------------------------------------------------------- Keras sources

@@ -73,6 +73,7 @@ from edgekit.errors import (
     EdgekitError,
     ExportError,
 )
+from edgekit.manifest import FastPath, OffPathOp
 from edgekit.quantize.sensitivity import ErrorAccumulator, LayerError, rank
 
 NAME = "openvino"
@@ -171,6 +172,15 @@ class OpenVINOSession(Session):
         return self._request.infer
 
 
+# fast_path: layers that carry the arithmetic (float in an INT8 IR is slow), and layers that only
+# move data, whose "ref" primitive is the plugin's ordinary copy (not a slow reference kernel)
+_COMPUTE_LAYERS = ("Convolution", "GroupConvolution", "Deconvolution", "FullyConnected",
+                   "MatMul")
+_INT_TYPES = ("i8", "u8", "I8", "U8")
+_DATA_LAYERS = ("Concatenation", "Reshape", "Squeeze", "Unsqueeze", "Split", "Input", "Output",
+                "Const", "Reorder")
+
+
 def _artifact_precision(model: Any) -> str:
     if model.has_rt_info(_PRECISION_KEY):
         value = model.get_rt_info(_PRECISION_KEY)
@@ -245,6 +255,39 @@ class OpenVINOBackend(QuietHooks):
             raise DataError(f"{path}: OpenVINO IR needs both {path.name} and "
                             f"{path.with_suffix('.bin').name}")
         return OpenVINOSession(path, threads, options)
+
+    def fast_path(self, path: Path, precision: str) -> FastPath:
+        """Layers of the IR at ``path`` that the CPU plugin runs off its fast kernels, read from
+        the compiled model's runtime graph (``get_runtime_model()``: each node's
+        ``layerType``, ``runtimePrecision`` and ``primitiveType``), compiled as ``open``
+        compiles it: a reference implementation (``ref*``) of a layer that computes, or in an
+        INT8 IR a convolution / fully connected / matmul computing in floating point."""
+        if importlib.util.find_spec("openvino") is None:
+            return FastPath(status="unknown", checked=f"openvino is not installed: "
+                                                      f"{_INSTALL_HINT}")
+        import openvino as ov
+
+        session = self.open(Path(path))
+        off = []
+        for op in session._compiled.get_runtime_model().get_ordered_ops():
+            info = op.get_rt_info()
+
+            def get(key: str, info: Any = info) -> str:
+                return str(info[key].astype(str)) if key in info else ""
+
+            layer, runtime, primitive = (get("layerType"), get("runtimePrecision"),
+                                         get("primitiveType"))
+            node = get("originalLayersNames") or op.get_friendly_name()
+            if precision == "int8" and layer in _COMPUTE_LAYERS and runtime not in _INT_TYPES:
+                off.append(OffPathOp(op=layer, node=node, reason=(
+                    f"computes in {runtime} inside an INT8 model ({primitive})")))
+            elif primitive.startswith("ref") and layer not in _DATA_LAYERS:
+                off.append(OffPathOp(op=layer, node=node, reason=(
+                    f"reference implementation ({primitive}), not a JIT kernel")))
+        return FastPath(status="off" if off else "clean", ops=tuple(off),
+                        checked=f"OpenVINO {ov.get_version()} CPU plugin, "
+                                f"{session.inference_precision} inference precision: runtime "
+                                "model's layer types, runtime precisions and primitive types")
 
     def export(self, request: ExportRequest) -> Artifact:
         self._validate(request)

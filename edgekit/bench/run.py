@@ -302,7 +302,8 @@ def _artifact_record(info: BundleInfo, art: ArtifactEntry) -> ArtifactRecord:
         id=f"{info.name}/{art.name}", bundle=str(info.path), bundle_name=info.name,
         name=art.name, backend=art.backend, precision=art.precision, kind="artifact",
         status=art.status, recipe=info.manifest.recipe["name"], bytes=art.bytes,
-        notes=list(art.notes), accuracy=art.verification, accuracy_source="bundle")
+        notes=list(art.notes), accuracy=art.verification, accuracy_source="bundle",
+        fast_path=None if art.fast_path is None else art.fast_path.to_json())
 
 
 def _source_record(info: BundleInfo) -> ArtifactRecord:

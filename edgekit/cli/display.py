@@ -20,6 +20,7 @@ from edgekit.report import (
     artifact_delta,
     artifact_score,
     emulated,
+    fast_path_section,
     fmt_delta,
     fmt_ms,
     fmt_parity,
@@ -222,3 +223,5 @@ def print_summary(report: Report | BenchResults | Mapping[str, Any]) -> None:
     out.print(Text(rec["text"], style="bold" if rec["artifact"] else "bold red"))
     for flag in rec["flags"]:
         out.print(Text.assemble(("  ! ", "yellow"), flag))
+    for art_id, summary, _ in fast_path_section(res):
+        out.print(Text.assemble(("  off the fast path ", "dim"), f"{art_id}: {summary}"))

@@ -24,6 +24,7 @@ from edgekit.report.tables import (
     binary_summary,
     emulated_section,
     environment_lines,
+    fast_path_section,
     fmt_metric_pct,
     legend_extra,
     main_table,
@@ -114,6 +115,12 @@ def _html_sections(results: BenchResults) -> list[str]:
             parts.append("<ul>" + "".join(f"<li>{_e_code(p)}</li>" for p in paras[1:]) + "</ul>")
         if rows:
             parts.append(_html_table(head, rows))
+    off = fast_path_section(results)
+    if off:
+        parts.append("<h2>Off the fast path</h2>")
+        for art_id, summary, rows in off:
+            parts += [f"<p><code>{_e(art_id)}</code>: {_e(summary)}</p>",
+                      _html_table(("op", "node", "why"), rows)]
     emu = emulated_section(results)
     if emu:
         title, paras, head, rows = emu

@@ -12,6 +12,7 @@ from edgekit.report.tables import (
     binary_summary,
     emulated_section,
     environment_lines,
+    fast_path_section,
     legend_extra,
     main_table,
     predicted_section,
@@ -64,6 +65,14 @@ def _md_sections(results: BenchResults) -> list[str]:
         lines += ["## Predicted latency basis", "", paras[0], ""]
         lines += [f"- {p}" for p in paras[1:]] + ([""] if paras[1:] else [])
         lines += (_md_table(head, rows) + [""]) if rows else []
+    off = fast_path_section(results)
+    if off:
+        lines += ["## Off the fast path", "", "Ops each artifact's runtime does not run on its "
+                  "fast kernels (as the backend found on the machine that exported it: not "
+                  "delegated, a reference or slow generic kernel, float inside INT8).", ""]
+        for art_id, summary, rows in off:
+            lines += [f"**`{art_id}`**: {summary}", "", *_md_table(("op", "node", "why"), rows),
+                      ""]
     emu = emulated_section(results)
     if emu:
         title, paras, head, rows = emu

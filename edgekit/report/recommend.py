@@ -36,6 +36,7 @@ from edgekit.report.tables import (
     fmt_predicted,
     fmt_signed,
     fmt_threads,
+    off_path,
     table_entries,
 )
 
@@ -308,7 +309,8 @@ def _flags(results: BenchResults, best: Row | None, passing: list[Row], *,
     flags += _flag_invalid(results)
     flags += _flag_parity(results)
     flags += _flag_predicted(results, basis)
-    flags += _flag_int8_slower(results, arts)
+    flags += _flag_predicted_off_path(results)
+    flags += _flag_slow_artifacts(results, arts)
     flags += _flag_reduced_precision(results, arts)
     flags += _flag_spread(results, best if basis == "measured" else None)
     flags += _flag_quick(results)
@@ -369,6 +371,17 @@ def _flag_predicted(results: BenchResults, basis: str) -> list[str]:
     return [f"{_why_unmeasured(results).capitalize()}: every latency here is predicted by "
             f"{results.target_name}'s latency model (expected error {err}; see “Predicted "
             "latency basis”), not measured. Measure on the board before relying on it."]
+
+
+def _flag_predicted_off_path(results: BenchResults) -> list[str]:
+    """Predictions of artifacts with ops off the fast path are lower bounds."""
+    ids = sorted({p.artifact for p in predicted_rows(results) if p.ok and p.off_fast_path})
+    if not ids:
+        return []
+    return [f"The latency model costs every kernel at its fast rate: {_ids(ids)} "
+            f"{'has' if len(ids) == 1 else 'have'} ops off the fast path (see “Off the fast "
+            f"path”), so {'its prediction is' if len(ids) == 1 else 'their predictions are'} "
+            "a lower bound."]
 
 
 def _flag_target_isa(results: BenchResults, best: ArtifactRecord | None,
@@ -455,19 +468,42 @@ def _flag_predicted_tie(results: BenchResults, tie: list[PredictedRow]) -> list[
             "decide."]
 
 
-def _flag_int8_slower(results: BenchResults, arts: dict[str, ArtifactRecord]) -> list[str]:
-    fastest: dict[tuple[str | None, Any], dict[str | None, float]] = {}
+def _flag_slow_artifacts(results: BenchResults, arts: dict[str, ArtifactRecord]) -> list[str]:
+    """An artifact slower than its own fp32 sibling (same bundle and backend) or than its
+    source model in PyTorch eager (same bundle), at the same thread count, with the ops its
+    backend found off the fast path: the ones responsible, as far as edgekit can tell."""
+    p50: dict[tuple[str | None, str | None, str | None, Any], float] = {}
+    for r in results.rows:
+        a = arts[r.artifact]
+        if r.ok and valid_row(r):
+            source = a.kind == "source"
+            key = (a.bundle_name, "source" if source else a.backend,
+                   None if source else a.precision, r.threads)
+            p50[key] = min(p50.get(key, math.inf), r.p50)
+    out = []
     for r in results.rows:
         a = arts[r.artifact]
         if not r.ok or not valid_row(r) or a.kind != "artifact":
             continue
-        by_prec = fastest.setdefault((a.backend, r.threads), {})
-        by_prec[a.precision] = min(by_prec.get(a.precision, math.inf), r.p50)
-    out = []
-    for (backend, threads), p in fastest.items():
-        if "int8" in p and "fp32" in p and p["int8"] > p["fp32"]:
-            out.append(f"INT8 is slower than fp32 here on {backend} ({fmt_threads(threads)}): "
-                       f"{fmt_ms(p['int8'])} vs {fmt_ms(p['fp32'])} ms.")
+        slower = []
+        sibling = p50.get((a.bundle_name, a.backend, "fp32", r.threads))
+        if a.precision != "fp32" and sibling is not None and r.p50 > sibling:
+            slower.append(f"its fp32 sibling ({fmt_ms(sibling)} ms)")
+        eager = p50.get((a.bundle_name, "source", None, r.threads))
+        if eager is not None and r.p50 > eager:
+            slower.append(f"PyTorch eager ({fmt_ms(eager)} ms)")
+        if not slower:
+            continue
+        found = off_path(a)
+        if found is not None:
+            why = (f"Its backend found {found.summary()}; first: {found.ops[0].op} "
+                   f"`{found.ops[0].node}`.")
+        elif (a.fast_path or {}).get("status") == "clean":
+            why = "Its backend found every op on the fast path: profile it on the target."
+        else:
+            why = "Its backend did not check which ops run off the fast path."
+        out.append(f"`{a.id}` ({fmt_ms(r.p50)} ms, {fmt_threads(r.threads)}) is slower than "
+                   f"{' and '.join(slower)}. {why}")
     return out
 
 

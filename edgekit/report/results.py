@@ -158,6 +158,9 @@ class ArtifactRecord(Record):
     recipe: str | None = None
     bytes: int | None = None
     notes: list[str] = Field(default_factory=list)
+    # the manifest's fast_path record (edgekit.manifest.FastPath as JSON): ops off the runtime's
+    # fast path; null for sources and bundles made before it was recorded
+    fast_path: Json | None = None
     accuracy: Json | None = None  # edgekit.verify.compare()'s record, or null
     accuracy_source: str | None = None  # "bench" | "bundle"
     reference: str | None = None
@@ -178,6 +181,8 @@ class PredictedRow(Record):
     group: str | None = None
     basis: str | None = None
     error: str | None = None
+    # ops the artifact runs off its runtime's fast path (its manifest): the p50 is a lower bound
+    off_fast_path: int | None = None
 
     @property
     def ok(self) -> bool:

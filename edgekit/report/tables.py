@@ -10,6 +10,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from edgekit.errors import DataError
+from edgekit.manifest import FastPath
 from edgekit.report.results import (
     ArtifactRecord,
     BenchResults,
@@ -396,6 +398,32 @@ def _thermal_line(results: BenchResults) -> str | None:
 
 
 # ---------------------------------------------------------------------- predicted / emulated
+def off_path(art: ArtifactRecord) -> FastPath | None:
+    """The artifact's fast-path record when it lists ops off the fast path; else None (clean,
+    unknown, not recorded, or a record this edgekit cannot read)."""
+    record = art.fast_path
+    if not record or record.get("status") != "off":
+        return None
+    try:
+        return FastPath.from_json(record, where=art.id)
+    except DataError:
+        return None
+
+
+def fast_path_section(results: Results, limit: int = 12) -> list[tuple[str, str, list[list[str]]]]:
+    """Per artifact with ops off its runtime's fast path: (id, one-line summary, rows of
+    [op, node, reason], the first ``limit``)."""
+    out = []
+    for art in as_results(results).artifacts:
+        found = off_path(art)
+        if found is not None:
+            rows = [[o.op, o.node, o.reason] for o in found.ops[:limit]]
+            if len(found.ops) > limit:
+                rows.append(["…", f"{len(found.ops) - limit} more", ""])
+            out.append((art.id, found.summary(), rows))
+    return out
+
+
 def predicted_section(results: Results) -> tuple[list[str], list[str], list[list[str]]] | None:
     """The “Predicted latency basis” section: (paragraphs, table head, table rows), or None
     when nothing was predicted."""

@@ -95,9 +95,24 @@ def predict_bundle(bundle: str | Path, manifest: dict[str, Any], target: Any,
             if "error" in got:
                 rows.append({**head, "error": got["error"]})
                 continue
+            off = _off_fast_path(art)
             rows.append({**head, "p50_ms": round(got["p50_ms"], 4),
                          "low_ms": round(got["low_ms"], 4), "high_ms": round(got["high_ms"], 4),
                          "rel_err": round(got["rel_err"], 4), "group": got["group"],
-                         "basis": f"{got['basis']}; {where}", "macs": macs,
-                         "label": "predicted"})
+                         "basis": f"{got['basis']}; {where}" + (off[1] if off else ""),
+                         "macs": macs, "label": "predicted",
+                         **({"off_fast_path": off[0]} if off else {})})
     return rows
+
+
+def _off_fast_path(art: dict[str, Any]) -> tuple[int, str] | None:
+    """(count, basis note) when the manifest says the artifact has ops off its runtime's fast
+    path: the latency model costs every kernel at its fast rate, so the prediction is a lower
+    bound for it (no calibrated penalty per op kind exists yet)."""
+    record = art.get("fast_path") or {}
+    ops = record.get("ops") or []
+    if record.get("status") != "off" or not ops:
+        return None
+    kinds = sorted({str(o.get("op")) for o in ops})
+    return len(ops), (f"; LOWER BOUND: {len(ops)} op(s) off the fast path when exported "
+                      f"({', '.join(kinds)}), costed here as if on it")
