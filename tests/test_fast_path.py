@@ -203,9 +203,11 @@ def test_openvino_finds_float_layers_in_an_int8_ir(tmp_path: Path) -> None:
     assert "inside an INT8 model" in found.ops[0].reason and "f32" in found.ops[0].reason
 
 
-def test_backends_without_a_check_say_unknown(tmp_path: Path) -> None:
-    found = get_backend("onnxruntime").fast_path(tmp_path / "model.onnx", "int8")
-    assert found.status == "unknown" and found.ops == ()
+def test_onnxruntime_checks_int8_only(tmp_path: Path) -> None:
+    """A float artifact is not checked; an INT8 one lists ORT's unfused QDQ ops (the detector
+    itself is tested in test_ort_int8.py)."""
+    found = get_backend("onnxruntime").fast_path(tmp_path / "model.onnx", "fp32")
+    assert found.status == "unknown" and found.ops == () and "INT8" in found.checked
 
 
 # --------------------------------------------------------------------------------- manifest

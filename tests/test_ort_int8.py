@@ -90,6 +90,10 @@ def test_unfused_ops_names_a_float_op_between_dq_and_q(tmp_path: Path) -> None:
 def test_unfused_ops_is_empty_when_ort_fuses_everything(tmp_path: Path) -> None:
     path = _qdq_model(tmp_path / "conv.onnx", "Conv")
     assert unfused_ops(path) == []
+    # the backend's fast-path record (manifest, bench, report) is the same finding
+    assert BACKEND.fast_path(path, "int8").status == "clean"
+    off = BACKEND.fast_path(_qdq_model(tmp_path / "erf.onnx", "Erf"), "int8")
+    assert off.status == "off" and [(o.op, o.node) for o in off.ops] == [("Erf", "the_erf")]
     # with graph optimisations off nothing is fused: the same conv is reported
     rows = unfused_ops(path, "ORT_DISABLE_ALL")
     assert [(r["op"], r["node"]) for r in rows] == [("Conv", "the_conv")]

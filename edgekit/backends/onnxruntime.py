@@ -62,6 +62,7 @@ from edgekit.errors import (
     EdgekitError,
     ExportError,
 )
+from edgekit.manifest import FastPath, OffPathOp
 from edgekit.quantize.sensitivity import ErrorAccumulator, LayerError, rank
 
 NAME = "onnxruntime"
@@ -311,6 +312,21 @@ class OnnxRuntimeBackend(QuietHooks):
         if importlib.util.find_spec("onnxruntime") is None:
             return _INSTALL_HINT
         return None
+
+    def fast_path(self, path: Path, precision: str) -> FastPath:
+        """INT8: the float ops ORT's optimizer leaves between or after the QDQ nodes
+        (``unfused_ops``: each pays a float kernel plus the (de)quantization around it).
+        Float artifacts are not checked: ORT has no separate fast path for them."""
+        if precision != "int8":
+            return FastPath(status="unknown", checked="onnxruntime: only INT8 artifacts are "
+                                                      "checked (unfused QDQ)")
+        import onnxruntime as ort
+
+        off = tuple(OffPathOp(op=r["op"], node=r["node"], reason=r["reason"])
+                    for r in unfused_ops(path))
+        return FastPath(status="off" if off else "clean", ops=off,
+                        checked=f"ONNX Runtime {ort.__version__} CPU, ORT_ENABLE_ALL: float ops "
+                                "left between or after QDQ nodes in the optimized graph")
 
     def open(self, path: Path, threads: int | None = None,
              options: dict[str, Any] | None = None) -> OnnxRuntimeSession:
