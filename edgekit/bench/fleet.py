@@ -36,7 +36,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from edgekit import config
-from edgekit.bench.run import BenchOptions, BenchRun, bench
+from edgekit.bench.run import BenchOptions, BenchRun, bench, fresh_folder
 from edgekit.bench.ssh import parse_host
 from edgekit.errors import ConfigError, EdgekitError
 from edgekit.targets import Target, load_target
@@ -146,12 +146,7 @@ def bench_fleet(bundles: list[str | Path], fleet_file: str | Path,
         raise ConfigError("--host names one board; a fleet file names its boards' addresses")
     fleet, targets = load_fleet(fleet_file)
     parent = Path(opts.out) if opts.out else Path(bundles[0]).resolve() / "bench"
-    stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
-    fleet_dir = parent / f"{stamp}-fleet-{fleet.fleet}"
-    n = 2
-    while fleet_dir.exists():
-        fleet_dir = parent / f"{stamp}-fleet-{fleet.fleet}-{n}"
-        n += 1
+    fleet_dir = fresh_folder(parent, f"fleet-{fleet.fleet}")
     fleet_dir.mkdir(parents=True)
     t0 = time.perf_counter()
     runs: dict[str, BenchRun] = {}

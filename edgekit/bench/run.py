@@ -340,12 +340,16 @@ def _reference_logits(info: BundleInfo, ev: EvalSet, outputs: dict[str, np.ndarr
 
 # ------------------------------------------------------------------------------------ the run
 def _run_folder(bundles: list[BundleInfo], out: str | Path | None, target: str) -> Path:
-    parent = Path(out) if out else bundles[0].path / "bench"
+    return fresh_folder(Path(out) if out else bundles[0].path / "bench", target)
+
+
+def fresh_folder(parent: Path, name: str) -> Path:
+    """``parent/<UTC time>-<name>`` (``-2``, ``-3`` … appended when taken); not created."""
     stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
-    run = parent / f"{stamp}-{target}"
+    run = parent / f"{stamp}-{name}"
     n = 2
     while run.exists():
-        run = parent / f"{stamp}-{target}-{n}"
+        run = parent / f"{stamp}-{name}-{n}"
         n += 1
     return run
 
