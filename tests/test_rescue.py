@@ -368,7 +368,8 @@ def test_compress_rescues_the_planted_layer(planted: Path, planted_pt2: Path, ti
         assert rescue["stopped"] in ("first passing candidate",
                                      "looked one candidate past the first passing one")
         if len(rescue["attempts"]) == 2:
-            assert first["p50_ms"] > 1.1 * rescue["first_p50_ms"]
+            # (the record rounds both to 0.001 ms: 0.0333 vs 0.0300 reads 0.033 vs 0.03)
+            assert first["p50_ms"] + 0.001 > 1.1 * rescue["first_p50_ms"]
     # both timed, batch 1, and said in the record and in compress's output
     chosen = rescue["attempts"][rescue["chosen_attempt"] - 1]  # 1-based in the record
     assert chosen["keep_float"] == rescue["keep_float"]
