@@ -622,13 +622,18 @@ def scan_groups(module: Any, example: Any, groups: Sequence[PruneGroup], ratio: 
     return rows
 
 
-def step_settings(cfg: Any, step: int) -> PruneSettings:
-    """Settings of iterative step ``step`` (1-based) of ``cfg.steps``: the MACs target falls
-    linearly to ``cfg.target_macs``; a channel ratio compounds to ``cfg.ratio``."""
+def step_settings(cfg: Any, step: int, profile: Any = None) -> PruneSettings:
+    """Settings of iterative step ``step`` (1-based) of ``cfg.steps``: a MACs (time) target
+    falls linearly to ``cfg.target_macs`` (``cfg.target_time``); a channel ratio compounds to
+    ``cfg.ratio``. ``profile`` (a TimeProfile of the unpruned model) for cost ``latency``."""
     n = cfg.steps
     target = None if cfg.target_macs is None else 1 - (1 - cfg.target_macs) * step / n
+    target_time = getattr(cfg, "target_time", None)
+    target_time = None if target_time is None else 1 - (1 - target_time) * step / n
     ratio = None if cfg.ratio is None else 1 - (1 - cfg.ratio) ** (1 / n)
     return PruneSettings(ratio=ratio, target_macs=target, importance=cfg.importance,
                          global_pruning=cfg.global_pruning, max_layer_ratio=cfg.max_layer_ratio,
                          round_to=cfg.round_to,
-                         protect=None if cfg.protect is None else list(cfg.protect))
+                         protect=None if cfg.protect is None else list(cfg.protect),
+                         cost=getattr(cfg, "cost", "macs"), target_time=target_time,
+                         profile=profile)

@@ -28,6 +28,7 @@ import numpy as np
 
 from edgekit.backends.openvino import disable_telemetry
 from edgekit.errors import ConfigError
+from edgekit.targets import load_target
 
 PROFILE_BACKEND = "openvino"
 _OV_CONV = ("Convolution", "GroupConvolution", "MatMul")
@@ -263,6 +264,8 @@ def profile_for_target(module: Any, example: Any, target: Any, *, threads: int |
                        iters: int = 30) -> TimeProfile | None:
     """The profile the latency cost uses on ``target``: measured with OpenVINO fp32 on a local
     target; ``None`` for a remote one (the caller falls back to MACs and says so)."""
+    if isinstance(target, str):
+        target = load_target(target)
     if target.access.kind != "local":
         return None
     threads = threads or max(target.thread_counts(os.cpu_count() or 1))
