@@ -5,6 +5,9 @@ to their OpenVINO fp32 latency on x86-local.
     .venv/bin/python benchmarks/prune_speed.py
     # smoke run: quick protocol, writes results/prune_speed_quick.*
     .venv/bin/python benchmarks/prune_speed.py --quick --models dsconv_cbam_gap
+    # latency cost (edgekit.prune.profile + PruneSettings(cost="latency", target_time=0.7))
+    # next to the MACs cost in the same interleaved rounds: results/prune_speed_latency.*
+    .venv/bin/python benchmarks/prune_speed.py --cost latency
 
 Per model (fresh seeded weights, published input size): MACs and parameters before/after as
 ``edgekit inspect`` counts them, the channels each narrowed layer kept, the unpruned and the
@@ -40,13 +43,14 @@ from edgekit.bench.local import LocalExecutor, RunFailed
 from edgekit.bench.protocol import SPREAD_LIMIT, Protocol, environment, merge_trials
 from edgekit.inspect import layer_table
 from edgekit.prune import PruneSettings, count, layer_widths, prune
+from edgekit.prune.profile import profile_openvino
 from edgekit.sources import load_model
 from edgekit.targets import load_target
 from edgekit.zoo.blocks import CBAM, ChannelGate, SpatialGate, SqueezeExcite
 
 MODELS = {"prudensnet": 256, "dsconv_cbam": 224, "dsconv_cbam_gap": 224, "ich_mrf": 256,
           "mobilenetv2": 224}
-VARIANTS = ("unpruned", "pruned")
+VARIANTS: tuple[str, ...] = ("unpruned", "pruned")  # + "pruned_latency" with --cost latency
 GOAL_FASTER = 0.20  # "at least 20 % faster": 1 - pruned/unpruned >= 0.20
 BACKEND = "openvino"
 
@@ -290,8 +294,15 @@ def build(model: str, size: int, args: argparse.Namespace, work: Path) -> dict[s
     backend = require_backend(BACKEND)
     gates = {n for n, m in module0.named_modules() if isinstance(m, GATE_TYPES)}
     b["artifacts"], b["_leaves"] = {}, {"unpruned": rows0, "pruned": rows1}
-    b["_gates"] = {"unpruned": gates, "pruned": gates}
-    for variant, mod in (("unpruned", module0), ("pruned", pruned)):
+    b["_gates"] = {"unpruned": gates, "pruned": gates, "pruned_latency": gates}
+    variants = [("unpruned", module0), ("pruned", pruned)]
+    if args.cost == "latency":
+        lat = build_latency(module0, example, args, b, protect, widths0)
+        if lat is None:
+            return b
+        b["_leaves"]["pruned_latency"] = layer_rows(lat, shape, protect)
+        variants.append(("pruned_latency", lat))
+    for variant, mod in variants:
         cand = dataclasses.replace(loaded, module=mod)
         try:
             art = backend.export(ExportRequest(model=cand, precision="fp32",
@@ -302,6 +313,51 @@ def build(model: str, size: int, args: argparse.Namespace, work: Path) -> dict[s
             say(f"{model}: export FAILED: {b['export_error']}")
             return b
     return b
+
+
+def build_latency(module0: nn.Module, example: torch.Tensor, args: argparse.Namespace,
+                  b: dict[str, Any], protect: list[str], widths0: dict[str, int]
+                  ) -> nn.Module | None:
+    """The latency-cost variant: profile the unpruned model (edgekit.prune.profile, OpenVINO
+    fp32, the benchmark's threads and options), prune a copy to ``target_macs`` of the PROFILED
+    time (the same fraction as the MACs variant's MACs target)."""
+    options = dict(load_target("x86-local").runtime_options.get(BACKEND) or {})
+    t0 = time.perf_counter()
+    prof = profile_openvino(module0, example, threads=args.threads, options=options,
+                            iters=args.profile_iters or 30)
+    b["latency_profile"] = {**prof.to_dict(), "seconds": round(time.perf_counter() - t0, 1)}
+    say(f"profile: {prof.total_ms:.2f} ms profiled; pruning a copy to {args.target_macs:.0%} "
+        "of the profiled time (latency cost)")
+    lat = copy.deepcopy(module0).eval()
+    t0 = time.perf_counter()
+    errors = []
+    for goal in (args.target_macs, args.target_macs + 0.05, args.target_macs + 0.1):
+        try:  # a target the protected layers' time makes unreachable: the next one up
+            o = prune(lat, example, PruneSettings(target_time=goal, cost="latency",
+                                                  profile=prof, importance=args.importance))
+            break
+        except Exception as exc:
+            errors.append(f"target_time {goal:.2f}: {type(exc).__name__}: {exc}")
+            say(f"latency cost: {errors[-1]}")
+    else:
+        b["prune_error"] = "latency cost: " + "; ".join(errors)
+        return None
+    b["latency_target_time"] = goal
+    b["latency_target_errors"] = errors
+    macs0 = b["macs_before"]
+    macs1, params1 = count(lat, example)
+    widths1 = layer_widths(lat)
+    b["latency_cost"] = {
+        "prune_seconds": round(time.perf_counter() - t0, 1), "channel_ratio": o.ratio,
+        "bisection": o.searched, "predicted_ms_before": o.time_before_ms,
+        "predicted_ms_after": o.time_after_ms, "predicted_time_fraction": o.time_fraction,
+        "macs_after": macs1, "macs_fraction": macs1 / macs0, "params_after": params1,
+        "params_fraction": params1 / b["params_before"],
+        "widths_changed": {k: [widths0[k], v] for k, v in widths1.items()
+                           if widths0.get(k) != v}}
+    say(f"latency cost: predicted time {o.time_fraction:.1%}, MACs {macs1 / macs0:.1%}, "
+        f"{len(b['latency_cost']['widths_changed'])} layers narrowed")
+    return lat
 
 
 def time_model(model: str, b: dict[str, Any], ex: LocalExecutor, single: Protocol, rounds: int,
@@ -354,6 +410,14 @@ def time_model(model: str, b: dict[str, Any], ex: LocalExecutor, single: Protoco
         out["round_speedups"] = [a / c for a, c in zip(out["unpruned"]["rounds_p50_ms"],
                                                        out["pruned"]["rounds_p50_ms"],
                                                        strict=False)]
+        if "pruned_latency" in out:
+            q = out["pruned_latency"]
+            out["latency_cost"] = {
+                "speedup": u / q["p50_ms"], "faster_by": 1 - q["p50_ms"] / u,
+                "goal_met": 1 - q["p50_ms"] / u >= GOAL_FASTER,
+                "speedup_min": out["unpruned"]["min_ms"] / q["min_ms"],
+                "round_speedups": [a / c for a, c in zip(out["unpruned"]["rounds_p50_ms"],
+                                                         q["rounds_p50_ms"], strict=False)]}
     return out
 
 
@@ -597,6 +661,87 @@ def summary_paragraph(res: dict[str, Any]) -> str:
 
 
 # --------------------------------------------------------------------------- main
+def markdown_latency(res: dict[str, Any]) -> str:
+    """The latency-cost run: MACs cost vs latency cost, same rounds."""
+    env, host, quick = res["environment"], res["host"], res["quick"]
+    cpu = env["cpu"].get("model") if isinstance(env.get("cpu"), dict) else host["cpu"]
+    goal = res["target_macs"]
+    title = "QUICK SMOKE RUN (quick protocol: not a measurement): " if quick else ""
+    md = [f"# {title}prune30 by MACs cost vs latency cost: OpenVINO fp32 latency", "",
+          f"- {cpu}, {host['cores']} vCPUs (shared VM), load average {res['loadavg_at_start']} "
+          f"at start, {res['loadavg_at_end']} at end, {host['date']}; target x86-local, "
+          f"{res['threads']} threads, OpenVINO {env['packages'].get('openvino')}, options "
+          f"{res['runtime_options']}; total run {res['seconds'] / 60:.1f} min; code "
+          f"{res['edgekit_code']['git_head'][:10]}"
+          + (f" + uncommitted {res['edgekit_code']['edgekit_uncommitted']}"
+             if res['edgekit_code']['edgekit_uncommitted'] else ""),
+          f"- fresh seeded zoo weights (seed {res['seed']}), published input size, importance "
+          f"{res['importance']!r}. **MACs cost** = `PruneSettings(target_macs={goal})` (as "
+          "prune_speed.md). **Latency cost** = `profile_openvino(unpruned, threads, x86-local "
+          f"options)` then `PruneSettings(cost='latency', target_time={goal}, profile=...)`: "
+          "channels ranked globally by importance / predicted ms saved per channel, bisection "
+          f"until the PREDICTED time ≤ {goal:.0%} of the profiled time (max_layer_ratio 0.75, "
+          "round_to 8, default protected layers)",
+          f"- latency: {res['rounds']} interleaved rounds, each round times all three IRs once "
+          "(one trial per fresh process, order reversed every other round); protocol per trial "
+          f"{res['protocol']}; p50 = median of the rounds' p50; speed-up = unpruned p50 / "
+          "pruned p50; faster by = 1 − pruned/unpruned; per-round = the p50s of one round",
+          "", "| model | MACs kept: MACs cost / latency cost | predicted time kept (latency "
+          "cost) | unpruned p50 ms | MACs cost p50 ms (faster by) | latency cost p50 ms "
+          "(faster by) | ≥ 20 % faster: MACs / latency | per-round speed-ups MACs cost | "
+          "per-round speed-ups latency cost | fastest call speed-up MACs / latency |",
+          "|---|---|---|---|---|---|---|---|---|---|"]
+    for name, m in res["models"].items():
+        if "timing" not in m or "latency_cost" not in m.get("timing", {}):
+            md.append(f"| {name} | error: {m.get('prune_error') or m.get('export_error')} |"
+                      + " |" * 8)
+            continue
+        t, lc, lt = m["timing"], m["latency_cost"], m["timing"]["latency_cost"]
+        md.append(
+            f"| {name} | {m['macs_fraction']:.1%} / {lc['macs_fraction']:.1%} | "
+            f"{lc['predicted_time_fraction']:.1%}"
+            + (f" (target {m['latency_target_time']:.0%}: {res['target_macs']:.0%} "
+               "unreachable)" if m["latency_target_time"] != res["target_macs"] else "")
+            + f" | {t['unpruned']['p50_ms']:.2f} | "
+            f"{t['pruned']['p50_ms']:.2f} ({t['faster_by']:.1%}) | "
+            f"{t['pruned_latency']['p50_ms']:.2f} ({lt['faster_by']:.1%}) | "
+            f"{'yes' if t['goal_met'] else '**no**'} / "
+            f"{'yes' if lt['goal_met'] else '**no**'} | "
+            + ", ".join(f"{x:.2f}×" for x in t["round_speedups"]) + " | "
+            + ", ".join(f"{x:.2f}×" for x in lt["round_speedups"]) + " | "
+            f"{t['speedup_min']:.2f}× / {lt['speedup_min']:.2f}× |")
+    md += ["", "## Profiled time vs prediction", "",
+           "Per-node OpenVINO profile (PERF_COUNT, minimum per node, all variants "
+           "alternating) of the three IRs: the measured profiled-time fraction of the "
+           "latency-cost model next to the fraction the engine predicted.", "",
+           "| model | profiled ms unpruned | MACs cost: profiled ms (kept) | latency cost: "
+           "profiled ms (kept) | latency cost: predicted kept | profile used (ms, threads) | "
+           "largest layers by profiled time (own + side ms) |", "|---|---|---|---|---|---|---|"]
+    for name, m in res["models"].items():
+        prof, lc = m.get("profile", {}), m.get("latency_cost")
+        if not lc or "unpruned" not in prof:
+            continue
+        u = prof["unpruned"]["total_ms"]
+        p = prof.get("pruned", {}).get("total_ms", float("nan"))
+        q = prof.get("pruned_latency", {}).get("total_ms", float("nan"))
+        lp = m["latency_profile"]
+        top = list(lp["layers"].items())
+        top.sort(key=lambda kv: -(kv[1]["ms"] + kv[1]["side_ms"]))
+        md.append(f"| {name} | {u:.2f} | {p:.2f} ({p / u:.1%}) | {q:.2f} ({q / u:.1%}) | "
+                  f"{lc['predicted_time_fraction']:.1%} | {lp['total_ms']:.2f}, "
+                  f"{lp['threads']} | " + "; ".join(
+                      f"`{n}` {t['ms']:.2f}+{t['side_ms']:.2f}" for n, t in top[:3]) + " |")
+    md += ["", "## Widths (latency cost)", ""]
+    for name, m in res["models"].items():
+        lc = m.get("latency_cost")
+        if lc:
+            ch = lc["widths_changed"]
+            md.append(f"- {name}: ratio {lc['channel_ratio']:.4f}, {len(ch)} layers narrowed: "
+                      + ", ".join(f"`{k}` {a}→{b}" for k, (a, b) in list(ch.items())[:12])
+                      + (" …" if len(ch) > 12 else ""))
+    return "\n".join(md) + "\n"
+
+
 def code_state() -> dict[str, Any]:
     """The commit and the pruning code measured (edgekit/*.py is edited while these run)."""
     import hashlib
@@ -626,6 +771,10 @@ def main() -> None:
     ap.add_argument("--importance", default="l2", choices=["l2"],
                     help="l2 only: fresh weights, no data for Taylor")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--cost", default="macs", choices=["macs", "latency"],
+                    help="latency: also prune with the latency cost (profiled time kept = "
+                         "--target-macs) and time it in the same rounds; writes "
+                         "prune_speed_latency.*")
     ap.add_argument("--profile-iters", type=int, default=None,
                     help="inferences of the OpenVINO per-node profile (default 50; quick 10)")
     ap.add_argument("--workdir", type=Path, default=None, help="default: a temporary folder")
@@ -633,12 +782,17 @@ def main() -> None:
     ap.add_argument("--render-only", action="store_true",
                     help="re-write the Markdown from the existing results JSON, measure nothing")
     args = ap.parse_args()
+    global VARIANTS
+    name = ("prune_speed_quick" if args.quick else "prune_speed") + (
+        "_latency" if args.cost == "latency" else "")
+    render = markdown_latency if args.cost == "latency" else markdown
+    if args.cost == "latency":
+        VARIANTS = ("unpruned", "pruned", "pruned_latency")
     if args.render_only:
         from _common import RESULTS
 
-        name = "prune_speed_quick" if args.quick else "prune_speed"
         res = json.loads((RESULTS / f"{name}.json").read_text())
-        write_results(name, res, markdown(res))
+        write_results(name, res, render(res))
         return
     proto = Protocol.quick_protocol() if args.quick else Protocol()
     rounds = args.rounds or proto.trials
@@ -656,6 +810,7 @@ def main() -> None:
                            "backend": BACKEND, "precision": "fp32", "runtime_options": options,
                            "target_macs": args.target_macs, "importance": args.importance,
                            "seed": args.seed, "profile_iters": profile_iters,
+                           "cost": args.cost, "variants": list(VARIANTS),
                            "quick": args.quick, "edgekit_code": code_state(), "models": {}}
     try:
         built = {}
@@ -694,7 +849,7 @@ def main() -> None:
              for v in VARIANTS if m.get("timing", {}).get(v, {}).get("spread", 0) > SPREAD_LIMIT]
     res.update(seconds=round(time.perf_counter() - t0, 1), noisy_rows=noisy,
                loadavg_at_end=[round(x, 2) for x in os.getloadavg()])
-    write_results("prune_speed_quick" if args.quick else "prune_speed", res, markdown(res))
+    write_results(name, res, render(res))
     if noisy:
         say(f"NOISY: round-p50 spread > {SPREAD_LIMIT}× in {', '.join(noisy)}")
 

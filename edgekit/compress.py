@@ -88,6 +88,8 @@ class CompressOptions:
     on_error: str = "skip"
     target_macs: float | None = None
     target_latency_ms: float | None = None
+    cost: str | None = None  # pruning.cost: macs | latency (None: the recipe's)
+    target_time: float | None = None  # fraction of the profiled time (implies cost latency)
     target: str = "x86-local"
     threads: int | None = None
     threshold: float | None = None
@@ -161,15 +163,21 @@ def _recipe(opts: CompressOptions) -> Recipe:
                                 "rescue.enabled": opts.rescue,
                                 "calibration.method": opts.calibration_method,
                                 "verification.images": opts.verification_images})
-    if opts.target_macs is not None and opts.target_latency_ms is not None:
-        raise ConfigError("give --target-macs or --target-latency-ms, not both")
-    if (opts.target_macs is not None or opts.target_latency_ms is not None) \
-            and rec.pruning is None:
-        raise ConfigError(f"--target-macs/--target-latency-ms prune the model, but recipe "
-                          f"{rec.name!r} does not; use prune30, prune50, prune30-int8 or "
-                          "prune50-int8")
+    given = [f for f, v in (("--target-macs", opts.target_macs),
+                            ("--target-latency-ms", opts.target_latency_ms),
+                            ("--target-time", opts.target_time)) if v is not None]
+    if len(given) > 1:
+        raise ConfigError(f"give one of {' and '.join(given)}, not "
+                          + ("both" if len(given) == 2 else "several"))
+    if (given or opts.cost is not None) and rec.pruning is None:
+        raise ConfigError(f"--target-macs/--target-latency-ms/--target-time/--cost prune the "
+                          f"model, but recipe {rec.name!r} does not; use prune30, prune50, "
+                          "prune30-int8 or prune50-int8")
     if opts.target_macs is not None:
         rec = pruning_recipe(rec, **{"pruning.target_macs": opts.target_macs})
+    if opts.cost is not None or opts.target_time is not None:
+        rec = pruning_recipe(rec, **{"pruning.cost": "latency" if opts.target_time is not None
+                                     else opts.cost, "pruning.target_time": opts.target_time})
     return rec
 
 
@@ -250,7 +258,8 @@ def compress(source: str | Path | Source, *, data: str | Path, out: str | Path,
     model, pruning, parity_ref = loaded, None, None
     if rec.pruning is not None:
         model, pruning, parity_ref = prune_and_verify(loaded, rec, plan, x, y, ref,
-                                                      source_metrics, on_error)
+                                                      source_metrics, on_error,
+                                                      target=opts.target, threads=opts.threads)
         pruning["latency_search"] = latency_rows
 
     results: list[ArtifactResult] = []

@@ -90,6 +90,13 @@ class Pruning(BaseModel):
     target_macs: float | None = Field(None, gt=0, lt=1,
                                       description="fraction of the original MACs to keep")
     ratio: float | None = Field(None, gt=0, lt=1, description="fraction of channels to remove")
+    target_time: float | None = Field(
+        None, gt=0, lt=1, description="fraction of the profiled (unpruned) time to keep; "
+                                      "needs cost: latency")
+    cost: Literal["macs", "latency"] = Field(
+        "macs", description="macs: channels ranked by importance alone; latency: by importance / "
+                            "ms saved per channel, from a per-layer time profile of the "
+                            "unpruned model on the target (OpenVINO fp32 on local targets)")
     importance: Literal["l2", "taylor"] = "taylor"
     global_pruning: bool = False
     max_layer_ratio: float = Field(0.75, gt=0, lt=1)
@@ -101,8 +108,10 @@ class Pruning(BaseModel):
 
     @model_validator(mode="after")
     def _one_target(self) -> Pruning:
-        if (self.target_macs is None) == (self.ratio is None):
-            raise ValueError("give exactly one of target_macs and ratio")
+        if sum(x is not None for x in (self.target_macs, self.ratio, self.target_time)) != 1:
+            raise ValueError("give exactly one of target_macs, ratio and target_time")
+        if self.target_time is not None and self.cost != "latency":
+            raise ValueError("target_time (a fraction of the profiled time) needs cost: latency")
         return self
 
 
@@ -152,12 +161,13 @@ class Recipe(BaseModel):
             for p in parents:
                 node = node[p]
             node[leaf] = value
-            if key in _EXCLUSIVE:  # a MACs target replaces a channel ratio and vice versa
-                data["pruning"][_EXCLUSIVE[key]] = None
+            for other in _EXCLUSIVE.get(key, ()):  # one target replaces the others
+                data["pruning"][other] = None
         return _validate(data, f"recipe {self.name!r} with overrides")
 
 
-_EXCLUSIVE = {"pruning.target_macs": "ratio", "pruning.ratio": "target_macs"}
+_TARGETS = ("target_macs", "ratio", "target_time")
+_EXCLUSIVE = {f"pruning.{t}": [o for o in _TARGETS if o != t] for t in _TARGETS}
 
 
 def builtin_recipes() -> dict[str, Path]:
@@ -176,7 +186,7 @@ def load_recipe(name_or_path: str | Path) -> Recipe:
 
 def pruning_recipe(recipe: str | Path | Recipe = "prune30", **overrides: Any) -> Recipe:
     """A pruning recipe with ``pruning.*`` / top-level overrides (None = keep the recipe's).
-    ``target_macs`` and ``ratio`` replace each other."""
+    ``target_macs``, ``ratio`` and ``target_time`` replace each other."""
     rec = recipe if isinstance(recipe, Recipe) else load_recipe(recipe)
     if rec.pruning is None:
         raise ConfigError(f"recipe {rec.name!r} has no 'pruning' section; use prune30, "

@@ -15,6 +15,7 @@ from edgekit.cli.options import (
     classes_option,
     latency_target_options,
     preprocess_options,
+    pruning_cost_options,
     source_options,
 )
 from edgekit.compress import CompressOptions, compress
@@ -52,6 +53,7 @@ from edgekit.ui import status
               default=None, help="Pruning recipes: keep this fraction of the original MACs "
                                  "(e.g. 0.5) instead of the recipe's target.")
 @latency_target_options
+@pruning_cost_options
 @source_options
 @classes_option
 @click.option("--threshold", type=click.FloatRange(0, 1, min_open=True, max_open=True),

@@ -93,6 +93,24 @@ def latency_target_options(fn: Any) -> Any:
     return fn
 
 
+def pruning_cost_options(fn: Any) -> Any:
+    """``--cost`` and ``--target-time``: how pruning ranks channels; shared by prune and
+    compress."""
+    for option in reversed((
+        click.option("--cost", type=click.Choice(["macs", "latency"]), default=None,
+                     help="Rank channels by importance alone (macs) or by importance / ms saved "
+                          "per channel on --target (latency: profiles the unpruned model with "
+                          "OpenVINO fp32 on a local target; a remote one falls back to macs) "
+                          "[default: the recipe's]."),
+        click.option("--target-time", type=click.FloatRange(0, 1, min_open=True, max_open=True),
+                     default=None,
+                     help="Keep this fraction of the profiled time, e.g. 0.7 (implies --cost "
+                          "latency)."),
+    )):
+        fn = option(fn)
+    return fn
+
+
 def _class_list(ctx: click.Context, param: click.Parameter, value: str | None
                 ) -> tuple[str, ...] | None:
     if value is None:

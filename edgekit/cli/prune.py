@@ -12,7 +12,12 @@ from rich import box
 from rich.table import Table
 
 from edgekit.cli.display import fmt_count
-from edgekit.cli.options import classes_option, latency_target_options, preprocess_options
+from edgekit.cli.options import (
+    classes_option,
+    latency_target_options,
+    preprocess_options,
+    pruning_cost_options,
+)
 from edgekit.errors import VerificationFailed
 from edgekit.inspect import summarize
 from edgekit.manifest import recorded_decision as _decision
@@ -23,9 +28,10 @@ from edgekit.sources.declared import DeclaredPreprocess
 from edgekit.ui import out as stdout
 from edgekit.ui import status
 
-TARGETS = ("target_macs", "ratio", "target_latency_ms")
+TARGETS = ("target_macs", "ratio", "target_latency_ms", "target_time")
 # options that only mean something when pruning (refused with --scan)
-PRUNE_ONLY = ("out", "recipe", *TARGETS, "target", "threads", "importance", "global_pruning",
+PRUNE_ONLY = ("out", "recipe", *TARGETS, "target", "threads", "cost", "importance",
+              "global_pruning",
               "max_layer_ratio", "steps", "epochs", "overwrite", "allow_accuracy_drop")
 
 
@@ -243,6 +249,7 @@ def _scan(loaded: Any, data: Path, scan_ratio: float, round_to: int | None,
 @click.option("--ratio", type=click.FloatRange(0, 1, min_open=True, max_open=True), default=None,
               help="Instead: remove this fraction of every group's channels.")
 @latency_target_options
+@pruning_cost_options
 @click.option("--importance", type=click.Choice(["taylor", "l2"]), default=None,
               help="Channel importance: first-order Taylor (needs labels) or L2 magnitude "
                    "[default: the recipe's].")
@@ -334,12 +341,17 @@ def command(ctx: click.Context, model: str, data: Path, out: Path | None, recipe
     if len(targets) > 1:
         raise click.UsageError(
             f"{' and '.join(map(_flag, targets))} are mutually exclusive: --target-macs, "
-            "--ratio and --target-latency-ms each set how much to prune; give one of them "
+            "--ratio, --target-latency-ms and --target-time each set how much to prune; give "
+            "one of them "
             "(or none, for the recipe's target).", ctx)
-    if target_latency_ms is None and (unused := _given(ctx, ("target", "threads"))):
+    latency_cost = overrides.get("cost") == "latency" or overrides.get("target_time")
+    if target_latency_ms is None and not latency_cost and \
+            (unused := _given(ctx, ("target", "threads"))):
         raise click.UsageError(f"{', '.join(map(_flag, unused))} only "
                                f"{'applies' if len(unused) == 1 else 'apply'} with "
-                               "--target-latency-ms.", ctx)
+                               "--target-latency-ms or --cost latency.", ctx)
+    if overrides.get("target_time") is not None:
+        overrides["cost"] = "latency"
 
     loaded = _load(model, preprocess, classes)
     require_prunable(loaded, "edgekit prune")

@@ -324,9 +324,17 @@ def _copy_with_grads(module: Any) -> Any:
     return clone
 
 
+COSTS = ("macs", "latency")
+
+
 @dataclass
 class PruneSettings:
-    """How channels are chosen. Exactly one of ``ratio`` / ``target_macs``."""
+    """How channels are chosen. Exactly one of ``ratio`` / ``target_macs`` / ``target_time``.
+
+    ``cost="latency"`` ranks channels by importance / predicted ms saved per channel removed
+    (from ``profile``, a :class:`edgekit.prune.profile.TimeProfile` of the unpruned model),
+    with global pruning so channels of all groups compete; ``target_time`` is the fraction of
+    the profiled time to keep (bisection on the PREDICTED time)."""
 
     ratio: float | None = None  # fraction of each group's channels to remove
     target_macs: float | None = None  # fraction of the ORIGINAL MACs to keep
@@ -335,15 +343,29 @@ class PruneSettings:
     max_layer_ratio: float = 0.75
     round_to: int = 8
     protect: list[str] | None = None  # None: stem; a list replaces it (classifier: always)
+    cost: str = "macs"
+    target_time: float | None = None  # fraction of the profiled (unpruned) time to keep
+    profile: Any = None  # TimeProfile; required by cost "latency"
 
     def validate(self) -> None:
-        if (self.ratio is None) == (self.target_macs is None):
-            raise ConfigError("give exactly one of a channel ratio and a MACs target")
+        if sum(x is not None for x in (self.ratio, self.target_macs, self.target_time)) != 1:
+            raise ConfigError("give exactly one of a channel ratio, a MACs target and a time "
+                              "target")
         if self.ratio is not None and not 0 < self.ratio < 1:
             raise ConfigError(f"pruning ratio must be in (0, 1), got {self.ratio}")
         if self.target_macs is not None and not 0 < self.target_macs < 1:
             raise ConfigError(f"target MACs must be a fraction of the original in (0, 1), "
                               f"got {self.target_macs}")
+        if self.target_time is not None and not 0 < self.target_time < 1:
+            raise ConfigError(f"target time must be a fraction of the profiled time in (0, 1), "
+                              f"got {self.target_time}")
+        if self.cost not in COSTS:
+            raise ConfigError(f"unknown pruning cost {self.cost!r}; use one of {', '.join(COSTS)}")
+        if self.cost == "latency" and self.profile is None:
+            raise ConfigError("the latency cost needs a time profile of the unpruned model "
+                              "(edgekit.prune.profile.profile_for_target)")
+        if self.target_time is not None and self.cost != "latency":
+            raise ConfigError("a time target (target_time) needs cost 'latency'")
         if not 0 < self.max_layer_ratio < 1:
             raise ConfigError(f"max_layer_ratio must be in (0, 1), got {self.max_layer_ratio}")
         if self.round_to < 1:
@@ -353,8 +375,56 @@ class PruneSettings:
                               f"use one of {', '.join(IMPORTANCES)}")
 
 
+def _latency_importance(base: Any, module: Any, profile: Any, s: PruneSettings,
+                        tally: dict[str, int]) -> Any:
+    """Torch-Pruning importance = ``base``'s (normalized per group) divided by the predicted ms
+    one channel of the group saves: a layer's time scales ~ with in × out channels, so removing
+    one channel of a group saves, in every layer of the group, the layer's time × the share of
+    its (in or out) dimension that channel holds (a Linear after a flatten: H×W inputs per
+    channel). The side time a layer owns (concat, reorders, gates after it) scales with its
+    outputs. The channels each group must keep (``max_layer_ratio``, rounded up to
+    ``round_to``) get an infinite score, so the global ranking never takes them."""
+    import torch
+
+    tp = _tp()
+    names = {m: n for n, m in module.named_modules()}
+    layers = profile.layers
+
+    class LatencyImportance(tp.importance.Importance):
+        def __call__(self, group: Any) -> Any:
+            imp = base(group)
+            if imp is None:
+                return None
+            n = len(imp)
+            cost, seen = 0.0, set()
+            for dep, idxs in group:
+                t = layers.get(names.get(dep.target.module, ""))
+                if t is None:
+                    continue
+                out = getattr(dep.handler, "__name__", "").startswith("prune_out")
+                key = (id(dep.target.module), "out" if (out or t.depthwise) else "in")
+                if key in seen:
+                    continue
+                seen.add(key)
+                dim = t.out_channels if (out or t.depthwise) else t.in_channels
+                share = len(idxs) / max(n, 1) / max(dim, 1)
+                cost += t.ms * share + (t.side_ms * share if (out or t.depthwise) else 0.0)
+            imp = imp / max(cost, 1e-9)
+            keep = min(n, max(s.round_to, math.ceil(n * (1 - s.max_layer_ratio) / s.round_to)
+                              * s.round_to))
+            tally["total"] += n
+            tally["free"] += n - keep
+            if keep > 0:
+                top = torch.topk(imp, keep).indices
+                imp = imp.clone()
+                imp[top] = float("inf")
+            return imp
+
+    return LatencyImportance()
+
+
 def _prune_once(module: Any, example: Any, ratio: float, s: PruneSettings,
-                protect: Sequence[str]) -> list[list[Any]]:
+                protect: Sequence[str], dry_run: bool = False) -> list[list[Any]]:
     """Prune ``module`` in place at channel ratio ``ratio``; return Torch-Pruning's history."""
     tp = _tp()
     if s.importance == "taylor" and not any(p.grad is not None for p in module.parameters()):
@@ -362,13 +432,22 @@ def _prune_once(module: Any, example: Any, ratio: float, s: PruneSettings,
                           "edgekit.prune.accumulate_gradients(module, x, y, task=...) first, "
                           "or use importance 'l2'")
     _record_gate_widths(module, example)
+    imp = _importance(s.importance)
+    latency = s.cost == "latency"
+    tally = {"total": 0, "free": 0}
+    if latency:
+        imp = _latency_importance(imp, module, s.profile, s, tally)
     with _Traceable(module):
         pruner = tp.pruner.MetaPruner(
-            module, example, importance=_importance(s.importance),
-            global_pruning=s.global_pruning, pruning_ratio=ratio,
+            module, example, importance=imp,
+            global_pruning=s.global_pruning or latency, pruning_ratio=ratio,
             max_pruning_ratio=s.max_layer_ratio, round_to=s.round_to,
             ignored_layers=_modules_by_name(module, protect),
             customized_pruners=_customized())
+        if dry_run:  # the importances only: how many channels the global ranking may take
+            for _ in pruner.step(interactive=True):
+                break
+            return [[tally["free"], tally["total"]]]
         pruner.step()
     return [[name, bool(out), sorted(int(i) for i in idxs)]
             for name, out, idxs in pruner.DG.pruning_history()]
@@ -387,19 +466,31 @@ class PruneOutcome:
     protect: list[str]
     searched: list[dict[str, float]] = field(default_factory=list)  # bisection trials
     blocked: list[dict[str, Any]] = field(default_factory=list)  # ops pruned around (Blocker)
+    cost: str = "macs"
+    time_before_ms: float | None = None  # predicted from the profile (latency cost)
+    time_after_ms: float | None = None
 
     @property
     def macs_fraction(self) -> float:
         return self.macs_after / self.macs_before if self.macs_before else 1.0
 
+    @property
+    def time_fraction(self) -> float | None:
+        """Predicted time kept (latency cost), from the profile of the unpruned model."""
+        if self.time_before_ms is None or self.time_after_ms is None:
+            return None
+        return self.time_after_ms / self.time_before_ms if self.time_before_ms else 1.0
+
 
 def prune(module: Any, example: Any, settings: PruneSettings, *,
-          reference_macs: int | None = None) -> PruneOutcome:
+          reference_macs: int | None = None, reference_ms: float | None = None
+          ) -> PruneOutcome:
     """Remove channels from ``module`` in place.
 
-    With ``target_macs`` the channel ratio is found by bisection (each trial prunes a copy) so
-    that the pruned MACs are at most ``target_macs × reference_macs`` (``reference_macs``
-    defaults to the module's current MACs; pass the original's for a later iterative step).
+    With ``target_macs`` (``target_time``) the channel ratio is found by bisection (each trial
+    prunes a copy) so that the pruned MACs (the time predicted from ``settings.profile``) are at
+    most ``target_macs × reference_macs`` (``target_time × reference_ms``; both default to the
+    module's current MACs / predicted time; pass the original's for a later iterative step).
     For Taylor importance, call :func:`accumulate_gradients` first.
     """
     settings.validate()
@@ -416,44 +507,65 @@ def prune(module: Any, example: Any, settings: PruneSettings, *,
                "x.view(x.size(0), -1)) instead of a fixed size."
                if any(b.why.startswith("fixes") for b in stops) else ""))
     macs0, params0 = count(module, example)
-    goal = None if settings.target_macs is None else settings.target_macs * (reference_macs or macs0)
+    profile = settings.profile if settings.cost == "latency" else None
+    ms0 = profile.predict_ms(module) if profile is not None else None
     searched: list[dict[str, float]] = []
+    if settings.target_time is not None:
+        ref = reference_ms or ms0
+        goal = settings.target_time * ref
+        measure: Callable[[Any], float] = profile.predict_ms
+        label, base = "time_fraction", ref
+    elif settings.target_macs is not None:
+        goal = settings.target_macs * (reference_macs or macs0)
+        measure = lambda m: float(count(m, example)[0])  # noqa: E731
+        label, base = "macs_fraction", macs0
+    else:
+        goal = None
     if goal is None:
         ratio = float(settings.ratio)
-    elif macs0 <= goal:
+    elif (ms0 if settings.target_time is not None else macs0) <= goal:
         ratio = 0.0
     else:
-        ratio = _bisect_ratio(module, example, settings, protect, goal, macs0, searched)
+        ratio = _bisect_ratio(module, example, settings, protect, goal, base, searched,
+                              measure, label)
     history = _prune_once(module, example, ratio, settings, protect) if ratio > 0 else []
     check_runs(module, example)  # an op that fixes channels and that no rule caught: named
     macs1, params1 = count(module, example)
     return PruneOutcome(history, ratio, macs0, macs1, params0, params1, protect, searched,
-                        [b.to_dict() for b in stops])
+                        [b.to_dict() for b in stops], settings.cost, ms0,
+                        profile.predict_ms(module) if profile is not None else None)
 
 
 def _bisect_ratio(module: Any, example: Any, s: PruneSettings, protect: Sequence[str],
-                  goal: float, macs0: int, searched: list[dict[str, float]]) -> float:
-    def macs_at(r: float) -> int:
+                  goal: float, base: float, searched: list[dict[str, float]],
+                  measure: Callable[[Any], float], label: str) -> float:
+    what = "the MACs" if label == "macs_fraction" else "the profiled time"
+
+    def value_at(r: float) -> float:
         trial = _copy_with_grads(module)
         _prune_once(trial, example, r, s, protect)
-        m = count(trial, example)[0]
-        searched.append({"ratio": r, "macs_fraction": m / macs0})
-        return m
+        v = measure(trial)
+        searched.append({"ratio": r, label: v / base})
+        return v
 
     hi = s.max_layer_ratio if not s.global_pruning else min(0.95, s.max_layer_ratio)
-    if macs_at(hi) > goal:
-        best = min(x["macs_fraction"] for x in searched)
+    if s.cost == "latency":  # global ranking: at most the channels no group must keep
+        free, total = _prune_once(_copy_with_grads(module), example, 0.01, s, protect,
+                                  dry_run=True)[0]
+        hi = min(hi, 0.995 * free / total) if total else 0.0
+    if hi <= 0 or value_at(hi) > goal:
+        best = min((x[label] for x in searched), default=1.0)
         raise ConfigError(
-            f"cannot reach {goal / macs0:.0%} of the MACs: at the largest ratio allowed "
+            f"cannot reach {goal / base:.0%} of {what}: at the largest ratio allowed "
             f"(max_layer_ratio {s.max_layer_ratio}) the model keeps {best:.0%} (protected: "
             f"{', '.join(protect) or 'none'}). Raise max_layer_ratio or relax the target.")
     lo = 0.0
     for _ in range(9):  # ratio to ±0.2 %: well below one channel of rounding in most layers
         mid = (lo + hi) / 2
-        macs = macs_at(mid)
-        if macs <= goal:
+        v = value_at(mid)
+        if v <= goal:
             hi = mid
-            if macs >= 0.98 * goal:  # within 2 % of the target from below: close enough
+            if v >= 0.98 * goal:  # within 2 % of the target from below: close enough
                 break
         else:
             lo = mid
@@ -510,13 +622,18 @@ def scan_groups(module: Any, example: Any, groups: Sequence[PruneGroup], ratio: 
     return rows
 
 
-def step_settings(cfg: Any, step: int) -> PruneSettings:
-    """Settings of iterative step ``step`` (1-based) of ``cfg.steps``: the MACs target falls
-    linearly to ``cfg.target_macs``; a channel ratio compounds to ``cfg.ratio``."""
+def step_settings(cfg: Any, step: int, profile: Any = None) -> PruneSettings:
+    """Settings of iterative step ``step`` (1-based) of ``cfg.steps``: a MACs (time) target
+    falls linearly to ``cfg.target_macs`` (``cfg.target_time``); a channel ratio compounds to
+    ``cfg.ratio``. ``profile`` (a TimeProfile of the unpruned model) for cost ``latency``."""
     n = cfg.steps
     target = None if cfg.target_macs is None else 1 - (1 - cfg.target_macs) * step / n
+    target_time = getattr(cfg, "target_time", None)
+    target_time = None if target_time is None else 1 - (1 - target_time) * step / n
     ratio = None if cfg.ratio is None else 1 - (1 - cfg.ratio) ** (1 / n)
     return PruneSettings(ratio=ratio, target_macs=target, importance=cfg.importance,
                          global_pruning=cfg.global_pruning, max_layer_ratio=cfg.max_layer_ratio,
                          round_to=cfg.round_to,
-                         protect=None if cfg.protect is None else list(cfg.protect))
+                         protect=None if cfg.protect is None else list(cfg.protect),
+                         cost=getattr(cfg, "cost", "macs"), target_time=target_time,
+                         profile=profile)

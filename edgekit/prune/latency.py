@@ -18,6 +18,7 @@ from edgekit.bench.protocol import Protocol
 from edgekit.errors import ConfigError
 from edgekit.prune.engine import count, prune, step_settings
 from edgekit.prune.graph import editable
+from edgekit.prune.profile import profile_openvino
 from edgekit.recipes import pruning_recipe
 from edgekit.targets import Target, load_target
 from edgekit.ui import progress_bar, status
@@ -33,9 +34,15 @@ def latency_search(loaded: Any, cfg: Any, target_ms: float, target: Any, *,
     importance: only the widths matter for speed), export each to the target's preferred fp32
     runtime and time it with the bench protocol, until the p50 is at most ``target_ms``.
 
-    Returns (MACs fraction to prune to, one row per measured step). Raises ConfigError when the
-    target is not local (latency must be measured where the model will run) or not reachable.
-    ``executor`` (tests) replaces the local executor that times each candidate.
+    With ``cfg.cost == "latency"`` the walk is guided instead: the unpruned model is profiled
+    (OpenVINO fp32, per layer) and timed; the first candidate keeps ``target_ms / p50`` of the
+    profiled time (latency cost), and each next one corrects that fraction by the measured
+    ``target_ms / p50`` — usually one or two candidates instead of a walk of 10 % steps.
+
+    Returns (MACs fraction — the profiled-time fraction with the latency cost — to prune to,
+    one row per measured step). Raises ConfigError when the target is not local (latency must
+    be measured where the model will run) or not reachable. ``executor`` (tests) replaces the
+    local executor that times each candidate.
     """
     import torch
 
@@ -54,16 +61,32 @@ def latency_search(loaded: Any, cfg: Any, target_ms: float, target: Any, *,
     example = torch.zeros(loaded.spec.input_shape(1))
     base = editable(loaded.module, example)  # a .pt2's graph with real layers; else a copy
     macs0 = count(base, example)[0]
+    guided = getattr(cfg, "cost", "macs") == "latency"
+    profile = (profile_openvino(base, example, threads=threads, options={
+        k: v for k, v in (target.runtime_options.get("openvino") or {}).items()
+        if k != "INFERENCE_PRECISION_HINT"}) if guided else None)
+    ms0 = profile.predict_ms(base) if profile is not None else None
     rows: list[dict] = []
+    steps = [1.0, *fractions]
     with tempfile.TemporaryDirectory(prefix="edgekit-prune-latency-") as tmp, \
             progress_bar(f"Latency search on {target.name} ({backend.name} fp32, "
-                         f"{threads} threads)", len(fractions) + 1) as bar:
-        for i, frac in enumerate((1.0, *fractions)):
+                         f"{threads} threads)", len(steps)) as bar:
+        for i in range(len(steps)):
+            frac = steps[i]
             module = copy.deepcopy(base).eval()
             if frac < 1.0:
-                s = step_settings(cfg, 1)
-                s.importance, s.ratio, s.target_macs = "l2", None, frac
-                prune(module, example, s, reference_macs=macs0)
+                s = step_settings(cfg, 1, profile)
+                s.importance, s.ratio = "l2", None
+                if guided:
+                    s.target_macs, s.target_time = None, frac
+                else:
+                    s.target_macs, s.target_time = frac, None
+                try:
+                    prune(module, example, s, reference_macs=macs0)
+                except ConfigError:
+                    if not guided:
+                        raise
+                    break  # the protected layers' time: no smaller fraction is reachable
             candidate = dataclasses.replace(loaded, module=module)
             out_dir = Path(tmp) / f"step{i}"
             out_dir.mkdir()
@@ -74,6 +97,10 @@ def latency_search(loaded: Any, cfg: Any, target_ms: float, target: Any, *,
             p50 = float(timing["latency_ms"]["p50"])
             rows.append({"macs_fraction": count(module, example)[0] / macs0, "p50_ms": p50,
                          "backend": backend.name, "threads": threads})
+            if guided:
+                rows[-1]["cost"] = "latency"
+                rows[-1]["time_fraction"] = frac
+                rows[-1]["predicted_time_fraction"] = profile.predict_ms(module) / ms0
             bar.advance()
             bar.update(note=f"{rows[-1]['macs_fraction']:.0%} MACs: {p50:.2f} ms")
             if p50 <= target_ms:
@@ -82,6 +109,9 @@ def latency_search(loaded: Any, cfg: Any, target_ms: float, target: Any, *,
                            f"{rows[-1]['macs_fraction']:.0%} of the MACs ({p50:.2f} ms p50 on "
                            f"{backend.name}, {threads} threads)")
                 return frac, rows
+            if guided and i + 1 < len(steps):  # correct the fraction by what was measured
+                nxt = frac * target_ms / p50 * 0.97
+                steps[i + 1] = min(max(nxt, 0.05), 0.98 * frac)
     best = min(rows, key=lambda r: r["p50_ms"])
     raise ConfigError(
         f"latency target {target_ms:g} ms not reachable: the fastest candidate "
@@ -106,5 +136,8 @@ def for_latency(loaded: Any, rec: Any, target_latency_ms: float | None, target: 
             f"the unpruned model already runs in {rows[0]['p50_ms']:.2f} ms (p50, "
             f"{rows[0]['backend']}, {rows[0]['threads']} threads) ≤ {target_latency_ms:g} ms: "
             "nothing to prune. Compress it with the int8 or fp32 recipe instead.")
+    if getattr(rec.pruning, "cost", "macs") == "latency":
+        status(f"Pruning to {frac:.0%} of the profiled time for the latency target")
+        return pruning_recipe(rec, **{"pruning.target_time": frac}), rows
     status(f"Pruning to {frac:.0%} of the MACs for the latency target")
     return pruning_recipe(rec, **{"pruning.target_macs": frac}), rows

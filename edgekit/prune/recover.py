@@ -42,6 +42,7 @@ from edgekit.prune.engine import (
 )
 from edgekit.prune.graph import PROGRAM_METADATA, editable, export_program
 from edgekit.prune.latency import for_latency
+from edgekit.prune.profile import profile_for_target
 from edgekit.recipes import pruning_recipe
 from edgekit.sources import Source, load_model, predict_module, reference_outputs
 from edgekit.train import RecoveryConfig, recalibrate_batchnorm, recover
@@ -110,15 +111,44 @@ def prunable_module(loaded: Any, example: Any) -> Any:
     return module
 
 
+def latency_profile(module: Any, example: Any, cfg: Any, target: Any, threads: int | None
+                    ) -> tuple[Any, Any]:
+    """``(cfg, profile)`` for cost ``latency``: the unpruned model profiled on ``target`` (local
+    targets: OpenVINO fp32). A remote target has no profile here: the MACs cost is used (a
+    time target becomes the same fraction of the MACs), and the status line says so."""
+    if getattr(cfg, "cost", "macs") != "latency":
+        return cfg, None
+    with progress_bar("Profiling the unpruned model (per-layer time on the target)", 1) as bar:
+        prof = profile_for_target(module, example, target, threads=threads)
+        bar.advance()
+    if prof is None:
+        name = getattr(target, "name", target)
+        status(f"[yellow]Note:[/] pruning cost latency needs a per-layer time profile on the "
+               f"target; {name} is remote and edgekit does not profile it (its latency model "
+               "predicts whole networks, not layers): falling back to the MACs cost"
+               + (f", keeping {cfg.target_time:.0%} of the MACs" if cfg.target_time else ""))
+        changes = {"cost": "macs"}
+        if cfg.target_time is not None:
+            changes.update(target_macs=cfg.target_time, target_time=None)
+        return cfg.model_copy(update=changes), None
+    status(f"Time profile of the unpruned model: {prof.total_ms:.2f} ms on {prof.backend} fp32, "
+           f"{prof.threads} threads ("
+           + ", ".join(f"{n} {ms:.2f}" for n, ms in list(prof.group_ms().items())[:3])
+           + " ms …)")
+    return cfg, prof
+
+
 def prune_and_recover(loaded: Any, cfg: Any, dataset: Any, train_samples: Sequence[Any], *,
-                      seed: int = 0, on_error: str = "skip") -> tuple[Any, dict[str, Any]]:
+                      seed: int = 0, on_error: str = "skip", target: Any = "x86-local",
+                      threads: int | None = None) -> tuple[Any, dict[str, Any]]:
     """Prune ``loaded`` (a ``TorchSource`` of a zoo architecture) per the recipe's
     ``pruning`` section and recover it by distillation from the unpruned model.
 
     ``train_samples`` (of ``dataset``) are the images it may learn from: never the
     verification images. Returns ``(pruned TorchSource, record)``; ``record`` (JSON) holds the replayable plan, MACs,
     parameters and per-layer widths before/after, and the recovery history. The source model is
-    not modified.
+    not modified. With ``cfg.cost == "latency"`` the unpruned model is profiled on ``target``
+    (``threads``) first and the record holds the profile and the predicted time fractions.
     """
     import torch
 
@@ -134,6 +164,8 @@ def prune_and_recover(loaded: Any, cfg: Any, dataset: Any, train_samples: Sequen
         p.requires_grad_(True)
     macs0, params0 = count(student, example)
     widths0 = layer_widths(student)
+    cfg, profile = latency_profile(teacher, example, cfg, target, threads)
+    ms0 = profile.predict_ms(student) if profile is not None else None
 
     train_s, val_s = recovery_split(train_samples, cfg, seed)
     train_s, val_s = dataset.subset(train_s), dataset.subset(val_s)
@@ -143,13 +175,13 @@ def prune_and_recover(loaded: Any, cfg: Any, dataset: Any, train_samples: Sequen
                              description="Loading recovery validation images")
     steps, outcomes, recoveries = [], [], []
     for step in range(1, cfg.steps + 1):
-        settings = step_settings(cfg, step)
+        settings = step_settings(cfg, step, profile)
         if cfg.importance == "taylor":
             n = min(cfg.taylor_images, len(x_tr))
             pick = np.random.default_rng(seed + step).permutation(len(x_tr))[:n]
             accumulate_gradients(student, x_tr[np.sort(pick)], y_tr[np.sort(pick)],
                                  task=loaded.task)
-        outcome = prune(student, example, settings, reference_macs=macs0)
+        outcome = prune(student, example, settings, reference_macs=macs0, reference_ms=ms0)
         student.zero_grad(set_to_none=True)
         # the pruned layers' successors see new input statistics: re-estimate BN on clean images
         # (recover() does this itself before scoring its starting point)
@@ -163,7 +195,9 @@ def prune_and_recover(loaded: Any, cfg: Any, dataset: Any, train_samples: Sequen
                        f"which {b['why']}: the channels of {', '.join(b['layers'])} are kept")
         status(f"Pruning step {step}/{cfg.steps}: channel ratio {outcome.ratio:.3f}, MACs "
                f"{outcome.macs_after / macs0:.1%} of the original, parameters "
-               f"{outcome.params_after / params0:.1%}")
+               f"{outcome.params_after / params0:.1%}"
+               + (f", predicted time {outcome.time_after_ms / ms0:.1%} of the profiled"
+                  if profile is not None and ms0 else ""))
         if settings.target_macs is not None and \
                 outcome.macs_after / macs0 < settings.target_macs - 0.05:
             status(f"[yellow]Note:[/] MACs fell to {outcome.macs_after / macs0:.1%}, well below "
@@ -193,7 +227,16 @@ def prune_and_recover(loaded: Any, cfg: Any, dataset: Any, train_samples: Sequen
         "widths_before": widths0,
         "widths_after": {k: v for k, v in widths1.items() if widths0.get(k) != v},
         "steps": [{"ratio": o.ratio, "macs_fraction": o.macs_after / macs0,
+                   "cost": o.cost,
+                   "predicted_time_fraction": (o.time_after_ms / ms0 if ms0 and
+                                               o.time_after_ms is not None else None),
                    "searched": o.searched} for o in outcomes],
+        "cost": cfg.cost,
+        # the per-layer time the latency cost ranked by (backend, threads, per-layer ms);
+        # the measured time of the pruned model comes from a benchmark of the bundle
+        "latency_profile": profile.to_dict() if profile is not None else None,
+        "predicted_time_fraction": (profile.predict_ms(student) / ms0
+                                    if profile is not None and ms0 else None),
         "recovery": recoveries,
         "recovery_images": {"train": len(x_tr), "validation": len(x_va)},
         "blocked": outcomes[0].blocked if outcomes else [],
@@ -211,13 +254,15 @@ def prune_and_recover(loaded: Any, cfg: Any, dataset: Any, train_samples: Sequen
 
 
 def prune_and_verify(loaded: Any, rec: Any, plan: Any, x: np.ndarray, y: np.ndarray,
-                     ref: np.ndarray, source_metrics: dict[str, Any], on_error: str = "skip"
+                     ref: np.ndarray, source_metrics: dict[str, Any], on_error: str = "skip",
+                     *, target: Any = "x86-local", threads: int | None = None
                      ) -> tuple[Any, dict[str, Any], np.ndarray]:
     """Prune + recover on ``plan``'s non-verification images, then score the pruned PyTorch
     model against the unpruned one (``ref``, ``source_metrics``) on the verification images
     ``x, y`` with the recipe's gate. Returns (pruned model, record, pruned model's logits)."""
     pruned, record = prune_and_recover(loaded, rec.pruning, plan.dataset, plan.train_pool,
-                                       seed=rec.seed, on_error=on_error)
+                                       seed=rec.seed, on_error=on_error, target=target,
+                                       threads=threads)
     logits = reference_outputs(pruned, x)
     v = compare(ref, logits, y, task=loaded.task, class_names=loaded.class_names,
                 precision="pruned", recipe=rec, source_metrics=source_metrics, seed=rec.seed)
@@ -301,7 +346,8 @@ def prune_file(source: Any, *, data: Any, out: Any, recipe: Any = "prune30",
     ref = reference_outputs(loaded, x)
     source_metrics = score(y, ref, task=loaded.task, class_names=loaded.class_names,
                            seed=rec.seed)
-    pruned, record, _ = prune_and_verify(loaded, rec, plan, x, y, ref, source_metrics, on_error)
+    pruned, record, _ = prune_and_verify(loaded, rec, plan, x, y, ref, source_metrics, on_error,
+                                         target=target, threads=threads)
     record["latency_search"] = latency_rows
     record["recipe"] = rec.model_dump()
     record["source"] = str(loaded.source)

@@ -1,0 +1,146 @@
+"""Latency-weighted pruning (``pruning.cost: latency``): the per-layer time profile of the
+unpruned model (real OpenVINO on a 64 px zoo model), the engine's ranking by importance / ms
+saved per channel, the predicted-time bisection, recipe validation and the profile-guided
+``--target-latency-ms`` walk. No timing assertions: profiles are constructed where a test
+needs a known cost."""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+
+import pytest
+import torch
+
+from edgekit.errors import ConfigError
+from edgekit.prune import PruneSettings, layer_widths, prunable_groups, prune
+from edgekit.prune.profile import TimeProfile, uniform_profile
+from edgekit.zoo import create_model
+
+pytest.importorskip("torch_pruning", reason="pip install 'edgekit[compress]'")
+ZOO_SIZE = 64
+
+pytestmark = pytest.mark.usefixtures("single_torch_thread")
+
+
+def _model(name: str = "mobilenetv2") -> tuple[torch.nn.Module, torch.Tensor]:
+    torch.manual_seed(0)
+    return create_model(name, input_size=ZOO_SIZE).eval(), torch.zeros(1, 3, ZOO_SIZE, ZOO_SIZE)
+
+
+def test_profile_attributes_openvino_time_to_the_torch_layers() -> None:
+    pytest.importorskip("openvino")
+    from edgekit.prune.profile import profile_openvino
+
+    model, x = _model("ich_mrf")
+    prof = profile_openvino(model, x, threads=1, iters=3)
+    convs = {n for n, m in model.named_modules() if isinstance(m, torch.nn.Conv2d | torch.nn.Linear)}
+    assert set(prof.layers) == convs  # every conv/linear layer has a row
+    timed = [n for n, t in prof.layers.items() if t.ms > 0]
+    assert len(timed) >= 0.8 * len(convs), "most layers' nodes were traced back to torch"
+    assert not prof.untraced_conv_nodes
+    # the concat of the multi-receptive-field blocks is owned by a layer (side time), not fixed
+    assert sum(t.side_ms for t in prof.layers.values()) > 0
+    assert prof.predict_ms(model) == pytest.approx(prof.total_ms)
+    again = TimeProfile.from_dict(prof.to_dict())  # JSON round trip (outcome / manifest)
+    assert again.predict_ms(model) == pytest.approx(prof.total_ms)
+
+
+def test_an_expensive_group_loses_more_channels_under_the_latency_cost() -> None:
+    model, x = _model()
+    groups = [g for g in prunable_groups(model, x) if not g.protected and g.channels >= 32]
+    hot = groups[len(groups) // 2].root  # a mid-network group, made 50x as slow as the rest
+    prof = uniform_profile(model, x, {hot: 50.0}, default_ms=1.0)
+
+    by_macs = copy.deepcopy(model)
+    prune(by_macs, x, PruneSettings(target_macs=0.8))
+    by_time = copy.deepcopy(model)
+    out = prune(by_time, x, PruneSettings(target_time=0.8, cost="latency", profile=prof))
+
+    w0, wm, wt = layer_widths(model), layer_widths(by_macs), layer_widths(by_time)
+    assert wt[hot] < wm[hot], (w0[hot], wm[hot], wt[hot])
+    assert wt[hot] >= w0[hot] * 0.25  # max_layer_ratio 0.75 still holds
+    assert all(v % 8 == 0 or v == w0[k] for k, v in wt.items())  # round_to 8
+    # the predicted fraction is met, and not overshot by much
+    assert out.time_fraction is not None and 0.7 < out.time_fraction <= 0.8
+    assert out.time_fraction == pytest.approx(prof.predict_ms(by_time) / prof.total_ms)
+    assert out.cost == "latency" and out.searched and "time_fraction" in out.searched[0]
+
+
+def test_protected_layers_keep_their_channels_under_the_latency_cost() -> None:
+    model, x = _model()
+    stem = "features.0.conv"
+    prof = uniform_profile(model, x, {stem: 100.0})  # the stem is most of the time …
+    pruned = copy.deepcopy(model)
+    with pytest.raises(ConfigError, match="cannot reach 50% of the profiled time"):
+        prune(pruned, x, PruneSettings(target_time=0.5, cost="latency", profile=prof))
+    prune(pruned, x, PruneSettings(target_time=0.9, cost="latency", profile=prof))
+    assert layer_widths(pruned)[stem] == layer_widths(model)[stem]  # … but it is protected
+
+
+def test_settings_and_recipe_validation() -> None:
+    from pydantic import ValidationError
+
+    from edgekit.recipes import Pruning, pruning_recipe
+
+    model, x = _model()
+    with pytest.raises(ConfigError, match="exactly one"):
+        PruneSettings(target_macs=0.7, target_time=0.7, cost="latency").validate()
+    with pytest.raises(ConfigError, match="needs cost 'latency'"):
+        PruneSettings(target_time=0.7, profile=uniform_profile(model, x)).validate()
+    with pytest.raises(ConfigError, match="needs a time profile"):
+        PruneSettings(target_time=0.7, cost="latency").validate()
+    with pytest.raises(ValidationError, match="exactly one of target_macs, ratio and target_time"):
+        Pruning(target_macs=0.7, target_time=0.7, cost="latency")
+    with pytest.raises(ValidationError, match="needs cost: latency"):
+        Pruning(target_time=0.7)
+    rec = pruning_recipe("prune30", **{"pruning.cost": "latency", "pruning.target_time": 0.6})
+    assert rec.pruning.target_time == 0.6 and rec.pruning.target_macs is None
+    back = pruning_recipe(rec, **{"pruning.target_macs": 0.5})
+    assert back.pruning.target_time is None and back.pruning.target_macs == 0.5
+
+
+class _ScriptedTimer:
+    def __init__(self, p50s: list[float]) -> None:
+        self.p50s = list(p50s)
+
+    def time_file(self, path, backend, shape, threads, protocol, options=None):
+        assert Path(path).is_file()
+        return {"latency_ms": {"p50": self.p50s.pop(0)}}
+
+
+def test_latency_search_with_the_latency_cost_starts_at_the_profiled_fraction(trained) -> None:
+    pytest.importorskip("openvino")
+    from edgekit.prune import latency_search
+    from edgekit.recipes import pruning_recipe
+    from edgekit.sources import load_model
+    from edgekit.targets import load_target
+
+    loaded = load_model(trained)
+    cfg = pruning_recipe("prune30", **{"pruning.cost": "latency",
+                                       "pruning.target_time": 0.7}).pruning
+    # unpruned 10 ms, target 8 ms: the first candidate keeps ~0.8 × 0.97 of the profiled time
+    # (not the MACs walk's 90 %, 80 % …) and is fast enough: one pruned candidate
+    frac, rows = latency_search(loaded, cfg, 8.0, load_target("x86-local"), threads=1,
+                                executor=_ScriptedTimer([10.0, 7.5]))
+    assert len(rows) == 2 and rows[1]["cost"] == "latency"
+    assert frac == pytest.approx(0.8 * 0.97 * 1.0, abs=0.2) and frac < 0.8
+    assert rows[1]["predicted_time_fraction"] <= frac + 1e-9
+
+
+def test_cli_prune_with_the_latency_cost_records_the_profile(cli, trained, mri_phantoms,
+                                                            tmp_path) -> None:
+    import json
+
+    pytest.importorskip("openvino")
+    out = tmp_path / "p.pt"
+    res = cli("prune", trained, "--data", mri_phantoms, "--out", out, "--target-time", "0.85",
+              "--threads", "1", "--importance", "l2", "--epochs", "0",
+              "--verification-images", "24", "--allow-accuracy-drop", "--json")
+    data = json.loads(res.stdout)
+    assert out.is_file()
+    assert data["settings"]["cost"] == "latency" and data["settings"]["target_time"] == 0.85
+    prof = data["latency_profile"]
+    assert prof["backend"] == "openvino" and prof["threads"] == 1 and prof["layers"]
+    assert 0 < data["predicted_time_fraction"] <= 0.85
+    assert data["steps"][0]["cost"] == "latency"
