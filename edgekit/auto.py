@@ -94,6 +94,7 @@ class Candidate:
     threads: int | None = None
     latency_basis: str | None = None  # measured | predicted | None (not timed)
     macs_before: int | None = None  # the unpruned model's MACs (pruned levels)
+    p50_by_threads: dict[int, float] = field(default_factory=dict)  # every timed thread count
 
     @property
     def id(self) -> str:
@@ -378,6 +379,8 @@ def _attach_latency(candidates: list[Candidate], results: BenchResults) -> str |
     measured = [r for r in results.rows if r.ok and valid_row(r) and r.artifact in by_id]
     for r in measured:
         c = by_id[r.artifact]
+        if r.threads is not None:
+            c.p50_by_threads[r.threads] = round(r.p50, 4)
         if c.p50_ms is None or r.p50 < c.p50_ms:
             c.p50_ms, c.spread, c.threads = round(r.p50, 4), r.spread, r.threads
             c.latency_basis = "measured"
@@ -387,6 +390,8 @@ def _attach_latency(candidates: list[Candidate], results: BenchResults) -> str |
              if p.ok and p.artifact in by_id]
     for p in preds:
         c = by_id[p.artifact]
+        if p.threads is not None:
+            c.p50_by_threads[p.threads] = round(p.p50, 4)
         if c.p50_ms is None or p.p50 < c.p50_ms:
             c.p50_ms, c.threads, c.latency_basis = round(p.p50, 4), p.threads, "predicted"
     return "predicted" if preds else None
@@ -394,14 +399,16 @@ def _attach_latency(candidates: list[Candidate], results: BenchResults) -> str |
 
 def _speedups(best: Candidate | None, candidates: list[Candidate]) -> dict[str, float | None]:
     """The recommendation's speed-up over the unpruned fp32 of its backend and over the
-    unpruned INT8 of its backend (as the int8 recipe makes it)."""
+    unpruned INT8 of its backend (as the int8 recipe makes it), at the recommendation's thread
+    count (same bench run)."""
     if best is None or best.p50_ms is None:
         return {}
 
     def ref(precision: str) -> float | None:
-        found = [c.p50_ms for c in candidates if c.level == "none" and c.backend == best.backend
-                 and c.precision == precision and c.p50_ms]
-        return round(found[0] / best.p50_ms, 3) if found else None
+        found = [c.p50_by_threads.get(best.threads, c.p50_ms) if best.threads is not None
+                 else c.p50_ms for c in candidates if c.level == "none"
+                 and c.backend == best.backend and c.precision == precision]
+        return round(found[0] / best.p50_ms, 3) if found and found[0] else None
 
     return {"vs_unpruned_fp32_same_backend": ref("fp32"),
             "vs_unpruned_int8_same_backend": ref("int8")}
@@ -444,7 +451,7 @@ def _evidence(r: AutoResult, opts: AutoOptions) -> list[str]:
                            ("vs_unpruned_int8_same_backend", "unpruned INT8")):
             if s.get(key):
                 lines.append(f"{s[key]:.2f}x faster than the {label} artifact on {c.backend} "
-                             "(same bench run).")
+                             f"(same bench run{_threads(c.threads)}).")
     else:
         if budget is not None and passing:
             fastest = min(passing, key=lambda c: c.p50_ms)  # type: ignore[arg-type,return-value]

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from edgekit.auto import Candidate, _earlier_level_failed, choose, pareto_front
+from edgekit.auto import Candidate, _earlier_level_failed, _speedups, choose, pareto_front
 
 
 def cand(name: str, p50: float | None, delta: float | None, gate: str = "pass",
@@ -60,6 +60,19 @@ def test_a_heavier_pruning_level_is_skipped_only_after_a_lighter_one_failed_ever
                                                          "prune30/int8": False})
     assert not _earlier_level_failed("prune50", levels, {})  # prune30 never ran
     assert not _earlier_level_failed("prune30", levels, {"prune30/fp32": True})
+
+
+def test_speedups_compare_at_the_recommendation_s_thread_count() -> None:
+    fp32 = cand("fp32", 4.0, 0.0, precision="fp32")
+    fp32.p50_by_threads = {1: 8.0, 2: 4.0}
+    int8 = cand("int8", 2.0, -0.3)
+    int8.p50_by_threads = {1: 3.0, 2: 2.0}
+    best = cand("prune30-int8", 1.0, -0.4, level="prune30")
+    best.threads = 1
+    s = _speedups(best, [fp32, int8, best])
+    assert s == {"vs_unpruned_fp32_same_backend": 8.0, "vs_unpruned_int8_same_backend": 3.0}
+    other = cand("fp32", 1.0, 0.0, precision="fp32", backend="onnxruntime")
+    assert _speedups(other, [fp32, int8, other])["vs_unpruned_int8_same_backend"] is None
 
 
 # ------------------------------------------------------------------------- end to end
