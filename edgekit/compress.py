@@ -100,6 +100,22 @@ class CompressOptions:
     rescue: bool | None = None  # None: the recipe's rescue.enabled (int8: on)
     explain: bool = False  # rank every INT8 artifact's layers by sensitivity, even when it passes
     cluster: str | None = None  # a Ray address ("auto": local): the rescue's trials as Ray tasks
+    # a model a pruning recipe already pruned and recovered (``CompressResult.pruned`` of an
+    # earlier call with the same data, seed and verification images): reused instead of pruning
+    # again, still gated against the unpruned ``source`` (``edgekit.auto`` shares one pruned
+    # model between its fp32 and INT8 candidates: recovery training is the dominant cost)
+    pruned: PrunedModel | None = None
+    # verify on the same held-out images whether the recipe prunes or not (the split of a
+    # pruning recipe), so artifacts of different recipes are compared on the same images
+    shared_split: bool = False
+
+
+@dataclass(frozen=True)
+class PrunedModel:
+    """A pruned and recovered model with its pruning record (plan, MACs, verification)."""
+
+    model: Source
+    record: dict[str, Any]
 
 
 MIN_FRESH_TUNING = 64  # the rescue judges on non-calibration images when at least this many
@@ -136,6 +152,7 @@ class CompressResult:
     manifest: Manifest  # as written to the bundle
     seconds: float
     data: dict[str, Any] = field(default_factory=dict)
+    pruned: PrunedModel | None = None  # the pruned model, when the recipe prunes
 
     @property
     def passed(self) -> bool:
@@ -234,7 +251,9 @@ def compress(source: str | Path | Source, *, data: str | Path, out: str | Path,
     loaded = _source(source, rec, opts, data)
     plugins = _check_plan(loaded, rec)
     latency_rows: list[dict] = []
-    if opts.target_latency_ms is not None:
+    if opts.pruned is not None and rec.pruning is None:
+        raise ConfigError(f"a pruned model was given but recipe {rec.name!r} does not prune")
+    if opts.target_latency_ms is not None and opts.pruned is None:
         rec, latency_rows = for_latency(loaded, rec, opts.target_latency_ms, opts.target,
                                         opts.threads)
     if not loaded.pretrained:
@@ -243,7 +262,7 @@ def compress(source: str | Path | Source, *, data: str | Path, out: str | Path,
     plan = plan_data(loaded, data, seed=rec.seed, on_error=on_error,
                      calibration_images=rec.calibration.images if rec.needs_calibration else 1,
                      verification_images=rec.verification.images,
-                     calibration_only=rec.pruning is None)
+                     calibration_only=rec.pruning is None and not opts.shared_split)
     status(f"Data: {len(plan.verification)} verification images ({plan.origin})"
            + (f", {len(plan.calibration)} calibration images" if rec.needs_calibration else ""))
     verify_set = plan.dataset.subset(plan.verification)
@@ -256,7 +275,12 @@ def compress(source: str | Path | Source, *, data: str | Path, out: str | Path,
                            head=loaded.head)
     _report_source(source_metrics, loaded, len(y))
     model, pruning, parity_ref = loaded, None, None
-    if rec.pruning is not None:
+    if opts.pruned is not None:
+        model, pruning = opts.pruned.model, dict(opts.pruned.record)
+        parity_ref = reference_outputs(model, x)
+        status(f"Reusing the pruned model (MACs {pruning['macs_fraction']:.1%} of the "
+               "original): not pruned or recovered again")
+    elif rec.pruning is not None:
         model, pruning, parity_ref = prune_and_verify(loaded, rec, plan, x, y, ref,
                                                       source_metrics, on_error,
                                                       target=opts.target, threads=opts.threads)
@@ -280,7 +304,8 @@ def compress(source: str | Path | Source, *, data: str | Path, out: str | Path,
         r.artifact.path = writer.out / r.artifact.path.relative_to(writer.tmp)
         r.artifact.files = [writer.out / p.relative_to(writer.tmp) for p in r.artifact.files]
     result = CompressResult(Path(out), rec, source_metrics, results, manifest,
-                            time.perf_counter() - start, plan.describe())
+                            time.perf_counter() - start, plan.describe(),
+                            None if pruning is None else PrunedModel(model, pruning))
     failing = [a.name for a in results if a.verification.decision == "fail"]
     unsure = [a.name for a in results if a.verification.decision == "inconclusive"]
     if unsure:

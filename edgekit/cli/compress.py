@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 from typing import Any
@@ -9,6 +10,7 @@ from typing import Any
 import click
 from rich.text import Text
 
+from edgekit.auto import AutoOptions, AutoResult, search
 from edgekit.backends import backend_names
 from edgekit.cli.display import gate_lines, verification_table
 from edgekit.cli.options import (
@@ -35,7 +37,15 @@ from edgekit.ui import status
               help="Bundle folder to create (written atomically).")
 @click.option("--recipe", default="int8", show_default=True,
               help="Built-in recipe (fp32, int8, fp16; prune30, prune50, prune30-int8, "
-                   "prune50-int8 prune channels first) or a recipe YAML file.")
+                   "prune50-int8 prune channels first), a recipe YAML file, or auto: search "
+                   "pruning {none, 30 %, 50 %} x {fp32, int8} x backends under the int8 gate, "
+                   "time them on --target and recommend one (OUT/auto.md).")
+@click.option("--latency-budget-ms", type=click.FloatRange(0, min_open=True), default=None,
+              help="--recipe auto: recommend the most accurate gate-passing artifact with p50 "
+                   "at most this [default: the fastest gate-passing one].")
+@click.option("--search-minutes", type=click.FloatRange(0, min_open=True), default=None,
+              help="--recipe auto: start no new candidate after this many minutes (the result "
+                   "says what was skipped).")
 @click.option("--backend", "backends", multiple=True,
               type=click.Choice(backend_names()),
               help="Only these backends (repeatable) [default: the recipe's].")
@@ -80,7 +90,8 @@ from edgekit.ui import status
               show_default=True, help="Corrupt or non-image files: skip with a warning, or fail.")
 @click.option("--json", "as_json", is_flag=True, help="Print the manifest as JSON on stdout.")
 def command(model: str, data: Path, out: Path, recipe: str, backends: tuple[str, ...],
-            as_json: bool, no_rescue: bool, **options: Any) -> None:
+            as_json: bool, no_rescue: bool, latency_budget_ms: float | None,
+            search_minutes: float | None, **options: Any) -> None:
     """Quantize/export MODEL per the recipe, verify every artifact on held-out images and write
     a bundle (artifacts + manifest.json + README.md).
 
@@ -101,10 +112,17 @@ def command(model: str, data: Path, out: Path, recipe: str, backends: tuple[str,
     still written, marked failed-gate) unless --allow-accuracy-drop; an inconclusive gate
     exits 0 with a warning (bundle marked inconclusive-gate) unless --strict-gate.
     """
+    copts = CompressOptions(backends=list(backends) or None,
+                            rescue=False if no_rescue else None, **options)
+    if recipe == "auto":
+        _auto(model, data, out, AutoOptions(compress=copts, latency_budget_ms=latency_budget_ms,
+                                            search_minutes=search_minutes), as_json)
+        return
+    if latency_budget_ms is not None or search_minutes is not None:
+        raise click.UsageError("--latency-budget-ms and --search-minutes are for --recipe auto")
     try:  # SIGTERM behaves like Ctrl-C (edgekit.interrupts): cleaned up, reported
-        result = compress(model, data=data, out=out, options=CompressOptions(
-            recipe=recipe, backends=list(backends) or None, rescue=False if no_rescue else None,
-            **options))
+        result = compress(model, data=data, out=out,
+                          options=dataclasses.replace(copts, recipe=recipe))
     except VerificationFailed as exc:
         if getattr(exc, "result", None) is not None:
             stdout.print(verification_table(exc.result))
@@ -134,6 +152,20 @@ def command(model: str, data: Path, out: Path, recipe: str, backends: tuple[str,
                f"removed for inference: {removed}")
     status(f"Bundle: {result.bundle} ({len(result.artifacts)} artifacts, "
            f"{result.seconds:.0f} s). Check it any time with: edgekit verify {result.bundle}")
+
+
+def _auto(model: str, data: Path, out: Path, options: AutoOptions, as_json: bool) -> None:
+    """``--recipe auto``: the search, its table and recommendation; exit 1 when nothing passes."""
+    result: AutoResult = search(model, data=data, out=out, options=options)
+    if as_json:
+        click.echo(json.dumps(result.to_json(), indent=2, default=str))
+    else:
+        stdout.print(Text((out / "auto.md").read_text(encoding="utf-8")))
+    if not result.passed:
+        within = " within the latency budget" if options.latency_budget_ms else ""
+        raise VerificationFailed(f"no candidate passes the gate{within}; see {out / 'auto.md'}")
+    status(f"Recommended: {result.recommended.id} ({out / result.recommended.bundle}); "
+           f"details in {out / 'auto.md'}")
 
 
 def rescue_lines(result: Any, explain: bool) -> list[Any]:

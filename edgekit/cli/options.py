@@ -85,9 +85,11 @@ def latency_target_options(fn: Any) -> Any:
                      help="Prune step by step until the fp32 model's p50 latency on --target is "
                           "at most this many ms (measured on this machine: local targets only)."),
         click.option("--target", default="x86-local", show_default=True,
-                     help="Target for --target-latency-ms (see `edgekit targets`)."),
+                     help="Target for --target-latency-ms, and the one --recipe auto times its "
+                          "candidates on (see `edgekit targets`)."),
         click.option("--threads", type=click.IntRange(1, 1024), default=None,
-                     help="Threads for --target-latency-ms [default: the target's largest]."),
+                     help="Threads for --target-latency-ms and --recipe auto [default: the "
+                          "target's largest; auto: each of the target's thread counts]."),
     )):
         fn = option(fn)
     return fn
