@@ -274,13 +274,17 @@ def search(source: Any, *, data: str | Path, out: str | Path,
                           f"{list(opts.precisions)}")
     if opts.latency_budget_ms is not None and opts.latency_budget_ms <= 0:
         raise ConfigError("--latency-budget-ms must be > 0")
+    if opts.compress.target_time is not None:
+        raise ConfigError("--target-time sets one pruning level; --recipe auto tries its own "
+                          "levels (give --cost latency to rank their channels by time)")
     refuse_inside_data(out, data)
     tgt = load_target(opts.compress.target)
     backends = _backends(opts, tgt)
     images = opts.compress.verification_images or DEFAULT_VERIFICATION_IMAGES
     base = dataclasses.replace(opts.compress, backends=backends, allow_accuracy_drop=True,
                                strict_gate=False, shared_split=True, verification_images=None,
-                               target_macs=None, target_latency_ms=None, pruned=None)
+                               target_macs=None, target_latency_ms=None, pruned=None,
+                               cost=None)
     _prepare_out(out, opts.compress.overwrite)
 
     steps = [(lv, p) for lv in opts.levels for p in PRECISIONS if p in opts.precisions]
@@ -318,7 +322,9 @@ def search(source: Any, *, data: str | Path, out: str | Path,
             reuse = pruned if level != "none" and pruned_level == level else None
             try:
                 result = compress(source, data=data, out=out / name,
-                                  options=dataclasses.replace(base, recipe=rec, pruned=reuse))
+                                  options=dataclasses.replace(
+                                      base, recipe=rec, pruned=reuse,
+                                      cost=opts.compress.cost if level != "none" else None))
             except ConfigError as exc:
                 if level == "none":
                     raise

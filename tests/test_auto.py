@@ -101,7 +101,7 @@ def test_recipe_auto_end_to_end(trained: Path, mri_phantoms: Path, tmp_path: Pat
     out = tmp_path / "auto"
     res = cli("compress", trained, "--data", mri_phantoms, "--out", out, "--recipe", "auto",
               "--backend", "onnxruntime", "--backend", "openvino", "--calibration-images", 16,
-              "--verification-images", 40, "--threads", 1)
+              "--verification-images", 40, "--threads", 1, "--cost", "latency")
     assert "Reusing the pruned model" in res.stderr  # prune30-int8 did not train again
     rec = json.loads((out / "auto.json").read_text())
     assert {p.name for p in out.iterdir()} >= {"fp32", "int8", "prune30", "prune30-int8",
@@ -115,6 +115,7 @@ def test_recipe_auto_end_to_end(trained: Path, mri_phantoms: Path, tmp_path: Pat
     pr = [json.loads((out / b / "manifest.json").read_text())["pruning"]
           for b in ("prune30", "prune30-int8")]
     assert pr[0]["widths_after"] == pr[1]["widths_after"]  # one pruned model for both
+    assert pr[0]["cost"] == "latency" and pr[0]["latency_profile"]  # --cost reached the pruning
     assert cands["prune30/openvino-fp32"]["macs_fraction"] < 1.0
     front = rec["pareto_front"]
     assert front and all(cands[i]["gate"] == "pass" for i in front)
@@ -162,3 +163,6 @@ def test_auto_options_are_usage_errors_elsewhere(trained: Path, mri_phantoms: Pa
                                                  tmp_path: Path, cli) -> None:
     cli("compress", trained, "--data", mri_phantoms, "--out", tmp_path / "b",
         "--latency-budget-ms", 5, code=2)
+    res = cli("compress", trained, "--data", mri_phantoms, "--out", tmp_path / "c",
+              "--recipe", "auto", "--target-time", 0.7, code=2)
+    assert "--cost latency" in res.stderr and not (tmp_path / "c").exists()

@@ -18,7 +18,7 @@ from edgekit.bench.protocol import Protocol
 from edgekit.errors import ConfigError
 from edgekit.prune.engine import count, prune, step_settings
 from edgekit.prune.graph import editable
-from edgekit.prune.profile import profile_openvino
+from edgekit.prune.profile import PROFILE_BACKEND, profile_openvino
 from edgekit.recipes import pruning_recipe
 from edgekit.targets import Target, load_target
 from edgekit.ui import progress_bar, status
@@ -63,7 +63,7 @@ def latency_search(loaded: Any, cfg: Any, target_ms: float, target: Any, *,
     macs0 = count(base, example)[0]
     guided = getattr(cfg, "cost", "macs") == "latency"
     profile = (profile_openvino(base, example, threads=threads, options={
-        k: v for k, v in (target.runtime_options.get("openvino") or {}).items()
+        k: v for k, v in (target.runtime_options.get(PROFILE_BACKEND) or {}).items()
         if k != "INFERENCE_PRECISION_HINT"}) if guided else None)
     ms0 = profile.predict_ms(base) if profile is not None else None
     rows: list[dict] = []

@@ -26,11 +26,12 @@ from typing import Any
 
 import numpy as np
 
+from edgekit.backends.openvino import NAME as OPENVINO_NAME
 from edgekit.backends.openvino import disable_telemetry
 from edgekit.errors import ConfigError
 from edgekit.targets import load_target
 
-PROFILE_BACKEND = "openvino"
+PROFILE_BACKEND = OPENVINO_NAME  # per-layer PERF_COUNT timing comes from OpenVINO
 _OV_CONV = ("Convolution", "GroupConvolution", "MatMul")
 
 
