@@ -83,7 +83,8 @@ def nncf_default(ckpt: Path, data: Path, calib: int, verify: int, work: Path
     d = v.accuracy_delta or {}
     return {"xml": xml, "shape": shape, "gate": v.decision, "images": v.n,
             "top1_delta": 100 * d.get("value", float("nan")),
-            "top1_delta_ci": [100 * c for c in d.get("ci95", [])]}
+            "top1_delta_ci": [100 * c for c in d.get("ci95", [])],
+            "deciding_checks": [c.to_json() for c in v.checks if c.decision != "pass"]}
 
 
 def time_rows(rows: dict[str, dict[str, Any]], threads: int, proto: Protocol
@@ -168,7 +169,10 @@ def main() -> None:
              "", f"- checkpoint `{ckpt}`; {args.threads} threads; load average at start {load}"
              + ("; SMOKE run (phantoms, quick protocol): not a result" if args.smoke else ""),
              f"- recommendation: `{best.id if best else None}`; NNCF default gate "
-             f"{peer['gate']} (top-1 {peer['top1_delta']:+.2f} points on {peer['images']} images)",
+             f"{peer['gate']} (top-1 {peer['top1_delta']:+.2f} points on {peer['images']} images"
+             + "".join(f"; {c['check']} {c['value']:+.2f} [{c['ci95'][0]:+.2f}, "
+                       f"{c['ci95'][1]:+.2f}] on {c['n']} images: {c['decision']}"
+                       for c in peer.get("deciding_checks", [])) + ")",
              f"- speed-up of the recommendation over NNCF defaults: "
              f"**{'n/a' if ratio is None else f'{ratio:.2f}x'}** (goal >= {GOAL}x)", "",
              "| row | p50 ms | spread |", "|---|---:|---:|",
