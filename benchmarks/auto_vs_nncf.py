@@ -117,6 +117,8 @@ def main() -> None:
     ap.add_argument("--verification-images", type=int, default=965)
     ap.add_argument("--recovery-epochs", type=int, default=None, help="default: the recipes'")
     ap.add_argument("--search-minutes", type=float, default=None)
+    ap.add_argument("--cost", choices=["macs", "latency"], default=None,
+                    help="how the pruned levels rank channels (default: the recipes')")
     ap.add_argument("--workdir", type=Path, default=None, help="default: a temporary folder")
     ap.add_argument("--keep", action="store_true", help="keep the temporary work folder")
     args = ap.parse_args()
@@ -137,8 +139,10 @@ def main() -> None:
         res = search(ckpt, data=data, out=work / "auto", options=AutoOptions(
             compress=CompressOptions(backends=args.backends, threads=args.threads,
                                      calibration_images=args.calibration_images,
-                                     verification_images=args.verification_images),
+                                     verification_images=args.verification_images,
+                                     cost=args.cost),
             recipe_overrides=overrides, search_minutes=args.search_minutes, quick=args.smoke))
+        auto_md = (work / "auto" / "auto.md").read_text(encoding="utf-8")
         say("NNCF defaults on the unpruned model")
         peer = nncf_default(ckpt, data, args.calibration_images, args.verification_images, work)
         best = res.recommended
@@ -155,6 +159,7 @@ def main() -> None:
                  if "recommended" in timed else None)
         out = {"environment": environment(), "loadavg_at_start": load, "smoke": args.smoke,
                "threads": args.threads, "checkpoint": str(ckpt), "protocol": proto.to_dict(),
+               "cost": args.cost, "recovery_epochs": args.recovery_epochs,
                "auto": res.to_json(),
                "nncf_default": {k: v for k, v in peer.items() if k not in ("xml", "shape")},
                "timings": {k: {kk: vv for kk, vv in v.items() if kk != "environment"}
@@ -164,9 +169,12 @@ def main() -> None:
                "seconds": round(time.perf_counter() - t0, 1)}
     finally:
         release_work_folder(work, args.workdir, args.keep, say)
-    name = "auto_vs_nncf_smoke" if args.smoke else "auto_vs_nncf"
+    name = ("auto_vs_nncf_smoke" if args.smoke else "auto_vs_nncf"
+            + ("" if ckpt == CKPT else f"_{ckpt.stem}") + (f"_{args.cost}" if args.cost else ""))
     lines = [f"# compress --recipe auto vs NNCF defaults INT8 (unpruned), {out['environment']['cpu']}",
-             "", f"- checkpoint `{ckpt}`; {args.threads} threads; load average at start {load}"
+             "", f"- checkpoint `{ckpt}`; {args.threads} threads; load average at start {load}; "
+             f"pruning cost {args.cost or 'the recipes'}; recovery epochs "
+             f"{args.recovery_epochs or 'the recipes'}; wall time {out['seconds'] / 60:.1f} min"
              + ("; SMOKE run (phantoms, quick protocol): not a result" if args.smoke else ""),
              f"- recommendation: `{best.id if best else None}`; NNCF default gate "
              f"{peer['gate']} (top-1 {peer['top1_delta']:+.2f} points on {peer['images']} images"
@@ -177,7 +185,8 @@ def main() -> None:
              f"**{'n/a' if ratio is None else f'{ratio:.2f}x'}** (goal >= {GOAL}x)", "",
              "| row | p50 ms | spread |", "|---|---:|---:|",
              *[f"| {k} | {v['p50_ms']:.4g} | {v['spread']:.3f} |" for k, v in timed.items()],
-             "", "Candidates: see `auto.md` in the JSON's auto record.", ""]
+             "", "## The search (its auto.md)", "",
+             *[("#" + ln if ln.startswith("#") else ln) for ln in auto_md.splitlines()[1:]], ""]
     write_results(name, json.loads(json.dumps(out, default=str)), "\n".join(lines))
 
 
