@@ -24,7 +24,6 @@ import copy
 import dataclasses
 import json
 import os
-import re
 import statistics
 import sys
 import time
@@ -43,7 +42,7 @@ from edgekit.bench.local import LocalExecutor, RunFailed
 from edgekit.bench.protocol import SPREAD_LIMIT, Protocol, environment, merge_trials
 from edgekit.inspect import layer_table
 from edgekit.prune import PruneSettings, count, layer_widths, prune
-from edgekit.prune.profile import profile_openvino
+from edgekit.prune.profile import match_ir, ov_module, profile_openvino
 from edgekit.sources import load_model
 from edgekit.targets import load_target
 from edgekit.zoo.blocks import CBAM, ChannelGate, SpatialGate, SqueezeExcite
@@ -131,42 +130,9 @@ _OV_KIND = {"MaxPool": "pool / reduce", "AvgPool": "pool / reduce", "ReduceMean"
 _OV_CONV = ("Convolution", "GroupConvolution", "FullyConnected", "MatMul")
 
 
-def ov_module(names: list[str]) -> str | None:
-    """The deepest torch module path named in OpenVINO node names converted from PyTorch."""
-    found = [m.group(1) for n in names if (m := re.search(r"__module\.([^/]+)/", n))]
-    return max(found, key=lambda x: x.count("."), default=None)
-
-
 def ir_to_torch(ir: Any, rows: dict[str, dict[str, Any]]) -> dict[str, str]:
-    """IR node name -> torch conv/linear layer: by the torch name where the IR kept it, else by
-    signature in order (the first unused call with the same weight shape and output size)."""
-    pending: list[tuple[str, tuple]] = []
-    for name, r in rows.items():
-        pending += [(name, tuple(r["signature"]))] * r["calls"]
-    out: dict[str, str] = {}
-    for op in ir.get_ordered_ops():
-        kind = op.get_type_name()
-        if kind not in ("Convolution", "GroupConvolution", "MatMul"):
-            continue
-        named = ov_module([op.get_friendly_name()])
-        if named in rows:
-            sig = tuple(rows[named]["signature"])
-        else:
-            w = list(op.input(1).get_partial_shape().to_shape())
-            o = list(op.output(0).get_partial_shape().to_shape())
-            if kind == "Convolution":
-                sig = ("conv", w[0], w[1], w[2], w[3], 1, *o[2:])
-            elif kind == "GroupConvolution":
-                sig = ("conv", w[0] * w[1], w[2], w[3], w[4], w[0], *o[2:])
-            else:
-                i = list(op.input(0).get_partial_shape().to_shape())
-                sig = ("linear", o[-1], i[-1])
-        for j, (tname, tsig) in enumerate(pending):
-            if (named in rows and tname == named) or (named not in rows and tsig == sig):
-                out[op.get_friendly_name()] = tname
-                del pending[j]
-                break
-    return out
+    """IR node name -> torch layer (edgekit.prune.profile's matching, over these rows)."""
+    return match_ir(ir, [(name, tuple(r["signature"])) for name, r in rows.items()])
 
 
 def ov_profile(xmls: dict[str, Path], shape: list[int], threads: int, options: dict[str, Any],
@@ -784,7 +750,8 @@ def main() -> None:
     args = ap.parse_args()
     global VARIANTS
     name = ("prune_speed_quick" if args.quick else "prune_speed") + (
-        "_latency" if args.cost == "latency" else "")
+        "_latency" if args.cost == "latency" else "") + (
+        "" if set(args.models) == set(MODELS) else "_" + "_".join(args.models))  # a partial run
     render = markdown_latency if args.cost == "latency" else markdown
     if args.cost == "latency":
         VARIANTS = ("unpruned", "pruned", "pruned_latency")

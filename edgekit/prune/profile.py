@@ -141,8 +141,13 @@ def ov_module(names: list[str]) -> str | None:
 def ir_to_torch(ir: Any, calls: list[tuple[str, Any, list[int]]]) -> dict[str, str]:
     """IR node name -> torch conv/linear layer: by the torch name where the IR kept it, else by
     signature in order (the first unused call with the same weight shape and output size)."""
-    pending = [(name, _signature(m, shape)) for name, m, shape in calls]
-    known = {name for name, _, _ in calls}
+    return match_ir(ir, [(name, _signature(m, shape)) for name, m, shape in calls])
+
+
+def match_ir(ir: Any, layers: list[tuple[str, tuple]]) -> dict[str, str]:
+    """:func:`ir_to_torch` over ``(torch layer name, signature)`` pairs in call order."""
+    pending = list(layers)
+    known = {name for name, _ in layers}
     out: dict[str, str] = {}
     for op in ir.get_ordered_ops():
         kind = op.get_type_name()
