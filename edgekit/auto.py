@@ -13,11 +13,8 @@ Library first: :func:`search`; ``edgekit compress … --recipe auto`` is a few l
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import json
-import os
-import tempfile
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -28,7 +25,7 @@ from edgekit.backends import require_backend
 from edgekit.bench.run import BenchOptions, bench
 from edgekit.compress import CompressOptions, CompressResult, PrunedModel, compress
 from edgekit.errors import ConfigError
-from edgekit.outputs import refuse_inside_data
+from edgekit.outputs import refuse_inside_data, write_atomic
 from edgekit.quantize.rescue import remedy_text
 from edgekit.recipes import Recipe, load_recipe
 from edgekit.report.recommend import recommend
@@ -254,7 +251,7 @@ def _prepare_out(out: Path, overwrite: bool) -> None:
     out.mkdir(parents=True, exist_ok=True)
     # marks the folder as edgekit's from the start (a rerun after a crash may replace it);
     # replaced by the full record when the search ends
-    _write_atomic(out / "auto.json", json.dumps({"schema": SCHEMA, "status": "running"}) + "\n")
+    write_atomic(out / "auto.json", json.dumps({"schema": SCHEMA, "status": "running"}) + "\n")
 
 
 def search(source: Any, *, data: str | Path, out: str | Path,
@@ -487,18 +484,6 @@ def _evidence(r: AutoResult, opts: AutoOptions) -> list[str]:
 
 
 # ------------------------------------------------------------------------------ outputs
-def _write_atomic(path: Path, text: str) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            fh.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
-
-
 def render_markdown(r: AutoResult) -> str:
     front = {c.id for c in r.front}
     rows = [f"| `{c.id}` | {c.level} | {100 * c.macs_fraction:.0f} % | {c.backend} | "
@@ -527,5 +512,5 @@ def _write(out: Path, r: AutoResult, opts: AutoOptions) -> None:
     data = r.to_json()
     data["latency_budget_ms"] = opts.latency_budget_ms
     data["search_minutes"] = opts.search_minutes
-    _write_atomic(out / "auto.md", render_markdown(r))
-    _write_atomic(out / "auto.json", json.dumps(data, indent=2, default=str) + "\n")
+    write_atomic(out / "auto.md", render_markdown(r))
+    write_atomic(out / "auto.json", json.dumps(data, indent=2, default=str) + "\n")

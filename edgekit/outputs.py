@@ -8,6 +8,9 @@ reads a data folder and writes somewhere refuses an output inside it, before any
 
 from __future__ import annotations
 
+import contextlib
+import os
+import tempfile
 from pathlib import Path
 
 from edgekit.errors import ConfigError
@@ -26,3 +29,23 @@ def refuse_inside_data(out: str | Path, data: str | Path | None, *, what: str | 
         raise ConfigError(f"{what} is inside --data {data}: the output would become part of "
                           "the images edgekit reads (an unexpected class, or images of a class); "
                           "choose an output folder outside the data")
+
+
+def write_atomic(path: Path, data: bytes | str) -> Path:
+    """Write ``data`` to ``path`` all at once: a temporary file beside it, synced, then renamed
+    over it; nothing half-written is ever left at ``path`` (the temporary file is removed on any
+    failure)."""
+    payload = data.encode("utf-8") if isinstance(data, str) else data
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(payload)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+    return path

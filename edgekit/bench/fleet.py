@@ -22,9 +22,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import os
 import statistics
-import tempfile
 import time
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass
@@ -39,6 +37,7 @@ from edgekit import config
 from edgekit.bench.run import BenchOptions, BenchRun, bench, fresh_folder
 from edgekit.bench.ssh import parse_host
 from edgekit.errors import ConfigError, EdgekitError
+from edgekit.outputs import write_atomic
 from edgekit.targets import Target, load_target
 from edgekit.ui import bars_off, progress_bar, status
 
@@ -175,8 +174,8 @@ def bench_fleet(bundles: list[str | Path], fleet_file: str | Path,
             bar.advance()
     summary = fleet_summary(fleet, targets, runs, errors, fleet_dir)
     summary["seconds"] = round(time.perf_counter() - t0, 1)
-    _write_atomic(fleet_dir / "fleet.json", json.dumps(summary, indent=1, allow_nan=False))
-    _write_atomic(fleet_dir / "fleet.md", fleet_markdown(summary))
+    write_atomic(fleet_dir / "fleet.json", json.dumps(summary, indent=1, allow_nan=False))
+    write_atomic(fleet_dir / "fleet.md", fleet_markdown(summary))
     return FleetRun(fleet_dir, summary, runs)
 
 
@@ -184,13 +183,6 @@ def _target_arg(fleet_file: str | Path, board: Board) -> str | Path:
     ref = Path(board.target)
     local = ref if ref.is_absolute() else Path(fleet_file).parent / ref
     return local if local.is_file() else board.target
-
-
-def _write_atomic(path: Path, text: str) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    with os.fdopen(fd, "w") as fh:
-        fh.write(text)
-    os.replace(tmp, path)
 
 
 def fleet_summary(fleet: Fleet, targets: list[Target], runs: dict[str, BenchRun],
