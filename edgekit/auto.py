@@ -294,7 +294,7 @@ def search(source: Any, *, data: str | Path, out: str | Path,
         pruned: PrunedModel | None = None
         pruned_level = None
         for level, precision in steps:
-            name = LEVELS[level][precision] if level != "none" else precision
+            name = LEVELS[level][precision]
             what = f"{name} ({', '.join(backends)})"
             elapsed = (time.perf_counter() - t0) / 60
             why = None
@@ -377,27 +377,21 @@ def _earlier_level_failed(level: str, levels: Sequence[str], failed: dict[str, b
 
 
 def _attach_latency(candidates: list[Candidate], results: BenchResults) -> str | None:
-    """Each candidate's best p50 over the thread counts (measured; else predicted)."""
+    """Each candidate's best p50 over the thread counts: measured rows, else predicted ones."""
     by_id = {c.id: c for c in candidates}
-    measured = [r for r in results.rows if r.ok and valid_row(r) and r.artifact in by_id]
-    for r in measured:
-        c = by_id[r.artifact]
-        if r.threads is not None:
-            c.p50_by_threads[r.threads] = round(r.p50, 4)
-        if c.p50_ms is None or r.p50 < c.p50_ms:
-            c.p50_ms, c.spread, c.threads = round(r.p50, 4), r.spread, r.threads
-            c.latency_basis = "measured"
-    if measured:
-        return "measured"
-    preds = [p for p in (results.predicted.rows if results.predicted else [])
-             if p.ok and p.artifact in by_id]
-    for p in preds:
-        c = by_id[p.artifact]
-        if p.threads is not None:
-            c.p50_by_threads[p.threads] = round(p.p50, 4)
-        if c.p50_ms is None or p.p50 < c.p50_ms:
-            c.p50_ms, c.threads, c.latency_basis = round(p.p50, 4), p.threads, "predicted"
-    return "predicted" if preds else None
+    for basis, rows in (("measured", [r for r in results.rows if r.ok and valid_row(r)]),
+                        ("predicted", results.predicted.rows if results.predicted else [])):
+        rows = [r for r in rows if r.ok and r.artifact in by_id]
+        for r in rows:
+            c = by_id[r.artifact]
+            if r.threads is not None:
+                c.p50_by_threads[r.threads] = round(r.p50, 4)
+            if c.p50_ms is None or r.p50 < c.p50_ms:
+                c.p50_ms, c.threads, c.latency_basis = round(r.p50, 4), r.threads, basis
+                c.spread = getattr(r, "spread", None)
+        if rows:
+            return basis
+    return None
 
 
 def _speedups(best: Candidate | None, candidates: list[Candidate]) -> dict[str, float | None]:
