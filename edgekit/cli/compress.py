@@ -10,7 +10,7 @@ from typing import Any
 import click
 from rich.text import Text
 
-from edgekit.auto import AutoOptions, AutoResult, search
+from edgekit.auto import AutoOptions, AutoResult, render_markdown, search
 from edgekit.backends import backend_names
 from edgekit.cli.display import gate_lines, verification_table
 from edgekit.cli.options import (
@@ -160,7 +160,7 @@ def _auto(model: str, data: Path, out: Path, options: AutoOptions, as_json: bool
     if as_json:
         click.echo(json.dumps(result.to_json(), indent=2, default=str))
     else:
-        stdout.print(Text((out / "auto.md").read_text(encoding="utf-8")))
+        stdout.print(Text(render_markdown(result)))  # what OUT/auto.md holds
     if not result.passed:
         within = " within the latency budget" if options.latency_budget_ms else ""
         raise VerificationFailed(f"no candidate passes the gate{within}; see {out / 'auto.md'}")
