@@ -170,7 +170,7 @@ def main() -> None:
     finally:
         release_work_folder(work, args.workdir, args.keep, say)
     name = ("auto_vs_nncf_smoke" if args.smoke else "auto_vs_nncf"
-            + ("" if ckpt == CKPT else f"_{ckpt.stem}") + (f"_{args.cost}" if args.cost else ""))
+            + ("" if Path(ckpt).resolve() == CKPT else f"_{ckpt.stem}") + (f"_{args.cost}" if args.cost else ""))
     lines = [f"# compress --recipe auto vs NNCF defaults INT8 (unpruned), {out['environment']['cpu']}",
              "", f"- checkpoint `{ckpt}`; {args.threads} threads; load average at start {load}; "
              f"pruning cost {args.cost or 'the recipes'}; recovery epochs "
