@@ -21,6 +21,15 @@ class ConfigError(EdgekitError):
     exit_code = 2
 
 
+class UnreachableTarget(ConfigError):
+    """A pruning target (MACs or time fraction) below what the protected layers allow.
+    ``reachable`` is the smallest fraction reached at the largest ratio allowed."""
+
+    def __init__(self, message: str, reachable: float) -> None:
+        super().__init__(message)
+        self.reachable = reachable
+
+
 class DataError(EdgekitError):
     """Input data cannot be used: missing folder, corrupt image, empty class, ..."""
 

@@ -109,13 +109,24 @@ class _ScriptedTimer:
         return {"latency_ms": {"p50": self.p50s.pop(0)}}
 
 
-def test_latency_search_with_the_latency_cost_starts_at_the_profiled_fraction(trained) -> None:
+def _constructed_profile(monkeypatch, hot: dict[str, float] | None = None) -> None:
+    """The walk's profile made constant (a real one depends on the machine's CPU: on some,
+    the protected layers own so much of a 64 px model's time that 78 % is out of reach)."""
+    import edgekit.prune.latency as latency
+
+    monkeypatch.setattr(latency, "profile_openvino",
+                        lambda module, example, **_: uniform_profile(module, example, hot))
+
+
+def test_latency_search_with_the_latency_cost_starts_at_the_profiled_fraction(
+        trained, monkeypatch) -> None:
     pytest.importorskip("openvino")
     from edgekit.prune import latency_search
     from edgekit.recipes import pruning_recipe
     from edgekit.sources import load_model
     from edgekit.targets import load_target
 
+    _constructed_profile(monkeypatch)
     loaded = load_model(trained)
     cfg = pruning_recipe("prune30", **{"pruning.cost": "latency",
                                        "pruning.target_time": 0.7}).pruning
@@ -126,6 +137,32 @@ def test_latency_search_with_the_latency_cost_starts_at_the_profiled_fraction(tr
     assert len(rows) == 2 and rows[1]["cost"] == "latency"
     assert frac == pytest.approx(0.8 * 0.97 * 1.0, abs=0.2) and frac < 0.8
     assert rows[1]["predicted_time_fraction"] <= frac + 1e-9
+
+
+def test_a_time_target_below_the_protected_layers_measures_the_floor_once(
+        trained, monkeypatch) -> None:
+    """When the protected layers (stem, classifier) own most of the predicted time, the walk
+    prunes to the smallest time fraction reachable, measures it, and then stops with the
+    steps it measured (instead of giving up before measuring any pruned model)."""
+    pytest.importorskip("openvino")
+    from edgekit.prune import latency_search
+    from edgekit.prune.engine import default_protected
+    from edgekit.recipes import pruning_recipe
+    from edgekit.sources import load_model
+    from edgekit.targets import load_target
+
+    loaded = load_model(trained)
+    x = torch.zeros(loaded.spec.input_shape(1))
+    protected = default_protected(loaded.module, x)
+    assert protected
+    _constructed_profile(monkeypatch, {name: 100.0 for name in protected})
+    cfg = pruning_recipe("prune30", **{"pruning.cost": "latency",
+                                       "pruning.target_time": 0.7}).pruning
+    timer = _ScriptedTimer([10.0, 9.0, 8.5])
+    with pytest.raises(ConfigError, match="not reachable") as err:
+        latency_search(loaded, cfg, 2.0, load_target("x86-local"), threads=1, executor=timer)
+    assert "→ 9.00 ms" in str(err.value) and "8.50" not in str(err.value)
+    assert timer.p50s == [8.5], "the floor is measured once, then the walk stops"
 
 
 def test_cli_prune_with_the_latency_cost_records_the_profile(cli, trained, mri_phantoms,

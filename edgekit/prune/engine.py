@@ -45,7 +45,7 @@ from typing import Any
 
 import numpy as np
 
-from edgekit.errors import BackendUnavailable, ConfigError
+from edgekit.errors import BackendUnavailable, ConfigError, UnreachableTarget
 from edgekit.inspect import layer_table
 from edgekit.prune.graph import Blocker, blockers, check_runs
 
@@ -555,10 +555,11 @@ def _bisect_ratio(module: Any, example: Any, s: PruneSettings, protect: Sequence
         hi = min(hi, 0.995 * free / total) if total else 0.0
     if hi <= 0 or value_at(hi) > goal:
         best = min((x[label] for x in searched), default=1.0)
-        raise ConfigError(
+        raise UnreachableTarget(
             f"cannot reach {goal / base:.0%} of {what}: at the largest ratio allowed "
             f"(max_layer_ratio {s.max_layer_ratio}) the model keeps {best:.0%} (protected: "
-            f"{', '.join(protect) or 'none'}). Raise max_layer_ratio or relax the target.")
+            f"{', '.join(protect) or 'none'}). Raise max_layer_ratio or relax the target.",
+            reachable=best)
     lo = 0.0
     for _ in range(9):  # ratio to ±0.2 %: well below one channel of rounding in most layers
         mid = (lo + hi) / 2

@@ -15,7 +15,7 @@ from edgekit.backends import LATENCY_BACKEND, ExportRequest, require_backend
 from edgekit.bench.executor import Executor
 from edgekit.bench.local import LocalExecutor
 from edgekit.bench.protocol import Protocol
-from edgekit.errors import ConfigError
+from edgekit.errors import ConfigError, UnreachableTarget
 from edgekit.prune.engine import count, prune, step_settings
 from edgekit.prune.graph import editable
 from edgekit.prune.profile import PROFILE_BACKEND, profile_openvino
@@ -68,6 +68,7 @@ def latency_search(loaded: Any, cfg: Any, target_ms: float, target: Any, *,
     ms0 = profile.predict_ms(base) if profile is not None else None
     rows: list[dict] = []
     steps = [1.0, *fractions]
+    at_floor, frac_measured = False, 1.0
     with tempfile.TemporaryDirectory(prefix="edgekit-prune-latency-") as tmp, \
             progress_bar(f"Latency search on {target.name} ({backend.name} fp32, "
                          f"{threads} threads)", len(steps)) as bar:
@@ -83,10 +84,18 @@ def latency_search(loaded: Any, cfg: Any, target_ms: float, target: Any, *,
                     s.target_macs, s.target_time = frac, None
                 try:
                     prune(module, example, s, reference_macs=macs0)
-                except ConfigError:
+                except UnreachableTarget as e:
+                    # below the protected layers' time: measure the floor itself, once (the
+                    # prediction may be pessimistic), then stop
                     if not guided:
                         raise
-                    break  # the protected layers' time: no smaller fraction is reachable
+                    floor = min(0.999, e.reachable * 1.005)
+                    if at_floor or floor >= frac_measured:
+                        break
+                    at_floor, frac = True, floor
+                    module = copy.deepcopy(base).eval()
+                    s.target_time = frac
+                    prune(module, example, s, reference_macs=macs0)
             candidate = dataclasses.replace(loaded, module=module)
             out_dir = Path(tmp) / f"step{i}"
             out_dir.mkdir()
@@ -95,6 +104,7 @@ def latency_search(loaded: Any, cfg: Any, target_ms: float, target: Any, *,
             timing = executor.time_file(artifact.path, backend.name, list(example.shape),
                                         threads, protocol, options)
             p50 = float(timing["latency_ms"]["p50"])
+            frac_measured = frac
             rows.append({"macs_fraction": count(module, example)[0] / macs0, "p50_ms": p50,
                          "backend": backend.name, "threads": threads})
             if guided:
