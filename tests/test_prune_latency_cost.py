@@ -46,6 +46,20 @@ def test_profile_attributes_openvino_time_to_the_torch_layers() -> None:
     assert again.predict_ms(model) == pytest.approx(prof.total_ms)
 
 
+def test_time_after_a_gate_goes_to_the_layer_whose_channels_it_scales_with() -> None:
+    """An attention gate's multiply (64 channels) runs after the 1-channel gate convolution:
+    its time belongs to the 64-channel convolution before the gate, which pruning shrinks, not
+    to the gate convolution, which it cannot (what misled dsconv_cbam's prediction at 224 px)."""
+    from edgekit.prune.profile import LayerTime, _owner
+
+    layers = {"block.conv": LayerTime(1.0, 0.0, 32, 64), "block.gate.conv": LayerTime(0.1, 0.0, 2, 1)}
+    seen = ["block.conv", "block.gate.conv"]
+    assert _owner(seen, layers, 64) == "block.conv"
+    assert _owner(seen, layers, 1) == "block.gate.conv"
+    assert _owner(seen, layers, None) == "block.gate.conv"  # width unknown: the latest layer
+    assert _owner(seen, layers, 7) == "block.gate.conv"  # no layer that wide: the latest
+
+
 def test_an_expensive_group_loses_more_channels_under_the_latency_cost() -> None:
     model, x = _model()
     groups = [g for g in prunable_groups(model, x) if not g.protected and g.channels >= 32]

@@ -4,10 +4,10 @@ latency-weighted pruning (``pruning.cost: latency``).
 Local targets are profiled with OpenVINO fp32 (``PERF_COUNT``): every executed node is traced
 back to the torch convolution / linear layer it was converted from (BatchNorm and activations
 fused into a convolution count as that convolution). Time no prunable layer owns (concats,
-layout reorders, element-wise ops, attention-gate pooling) is attributed to the last traced
-layer before it in execution order — its tensor is that layer's output, so its time scales with
-that layer's output channels (``side_ms``) — and what comes before any layer (input reorders) is
-``fixed_ms``. The predicted time of a pruned copy scales each layer's time with its kept
+layout reorders, element-wise ops, attention-gate pooling) is attributed to the latest traced
+layer before it, in execution order, whose output has as many channels as the node's output —
+the node's time scales with those channels (``side_ms``); the latest layer when no width
+matches — and what comes before any layer (input reorders) is ``fixed_ms``. The predicted time of a pruned copy scales each layer's time with its kept
 ``in × out`` channels (a depthwise convolution with its channels) and each side time with the
 owner's kept outputs.
 
@@ -172,6 +172,27 @@ def match_ir(ir: Any, layers: list[tuple[str, tuple]]) -> dict[str, str]:
     return out
 
 
+def _channels(op: Any) -> int | None:
+    """The channel count of a runtime node's output (NCHW: dim 1; a 2-D output: the last)."""
+    shape = op.output(0).get_partial_shape() if op.get_output_size() else None
+    if shape is None or shape.rank.is_dynamic or len(shape) < 2:
+        return None
+    dim = shape[1] if len(shape) == 4 else shape[-1]
+    return dim.get_length() if dim.is_static else None
+
+
+def _owner(seen: list[str], layers: dict[str, LayerTime], channels: int | None) -> str:
+    """Who owns an untraced node's time: the latest layer whose output width is the node's
+    (the node's work scales with those channels: an attention gate's multiply belongs to the
+    convolution whose output it gates, not to the 1-channel gate convolution before it), else
+    the latest layer."""
+    if channels is not None:
+        for name in reversed(seen[-64:]):
+            if layers[name].out_channels == channels:
+                return name
+    return seen[-1]
+
+
 def profile_openvino(module: Any, example: Any, *, threads: int,
                      options: dict[str, Any] | None = None, iters: int = 30) -> TimeProfile:
     """Profile ``module`` (an unpruned torch model) with OpenVINO fp32 on this machine:
@@ -199,12 +220,14 @@ def profile_openvino(module: Any, example: Any, *, threads: int,
                                                   "INFERENCE_NUM_THREADS": threads,
                                                   "INFERENCE_PRECISION_HINT": "f32"})
     origin: dict[str, str | None] = {}
+    width: dict[str, int | None] = {}
     exec_order: list[str] = []
     for op in compiled.get_runtime_model().get_ordered_ops():
         info = op.get_rt_info()
         names = [n for n in info["originalLayersNames"].astype(str).split(",") if n] \
             if "originalLayersNames" in info else []
         origin[op.get_friendly_name()] = next((to_torch[n] for n in names if n in to_torch), None)
+        width[op.get_friendly_name()] = _channels(op)
         exec_order.append(op.get_friendly_name())
     req = compiled.create_infer_request()
     x = np.zeros(tuple(example.shape), np.float32)
@@ -227,7 +250,7 @@ def profile_openvino(module: Any, example: Any, *, threads: int,
                 0.0, 0.0, m.in_channels if conv else m.in_features,
                 m.out_channels if conv else m.out_features,
                 conv and m.groups > 1 and m.groups == m.in_channels)
-    fixed, owner, untraced = 0.0, None, []
+    fixed, seen, untraced = 0.0, [], []
     for node in exec_order:
         if node not in times:
             continue
@@ -235,15 +258,14 @@ def profile_openvino(module: Any, example: Any, *, threads: int,
         layer = origin.get(node)
         if layer is not None and layer in layers:
             layers[layer].ms += t
-            owner = layer
-        elif owner is None or types.get(node) in ("Input", "Output", "Parameter", "Result"):
+            seen.append(layer)
+            continue
+        if types.get(node) in _OV_CONV + ("FullyConnected",):
+            untraced.append(node)
+        if not seen or types.get(node) in ("Input", "Output", "Parameter", "Result"):
             fixed += t
-            if types.get(node) in _OV_CONV + ("FullyConnected",):
-                untraced.append(node)
         else:
-            if types.get(node) in _OV_CONV + ("FullyConnected",):
-                untraced.append(node)
-            layers[owner].side_ms += t
+            layers[_owner(seen, layers, width.get(node))].side_ms += t
     for t in layers.values():
         t.ms, t.side_ms = round(t.ms, 5), round(t.side_ms, 5)
     return TimeProfile(PROFILE_BACKEND, threads, iters, layers, round(fixed, 5),
