@@ -16,6 +16,8 @@ def run() -> None:
         with interrupts.handled():
             try:  # imported once the handler is in place (not at the top: that is the point)
                 cli = import_module("edgekit.cli").main
+                if interrupts.received() is not None:  # deferred until the import finished
+                    raise KeyboardInterrupt
             except BaseException:
                 if interrupts.received() is None:
                     raise

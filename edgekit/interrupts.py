@@ -5,9 +5,10 @@ bundle's temporary folder, a bench run's, a remote board's). But an interrupt th
 middle of an import (torch imports lazily, inside the exporters) leaves half-initialized
 modules behind; the next code that touches them fails with an ImportError ("initialization
 failed", "partially initialized module") or an AttributeError, and an exporter's error handling
-reports that as a failed export. So the handler records the signal before raising, and the
-command line reports any failure that follows it as the interrupt: ``Error: interrupted
-(SIGINT)``, exit 130 (143 for SIGTERM). Standard library only: it is installed before the
+reports that as a failed export; torch's import, cut, aborts the whole process. So the handler
+records the signal and waits for an import in progress to finish before it raises (polled with
+SIGALRM every 50 ms), and the command line reports any failure that follows it as the
+interrupt: ``Error: interrupted (SIGINT)``, exit 130 (143 for SIGTERM). Standard library only: it is installed before the
 command line's heavy imports.
 """
 
@@ -22,11 +23,48 @@ _SIGNALS = (signal.SIGINT, signal.SIGTERM)
 _received: int | None = None
 
 
+_RETRY_S = 0.05  # how often a deferred interrupt checks whether the import has finished
+_alarm_before: Any = None
+
+
+def _importing(frame: Any) -> bool:
+    """Whether ``frame`` runs inside an import (importlib's frames are on the stack while a
+    module's body executes: they are only hidden from tracebacks)."""
+    while frame is not None:
+        if frame.f_code.co_filename.startswith("<frozen importlib._bootstrap"):
+            return True
+        frame = frame.f_back
+    return False
+
+
 def _handler(signum: int, frame: Any) -> None:
-    global _received
+    global _received, _alarm_before
     if _received is None:
         _received = signum
+    if _importing(frame) and hasattr(signal, "setitimer") and _alarm_before is None:
+        # A KeyboardInterrupt raised inside an import leaves the module half-initialized (torch
+        # then aborts the process, or the interpreter kills itself on the way out): raise it as
+        # soon as the import has finished instead, a fraction of a second later.
+        _alarm_before = signal.signal(signal.SIGALRM, _retry)
+        signal.setitimer(signal.ITIMER_REAL, _RETRY_S)
+        return
     raise KeyboardInterrupt
+
+
+def _retry(signum: int, frame: Any) -> None:
+    if _importing(frame):
+        signal.setitimer(signal.ITIMER_REAL, _RETRY_S)
+        return
+    _disarm()
+    raise KeyboardInterrupt
+
+
+def _disarm() -> None:
+    global _alarm_before
+    if _alarm_before is not None:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, _alarm_before)
+        _alarm_before = None
 
 
 def received() -> int | None:
@@ -47,6 +85,8 @@ def handled() -> Iterator[None]:
     try:
         yield
     finally:
+        if previous:
+            _disarm()
         for s, h in previous.items():
             signal.signal(s, h)
 
