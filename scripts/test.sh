@@ -7,4 +7,5 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 . .venv/bin/activate
 ruff check .
-exec python -m pytest -q --timeout 900 -n "${EDGEKIT_TEST_WORKERS:-2}" "$@"
+# --dist loadgroup: the tests sharing the backend export Store stay on one worker (conftest.py)
+exec python -m pytest -q --timeout 900 -n "${EDGEKIT_TEST_WORKERS:-2}" --dist loadgroup "$@"

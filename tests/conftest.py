@@ -23,6 +23,18 @@ def real_data_dir() -> Path | None:
     return None
 
 
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Every test that reads ``backend_support``'s export Store runs on one pytest-xdist worker
+    (``--dist loadgroup`` in scripts/test.sh): the Store exports each (backend, model,
+    precision) once per process, and split over two workers a third of its export time (77 of
+    231 s, mostly LiteRT int8 conversions) was spent twice."""
+    for item in items:
+        module = getattr(item, "module", None)
+        if module is not None and any(getattr(v, "__module__", None) == "backend_support"
+                                      for v in vars(module).values()):
+            item.add_marker(pytest.mark.xdist_group("backend-exports"))
+
+
 @pytest.fixture(scope="session")
 def real_mri() -> Path:
     path = real_data_dir()

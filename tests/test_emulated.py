@@ -250,30 +250,21 @@ def test_prepare_emulation_command(tmp_path: Path) -> None:
 KNOWN_ERRORS = {("openvino", "int8", "cortex-a72"): "object is not initialized"}
 
 
-@pytest.fixture(scope="module")
-def emulation_bundle(trained: Path, mri_phantoms: Path, tmp_path_factory) -> Path:
-    """An int8 bundle (64 px) with onnxruntime, openvino and litert artifacts."""
-    from edgekit.compress import compress
-
-    out = tmp_path_factory.mktemp("emulated") / "model-int8"
-    compress(trained, data=mri_phantoms, out=out, recipe="int8", calibration_images=16,
-             verification_images=24, allow_accuracy_drop=True)
-    return out
-
-
 @pytest.mark.slow
 @needs_qemu
-def test_every_artifact_matches_under_qemu(emulation_bundle: Path, mri_phantoms: Path) -> None:
+def test_every_artifact_matches_under_qemu(bundle: Path, mri_phantoms: Path) -> None:
+    """The session's int8 bundle (onnxruntime, openvino and litert artifacts, 64 px; it only
+    reads it)."""
     if prepared(default_cache()) is None:
         pytest.skip(f"the emulated aarch64 environment is not prepared in {default_cache()}: "
                     "run `edgekit targets prepare-emulation` (scripts/setup.sh does)")
     images = sorted(mri_phantoms.rglob("*.jpg"))[::16]  # 8 images, every class
     assert len(images) == 8
-    manifest = json.loads((emulation_bundle / "manifest.json").read_text())
+    manifest = json.loads((bundle / "manifest.json").read_text())
     names = {a["name"] for a in manifest["artifacts"]}
     assert {a["backend"] for a in manifest["artifacts"]} == {"onnxruntime", "openvino", "litert"}
 
-    rows = check_bundle(emulation_bundle, images, cpus=("cortex-a72", "cortex-a76"))
+    rows = check_bundle(bundle, images, cpus=("cortex-a72", "cortex-a76"))
     assert {(r["artifact"], r["qemu_cpu"]) for r in rows} == {
         (n, c) for n in names for c in ("cortex-a72", "cortex-a76")}
     problems = []

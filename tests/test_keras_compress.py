@@ -140,11 +140,11 @@ BUILDERS = {
 }
 # The two Keras Applications (hundreds of layers) are the slow ones. Their fp32 conversions are
 # checked on every backend (exact, so every converter is held to the logit tolerance on both
-# architectures); their int8 on ONNX Runtime only, which reuses the fp32 run's tf2onnx graph:
-# int8 from Keras on OpenVINO and LiteRT is covered by the two small models here and by
+# architectures); int8 of a Keras Application on ONNX Runtime only, for EfficientNetV2 (it
+# reuses the fp32 run's tf2onnx graph; DenseNet121's 12 s ORT calibration added no other
+# path): int8 from Keras on OpenVINO and LiteRT is covered by the two small models here and by
 # test_keras_source.py.
-INT8_BACKENDS = {"densenet121_binary": ["onnxruntime"],
-                 "efficientnetv2b0_binary": ["onnxruntime"]}
+INT8_BACKENDS = {"densenet121_binary": [], "efficientnetv2b0_binary": ["onnxruntime"]}
 
 
 @pytest.mark.slow
@@ -165,6 +165,8 @@ def test_each_keras_model_compresses_verifies_and_benches(name, mri_phantoms, bi
     for recipe in ("fp32", "int8"):
         out = tmp_path / f"{name}-{recipe}"
         backends = INT8_BACKENDS.get(name, BACKENDS) if recipe == "int8" else BACKENDS
+        if not backends:
+            continue
         res = compress(loaded, data=data, out=out, recipe=recipe, backends=backends,
                        allow_accuracy_drop=True, **SMALL)
         assert [a.name for a in res.artifacts] == [f"{b}-{recipe}" for b in backends]
