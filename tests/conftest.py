@@ -23,16 +23,32 @@ def real_data_dir() -> Path | None:
     return None
 
 
+def _xdist_group(module: object) -> str | None:
+    """The pytest-xdist worker group of a test module's tests (``--dist loadgroup`` in
+    scripts/test.sh), else None (each test goes where a worker is free).
+
+    - Every module that reads ``backend_support``'s export Store: one group. The Store exports
+      each (backend, model, precision) once per process; split over two workers, 77 of 231 s
+      of its exports (mostly LiteRT int8 conversions) were done twice.
+    - A module with a module-scoped fixture: a group of its own, so the fixture is built once
+      (the trained Keras model and its three-backend bundle, 37 s, was built on both workers).
+    """
+    if any(getattr(v, "__module__", None) == "backend_support" for v in vars(module).values()):
+        return "backend-exports"
+    for v in vars(module).values():
+        marker = (getattr(v, "_fixture_function_marker", None)
+                  or getattr(v, "_pytestfixturefunction", None))
+        if marker is not None and marker.scope == "module":
+            return module.__name__
+    return None
+
+
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    """Every test that reads ``backend_support``'s export Store runs on one pytest-xdist worker
-    (``--dist loadgroup`` in scripts/test.sh): the Store exports each (backend, model,
-    precision) once per process, and split over two workers a third of its export time (77 of
-    231 s, mostly LiteRT int8 conversions) was spent twice."""
     for item in items:
         module = getattr(item, "module", None)
-        if module is not None and any(getattr(v, "__module__", None) == "backend_support"
-                                      for v in vars(module).values()):
-            item.add_marker(pytest.mark.xdist_group("backend-exports"))
+        group = _xdist_group(module) if module is not None else None
+        if group is not None:
+            item.add_marker(pytest.mark.xdist_group(group))
 
 
 @pytest.fixture(scope="session")
