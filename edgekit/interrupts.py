@@ -7,9 +7,9 @@ modules behind; the next code that touches them fails with an ImportError ("init
 failed", "partially initialized module") or an AttributeError, and an exporter's error handling
 reports that as a failed export; torch's import, cut, aborts the whole process. So the handler
 records the signal and waits for an import in progress to finish before it raises (polled with
-SIGALRM every 50 ms), and the command line reports any failure that follows it as the
-interrupt: ``Error: interrupted (SIGINT)``, exit 130 (143 for SIGTERM). Standard library only: it is installed before the
-command line's heavy imports.
+SIGALRM every 50 ms; a second Ctrl-C does not wait), and the command line reports any failure
+that follows it as the interrupt: ``Error: interrupted (SIGINT)``, exit 130 (143 for SIGTERM).
+Standard library only: it is installed before the command line's heavy imports.
 """
 
 from __future__ import annotations
