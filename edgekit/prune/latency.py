@@ -68,7 +68,6 @@ def latency_search(loaded: Any, cfg: Any, target_ms: float, target: Any, *,
     ms0 = profile.predict_ms(base) if profile is not None else None
     rows: list[dict] = []
     steps = [1.0, *fractions]
-    at_floor, frac_measured = False, 1.0
     with tempfile.TemporaryDirectory(prefix="edgekit-prune-latency-") as tmp, \
             progress_bar(f"Latency search on {target.name} ({backend.name} fp32, "
                          f"{threads} threads)", len(steps)) as bar:
@@ -89,10 +88,9 @@ def latency_search(loaded: Any, cfg: Any, target_ms: float, target: Any, *,
                     # prediction may be pessimistic), then stop
                     if not guided:
                         raise
-                    floor = min(0.999, e.reachable * 1.005)
-                    if at_floor or floor >= frac_measured:
+                    frac = min(0.999, e.reachable * 1.005)
+                    if frac >= rows[-1]["time_fraction"]:  # the floor was measured already
                         break
-                    at_floor, frac = True, floor
                     module = copy.deepcopy(base).eval()
                     s.target_time = frac
                     prune(module, example, s, reference_macs=macs0)
@@ -104,7 +102,6 @@ def latency_search(loaded: Any, cfg: Any, target_ms: float, target: Any, *,
             timing = executor.time_file(artifact.path, backend.name, list(example.shape),
                                         threads, protocol, options)
             p50 = float(timing["latency_ms"]["p50"])
-            frac_measured = frac
             rows.append({"macs_fraction": count(module, example)[0] / macs0, "p50_ms": p50,
                          "backend": backend.name, "threads": threads})
             if guided:

@@ -7,9 +7,9 @@ fused into a convolution count as that convolution). Time no prunable layer owns
 layout reorders, element-wise ops, attention-gate pooling) is attributed to the latest traced
 layer before it, in execution order, whose output has as many channels as the node's output —
 the node's time scales with those channels (``side_ms``); the latest layer when no width
-matches — and what comes before any layer (input reorders) is ``fixed_ms``. The predicted time of a pruned copy scales each layer's time with its kept
-``in × out`` channels (a depthwise convolution with its channels) and each side time with the
-owner's kept outputs.
+matches — and what comes before any layer (input reorders) is ``fixed_ms``. The predicted time
+of a pruned copy scales each layer's time with its kept ``in × out`` channels (a depthwise
+convolution with its channels) and each side time with the owner's kept outputs.
 
 :class:`TimeProfile` is plain data (JSON in the outcome / manifest); only
 :func:`profile_openvino` needs a runtime, imported when called.
@@ -186,8 +186,8 @@ def _owner(seen: list[str], layers: dict[str, LayerTime], channels: int | None) 
     (the node's work scales with those channels: an attention gate's multiply belongs to the
     convolution whose output it gates, not to the 1-channel gate convolution before it), else
     the latest layer."""
-    if channels is not None:
-        for name in reversed(seen[-64:]):
+    if channels is not None:  # the recent layers only: a distant one of the same width is
+        for name in reversed(seen[-64:]):  # another block's, not this tensor's producer
             if layers[name].out_channels == channels:
                 return name
     return seen[-1]
