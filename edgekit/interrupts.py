@@ -92,6 +92,9 @@ def handled() -> Iterator[None]:
 
 
 def describe(signum: int | None) -> tuple[str, int]:
-    """``("interrupted (SIGINT)", 130)``: the message and the shell's exit code (128 + n)."""
+    """``("interrupted (SIGINT)", 130)``: the message and the shell's exit code (128 + n).
+    Called when the interrupt is being reported, so a deferred raise still pending (an error
+    got there first) is cancelled: raised now, it would kill the process after the message."""
+    _disarm()
     signum = signum or signal.SIGINT
     return f"interrupted ({signal.Signals(signum).name})", 128 + signum
