@@ -2,7 +2,8 @@
 
 Candidates are made cheapest first (unpruned fp32, unpruned INT8 with the rescue, then each
 pruning level: prune + recover ONCE, exported in fp32 and INT8 from that same pruned model),
-every artifact gated against the UNPRUNED source on the same held-out images. All candidate
+every artifact gated against the UNPRUNED source on the same held-out images (the source is
+loaded, the folder split, those images decoded and the source run on them once, for all). All candidate
 artifacts are then timed in ONE ``edgekit bench`` run on the target (interleaved, one protocol;
 predicted when the target can only be predicted). The result is the Pareto front (latency vs
 top-1 change, gate-passing only) and a recommendation with its evidence, written as
@@ -23,7 +24,13 @@ from typing import Any
 
 from edgekit.backends import require_backend
 from edgekit.bench.run import BenchOptions, bench
-from edgekit.compress import CompressOptions, CompressResult, PrunedModel, compress
+from edgekit.compress import (
+    CompressOptions,
+    CompressResult,
+    PreparedData,
+    PrunedModel,
+    compress,
+)
 from edgekit.errors import ConfigError
 from edgekit.outputs import refuse_inside_data, write_atomic
 from edgekit.quantize.rescue import remedy_text
@@ -293,6 +300,7 @@ def search(source: Any, *, data: str | Path, out: str | Path,
     with progress_bar("auto: candidates", len(steps)) as bar:
         pruned: PrunedModel | None = None
         pruned_level = None
+        prepared: PreparedData | None = None  # the source and data, loaded once for all
         for level, precision in steps:
             name = LEVELS[level][precision]
             what = f"{name} ({', '.join(backends)})"
@@ -320,7 +328,7 @@ def search(source: Any, *, data: str | Path, out: str | Path,
             try:
                 result = compress(source, data=data, out=out / name,
                                   options=dataclasses.replace(
-                                      base, recipe=rec, pruned=reuse,
+                                      base, recipe=rec, pruned=reuse, prepared=prepared,
                                       cost=opts.compress.cost if level != "none" else None))
             except ConfigError as exc:
                 if level == "none":
@@ -329,6 +337,7 @@ def search(source: Any, *, data: str | Path, out: str | Path,
                 status(f"[yellow]auto:[/] skipped {what}: {exc}")
                 bar.advance()
                 continue
+            prepared = prepared or result.prepared
             if result.pruned is not None and reuse is None:
                 pruned, pruned_level = result.pruned, level
             rows = _candidates(name, level, result)

@@ -89,6 +89,15 @@ class DataPlan:
     skipped: list[str]
     train_pool: list[Sample] = field(default_factory=list)  # every non-verification image
 
+    def with_calibration(self, n: int, seed: int, spec: PreprocessSpec,
+                         on_error: str) -> DataPlan:
+        """A copy drawing ``n`` calibration images from the same non-verification pool with the
+        same seed (what ``plan_data`` would pick for ``n``); verification and split unchanged.
+        Only the newly chosen images are decoded."""
+        calibration, bad = draw_calibration(self.train_pool, n, seed, spec, on_error)
+        return DataPlan(self.dataset, calibration, list(self.verification), self.origin,
+                        list(self.skipped) + bad, list(self.train_pool))
+
     def describe(self) -> dict[str, Any]:
         root = self.dataset.root
         return {"data_root": str(root), "origin": self.origin,
@@ -97,6 +106,14 @@ class DataPlan:
                 "verification_images": len(self.verification),
                 "verification_files_sha256": files_digest(self.verification, root),
                 "skipped_files": self.skipped}
+
+
+def draw_calibration(pool: Sequence[Sample], n: int, seed: int, spec: PreprocessSpec,
+                     on_error: str) -> tuple[list[Sample], list[str]]:
+    """``n`` stratified, seeded calibration images of ``pool`` and the files skipped as unreadable.
+    They are decoded once here so a corrupt file fails before any conversion; verification images
+    are checked when compress loads them (load_arrays), not twice."""
+    return check_readable(stratified_sample(pool, n, seed), spec, on_error, "calibration")
 
 
 def check_readable(samples: list[Sample], spec: PreprocessSpec, on_error: str,
@@ -150,12 +167,10 @@ def plan_data(loaded: Any, data: str | Path, *, calibration_images: int,
         origin = "seeded, stratified, de-duplicated split of the data folder"
     if not verify_pool:
         raise DataError(f"{dataset.root}: no images left for verification")
-    calibration = stratified_sample(calib_pool, calibration_images, seed)
     verification = stratified_sample(verify_pool, len(verify_pool) if verification_images is None
                                      else verification_images, seed + 1)
-    # Calibration images are decoded once here so a corrupt file fails before any conversion;
-    # verification images are checked when compress loads them (load_arrays), not twice.
-    calibration, bad = check_readable(calibration, loaded.spec, on_error, "calibration")
+    calibration, bad = draw_calibration(calib_pool, calibration_images, seed, loaded.spec,
+                                        on_error)
     if not calibration or not verification:
         raise DataError(f"{dataset.root}: no readable images for calibration/verification")
     return DataPlan(dataset, calibration, verification, origin,

@@ -105,6 +105,12 @@ class CompressOptions:
     # again, still gated against the unpruned ``source`` (``edgekit.auto`` shares one pruned
     # model between its fp32 and INT8 candidates: recovery training is the dominant cost)
     pruned: PrunedModel | None = None
+    # the loaded source and its data of an earlier call on the same source (the same path, or
+    # the same Source object) and data folder with the same seed, verification images and split
+    # (``CompressResult.prepared``; anything else is a ConfigError): the folder is
+    # not scanned and hashed again, the verification images not decoded again, the source not
+    # run on them again (``edgekit.auto`` makes up to six bundles from one source and folder)
+    prepared: PreparedData | None = None
     # verify on the same held-out images whether the recipe prunes or not (the split of a
     # pruning recipe), so artifacts of different recipes are compared on the same images
     shared_split: bool = False
@@ -112,10 +118,57 @@ class CompressOptions:
 
 @dataclass(frozen=True)
 class PrunedModel:
-    """A pruned and recovered model with its pruning record (plan, MACs, verification)."""
+    """A pruned and recovered model with its pruning record (plan, MACs, verification) and, when
+    known, its outputs on the verification images it was gated on (``reference``)."""
 
     model: Source
     record: dict[str, Any]
+    reference: np.ndarray | None = field(default=None, compare=False, repr=False)
+
+
+@dataclass(frozen=True)
+class PreparedData:
+    """What a compress call loads before any export, kept for later calls on the same source and
+    data: the loaded source, the split (``plan``), the decoded verification images ``x, y``, the
+    source's outputs on them (``ref``) and its scores (``source_metrics``). ``key`` says which
+    calls may reuse it (data folder, seed, verification images, split, error policy);
+    ``calibration_images`` is how many calibration images ``plan`` holds."""
+
+    source: Source
+    plan: DataPlan
+    x: np.ndarray = field(repr=False)
+    y: np.ndarray = field(repr=False)
+    ref: np.ndarray = field(repr=False)
+    source_metrics: dict[str, Any] = field(repr=False)
+    key: tuple[Any, ...]
+    calibration_images: int
+    # the rescue's tuning images and each exported model's outputs on them, filled by the
+    # first INT8 artifact that needs them: every later backend and candidate reuses them
+    tuning: dict[tuple[Any, ...], Any] = field(default_factory=dict, repr=False, compare=False)
+
+    def tuning_arrays(self, model: Source, samples: list[Any]) -> tuple[np.ndarray, np.ndarray]:
+        """The decoded ``samples`` (cached by file list) and ``model``'s outputs on them (cached
+        per model object, which the cache keeps alive so its id is not reused)."""
+        paths = tuple(s.path for s in samples)
+        if ("x", paths) not in self.tuning:
+            x_t, _ = load_arrays(self.plan.dataset.subset(samples), model.spec, on_error="skip",
+                                 description="Loading tuning images")
+            self.tuning["x", paths] = x_t
+        x_t = self.tuning["x", paths]
+        if ("ref", paths, id(model)) not in self.tuning:
+            self.tuning["ref", paths, id(model)] = (model, reference_outputs(model, x_t))
+        return x_t, self.tuning["ref", paths, id(model)][1]
+
+    def plan_for(self, calibration_images: int, seed: int, on_error: str) -> DataPlan:
+        """The split with ``calibration_images`` calibration images (re-drawn only when that
+        differs from the prepared count); a copy, so a call's changes stay its own."""
+        if calibration_images != self.calibration_images:
+            return self.plan.with_calibration(calibration_images, seed, self.source.spec,
+                                              on_error)
+        return dataclasses.replace(self.plan, calibration=list(self.plan.calibration),
+                                   verification=list(self.plan.verification),
+                                   skipped=list(self.plan.skipped),
+                                   train_pool=list(self.plan.train_pool))
 
 
 MIN_FRESH_TUNING = 64  # the rescue judges on non-calibration images when at least this many
@@ -153,6 +206,7 @@ class CompressResult:
     seconds: float
     data: dict[str, Any] = field(default_factory=dict)
     pruned: PrunedModel | None = None  # the pruned model, when the recipe prunes
+    prepared: PreparedData | None = None  # the loaded source and data, for a later call
 
     @property
     def passed(self) -> bool:
@@ -202,14 +256,9 @@ def _source(source: str | Path | Source, rec: Recipe, opts: CompressOptions,
             data: str | Path) -> Source:
     """The source model with its classes (from the data folder when the file has none) and its
     sigmoid threshold; a pruning recipe on a Keras model is a usage error."""
-    loaded = (source if isinstance(source, Source) else
-              load_model(source, input_size=opts.input_size, trust_source=opts.trust_source,
-                         input_range=opts.input_range, preprocess=opts.preprocess))
-    if rec.pruning is not None and loaded.kind == "keras":
-        raise ConfigError(f"{loaded.source}: structured pruning is not supported for Keras models "
-                          f"(edgekit's pruning engine works on PyTorch graphs); recipe "
-                          f"{rec.name!r} prunes. Use an unpruned recipe (fp32, fp16, int8) for "
-                          "this model.")
+    loaded = _check_prunable(source if isinstance(source, Source) else load_model(
+        source, input_size=opts.input_size, trust_source=opts.trust_source,
+        input_range=opts.input_range, preprocess=opts.preprocess), rec)
     if opts.classes:
         loaded = loaded.with_class_order(opts.classes)
     elif not loaded.class_names:  # .onnx/.pt2/TorchScript/Keras: classes come from the folder
@@ -217,6 +266,34 @@ def _source(source: str | Path | Source, rec: Recipe, opts: CompressOptions,
     if opts.threshold is not None:
         loaded = loaded.with_threshold(opts.threshold)
     return loaded
+
+
+def _check_prunable(loaded: Source, rec: Recipe) -> Source:
+    """``loaded``, unless the recipe prunes a Keras model (a usage error)."""
+    if rec.pruning is not None and loaded.kind == "keras":
+        raise ConfigError(f"{loaded.source}: structured pruning is not supported for Keras models "
+                          f"(edgekit's pruning engine works on PyTorch graphs); recipe "
+                          f"{rec.name!r} prunes. Use an unpruned recipe (fp32, fp16, int8) for "
+                          "this model.")
+    return loaded
+
+
+def _prepare(loaded: Source, data: str | Path, rec: Recipe, on_error: str, n_calibration: int,
+             calibration_only: bool, key: tuple[Any, ...]) -> PreparedData:
+    """Split the data folder, decode the verification images, run and score the source on them."""
+    plan = plan_data(loaded, data, seed=rec.seed, on_error=on_error,
+                     calibration_images=n_calibration,
+                     verification_images=rec.verification.images,
+                     calibration_only=calibration_only)
+    verify_set = plan.dataset.subset(plan.verification)
+    x, y = load_arrays(verify_set, loaded.spec, on_error=on_error,
+                       description="Loading verification images")
+    plan.skipped += [str(p) for p, _ in verify_set.skipped]
+    plan.verification = verify_set.samples  # minus any file that could not be decoded
+    ref = reference_outputs(loaded, x)
+    source_metrics = score(y, ref, task=loaded.task, class_names=loaded.class_names, seed=rec.seed,
+                           head=loaded.head)
+    return PreparedData(loaded, plan, x, y, ref, source_metrics, key, n_calibration)
 
 
 def _check_plan(loaded: Source, recipe: Recipe) -> list[Any]:
@@ -248,7 +325,8 @@ def compress(source: str | Path | Source, *, data: str | Path, out: str | Path,
     start = time.perf_counter()
     started = datetime.now(UTC).isoformat(timespec="seconds")
     rec = _recipe(opts)
-    loaded = _source(source, rec, opts, data)
+    loaded = (_source(source, rec, opts, data) if opts.prepared is None else
+              _check_prunable(opts.prepared.source, rec))
     plugins = _check_plan(loaded, rec)
     latency_rows: list[dict] = []
     if opts.pruned is not None and rec.pruning is None:
@@ -259,25 +337,32 @@ def compress(source: str | Path | Source, *, data: str | Path, out: str | Path,
     if not loaded.pretrained:
         status("[yellow]Note:[/] compressing a zoo model with fresh (untrained) weights")
 
-    plan = plan_data(loaded, data, seed=rec.seed, on_error=on_error,
-                     calibration_images=rec.calibration.images if rec.needs_calibration else 1,
-                     verification_images=rec.verification.images,
-                     calibration_only=rec.pruning is None and not opts.shared_split)
+    n_calibration = rec.calibration.images if rec.needs_calibration else 1
+    calibration_only = rec.pruning is None and not opts.shared_split
+    key = (str(source) if isinstance(source, str | Path) else id(source),
+           str(Path(data).resolve()), rec.seed, rec.verification.images, on_error,
+           n_calibration if calibration_only else None)  # only then does it move the split
+    if opts.prepared is None:
+        prepared = _prepare(loaded, data, rec, on_error, n_calibration, calibration_only, key)
+        plan = prepared.plan_for(n_calibration, rec.seed, on_error)
+    elif opts.prepared.key != key:
+        raise ConfigError(f"the prepared data was made for {opts.prepared.key} (source, data, "
+                          f"seed, verification images, error policy, split); this call needs "
+                          f"{key}")
+    else:
+        prepared = opts.prepared
+        plan = prepared.plan_for(n_calibration, rec.seed, on_error)
+        status("Data: reusing the loaded verification images and the source's outputs on them")
+    x, y, ref, source_metrics = prepared.x, prepared.y, prepared.ref, prepared.source_metrics
     status(f"Data: {len(plan.verification)} verification images ({plan.origin})"
            + (f", {len(plan.calibration)} calibration images" if rec.needs_calibration else ""))
-    verify_set = plan.dataset.subset(plan.verification)
-    x, y = load_arrays(verify_set, loaded.spec, on_error=on_error,
-                       description="Loading verification images")
-    plan.skipped += [str(p) for p, _ in verify_set.skipped]
-    plan.verification = verify_set.samples  # minus any file that could not be decoded
-    ref = reference_outputs(loaded, x)
-    source_metrics = score(y, ref, task=loaded.task, class_names=loaded.class_names, seed=rec.seed,
-                           head=loaded.head)
     _report_source(source_metrics, loaded, len(y))
     model, pruning, parity_ref = loaded, None, None
     if opts.pruned is not None:
         model, pruning = opts.pruned.model, dict(opts.pruned.record)
-        parity_ref = reference_outputs(model, x)
+        known = opts.pruned.reference
+        parity_ref = (known if opts.prepared is not None and known is not None
+                      and len(known) == len(x) else reference_outputs(model, x))
         status(f"Reusing the pruned model (MACs {pruning['macs_fraction']:.1%} of the "
                "original): not pruned or recovered again")
     elif rec.pruning is not None:
@@ -293,8 +378,8 @@ def compress(source: str | Path | Source, *, data: str | Path, out: str | Path,
             # connected up front: a wrong address is a usage error (exit 2), not a failed rescue
             map_trials = stack.enter_context(ClusterEvaluator(opts.cluster)).map
         for backend in plugins:
-            results.append(_export_one(backend, model, rec, plan, writer, x, y, ref,
-                                       source_metrics, parity_ref, opts, map_trials))
+            results.append(_export_one(backend, model, rec, plan, writer, prepared, parity_ref,
+                                       opts, map_trials))
         pruned = None if pruning is None else _save_pruned(model, pruning, writer)
         manifest = _manifest(loaded, rec, plan, source_metrics, results, writer, started,
                              time.perf_counter() - start, pruned)
@@ -305,7 +390,8 @@ def compress(source: str | Path | Source, *, data: str | Path, out: str | Path,
         r.artifact.files = [writer.out / p.relative_to(writer.tmp) for p in r.artifact.files]
     result = CompressResult(Path(out), rec, source_metrics, results, manifest,
                             time.perf_counter() - start, plan.describe(),
-                            None if pruning is None else PrunedModel(model, pruning))
+                            None if pruning is None else PrunedModel(model, pruning, parity_ref),
+                            prepared)
     failing = [a.name for a in results if a.verification.decision == "fail"]
     unsure = [a.name for a in results if a.verification.decision == "inconclusive"]
     if unsure:
@@ -360,10 +446,9 @@ def _save_pruned(model: Source, record: dict[str, Any], writer: BundleWriter
 
 
 def _export_one(backend: Any, loaded: Source, rec: Recipe, plan: DataPlan,
-                writer: BundleWriter, x: np.ndarray, y: np.ndarray, ref: np.ndarray,
-                source_metrics: dict[str, Any], parity_ref: np.ndarray | None = None,
-                opts: CompressOptions | None = None,
-                map_trials: MapTrials | None = None) -> ArtifactResult:
+                writer: BundleWriter, prepared: PreparedData, parity_ref: np.ndarray | None,
+                opts: CompressOptions, map_trials: MapTrials | None) -> ArtifactResult:
+    x, y, ref, source_metrics = prepared.x, prepared.y, prepared.ref, prepared.source_metrics
     name = f"{backend.name}-{rec.precision}"
     out_dir = writer.artifacts_dir / backend.name
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -402,7 +487,7 @@ def _export_one(backend: Any, loaded: Source, rec: Recipe, plan: DataPlan,
     verification = verify(artifact)
     ranking: list[LayerError] = []
     missed = rec.rescue.enabled and _misses_gate(verification)
-    explain = opts is not None and opts.explain
+    explain = opts.explain
     if rec.precision == "int8" and hasattr(backend, "layer_sensitivity") and (
             rec.rescue.enabled or explain):
         _report(name, artifact, verification)
@@ -412,7 +497,7 @@ def _export_one(backend: Any, loaded: Source, rec: Recipe, plan: DataPlan,
         artifact, verification, ranking = _rescue(backend, name, loaded, rec, plan, writer,
                                                   out_dir, request_for, verify, artifact,
                                                   verification, search, explain,
-                                                  map_trials)
+                                                  map_trials, prepared)
         seconds = time.perf_counter() - t0
     elif rec.precision == "int8" and missed:
         status(f"[yellow]{name}:[/] no per-layer rescue for {backend.name} yet; the fallback is "
@@ -456,7 +541,7 @@ def _misses_gate(verification: Verification) -> bool:
 def _rescue(backend: Any, name: str, loaded: Source, rec: Recipe, plan: DataPlan,
             writer: BundleWriter, out_dir: Path, request_for: Any, verify: Any,
             artifact: Artifact, verification: Verification, search: bool | None,
-            explain: bool, map_trials: MapTrials | None = None
+            explain: bool, map_trials: MapTrials | None, prepared: PreparedData
             ) -> tuple[Artifact, Verification, list[LayerError]]:
     """Rank the INT8 artifact's layers and, when ``search``, look for a candidate with the most
     sensitive ones kept in float (``edgekit.quantize.rescue``), chosen on calibration-side
@@ -470,9 +555,7 @@ def _rescue(backend: Any, name: str, loaded: Source, rec: Recipe, plan: DataPlan
     disjoint = len(fresh) >= MIN_FRESH_TUNING
     tuning = stratified_sample(fresh if disjoint else plan.train_pool or plan.calibration,
                                rec.rescue.tuning_images, rec.seed + 2)
-    x_t, _ = load_arrays(plan.dataset.subset(tuning), loaded.spec, on_error="skip",
-                         description="Loading tuning images")
-    ref_t = reference_outputs(loaded, x_t)
+    x_t, ref_t = prepared.tuning_arrays(loaded, tuning)
     kind = metrics_task(loaded.task, ref_t)
 
     def tuning_agreement(candidate: Artifact) -> Score:

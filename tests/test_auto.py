@@ -97,12 +97,19 @@ def small_search(monkeypatch: pytest.MonkeyPatch):
 
 
 def test_recipe_auto_end_to_end(trained: Path, mri_phantoms: Path, tmp_path: Path, cli,
-                                small_search) -> None:
+                                small_search, monkeypatch: pytest.MonkeyPatch) -> None:
+    import edgekit.compress as module
+
+    splits = []
+    real = module.plan_data
+    monkeypatch.setattr(module, "plan_data", lambda *a, **k: splits.append(1) or real(*a, **k))
     out = tmp_path / "auto"
     res = cli("compress", trained, "--data", mri_phantoms, "--out", out, "--recipe", "auto",
               "--backend", "onnxruntime", "--backend", "openvino", "--calibration-images", 16,
               "--verification-images", 40, "--threads", 1, "--cost", "latency")
     assert "Reusing the pruned model" in res.stderr  # prune30-int8 did not train again
+    assert len(splits) == 1  # the folder was split and the source run on it once for all four
+    assert res.stderr.count("reusing the loaded verification images") == 3
     rec = json.loads((out / "auto.json").read_text())
     assert {p.name for p in out.iterdir()} >= {"fp32", "int8", "prune30", "prune30-int8",
                                                "bench", "auto.json", "auto.md"}

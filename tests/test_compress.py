@@ -18,7 +18,7 @@ from edgekit.backends import onnxruntime as ort_backend
 from edgekit.backends import openvino as ov_backend
 from edgekit.bundle import read_manifest, verify_bundle
 from edgekit.compress import compress
-from edgekit.errors import DataError, UnsafeSourceError, VerificationFailed
+from edgekit.errors import ConfigError, DataError, UnsafeSourceError, VerificationFailed
 from edgekit.runner import Runner
 from edgekit.sources import load_model
 from edgekit.train import TrainConfig, train
@@ -125,6 +125,44 @@ def test_same_seed_same_data_gives_identical_artifacts(trained, mri_phantoms, bu
     hashes = [{a["name"]: a["files"][0]["sha256"] for a in read_manifest(b)["artifacts"]}
               for b in (bundle, tmp_path / "b1")]
     assert hashes[0] == hashes[1]
+
+
+def test_a_prepared_call_loads_nothing_again_and_writes_the_same_bundle(
+        trained, mri_phantoms, tmp_path, monkeypatch):
+    """``CompressResult.prepared`` of an fp32 call serves an int8 call (``edgekit.auto``'s
+    path): no folder split, no verification decode, no source run; the same images, bytes and
+    verification as the int8 call made from scratch. Another split is refused."""
+    import edgekit.compress as module
+
+    common = {"data": mri_phantoms, "verification_images": 24, "shared_split": True,
+              "backends": ["onnxruntime"], "allow_accuracy_drop": True}
+    first = compress(trained, out=tmp_path / "fp32", recipe="fp32", **common)
+    plain = compress(trained, out=tmp_path / "int8", recipe="int8", calibration_images=16,
+                     **common)
+    seen, loads = [], []
+    for name in ("plan_data", "load_model"):
+        monkeypatch.setattr(module, name, lambda *a, _n=name, **k: pytest.fail(f"{_n} again"))
+    real, real_load = module.reference_outputs, module.load_arrays
+    monkeypatch.setattr(module, "reference_outputs",
+                        lambda model, x: seen.append(len(x)) or real(model, x))
+    monkeypatch.setattr(module, "load_arrays",
+                        lambda *a, **k: loads.append(k["description"]) or real_load(*a, **k))
+    reused = compress(trained, out=tmp_path / "int8-reused", recipe="int8",
+                      calibration_images=16, prepared=first.prepared, **common)
+    assert len(first.prepared.x) not in seen  # the source was not run on them again
+    assert loads == ["Loading tuning images"]  # the rescue's, once; then kept for later calls
+    compress(trained, out=tmp_path / "int8-again", recipe="int8", calibration_images=16,
+             prepared=first.prepared, **common)
+    assert loads == ["Loading tuning images"]
+    a, b = (read_manifest(r.bundle) for r in (plain, reused))
+    assert a["data"] == b["data"]  # the same calibration and verification files
+    assert [x["files"][0]["sha256"] for x in a["artifacts"]] == \
+        [x["files"][0]["sha256"] for x in b["artifacts"]]
+    assert plain.artifacts[0].verification.to_json() == reused.artifacts[0].verification.to_json()
+    with pytest.raises(ConfigError, match="prepared data was made for"):
+        compress(trained, out=tmp_path / "other", recipe="int8",
+                 **{**common, "verification_images": 20}, prepared=first.prepared)
+    assert not (tmp_path / "other").exists()
 
 
 def test_gate_violation_exits_1_and_marks_the_bundle(trained, mri_phantoms, tmp_path,
