@@ -50,14 +50,45 @@ def test_time_after_a_gate_goes_to_the_layer_whose_channels_it_scales_with() -> 
     """An attention gate's multiply (64 channels) runs after the 1-channel gate convolution:
     its time belongs to the 64-channel convolution before the gate, which pruning shrinks, not
     to the gate convolution, which it cannot (what misled dsconv_cbam's prediction at 224 px)."""
-    from edgekit.prune.profile import LayerTime, _owner
+    from edgekit.prune.profile import _owner
 
-    layers = {"block.conv": LayerTime(1.0, 0.0, 32, 64), "block.gate.conv": LayerTime(0.1, 0.0, 2, 1)}
+    layers = {"block.conv": 64, "block.gate.conv": 1}  # their output channels
     seen = ["block.conv", "block.gate.conv"]
     assert _owner(seen, layers, 64) == "block.conv"
     assert _owner(seen, layers, 1) == "block.gate.conv"
     assert _owner(seen, layers, None) == "block.gate.conv"  # width unknown: the latest layer
     assert _owner(seen, layers, 7) == "block.gate.conv"  # no layer that wide: the latest
+
+
+def test_a_remote_target_is_profiled_by_its_latency_model(capsys) -> None:
+    """rpi4 cannot be profiled from here: its latency model's per-kernel prediction is the
+    profile (every layer has a row, the total is the model's whole-network prediction), and it
+    reaches the pruning settings; a remote target without a latency model falls back to MACs."""
+    from edgekit.bench.predict import kernels, predict_route, target_latency_model
+    from edgekit.prune.recover import latency_profile
+    from edgekit.recipes import load_recipe
+    from edgekit.targets import load_target
+
+    model, x = _model("dsconv_cbam")
+    rpi4 = load_target("rpi4")
+    cfg = load_recipe("prune30").pruning.model_copy(update={"cost": "latency"})
+    kept, prof = latency_profile(model, x, cfg, rpi4, None)
+    assert kept.cost == "latency" and prof is not None and prof.source == "predicted"
+    convs = {n for n, m in model.named_modules() if isinstance(m, torch.nn.Conv2d | torch.nn.Linear)}
+    assert set(prof.layers) == convs and all(t.ms > 0 for t in prof.layers.values())
+    whole = predict_route(target_latency_model(rpi4), kernels(model, tuple(x.shape)), "litert",
+                          "fp32", prof.threads)
+    assert prof.total_ms == pytest.approx(whole["p50_ms"], rel=1e-3)
+    assert prof.predict_ms(model) == pytest.approx(prof.total_ms)
+    # the gates' multiplies are side time of the convolutions they scale, not of the gate convs
+    gate = [n for n in convs if n.endswith("spatial.conv")]
+    assert gate and all(prof.layers[n].side_ms == 0 for n in gate)
+    assert "predicted, not measured" in capsys.readouterr().err
+
+    blind = rpi4.model_copy(update={"predict": None})
+    macs, none = latency_profile(model, x, cfg, blind, None)
+    assert none is None and macs.cost == "macs"
+    assert "falling back to the MACs cost" in capsys.readouterr().err
 
 
 def test_an_expensive_group_loses_more_channels_under_the_latency_cost() -> None:

@@ -1,6 +1,9 @@
 """Where the time goes: a per-layer time profile of the UNPRUNED model on the target, for
 latency-weighted pruning (``pruning.cost: latency``).
 
+Remote targets (a board edgekit cannot profile from here) use their latency model's
+prediction per fused kernel instead (:func:`profile_predicted`, ``source: predicted``).
+
 Local targets are profiled with OpenVINO fp32 (``PERF_COUNT``): every executed node is traced
 back to the torch convolution / linear layer it was converted from (BatchNorm and activations
 fused into a convolution count as that convolution). Time no prunable layer owns (concats,
@@ -17,6 +20,7 @@ convolution with its channels) and each side time with the owner's kept outputs.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import re
 import tempfile
@@ -28,6 +32,7 @@ import numpy as np
 
 from edgekit.backends.openvino import NAME as OPENVINO_NAME
 from edgekit.backends.openvino import disable_telemetry
+from edgekit.bench import predict as latency_model
 from edgekit.errors import ConfigError
 from edgekit.targets import load_target
 
@@ -56,7 +61,7 @@ class TimeProfile:
     iters: int
     layers: dict[str, LayerTime]
     fixed_ms: float  # time no layer's width scales (before the first layer, model I/O)
-    source: str = "measured"  # "measured" on the target; "uniform" (tests, constructed)
+    source: str = "measured"  # measured on the target; predicted (its latency model); uniform
     nodes: int = 0
     untraced_conv_nodes: list[str] = field(default_factory=list)
 
@@ -181,14 +186,14 @@ def _channels(op: Any) -> int | None:
     return dim.get_length() if dim.is_static else None
 
 
-def _owner(seen: list[str], layers: dict[str, LayerTime], channels: int | None) -> str:
-    """Who owns an untraced node's time: the latest layer whose output width is the node's
-    (the node's work scales with those channels: an attention gate's multiply belongs to the
-    convolution whose output it gates, not to the 1-channel gate convolution before it), else
-    the latest layer."""
-    if channels is not None:  # the recent layers only: a distant one of the same width is
+def _owner(seen: list[str], widths: dict[str, int], width: int | None) -> str:
+    """Who owns an untraced node's time: the latest layer whose output width (``widths``:
+    output channels by layer) is the node's (the node's work scales with those channels: an
+    attention gate's multiply belongs to the convolution whose output it gates, not to the
+    1-channel gate convolution before it), else the latest layer."""
+    if width is not None:  # the recent layers only: a distant one of the same width is
         for name in reversed(seen[-64:]):  # another block's, not this tensor's producer
-            if layers[name].out_channels == channels:
+            if widths[name] == width:
                 return name
     return seen[-1]
 
@@ -251,6 +256,7 @@ def profile_openvino(module: Any, example: Any, *, threads: int,
                 m.out_channels if conv else m.out_features,
                 conv and m.groups > 1 and m.groups == m.in_channels)
     fixed, seen, untraced = 0.0, [], []
+    widths = {n: t.out_channels for n, t in layers.items()}
     for node in exec_order:
         if node not in times:
             continue
@@ -265,7 +271,7 @@ def profile_openvino(module: Any, example: Any, *, threads: int,
         if not seen or types.get(node) in ("Input", "Output", "Parameter", "Result"):
             fixed += t
         else:
-            layers[_owner(seen, layers, width.get(node))].side_ms += t
+            layers[_owner(seen, widths, width.get(node))].side_ms += t
     for t in layers.values():
         t.ms, t.side_ms = round(t.ms, 5), round(t.side_ms, 5)
     return TimeProfile(PROFILE_BACKEND, threads, iters, layers, round(fixed, 5),
@@ -288,16 +294,76 @@ def uniform_profile(module: Any, example: Any, ms: dict[str, float] | None = Non
     return TimeProfile("constructed", 0, 0, layers, 0.0, source="uniform")
 
 
+def profile_predicted(module: Any, example: Any, target: Any, *, threads: int | None = None
+                      ) -> tuple[TimeProfile | None, str]:
+    """``(profile, why)``: the per-layer time of ``module`` as ``target``'s latency model
+    predicts it for its first preferred fp32 runtime (``edgekit.bench.predict``: a roofline
+    time per fused kernel, fitted on the board's published latencies), at the fitted thread
+    count nearest ``threads`` (default: the board's cores). Convolution / linear kernels are
+    the layers' own time; element-wise, pooling and gate kernels are side time of the latest
+    layer with as many output channels (else the latest layer), as in the measured profile;
+    ``c0`` and what precedes the first layer are fixed. ``None`` with the reason when the target has no usable model."""
+    import torch.nn as nn
+
+    tm = latency_model.target_latency_model(target)
+    if tm.error:
+        return None, tm.error
+    backend = next((b for b in target.preferred.get("fp32", [])
+                    if (r := tm.routes.get(b, {}).get("fp32")) is not None
+                    and not r.unsupported), None)
+    if backend is None:
+        return None, f"no fp32 route in {target.name}'s latency model"
+    route = tm.routes[backend]["fp32"]
+    fitted = {c.threads: c for k, c in tm.groups.items() if k.rsplit("/", 1)[0] == route.group}
+    if not fitted:
+        return None, f"no fitted {route.group} group in {target.name}'s latency model"
+    want = threads or (tm.hardware.cores if tm.hardware else max(fitted))
+    n = min(fitted, key=lambda t: (abs(t - want), -t))
+    coeffs = dataclasses.replace(fitted[n], precision=route.compute or route.group.split("/")[1])
+    module = module.eval()
+    calls = _leaves(module, example)
+    ks = latency_model.kernels(module, tuple(example.shape))
+    convs = [k for k in ks if k.kind in latency_model.CONV_KINDS]
+    if len(convs) != len(calls):  # a functional convolution the layers do not own
+        return None, (f"the latency model's {len(convs)} convolution kernels do not match the "
+                      f"model's {len(calls)} convolution / linear calls")
+    c0, times = latency_model.kernel_times(ks, coeffs, tm.hardware)
+    layers: dict[str, LayerTime] = {}
+    for name, m, _ in calls:
+        conv = isinstance(m, nn.Conv2d)
+        layers.setdefault(name, LayerTime(
+            0.0, 0.0, m.in_channels if conv else m.in_features,
+            m.out_channels if conv else m.out_features,
+            conv and m.groups > 1 and m.groups == m.in_channels))
+    widths = {n: t.out_channels for n, t in layers.items()}
+    fixed, seen, call = c0, [], iter(calls)
+    for k, t in zip(ks, times, strict=True):
+        if k.kind in latency_model.CONV_KINDS:
+            name = next(call)[0]
+            layers[name].ms += t
+            seen.append(name)
+        elif not seen:
+            fixed += t
+        else:
+            layers[_owner(seen, widths, k.channels)].side_ms += t
+    for lt in layers.values():
+        lt.ms, lt.side_ms = round(lt.ms, 5), round(lt.side_ms, 5)
+    return TimeProfile(f"{backend} ({route.group}/{n} latency model)", n, 0, layers,
+                       round(fixed, 5), source="predicted", nodes=len(ks)), ""
+
+
 def profile_for_target(module: Any, example: Any, target: Any, *, threads: int | None = None,
-                       iters: int = 30) -> TimeProfile | None:
-    """The profile the latency cost uses on ``target``: measured with OpenVINO fp32 on a local
-    target; ``None`` for a remote one (the caller falls back to MACs and says so)."""
+                       iters: int = 30) -> tuple[TimeProfile | None, str]:
+    """``(profile, why)``: the profile the latency cost uses on ``target``: measured with
+    OpenVINO fp32 on a local target; predicted by the target's latency model for a remote one
+    (:func:`profile_predicted`); ``None`` with the reason when it has none (the caller falls
+    back to MACs and says so)."""
     if isinstance(target, str):
         target = load_target(target)
     if target.access.kind != "local":
-        return None
+        return profile_predicted(module, example, target, threads=threads)
     threads = threads or max(target.thread_counts(os.cpu_count() or 1))
     options = {k: v for k, v in (target.runtime_options.get(PROFILE_BACKEND) or {}).items()
                if k != "INFERENCE_PRECISION_HINT"}
-    return profile_openvino(module, example, threads=threads, options=options, iters=iters)
+    return profile_openvino(module, example, threads=threads, options=options, iters=iters), ""
 

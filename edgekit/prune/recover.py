@@ -114,24 +114,26 @@ def prunable_module(loaded: Any, example: Any) -> Any:
 def latency_profile(module: Any, example: Any, cfg: Any, target: Any, threads: int | None
                     ) -> tuple[Any, Any]:
     """``(cfg, profile)`` for cost ``latency``: the unpruned model profiled on ``target`` (local
-    targets: OpenVINO fp32). A remote target has no profile here: the MACs cost is used (a
+    targets: OpenVINO fp32; remote ones: predicted per kernel by the target's latency model).
+    A remote target without a usable latency model has no profile: the MACs cost is used (a
     time target becomes the same fraction of the MACs), and the status line says so."""
     if getattr(cfg, "cost", "macs") != "latency":
         return cfg, None
     with progress_bar("Profiling the unpruned model (per-layer time on the target)", 1) as bar:
-        prof = profile_for_target(module, example, target, threads=threads)
+        prof, why = profile_for_target(module, example, target, threads=threads)
         bar.advance()
     if prof is None:
         name = getattr(target, "name", target)
         status(f"[yellow]Note:[/] pruning cost latency needs a per-layer time profile on the "
-               f"target; {name} is remote and edgekit does not profile it (its latency model "
-               "predicts whole networks, not layers): falling back to the MACs cost"
+               f"target; {name} is remote and its latency model cannot give one ({why}): "
+               "falling back to the MACs cost"
                + (f", keeping {cfg.target_time:.0%} of the MACs" if cfg.target_time else ""))
         changes = {"cost": "macs"}
         if cfg.target_time is not None:
             changes.update(target_macs=cfg.target_time, target_time=None)
         return cfg.model_copy(update=changes), None
-    status(f"Time profile of the unpruned model: {prof.total_ms:.2f} ms on {prof.backend} fp32, "
+    status(f"Time profile of the unpruned model: {prof.total_ms:.2f} ms on {prof.backend} fp32"
+           + (" (predicted, not measured)" if prof.source == "predicted" else "") + ", "
            f"{prof.threads} threads ("
            + ", ".join(f"{n} {ms:.2f}" for n, ms in list(prof.group_ms().items())[:3])
            + " ms …)")

@@ -6,7 +6,7 @@ The record both kernel readers produce (:mod:`.torch_graph` from an ``nn.Module`
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 KINDS = ("conv1x1", "convkxk", "depthwise", "fc", "elementwise", "pool", "gate")
 CONV_KINDS = ("conv1x1", "convkxk", "depthwise", "fc")
@@ -23,6 +23,10 @@ class Kernel:
     in_elems: int
     out_elems: int
     weight_elems: int = 0
+    # the channel count (dim 1) the kernel's work scales with, where the reader knows it (the
+    # torch reader): its output's, a reduction's input's. The pruning profile finds the layer a
+    # kernel's time belongs to by it. Not part of equality.
+    channels: int | None = field(default=None, compare=False)
 
     @property
     def work(self) -> int:

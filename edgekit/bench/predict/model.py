@@ -115,13 +115,20 @@ def _time_ms(arrays: _Arrays, peak: float, bw: float, c0: float, cop: float, eta
     its bandwidth, ``min(1, η_mem) · bw``: every weight when the model's weights plus its
     largest activations exceed the cache (a 50 MB dense layer), and the part of a kernel's
     activations beyond the cache."""
+    return c0 + float(_kernel_ms(arrays, peak, bw, eta_mem, eta, cache).sum()) \
+        + cop * len(arrays[0])
+
+
+def _kernel_ms(arrays: _Arrays, peak: float, bw: float, eta_mem: float, eta: np.ndarray,
+               cache: float) -> np.ndarray:
+    """Each kernel's roofline time in ms (the terms :func:`_time_ms` sums)."""
     work, act, wts, kind = arrays
     compute = work / (eta[kind] * peak)
     a_spill = np.maximum(act - cache, 0.0)
     w_spill = wts if wts.sum() + act.max(initial=0.0) > cache else 0.0 * wts
     fast, dram = eta_mem * bw * 1e9, min(1.0, eta_mem) * bw * 1e9
     memory = (act - a_spill + wts - w_spill) / fast + (a_spill + w_spill) / dram
-    return c0 + 1e3 * float(np.maximum(compute, memory).sum()) + cop * len(work)
+    return 1e3 * np.maximum(compute, memory)
 
 
 def predict(ks: list[Kernel], coeffs: Coeffs, target_cpu: Any, *,
@@ -134,6 +141,18 @@ def predict(ks: list[Kernel], coeffs: Coeffs, target_cpu: Any, *,
                   clock_ghz), hw.bandwidth_gbs, coeffs.c0_ms, coeffs.c_op_ms, coeffs.eta_mem,
                   eta, hw.cache_bytes)
     return Prediction(ms, coeffs.rel_err)
+
+
+def kernel_times(ks: list[Kernel], coeffs: Coeffs, target_cpu: Any
+                 ) -> tuple[float, list[float]]:
+    """``(c0, per-kernel ms)`` of :func:`predict`: each kernel's roofline time plus the
+    per-kernel overhead ``c_op``; ``c0 + sum`` is the prediction (where a model's time goes,
+    as the latency model sees it)."""
+    hw = BOARDS[target_cpu] if isinstance(target_cpu, str) else Hardware.from_cpu(target_cpu)
+    eta = np.array([coeffs.eta.get(k, coeffs.eta.get("common", 0.3)) for k in KINDS])
+    ms = _kernel_ms(_arrays(ks, coeffs.precision), hw.peak(coeffs.precision, coeffs.threads),
+                    hw.bandwidth_gbs, coeffs.eta_mem, eta, hw.cache_bytes)
+    return coeffs.c0_ms, [float(t) + coeffs.c_op_ms for t in ms]
 
 
 def _prior_vector(prior: Coeffs | None) -> np.ndarray:

@@ -53,6 +53,7 @@ class _Recorder(TorchFunctionMode):
         return out
 
     def _new(self, kernel: Kernel, out: torch.Tensor) -> None:
+        kernel.channels = int(out.shape[1]) if out.dim() >= 2 else None
         self.kernels.append(kernel)
         self._own(len(self.kernels) - 1, out)
 
@@ -108,6 +109,8 @@ class _Recorder(TorchFunctionMode):
                 self._new(Kernel("elementwise", [name], 0, x.numel(), out.numel()), out)
         elif name in _REDUCE:
             self._new(Kernel("pool", [name], 0, x.numel(), out.numel()), out)
+            if x.dim() >= 2:  # a reduction's work scales with what it reads (a channel mean)
+                self.kernels[-1].channels = int(x.shape[1])
             self.reductions.setdefault(id(x), []).append(len(self.kernels) - 1)
         elif name in ("cat", "concat", "concatenate", "stack"):
             self._new(Kernel("elementwise", [name], 0, sum(t.numel() for t in ins),
