@@ -229,6 +229,58 @@ def test_weights_read_twice_become_one_module_called_twice() -> None:
         assert graph(x).shape == (2, 4)
 
 
+class HandGate(nn.Module):
+    """A spatial attention written the other way round from the zoo's: ``[max; mean]`` with
+    ``torch.max(...)[0]`` and the gate on the left of the product."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.c1 = nn.Conv2d(1, 32, 3, padding=1)
+        self.c2 = nn.Conv2d(32, 32, 3, padding=1)
+        self.attn = nn.Conv2d(2, 1, 5, padding=2)
+        self.head = nn.Linear(32, 4)
+
+    def forward(self, x):
+        x = torch.relu(self.c2(torch.relu(self.c1(x))))
+        pooled = torch.cat([torch.max(x, 1, keepdim=True)[0], x.mean(1, keepdim=True)], 1)
+        x = torch.sigmoid(self.attn(pooled)) * x
+        return self.head(torch.flatten(nn.functional.adaptive_avg_pool2d(x, 1), 1))
+
+
+@pytest.mark.parametrize("name", ["hand", "dsconv_cbam_gap"])
+def test_a_spatial_attention_gate_in_a_program_does_not_freeze_the_channels_it_gates(
+        name: str) -> None:
+    """``x * sigmoid(conv([max; mean]))`` couples the gate's single channel with every gated
+    channel in Torch-Pruning's tracer; the editable graph makes it one SpatialGate module (the
+    zoo's own gate pruner then applies): same outputs, and the gated layers prune (a
+    ``.pt2`` of DSConv-CBAM could not be pruned at all: every block is gated)."""
+    from edgekit.prune import PruneSettings, blockers, editable, prune
+    from edgekit.prune.engine import layer_widths
+    from edgekit.zoo import create_model
+    from edgekit.zoo.blocks import SpatialGate
+
+    torch.manual_seed(5)
+    model = (HandGate() if name == "hand" else
+             create_model(name, num_classes=4, input_size=64)).eval()
+    example = torch.zeros(EXAMPLE if name == "hand" else (1, 3, 64, 64))
+    graph = editable(torch.export.export(model, (example,)).module(), example)
+    gates = [n for n, m in graph.named_modules() if isinstance(m, SpatialGate)]
+    assert len(gates) == (1 if name == "hand" else 3) and blockers(graph) == []
+    widths = layer_widths(graph)
+    if name == "hand":  # a top-level gate conv is held by the gate: "attn_spatial_gate.conv"
+        widths["attn"] = widths.pop("attn_spatial_gate.conv")
+    assert widths == layer_widths(model)  # in a holder of its own, the conv keeps its name
+    x = torch.randn(2, *example.shape[1:])
+    with torch.no_grad():
+        torch.testing.assert_close(graph(x), model(x), rtol=0, atol=1e-5)
+    outcome = prune(graph, example, PruneSettings(target_macs=0.7))
+    assert outcome.macs_fraction <= 0.72
+    gated = "c2" if name == "hand" else "trunk.stages.2.0.pointwise"
+    assert layer_widths(graph)[gated] < layer_widths(model)[gated]
+    with torch.no_grad():
+        assert graph(x).shape == (2, 4)
+
+
 def test_a_symbolically_traced_graph_module_prunes() -> None:
     """A ``torch.fx.symbolic_trace`` GraphModule: real layers already, leaf activations,
     pooling and dropout as call_module nodes — none of them blocks."""

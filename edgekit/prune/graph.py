@@ -242,6 +242,7 @@ def editable(module: Any, example: Any) -> Any:
     for node in list(graph.nodes):  # e.g. a BatchNorm's num_batches_tracked, never read
         if node.op == "get_attr" and not node.users:
             graph.erase_node(node)
+    _spatial_gates(gm)
     _flexible_reshapes(graph)
     _batch_free(gm, example)
     _plain_call(graph)
@@ -277,6 +278,83 @@ def _convertible(gm: Any) -> dict[Any, tuple[Any, int | str, list[Any]]]:
         if readers == set(nodes) and len({repr(found[n][0]) for n in nodes}) == 1:
             keep.update({n: found[n] for n in nodes})
     return keep
+
+
+def _channel_reduction(node: Any) -> tuple[str, Any] | None:
+    """``("mean" | "max", x)`` for a keep-dim reduction of ``x`` over its channels (dim 1 of a
+    4-D tensor): ``mean(x, [1], True)``, ``amax(x, [1], True)`` or ``max(x, 1, True)[0]``."""
+    if getattr(node, "op", None) != "call_function":
+        return None
+    ns, name = _op(node.target)
+    if ns == "operator" and name == "getitem" and node.args[1] == 0:
+        inner = node.args[0]
+        if getattr(inner, "op", None) == "call_function" and _op(inner.target) == ("aten", "max"):
+            found = _normalized(inner) or {}
+            if found.get("dim") in (1, -3) and found.get("keepdim"):
+                return "max", found.get("input")
+        return None
+    if ns != "aten" or name not in ("mean", "amax"):
+        return None
+    found = _normalized(node) or {}
+    dims = found.get("dim")
+    dims = list(dims) if isinstance(dims, list | tuple) else [dims]
+    if dims in ([1], [-3]) and found.get("keepdim"):
+        return ("mean" if name == "mean" else "max"), found.get("input", node.args[0])
+    return None
+
+
+def _spatial_gates(gm: Any) -> None:
+    """Rewrite each spatial attention gate of the graph — ``x * sigmoid(conv(cat([mean_c(x),
+    max_c(x)])))`` with a 2 → 1 channel convolution module — into one ``SpatialGate`` module
+    holding that convolution (in its place when the convolution's holder has nothing else), so
+    the engine's channel-preserving gate pruner applies as in the zoo's CBAM. Left as it is, the
+    tracer couples the gate's single channel with every gated channel (a width-1 group: the
+    gated layers cannot be pruned at all)."""
+    import torch.nn as nn
+
+    from edgekit.zoo.blocks import SpatialGate
+
+    graph = gm.graph
+    for mul in list(graph.nodes):
+        if mul.op != "call_function" or _op(mul.target) != ("aten", "mul") or len(mul.args) != 2:
+            continue
+        for x, sig in (mul.args, mul.args[::-1]):
+            if (getattr(sig, "op", None) != "call_function"
+                    or _op(sig.target) != ("aten", "sigmoid")):
+                continue
+            conv = sig.args[0]
+            if getattr(conv, "op", None) != "call_module":
+                continue
+            layer = gm.get_submodule(conv.target)
+            cat = conv.args[0]
+            if not (isinstance(layer, nn.Conv2d) and layer.in_channels == 2
+                    and layer.out_channels == 1 and getattr(cat, "op", None) == "call_function"
+                    and _op(cat.target) == ("aten", "cat") and len(cat.args[0]) == 2
+                    and (cat.args[1] if len(cat.args) > 1 else 0) in (1, -3)):
+                continue
+            parts = [_channel_reduction(n) for n in cat.args[0]]
+            if any(p is None or p[1] is not x for p in parts) or \
+                    {p[0] for p in parts} != {"mean", "max"}:  # type: ignore[index]
+                continue
+            internal = [sig, conv, cat, *cat.args[0]]
+            if any(len(n.users) != 1 for n in internal):  # a part read elsewhere: leave it
+                continue
+            gate = SpatialGate(conv=layer, max_first=parts[0][0] == "max")  # type: ignore[index]
+            holder, _, leaf = conv.target.rpartition(".")
+            if holder and leaf == "conv" and len(list(gm.get_submodule(holder).children())) == 1:
+                name = holder  # the gate takes the holder's place: the conv keeps its name
+            else:
+                name = f"{conv.target.replace('.', '_')}_spatial_gate"
+            gm.add_submodule(name, gate)
+            with graph.inserting_before(mul):
+                new = graph.call_module(name, (x,))
+            new.meta = dict(mul.meta)
+            mul.replace_all_uses_with(new)
+            graph.erase_node(mul)
+            for n in internal:
+                if not n.users:
+                    graph.erase_node(n)
+            break
 
 
 def _plain_call(graph: Any) -> None:
@@ -403,14 +481,17 @@ def blockers(module: Any) -> list[Blocker]:
 
 def _channel_safe_modules() -> tuple[type, ...]:
     """Leaf modules of a traced graph (``torch.fx.symbolic_trace``) that keep channels where
-    Torch-Pruning follows them: activations, pooling, dropout, identity, flatten, upsampling."""
+    Torch-Pruning follows them: activations, pooling, dropout, identity, flatten, upsampling,
+    and the spatial gates :func:`_spatial_gates` makes (the engine's gate pruner follows them)."""
     import torch.nn as nn
     from torch.nn.modules import activation, dropout, pooling
+
+    from edgekit.zoo.blocks import SpatialGate
 
     from_modules = [c for mod in (activation, pooling, dropout) for c in vars(mod).values()
                     if isinstance(c, type) and issubclass(c, nn.Module)
                     and c not in (nn.MultiheadAttention, nn.Softmax2d, nn.Module)]
-    return (*from_modules, nn.Identity, nn.Flatten, nn.Upsample)
+    return (*from_modules, nn.Identity, nn.Flatten, nn.Upsample, SpatialGate)
 
 
 def _why(node: Any, ns: str, name: str) -> str | None:

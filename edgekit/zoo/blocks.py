@@ -127,15 +127,21 @@ class ChannelGate(nn.Module):
 
 class SpatialGate(nn.Module):
     """Spatial attention: ``[mean; max]`` over channels → ``k x k`` conv (2 → 1) → sigmoid,
-    multiplied in. PruDensNet uses ``k = 7`` with bias, CBAM ``k = 5`` without."""
+    multiplied in. PruDensNet uses ``k = 7`` with bias, CBAM ``k = 5`` without. ``conv`` (and
+    ``max_first``: ``[max; mean]``) wrap an existing gate convolution (a ``.pt2`` program's, found
+    by ``edgekit.prune.graph``) so the pruning engine treats it as this block."""
 
-    def __init__(self, kernel_size: int = 7, *, bias: bool = True) -> None:
+    def __init__(self, kernel_size: int = 7, *, bias: bool = True, conv: nn.Conv2d | None = None,
+                 max_first: bool = False) -> None:
         super().__init__()
-        self.conv = nn.Conv2d(2, 1, kernel_size, padding=same_padding(kernel_size), bias=bias)
+        self.conv = conv if conv is not None else nn.Conv2d(
+            2, 1, kernel_size, padding=same_padding(kernel_size), bias=bias)
         self.gate = nn.Sigmoid()
+        self.max_first = max_first
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        pooled = torch.cat([x.mean(dim=1, keepdim=True), x.amax(dim=1, keepdim=True)], dim=1)
+        mean, peak = x.mean(dim=1, keepdim=True), x.amax(dim=1, keepdim=True)
+        pooled = torch.cat([peak, mean] if self.max_first else [mean, peak], dim=1)
         return x * self.gate(self.conv(pooled))
 
 
