@@ -303,6 +303,13 @@ def _channel_reduction(node: Any) -> tuple[str, Any] | None:
     return None
 
 
+def _spatial_gate_type() -> type:
+    """The zoo's spatial gate block (torch-bound: imported when a graph is edited)."""
+    from edgekit.zoo.blocks import SpatialGate
+
+    return SpatialGate
+
+
 def _spatial_gates(gm: Any) -> None:
     """Rewrite each spatial attention gate of the graph — ``x * sigmoid(conv(cat([mean_c(x),
     max_c(x)])))`` with a 2 → 1 channel convolution module — into one ``SpatialGate`` module
@@ -312,8 +319,7 @@ def _spatial_gates(gm: Any) -> None:
     gated layers cannot be pruned at all)."""
     import torch.nn as nn
 
-    from edgekit.zoo.blocks import SpatialGate
-
+    gate_type = _spatial_gate_type()
     graph = gm.graph
     for mul in list(graph.nodes):
         if mul.op != "call_function" or _op(mul.target) != ("aten", "mul") or len(mul.args) != 2:
@@ -339,7 +345,7 @@ def _spatial_gates(gm: Any) -> None:
             internal = [sig, conv, cat, *cat.args[0]]
             if any(len(n.users) != 1 for n in internal):  # a part read elsewhere: leave it
                 continue
-            gate = SpatialGate(conv=layer, max_first=parts[0][0] == "max")  # type: ignore[index]
+            gate = gate_type(conv=layer, max_first=parts[0][0] == "max")  # type: ignore[index]
             holder, _, leaf = conv.target.rpartition(".")
             if holder and leaf == "conv" and len(list(gm.get_submodule(holder).children())) == 1:
                 name = holder  # the gate takes the holder's place: the conv keeps its name
@@ -486,12 +492,10 @@ def _channel_safe_modules() -> tuple[type, ...]:
     import torch.nn as nn
     from torch.nn.modules import activation, dropout, pooling
 
-    from edgekit.zoo.blocks import SpatialGate
-
     from_modules = [c for mod in (activation, pooling, dropout) for c in vars(mod).values()
                     if isinstance(c, type) and issubclass(c, nn.Module)
                     and c not in (nn.MultiheadAttention, nn.Softmax2d, nn.Module)]
-    return (*from_modules, nn.Identity, nn.Flatten, nn.Upsample, SpatialGate)
+    return (*from_modules, nn.Identity, nn.Flatten, nn.Upsample, _spatial_gate_type())
 
 
 def _why(node: Any, ns: str, name: str) -> str | None:
