@@ -60,6 +60,49 @@ def test_time_after_a_gate_goes_to_the_layer_whose_channels_it_scales_with() -> 
     assert _owner(seen, layers, 7) == "block.gate.conv"  # no layer that wide: the latest
 
 
+def test_a_channel_reduction_scales_with_the_channels_it_reads() -> None:
+    """A spatial gate's channel mean writes 1 channel but reads all of them: its runtime node is
+    owned by the width it reads (it was charged to the previous block's 1-channel gate conv)."""
+    ov = pytest.importorskip("openvino")
+    from edgekit.prune.profile import _channels
+
+    class Value:
+        def __init__(self, text: str) -> None:
+            self.text = text
+
+        def astype(self, _: type) -> str:
+            return self.text
+
+    class Port:
+        def __init__(self, dims: list[int]) -> None:
+            self.shape = ov.PartialShape(dims)
+
+        def get_partial_shape(self):
+            return self.shape
+
+    class Node:
+        def __init__(self, kind: str) -> None:
+            self.kind = kind
+
+        def get_rt_info(self):
+            return {"layerType": Value(self.kind)}
+
+        def get_input_size(self) -> int:
+            return 1
+
+        def get_output_size(self) -> int:
+            return 1
+
+        def input(self, _: int) -> Port:
+            return Port([1, 128, 8, 8])
+
+        def output(self, _: int) -> Port:
+            return Port([1, 1, 8, 8])
+
+    assert _channels(Node("Reduce")) == 128
+    assert _channels(Node("Eltwise")) == 1  # any other node: its output's channels
+
+
 def test_a_remote_target_is_profiled_by_its_latency_model(capsys) -> None:
     """rpi4 cannot be profiled from here: its latency model's per-kernel prediction is the
     profile (every layer has a row, the total is the model's whole-network prediction), and it

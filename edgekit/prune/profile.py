@@ -178,8 +178,15 @@ def match_ir(ir: Any, layers: list[tuple[str, tuple]]) -> dict[str, str]:
 
 
 def _channels(op: Any) -> int | None:
-    """The channel count of a runtime node's output (NCHW: dim 1; a 2-D output: the last)."""
-    shape = op.output(0).get_partial_shape() if op.get_output_size() else None
+    """The channel count a runtime node's work scales with: its output's (NCHW: dim 1; a 2-D
+    output: the last), a reduction's input's (a channel mean reads every channel and writes 1:
+    its time is the gated convolution's, not that of the last 1-channel gate before it)."""
+    info = op.get_rt_info()
+    reduce = "layerType" in info and info["layerType"].astype(str) == "Reduce"
+    if reduce and op.get_input_size():
+        shape = op.input(0).get_partial_shape()
+    else:
+        shape = op.output(0).get_partial_shape() if op.get_output_size() else None
     if shape is None or shape.rank.is_dynamic or len(shape) < 2:
         return None
     dim = shape[1] if len(shape) == 4 else shape[-1]
