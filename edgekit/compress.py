@@ -344,15 +344,14 @@ def compress(source: str | Path | Source, *, data: str | Path, out: str | Path,
            n_calibration if calibration_only else None)  # only then does it move the split
     if opts.prepared is None:
         prepared = _prepare(loaded, data, rec, on_error, n_calibration, calibration_only, key)
-        plan = prepared.plan_for(n_calibration, rec.seed, on_error)
     elif opts.prepared.key != key:
         raise ConfigError(f"the prepared data was made for {opts.prepared.key} (source, data, "
                           f"seed, verification images, error policy, split); this call needs "
                           f"{key}")
     else:
         prepared = opts.prepared
-        plan = prepared.plan_for(n_calibration, rec.seed, on_error)
         status("Data: reusing the loaded verification images and the source's outputs on them")
+    plan = prepared.plan_for(n_calibration, rec.seed, on_error)
     x, y, ref, source_metrics = prepared.x, prepared.y, prepared.ref, prepared.source_metrics
     status(f"Data: {len(plan.verification)} verification images ({plan.origin})"
            + (f", {len(plan.calibration)} calibration images" if rec.needs_calibration else ""))

@@ -51,6 +51,20 @@ class LayerTime:
     depthwise: bool = False
 
 
+def _layer_times(calls: list[tuple[str, Any, list[int]]]) -> dict[str, LayerTime]:
+    """A zero-time row per conv/linear layer of ``calls`` (:func:`_leaves`), in call order."""
+    import torch.nn as nn
+
+    layers: dict[str, LayerTime] = {}
+    for name, m, _ in calls:
+        conv = isinstance(m, nn.Conv2d)
+        layers.setdefault(name, LayerTime(
+            0.0, 0.0, m.in_channels if conv else m.in_features,
+            m.out_channels if conv else m.out_features,
+            conv and m.groups > 1 and m.groups == m.in_channels))
+    return layers
+
+
 @dataclass
 class TimeProfile:
     """Per-layer time of an unpruned model on one backend (minimum per node over ``iters``
@@ -210,7 +224,6 @@ def profile_openvino(module: Any, example: Any, *, threads: int,
     """Profile ``module`` (an unpruned torch model) with OpenVINO fp32 on this machine:
     ``PERF_COUNT`` per executed node, the minimum over ``iters`` inferences, attributed to the
     torch layers as the module docstring says."""
-    import torch.nn as nn
 
     disable_telemetry()
     try:
@@ -254,14 +267,7 @@ def profile_openvino(module: Any, example: Any, *, threads: int,
                 continue
             times.setdefault(p.node_name, []).append(p.real_time.total_seconds() * 1e3)
             types[p.node_name] = p.node_type
-    layers: dict[str, LayerTime] = {}
-    for name, m, _ in calls:
-        if name not in layers:
-            conv = isinstance(m, nn.Conv2d)
-            layers[name] = LayerTime(
-                0.0, 0.0, m.in_channels if conv else m.in_features,
-                m.out_channels if conv else m.out_features,
-                conv and m.groups > 1 and m.groups == m.in_channels)
+    layers = _layer_times(calls)
     fixed, seen, untraced = 0.0, [], []
     widths = {n: t.out_channels for n, t in layers.items()}
     for node in exec_order:
@@ -289,15 +295,9 @@ def uniform_profile(module: Any, example: Any, ms: dict[str, float] | None = Non
                     default_ms: float = 1.0) -> TimeProfile:
     """A constructed profile (tests, what-if): every conv/linear layer ``default_ms`` unless
     ``ms`` names it."""
-    import torch.nn as nn
-
-    layers = {}
-    for name, m, _ in _leaves(module.eval(), example):
-        conv = isinstance(m, nn.Conv2d)
-        layers[name] = LayerTime(
-            (ms or {}).get(name, default_ms), 0.0, m.in_channels if conv else m.in_features,
-            m.out_channels if conv else m.out_features,
-            conv and m.groups > 1 and m.groups == m.in_channels)
+    layers = _layer_times(_leaves(module.eval(), example))
+    for name, t in layers.items():
+        t.ms = (ms or {}).get(name, default_ms)
     return TimeProfile("constructed", 0, 0, layers, 0.0, source="uniform")
 
 
@@ -309,9 +309,8 @@ def profile_predicted(module: Any, example: Any, target: Any, *, threads: int | 
     count nearest ``threads`` (default: the board's cores). Convolution / linear kernels are
     the layers' own time; element-wise, pooling and gate kernels are side time of the latest
     layer with as many output channels (else the latest layer), as in the measured profile;
-    ``c0`` and what precedes the first layer are fixed. ``None`` with the reason when the target has no usable model."""
-    import torch.nn as nn
-
+    ``c0`` and what precedes the first layer are fixed. ``None`` with the reason when the
+    target has no usable model."""
     tm = latency_model.target_latency_model(target)
     if tm.error:
         return None, tm.error
@@ -335,13 +334,7 @@ def profile_predicted(module: Any, example: Any, target: Any, *, threads: int | 
         return None, (f"the latency model's {len(convs)} convolution kernels do not match the "
                       f"model's {len(calls)} convolution / linear calls")
     c0, times = latency_model.kernel_times(ks, coeffs, tm.hardware)
-    layers: dict[str, LayerTime] = {}
-    for name, m, _ in calls:
-        conv = isinstance(m, nn.Conv2d)
-        layers.setdefault(name, LayerTime(
-            0.0, 0.0, m.in_channels if conv else m.in_features,
-            m.out_channels if conv else m.out_features,
-            conv and m.groups > 1 and m.groups == m.in_channels))
+    layers = _layer_times(calls)
     widths = {n: t.out_channels for n, t in layers.items()}
     fixed, seen, call = c0, [], iter(calls)
     for k, t in zip(ks, times, strict=True):
