@@ -310,57 +310,63 @@ def _spatial_gate_type() -> type:
     return SpatialGate
 
 
-def _spatial_gates(gm: Any) -> None:
-    """Rewrite each spatial attention gate of the graph — ``x * sigmoid(conv(cat([mean_c(x),
-    max_c(x)])))`` with a 2 → 1 channel convolution module — into one ``SpatialGate`` module
-    holding that convolution (in its place when the convolution's holder has nothing else), so
-    the engine's channel-preserving gate pruner applies as in the zoo's CBAM. Left as it is, the
-    tracer couples the gate's single channel with every gated channel (a width-1 group: the
-    gated layers cannot be pruned at all)."""
+def _gate_at(gm: Any, mul: Any) -> tuple[Any, Any, list[Any], bool] | None:
+    """``(x, conv node, nodes the gate replaces, max first)`` when ``mul`` is the product of a
+    spatial attention gate (see :func:`_spatial_gates`) whose parts nothing else reads."""
     import torch.nn as nn
 
-    gate_type = _spatial_gate_type()
+    if mul.op != "call_function" or _op(mul.target) != ("aten", "mul") or len(mul.args) != 2:
+        return None
+    for x, sig in (mul.args, mul.args[::-1]):
+        if getattr(sig, "op", None) != "call_function" or _op(sig.target) != ("aten", "sigmoid"):
+            continue
+        conv = sig.args[0]
+        if getattr(conv, "op", None) != "call_module":
+            continue
+        layer, cat = gm.get_submodule(conv.target), conv.args[0]
+        if not (isinstance(layer, nn.Conv2d) and layer.in_channels == 2
+                and layer.out_channels == 1 and getattr(cat, "op", None) == "call_function"
+                and _op(cat.target) == ("aten", "cat") and len(cat.args[0]) == 2
+                and (cat.args[1] if len(cat.args) > 1 else 0) in (1, -3)):
+            continue
+        parts = [_channel_reduction(n) for n in cat.args[0]]
+        if any(p is None or p[1] is not x for p in parts) or \
+                {p[0] for p in parts} != {"mean", "max"}:  # type: ignore[index]
+            continue
+        internal = [sig, conv, cat, *cat.args[0]]
+        if all(len(n.users) == 1 for n in internal):  # a part read elsewhere: left as it is
+            return x, conv, internal, parts[0][0] == "max"  # type: ignore[index]
+    return None
+
+
+def _spatial_gates(gm: Any) -> None:
+    """Rewrite each spatial attention gate of the graph — ``x * sigmoid(conv(cat([mean_c(x),
+    max_c(x)])))`` with a 2 → 1 channel convolution module, either order — into one
+    ``SpatialGate`` module holding that convolution (in its place when the convolution's holder
+    has nothing else), so the engine's channel-preserving gate pruner applies as in the zoo's
+    CBAM. Left as it is, the tracer couples the gate's single channel with every gated channel
+    (a width-1 group: the gated layers cannot be pruned at all)."""
     graph = gm.graph
     for mul in list(graph.nodes):
-        if mul.op != "call_function" or _op(mul.target) != ("aten", "mul") or len(mul.args) != 2:
+        found = _gate_at(gm, mul)
+        if found is None:
             continue
-        for x, sig in (mul.args, mul.args[::-1]):
-            if (getattr(sig, "op", None) != "call_function"
-                    or _op(sig.target) != ("aten", "sigmoid")):
-                continue
-            conv = sig.args[0]
-            if getattr(conv, "op", None) != "call_module":
-                continue
-            layer = gm.get_submodule(conv.target)
-            cat = conv.args[0]
-            if not (isinstance(layer, nn.Conv2d) and layer.in_channels == 2
-                    and layer.out_channels == 1 and getattr(cat, "op", None) == "call_function"
-                    and _op(cat.target) == ("aten", "cat") and len(cat.args[0]) == 2
-                    and (cat.args[1] if len(cat.args) > 1 else 0) in (1, -3)):
-                continue
-            parts = [_channel_reduction(n) for n in cat.args[0]]
-            if any(p is None or p[1] is not x for p in parts) or \
-                    {p[0] for p in parts} != {"mean", "max"}:  # type: ignore[index]
-                continue
-            internal = [sig, conv, cat, *cat.args[0]]
-            if any(len(n.users) != 1 for n in internal):  # a part read elsewhere: leave it
-                continue
-            gate = gate_type(conv=layer, max_first=parts[0][0] == "max")  # type: ignore[index]
-            holder, _, leaf = conv.target.rpartition(".")
-            if holder and leaf == "conv" and len(list(gm.get_submodule(holder).children())) == 1:
-                name = holder  # the gate takes the holder's place: the conv keeps its name
-            else:
-                name = f"{conv.target.replace('.', '_')}_spatial_gate"
-            gm.add_submodule(name, gate)
-            with graph.inserting_before(mul):
-                new = graph.call_module(name, (x,))
-            new.meta = dict(mul.meta)
-            mul.replace_all_uses_with(new)
-            graph.erase_node(mul)
-            for n in internal:
-                if not n.users:
-                    graph.erase_node(n)
-            break
+        x, conv, internal, max_first = found
+        gate = _spatial_gate_type()(conv=gm.get_submodule(conv.target), max_first=max_first)
+        holder, _, leaf = conv.target.rpartition(".")
+        if holder and leaf == "conv" and len(list(gm.get_submodule(holder).children())) == 1:
+            name = holder  # the gate takes the holder's place: the conv keeps its name
+        else:
+            name = f"{conv.target.replace('.', '_')}_spatial_gate"
+        gm.add_submodule(name, gate)
+        with graph.inserting_before(mul):
+            new = graph.call_module(name, (x,))
+        new.meta = dict(mul.meta)
+        mul.replace_all_uses_with(new)
+        graph.erase_node(mul)
+        for n in internal:
+            if not n.users:
+                graph.erase_node(n)
 
 
 def _plain_call(graph: Any) -> None:
