@@ -51,14 +51,14 @@ def main() -> None:
         prof, why = profile_predicted(m0, x, tgt, threads=threads)
         if prof is None:
             sys.exit(f"prune_remote: {why}")
-        backend = prof.backend.split(" ")[0]
+        backend = prof.backend
 
         def predicted(m: torch.nn.Module, x: torch.Tensor = x, backend: str = backend) -> float:
             return predict_route(tm, kernels(m, tuple(x.shape)), backend, "fp32",
                                  threads)["p50_ms"]
 
         t0 = predicted(m0)
-        row: dict[str, Any] = {"input_size": size, "profile": prof.backend,
+        row: dict[str, Any] = {"input_size": size, "profile": prof.label,
                                "predicted_ms_before": round(t0, 3)}
         macs = copy.deepcopy(m0).eval()
         prune(macs, x, PruneSettings(target_macs=args.target_macs))

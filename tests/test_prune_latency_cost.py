@@ -117,6 +117,7 @@ def test_a_remote_target_is_profiled_by_its_latency_model(capsys) -> None:
     cfg = load_recipe("prune30").pruning.model_copy(update={"cost": "latency"})
     kept, prof = latency_profile(model, x, cfg, rpi4, None)
     assert kept.cost == "latency" and prof is not None and prof.source == "predicted"
+    assert prof.backend == "litert" and prof.label.startswith("litert (xnnpack/fp32/")
     convs = {n for n, m in model.named_modules() if isinstance(m, torch.nn.Conv2d | torch.nn.Linear)}
     assert set(prof.layers) == convs and all(t.ms > 0 for t in prof.layers.values())
     whole = predict_route(target_latency_model(rpi4), kernels(model, tuple(x.shape)), "litert",
@@ -126,7 +127,8 @@ def test_a_remote_target_is_profiled_by_its_latency_model(capsys) -> None:
     # the gates' multiplies are side time of the convolutions they scale, not of the gate convs
     gate = [n for n in convs if n.endswith("spatial.conv")]
     assert gate and all(prof.layers[n].side_ms == 0 for n in gate)
-    assert "predicted, not measured" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "predicted, not measured" in err and "on litert (xnnpack/fp32/" in err
 
     blind = rpi4.model_copy(update={"predict": None})
     macs, none = latency_profile(model, x, cfg, blind, None)

@@ -78,6 +78,12 @@ class TimeProfile:
     source: str = "measured"  # measured on the target; predicted (its latency model); uniform
     nodes: int = 0
     untraced_conv_nodes: list[str] = field(default_factory=list)
+    detail: str = ""  # how the time was had, beyond the runtime (a latency model's route)
+
+    @property
+    def label(self) -> str:
+        """The runtime, with ``detail`` in brackets when there is one (status lines, reports)."""
+        return f"{self.backend} ({self.detail})" if self.detail else self.backend
 
     @property
     def total_ms(self) -> float:
@@ -348,8 +354,8 @@ def profile_predicted(module: Any, example: Any, target: Any, *, threads: int | 
             layers[_owner(seen, widths, k.channels)].side_ms += t
     for lt in layers.values():
         lt.ms, lt.side_ms = round(lt.ms, 5), round(lt.side_ms, 5)
-    return TimeProfile(f"{backend} ({route.group}/{n} latency model)", n, 0, layers,
-                       round(fixed, 5), source="predicted", nodes=len(ks)), ""
+    return TimeProfile(backend, n, 0, layers, round(fixed, 5), source="predicted",
+                       nodes=len(ks), detail=f"{route.group}/{n} latency model"), ""
 
 
 def profile_for_target(module: Any, example: Any, target: Any, *, threads: int | None = None,

@@ -132,7 +132,7 @@ def latency_profile(module: Any, example: Any, cfg: Any, target: Any, threads: i
         if cfg.target_time is not None:
             changes.update(target_macs=cfg.target_time, target_time=None)
         return cfg.model_copy(update=changes), None
-    status(f"Time profile of the unpruned model: {prof.total_ms:.2f} ms on {prof.backend} fp32"
+    status(f"Time profile of the unpruned model: {prof.total_ms:.2f} ms on {prof.label} fp32"
            + (" (predicted, not measured)" if prof.source == "predicted" else "") + ", "
            f"{prof.threads} threads ("
            + ", ".join(f"{n} {ms:.2f}" for n, ms in list(prof.group_ms().items())[:3])
