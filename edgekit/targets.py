@@ -19,6 +19,7 @@ from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
+    ValidationError,
     ValidationInfo,
     field_validator,
 )
@@ -26,6 +27,7 @@ from pydantic import (
 from edgekit import config
 from edgekit.backends import backend_names
 from edgekit.bench.hostinfo import FEATURES_BY_ARCH, cpu_info, normalize_arch
+from edgekit.errors import ConfigError
 
 _STRICT = ConfigDict(extra="forbid", frozen=True)
 _ACCESS_KINDS = ("local", "ssh", "emulated")
@@ -291,6 +293,18 @@ class Target(BaseModel):
     def _options(cls, value: dict[str, dict]) -> dict[str, dict]:
         _check_backends(list(value))
         return value
+
+    def with_runtime_options(self, extra: dict[str, dict[str, Any]]) -> Target:
+        """This target with ``extra`` merged into its runtime options (per backend, a key in
+        ``extra`` replaces the target's), validated as a target file would be."""
+        merged = {b: dict(o) for b, o in self.runtime_options.items()}
+        for backend, opts in extra.items():
+            merged.setdefault(backend, {}).update(opts)
+        try:
+            return type(self).model_validate({**self.model_dump(), "runtime_options": merged})
+        except ValidationError as exc:
+            raise ConfigError(f"runtime options {extra}: "
+                              + "; ".join(e["msg"] for e in exc.errors())) from None
 
     @field_validator("preferred")
     @classmethod

@@ -293,6 +293,23 @@ def test_bench_cli(bundle: Path, tmp_path: Path) -> None:
     assert "--pin" in _cli("bench", bundle, "--pin", "a,b", code=2).stderr
     _cli("bench", code=2)
     assert "Error:" in _cli("bench", bundle, "--target", "nope", code=2).stderr
+    # --runtime-option: merged into the target the run records, and handed to the runtime
+    # (LiteRT refuses an option it does not know: its rows fail, the others are measured)
+    out = tmp_path / "opts"
+    _cli("bench", bundle, "--threads", "1", "--quick", "--no-source", "--out", out,
+         "--runtime-option", "onnxruntime:session.intra_op.allow_spinning=0",
+         "--runtime-option", "litert:FOO=1")
+    (results,) = out.glob("*/results.json")
+    recorded = json.loads(results.read_text())
+    options = recorded["target"]["runtime_options"]
+    assert options["onnxruntime"] == {"session.intra_op.allow_spinning": "0"}
+    assert options["openvino"]["PERFORMANCE_HINT"] == "LATENCY"  # the target's own are kept
+    rows = {r["artifact"]: r for r in recorded["rows"]}
+    assert "FOO" in rows["model-int8/litert-int8"]["error"]
+    assert rows["model-int8/onnxruntime-int8"]["error"] is None
+    for bad in ("onnxruntime-spin=0", "tensorrt:X=1", "openvino:=1"):
+        assert "--runtime-option" in _cli("bench", bundle, "--runtime-option", bad,
+                                          code=2).stderr
     assert "Error:" in _cli("bench", tmp_path / "missing", code=1).stderr
 
 

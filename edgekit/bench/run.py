@@ -91,6 +91,9 @@ class BenchOptions:
     emulate_images: int = 16  # images for the emulated parity check
     cluster: str | None = None  # classify the evaluation images on Ray: auto | ray://H:P | H:P
     shard_size: int | None = None  # images per Ray task (else about 4 shards per cluster CPU)
+    # per backend, runtime settings merged into the target's (``--runtime-option``), e.g.
+    # {"onnxruntime": {"session.intra_op.allow_spinning": "0"}}
+    runtime_options: dict[str, dict[str, Any]] | None = None
 
 
 @dataclass
@@ -372,6 +375,8 @@ def bench(bundles: list[str | Path], options: BenchOptions | None = None, *,
     to the CPUs this process may use)."""
     opts = dataclasses.replace(options or BenchOptions(), **settings)
     tgt = load_target(opts.target)
+    if opts.runtime_options:
+        tgt = tgt.with_runtime_options(opts.runtime_options)
     if opts.threads and any(t < 1 for t in opts.threads):
         raise ConfigError(f"--threads must be >= 1, got {opts.threads}")
     if opts.cluster and opts.data is None and not opts.held_out:

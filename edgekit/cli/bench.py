@@ -8,11 +8,31 @@ from pathlib import Path
 import click
 
 from edgekit import ui
+from edgekit.backends import backend_names
 from edgekit.bench.fleet import bench_fleet, is_fleet_file
 from edgekit.bench.run import BenchOptions, bench
 from edgekit.cli.display import print_summary, report_of
 from edgekit.errors import EdgekitError
 from edgekit.ui import status
+
+
+def parse_runtime_options(values: tuple[str, ...]) -> dict[str, dict[str, str]] | None:
+    """``BACKEND:KEY=VALUE`` strings as ``{backend: {key: value}}`` (None when there are none);
+    a malformed one or an unknown backend is a usage error."""
+    out: dict[str, dict[str, str]] = {}
+    for value in values:
+        backend, sep, setting = value.partition(":")
+        key, eq, val = setting.partition("=")
+        if not (sep and eq and backend.strip() and key.strip()):
+            raise click.BadParameter(f"{value!r} is not BACKEND:KEY=VALUE (e.g. "
+                                     "onnxruntime:session.intra_op.allow_spinning=0)",
+                                     param_hint="--runtime-option")
+        if backend.strip() not in backend_names():
+            raise click.BadParameter(f"unknown backend {backend.strip()!r} in {value!r}; "
+                                     f"use one of {', '.join(backend_names())}",
+                                     param_hint="--runtime-option")
+        out.setdefault(backend.strip(), {})[key.strip()] = val.strip()
+    return out or None
 
 
 @click.command("bench")
@@ -67,6 +87,12 @@ from edgekit.ui import status
 @click.option("--shard-size", type=click.IntRange(1, 10_000_000), default=None,
               help="Images per Ray task with --cluster [default: about 4 shards per CPU, "
                    "8 to 2048 images each].")
+@click.option("--runtime-option", "runtime_option", multiple=True,
+              metavar="BACKEND:KEY=VALUE",
+              help="A runtime setting added to the target's (repeatable), passed when each "
+                   "artifact of that backend is opened, e.g. "
+                   "onnxruntime:session.intra_op.allow_spinning=0 or "
+                   "openvino:PERFORMANCE_HINT=THROUGHPUT. Recorded with the run's target.")
 @click.option("--json", "as_json", is_flag=True,
               help="Print report.json (results + recommendation) on stdout.")
 def command(bundles: tuple[Path, ...], target: str, data: Path | None,
@@ -74,7 +100,7 @@ def command(bundles: tuple[Path, ...], target: str, data: Path | None,
             max_images: int | None, seed: int, on_error: str, pin: str | None,
             held_out: bool, host: str | None, emulate: bool, emulate_images: int,
             no_predict: bool, cluster: str | None, shard_size: int | None,
-            as_json: bool) -> None:
+            runtime_option: tuple[str, ...], as_json: bool) -> None:
     """Measure latency (and, with --data, accuracy) of every artifact in BUNDLES on a target,
     then write a report and recommend the artifact to ship.
 
@@ -108,7 +134,8 @@ def command(bundles: tuple[Path, ...], target: str, data: Path | None,
                            quick=quick, out=out, source=not no_source, max_images=max_images,
                            seed=seed, on_error=on_error, pin=cpus, held_out=held_out,
                            host=host, emulate=emulate, emulate_images=emulate_images,
-                           predict=not no_predict, cluster=cluster, shard_size=shard_size)
+                           predict=not no_predict, cluster=cluster, shard_size=shard_size,
+                           runtime_options=parse_runtime_options(runtime_option))
     if is_fleet_file(target):
         fleet = bench_fleet(list(bundles), target, options)
         if as_json:
