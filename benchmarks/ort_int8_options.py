@@ -150,6 +150,23 @@ def build(model: str, size: int, args: argparse.Namespace, work: Path
                                        stem="edgekit-int8", calibration=calib,
                                        options=QuantOptions()))
     paths["edgekit"] = art.path
+    if args.depthwise_float:  # the same export with every depthwise convolution left in float
+        import dataclasses
+
+        import onnx
+
+        pre_dw = work / "dw.pre.onnx"
+        _pre_process(fp32.path, pre_dw, [])
+        g = onnx.load(str(pre_dw)).graph
+        dims = {i.name: list(i.dims) for i in g.initializer}
+        dw = tuple(n.name for n in g.node if n.op_type == "Conv" and next(
+            (a.i for a in n.attribute if a.name == "group"), 1) > 1 and
+            (dims.get(n.input[1]) or [0, 0])[1] == 1)
+        say(f"{model}: edgekit int8 export with {len(dw)} depthwise convolutions in float")
+        variant = dataclasses.replace(BACKEND, exclude_nodes=dw)
+        paths["edgekit-dwfloat"] = variant.export(ExportRequest(
+            model=loaded, precision="int8", out_dir=work, stem="edgekit-int8-dwfloat",
+            calibration=calib, options=QuantOptions())).path
     ov_path = None
     if args.openvino:  # the reference: edgekit's OpenVINO INT8 (NNCF), same calibration images
         say(f"{model}: edgekit OpenVINO int8 export")
@@ -203,6 +220,8 @@ def measure(model: str, size: int, args: argparse.Namespace, work: Path) -> dict
     meta: dict[str, dict[str, Any]] = {}
     for art, path in paths.items():
         tried = SESSIONS if art in ("fp32", "edgekit", *args.variants[:2]) else {"all": {}}
+        if args.sessions_all_only:
+            tried = {"all": {}}
         for sname, settings in tried.items():
             key = f"{art}@{sname}"
             sessions[key] = session(path, args.threads, settings)
@@ -286,11 +305,15 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("--seconds", type=float, default=1.0, help="timed seconds per row per round")
-    ap.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
+    ap.add_argument("--variants", nargs="*", default=list(VARIANTS), choices=list(VARIANTS))
     ap.add_argument("--calibration-images", type=int, default=32)
     ap.add_argument("--verification-images", type=int, default=32)
     ap.add_argument("--openvino", action="store_true",
                     help="also time edgekit's OpenVINO INT8 (the 1.5x goal's reference)")
+    ap.add_argument("--depthwise-float", action="store_true",
+                    help="also edgekit's INT8 export with every depthwise convolution in float")
+    ap.add_argument("--sessions-all-only", action="store_true",
+                    help="time every artifact with ORT_ENABLE_ALL (the default) only")
     ap.add_argument("--quick", action="store_true")
     ap.add_argument("--name", default=None, help="results file stem")
     ap.add_argument("--workdir", type=Path, default=None)
