@@ -304,6 +304,8 @@ def test_bench_cli(bundle: Path, tmp_path: Path) -> None:
     options = recorded["target"]["runtime_options"]
     assert options["onnxruntime"] == {"session.intra_op.allow_spinning": "0"}
     assert options["openvino"]["PERFORMANCE_HINT"] == "LATENCY"  # the target's own are kept
+    report = (results.parent / "report.md").read_text()
+    assert "onnxruntime: session.intra_op.allow_spinning=0" in report  # the reader sees it
     rows = {r["artifact"]: r for r in recorded["rows"]}
     assert "FOO" in rows["model-int8/litert-int8"]["error"]
     assert rows["model-int8/onnxruntime-int8"]["error"] is None

@@ -257,6 +257,7 @@ class TargetInfo(Record):
     access: Json | None = None
     cpu: TargetCpu | None = None
     preferred: dict[str, list[str]] | None = None
+    runtime_options: dict[str, Json] | None = None
     isa_notes: list[str] | None = None
 
 

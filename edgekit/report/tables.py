@@ -336,6 +336,10 @@ def environment_lines(results: Results) -> list[tuple[str, str]]:
     freq = cpu.freq_mhz or {}
     lines = [("target", f"{t.name}: {t.description or ''} "
                         f"(access: {(t.access or {}).get('kind', 'n/a')})".strip())]
+    if t.runtime_options:  # what each runtime was opened with (target + --runtime-option)
+        lines.append(("runtime options", "; ".join(
+            f"{b}: " + ", ".join(f"{k}={v}" for k, v in (o or {}).items())
+            for b, o in t.runtime_options.items())))
     tcpu = t.cpu
     if tcpu is not None and (tcpu.model or tcpu.features):
         lines.append(("target CPU", f"{tcpu.model or 'unknown'} ({t.arch or '?'}; "
