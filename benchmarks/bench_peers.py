@@ -267,6 +267,9 @@ def main() -> None:
     ap.add_argument("--verification-images", type=int, default=50)
     ap.add_argument("--workdir", type=Path, default=None, help="default: a temporary folder")
     ap.add_argument("--keep", action="store_true", help="keep the temporary work folder")
+    ap.add_argument("--name", default=None, help="results file stem (default: bench_peers, "
+                    "bench_peers_quick with --quick); name a run of fewer models so it does not "
+                    "replace the three-model table")
     args = ap.parse_args()
     proto = Protocol.quick_protocol() if args.quick else Protocol()
     options = dict(load_target("x86-local").runtime_options)
@@ -296,7 +299,7 @@ def main() -> None:
     noisy = [f"{m}/{ROWS[k]} ({r['spread']:.3f})" for m, v in res["models"].items()
              for k, r in v["rows"].items() if "spread" in r and r["spread"] > SPREAD_LIMIT]
     res.update(seconds=round(time.perf_counter() - t0, 1), valid=not noisy, noisy_rows=noisy)
-    name = "bench_peers_quick" if args.quick else "bench_peers"
+    name = args.name or ("bench_peers_quick" if args.quick else "bench_peers")
     if noisy and not args.quick:
         write_results(name, res, f"# bench_peers: INVALID run (noisy machine)\n\nTrial p50 "
                       f"spread above {SPREAD_LIMIT}× in: {', '.join(noisy)}. No table is "
