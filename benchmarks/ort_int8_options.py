@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 import io
 import math
 import os
@@ -34,6 +35,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import onnx
 import onnxruntime as ort
 import torch
 from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
@@ -151,10 +153,6 @@ def build(model: str, size: int, args: argparse.Namespace, work: Path
                                        options=QuantOptions()))
     paths["edgekit"] = art.path
     if args.depthwise_float:  # the same export with every depthwise convolution left in float
-        import dataclasses
-
-        import onnx
-
         pre_dw = work / "dw.pre.onnx"
         _pre_process(fp32.path, pre_dw, [])
         g = onnx.load(str(pre_dw)).graph

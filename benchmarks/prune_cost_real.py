@@ -38,6 +38,7 @@ from _common import environment, real_data_dir, release_work_folder, work_folder
 from edgekit.bench.protocol import SPREAD_LIMIT, Protocol
 from edgekit.compress import compress
 from edgekit.errors import UnreachableTarget
+from edgekit.prune import pruning_recipe
 from edgekit.sources import load_model
 from edgekit.verify import paired_drop_ci
 
@@ -91,8 +92,6 @@ def run_checkpoint(ckpt: Path, data: Path, work: Path, args: argparse.Namespace
         t0 = time.perf_counter()
         rec = settings["recipe"]
         if key != "fp32" and args.epochs is not None:
-            from edgekit.prune import pruning_recipe
-
             rec = pruning_recipe(rec, **{"pruning.recovery.epochs": args.epochs})
         extra = {k: v for k, v in settings.items() if k != "recipe"}
         unreachable = []
@@ -179,7 +178,8 @@ def markdown(res: dict[str, Any]) -> str:
             f"{v['macs']['macs_fraction']:.1%} / {v['latency']['macs_fraction']:.1%} | "
             f"{a['fp32']['top1']:.2%} | {fmt_pair(a['macs_vs_fp32']['top1'])} | "
             f"{fmt_pair(a['latency_vs_fp32']['top1'])} | "
-            f"{fmt_pair(a['latency_vs_macs']['top1'])} | {worst(a, 'macs')} | {worst(a, 'latency')} | "
+            f"{fmt_pair(a['latency_vs_macs']['top1'])} | {worst(a, 'macs')} | "
+            f"{worst(a, 'latency')} | "
             f"{t['fp32']['p50_ms']:.3f} / {t['macs']['p50_ms']:.3f} / "
             f"{t['latency']['p50_ms']:.3f} | {t['macs']['faster_by']:.1%} / "
             f"{t['latency']['faster_by']:.1%} | {spread:.3f} |")

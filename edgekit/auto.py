@@ -4,9 +4,9 @@ Candidates are made cheapest first (unpruned fp32, unpruned INT8 with the rescue
 pruning level: prune + recover ONCE, exported in fp32 and INT8 from that same pruned model),
 every artifact gated against the UNPRUNED source on the same held-out images (the source is
 loaded, the folder split, those images decoded and the source run on them once, for all). All
-candidate artifacts are then timed in ONE ``edgekit bench`` run on the target (interleaved, one protocol;
-predicted when the target can only be predicted). The result is the Pareto front (latency vs
-top-1 change, gate-passing only) and a recommendation with its evidence, written as
+candidate artifacts are then timed in ONE ``edgekit bench`` run on the target (interleaved,
+one protocol; predicted when the target can only be predicted). The result is the Pareto front
+(latency vs top-1 change, gate-passing only) and a recommendation with its evidence, written as
 ``auto.json`` + ``auto.md`` next to one normal bundle per pruning level × precision.
 
 Library first: :func:`search`; ``edgekit compress … --recipe auto`` is a few lines over it.
