@@ -119,11 +119,14 @@ class CompressOptions:
 @dataclass(frozen=True)
 class PrunedModel:
     """A pruned and recovered model with its pruning record (plan, MACs, verification) and, when
-    known, its outputs on the verification images it was gated on (``reference``)."""
+    known, its outputs on the verification images it was gated on (``reference``) and the key of
+    those images (``reference_key``: ``PreparedData.key``); a later call reuses the outputs only
+    for the same key, never on other images that merely have the same count."""
 
     model: Source
     record: dict[str, Any]
     reference: np.ndarray | None = field(default=None, compare=False, repr=False)
+    reference_key: tuple[Any, ...] | None = field(default=None, compare=False)
 
 
 @dataclass(frozen=True)
@@ -360,7 +363,7 @@ def compress(source: str | Path | Source, *, data: str | Path, out: str | Path,
     if opts.pruned is not None:
         model, pruning = opts.pruned.model, dict(opts.pruned.record)
         known = opts.pruned.reference
-        parity_ref = (known if opts.prepared is not None and known is not None
+        parity_ref = (known if known is not None and opts.pruned.reference_key == prepared.key
                       and len(known) == len(x) else reference_outputs(model, x))
         status(f"Reusing the pruned model (MACs {pruning['macs_fraction']:.1%} of the "
                "original): not pruned or recovered again")
@@ -389,7 +392,8 @@ def compress(source: str | Path | Source, *, data: str | Path, out: str | Path,
         r.artifact.files = [writer.out / p.relative_to(writer.tmp) for p in r.artifact.files]
     result = CompressResult(Path(out), rec, source_metrics, results, manifest,
                             time.perf_counter() - start, plan.describe(),
-                            None if pruning is None else PrunedModel(model, pruning, parity_ref),
+                            None if pruning is None else PrunedModel(model, pruning, parity_ref,
+                                                                     prepared.key),
                             prepared)
     failing = [a.name for a in results if a.verification.decision == "fail"]
     unsure = [a.name for a in results if a.verification.decision == "inconclusive"]

@@ -44,6 +44,36 @@ def test_pruned_bundle_records_the_pruning(pruned_bundle) -> None:
     assert "Structured pruning kept" in (pruned_bundle.bundle / "README.md").read_text()
 
 
+def test_a_pruned_model_reuses_its_reference_only_on_the_same_images(
+        pruned_bundle, trained: Path, mri_phantoms: Path, tmp_path: Path) -> None:
+    """``PrunedModel.reference`` (the pruned model's outputs on the verification images) is
+    reused by a later call only for the same prepared data (its ``reference_key``): planted
+    zeros are reused, and fail the fp32 parity check, under the same key; under another key
+    (other images of the same count) the outputs are computed again and the artifact passes."""
+    import dataclasses
+
+    from edgekit.compress import compress
+    from edgekit.prune import pruning_recipe
+
+    pruned = pruned_bundle.pruned
+    assert pruned.reference_key == pruned_bundle.prepared.key
+    planted = np.zeros_like(pruned.reference)
+    common = {"data": mri_phantoms, "recipe": pruning_recipe("prune30"),
+              "backends": ["onnxruntime"], "verification_images": 40,
+              "allow_accuracy_drop": True}  # pruned is given: nothing is pruned again
+
+    def parity(key: tuple, out: str) -> str:
+        reuse = dataclasses.replace(pruned, reference=planted, reference_key=key)
+        result = compress(trained, out=tmp_path / out, pruned=reuse,
+                          prepared=pruned_bundle.prepared, **common)
+        check = next(c for c in result.artifacts[0].verification.checks
+                     if c.check.startswith("max |logit diff|"))
+        return check.decision
+
+    assert parity(pruned.reference_key, "same") == "fail"  # the planted outputs were used
+    assert parity(("other images",), "other") == "pass"
+
+
 def test_pruned_checkpoint_reloads_and_matches_the_fp32_artifacts(pruned_bundle,
                                                                    mri_phantoms: Path) -> None:
     from edgekit.backends import require_backend
