@@ -68,6 +68,35 @@ def p50s(models: dict, x1: np.ndarray, rounds: int = 5, runs: int = 40) -> dict[
     return {k: statistics.median(v) for k, v in out.items()}
 
 
+def f32_config(threads: int) -> dict:
+    """f32 as edgekit's OpenVINO artifacts: on CPUs with AMX OpenVINO's default is bf16 (the
+    plain fp32 IR then differs from the ONNX model by up to 0.13 in this model's outputs)."""
+    return {"INFERENCE_NUM_THREADS": threads, "INFERENCE_PRECISION_HINT": "f32"}
+
+
+def accuracy_control(fp32_model, x_cal: np.ndarray, x_val: np.ndarray, y_val: np.ndarray,
+                     max_drop: float):
+    """NNCF ``quantize_with_accuracy_control`` as a user calls it: the calibration images, the
+    labelled validation images with a top-1 ``validation_fn``, an absolute ``max_drop``.
+    Returns the quantized OpenVINO model and the seconds it took."""
+    import nncf
+
+    def validate(compiled, data) -> float:
+        xs, ys = zip(*data, strict=True)
+        logits = run(compiled, np.stack(xs), batch=32)
+        return float(np.mean(logits.argmax(1) == np.array(ys)))
+
+    t0 = time.perf_counter()
+    quantized = nncf.quantize_with_accuracy_control(
+        fp32_model,
+        calibration_dataset=nncf.Dataset(list(x_cal), lambda a: a[None]),
+        validation_dataset=nncf.Dataset(list(zip(x_val, y_val, strict=True)),
+                                        lambda item: item),
+        validation_fn=validate, max_drop=max_drop, drop_type=nncf.DropType.ABSOLUTE,
+        subset_size=len(x_cal))
+    return quantized, time.perf_counter() - t0
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     ap.add_argument("model", type=Path, help="ONNX classifier")
@@ -98,28 +127,10 @@ def main() -> None:
     k = len(held.classes)
 
     core = ov.Core()
-    # f32 as edgekit's OpenVINO artifacts: on CPUs with AMX OpenVINO's default is bf16 (the
-    # plain fp32 IR then differs from the ONNX model by up to 0.13 in this model's outputs)
-    cfg = {"INFERENCE_NUM_THREADS": args.threads, "INFERENCE_PRECISION_HINT": "f32"}
+    cfg = f32_config(args.threads)
     fp32_model = ov.convert_model(str(args.model))
     fp32 = core.compile_model(fp32_model, "CPU", cfg)
-
-    def validate(compiled, items) -> float:
-        xs, ys = zip(*items, strict=True)
-        logits = run(compiled, np.stack(xs), batch=32)
-        return float(np.mean(logits.argmax(1) == np.array(ys)))
-
-    t0 = time.perf_counter()
-    quantized = nncf.quantize_with_accuracy_control(
-        fp32_model,
-        calibration_dataset=nncf.Dataset(list(x_cal), lambda a: a[None]),
-        validation_dataset=nncf.Dataset(list(zip(x_val, y_val, strict=True)),
-                                        lambda item: item),
-        validation_fn=lambda compiled, data: validate(
-            compiled, [(a, b) for a, b in data]),
-        max_drop=args.max_drop, drop_type=nncf.DropType.ABSOLUTE,
-        subset_size=len(x_cal))
-    seconds = time.perf_counter() - t0
+    quantized, seconds = accuracy_control(fp32_model, x_cal, x_val, y_val, args.max_drop)
     say(f"quantize_with_accuracy_control: {seconds:.0f} s")
     int8 = core.compile_model(quantized, "CPU", cfg)
 
