@@ -74,6 +74,19 @@ def _calibration(n: int = 6) -> list[np.ndarray]:
     return [rng.random((1, 3, SIZE, SIZE), dtype=np.float32) for _ in range(n)]
 
 
+def _op_names(path: Path) -> list[str]:
+    """The builtin op names of a .tflite's main subgraph, read from the flatbuffer."""
+    from ai_edge_litert import schema_py_generated as fb
+    from ai_edge_litert.tools import flatbuffer_utils
+
+    names = {v: k for k, v in vars(fb.BuiltinOperator).items() if not k.startswith("_")}
+    model = flatbuffer_utils.read_model_from_bytearray(bytearray(path.read_bytes()))
+    codes = model.operatorCodes
+    return [names.get(max(codes[op.opcodeIndex].builtinCode,
+                          codes[op.opcodeIndex].deprecatedBuiltinCode), "?")
+            for op in model.subgraphs[0].operators]
+
+
 def _depthwise_kernels(path: Path) -> list[tuple[int, int]]:
     """(kh, kw) of every DEPTHWISE_CONV_2D in a .tflite, read from the flatbuffer."""
     from ai_edge_litert import schema_py_generated as fb
@@ -122,13 +135,19 @@ def test_litert_finds_a_wide_depthwise_kernel(tmp_path: Path) -> None:
 
 
 def test_litert_export_splits_wide_depthwise_into_xnnpack_bands(wide) -> None:
-    """edgekit's export has no depthwise kernel over 25 taps (7×7 → 3×7, 3×7, 1×7), computes
-    the same function in fp32, and says so in the notes. Fails without ``xnnpack_fit``."""
+    """edgekit's export has no depthwise kernel over 25 taps, computes the same function in
+    fp32, and says so in the notes. fp32: rows 2-4 as a 3×7, rows 1+5 and 0+6 as dilated 2×7s
+    (no PAD or SLICE); INT8: bands of rows 0-2, 3-5, 6. Fails without ``xnnpack_fit``."""
     source, artifacts = wide
     for precision, artifact in artifacts.items():
         kernels = _depthwise_kernels(artifact.path)
         assert kernels and all(kh * kw <= 25 for kh, kw in kernels), (precision, kernels)
-        assert sorted(kernels) == [(1, 7), (3, 7), (3, 7)]
+        ops = _op_names(artifact.path)
+        if precision == "int8":
+            assert sorted(kernels) == [(1, 7), (3, 7), (3, 7)]
+        else:
+            assert sorted(kernels) == [(2, 7), (2, 7), (3, 7)]
+            assert "PAD" not in ops and "SLICE" not in ops, ops
         assert any("row bands" in n for n in artifact.notes)
         assert not any(o.op == "DEPTHWISE_CONV_2D"
                        for o in get_backend("litert").fast_path(artifact.path, precision).ops)
@@ -176,11 +195,12 @@ def test_xnnpack_fit_is_exact_for_strides_dilations_and_odd_kernels() -> None:
         conv = torch.nn.Conv2d(4, 8, kernel, stride=stride, padding=padding, dilation=dilation,
                                groups=4, bias=True).eval()
         net = torch.nn.Sequential(conv)
-        fitted, wide = xnnpack_fit(net, torch)
-        assert wide == ["0"] and fitted is not net and net[0] is conv  # the source is untouched
-        x = torch.randn(1, 4, 29, 31)
-        with torch.no_grad():
-            torch.testing.assert_close(fitted(x), net(x), atol=1e-5, rtol=1e-5)
+        for symmetric in (False, True):  # bands (INT8) and centred row sets (float)
+            fitted, wide = xnnpack_fit(net, torch, symmetric=symmetric)
+            assert wide == ["0"] and fitted is not net and net[0] is conv  # source untouched
+            x = torch.randn(1, 4, 29, 31)
+            with torch.no_grad():
+                torch.testing.assert_close(fitted(x), net(x), atol=1e-5, rtol=1e-5)
     small = torch.nn.Sequential(torch.nn.Conv2d(4, 4, 5, padding=2, groups=4))
     assert xnnpack_fit(small, torch) == (small, [])
 

@@ -221,7 +221,8 @@ class LiteRTBackend(QuietHooks):
         with _quiet():
             litert_torch, torch = _import_converter()
             source_module = _torch_module(loaded)
-            module, wide = xnnpack_fit(source_module, torch)
+            module, wide = xnnpack_fit(source_module, torch,
+                                       symmetric=request.precision != "int8")
             out_dir.mkdir(parents=True, exist_ok=True)
             path = out_dir / f"{request.stem}{self.suffix}"
             shape = tuple(loaded.spec.input_shape(1))
@@ -361,8 +362,15 @@ def _method_refusal(method: str, keras: bool) -> str:
 # built-in kernel. Measured here (x86, 2 threads, 64×64×128): fp32 3×3 0.8 ms, 5×5 1.1 ms,
 # 1×7 0.8 ms, 7×7 18 ms, 9×9 28 ms; PruDensNet's six 7×7 depthwise layers made its INT8 TFLite
 # 3.6× slower under XNNPACK than without it (issue 18). So edgekit hands litert-torch each
-# larger depthwise convolution as bands of rows of at most 25 taps each (a 7×7 kernel: rows
-# 0-2, 3-5, 6) summed: the same function (exact in fp32), every piece on a fast kernel.
+# larger depthwise convolution as a sum of pieces of at most 25 taps each: the same function
+# (exact in fp32), every piece on a fast kernel. A same-padded odd kernel is split into row sets
+# symmetric about its centre (7×7: rows 2-4, rows 1 and 5 dilated 4, rows 0 and 6 dilated 6),
+# each a same-padded conv of its own; other kernels into bands of consecutive rows (7×7: rows
+# 0-2, 3-5, 6) read from the input padded once, which adds a PAD and a SLICE per band. The float
+# exports (fp32, fp16) use the sets: PruDensNet 256's fp32 TFLite took 0.84-0.88× the time of
+# the bands (median of 10-24 interleaved rounds, three runs, benchmarks/litert_wide_depthwise.py).
+# INT8 keeps the bands: the sets took 0.995-1.085× their time there (their 2-row pieces run in
+# the 25-tap kernel; nothing to gain once the PADs and SLICEs are int8).
 XNNPACK_DEPTHWISE_TAPS = 25
 
 
@@ -388,36 +396,64 @@ def _numeric_padding(conv: Any) -> tuple[int, int] | None:
     return None if any(s % 2 for s in spans) else (spans[0] // 2, spans[1] // 2)
 
 
-def _row_bands(conv: Any, torch: Any) -> Any:
+def _row_sets(conv: Any) -> list[tuple[int, ...]] | None:
+    """The kernel rows of ``conv`` as sets symmetric about the centre row, each evenly spaced
+    and within XNNPACK's taps: the centre band (the most rows that fit), then the pairs
+    ``c − j, c + j``. Each set is then a same-padded convolution of its own (the spacing as
+    dilation): no pad and no row slices in the graph. None when the kernel has an even number
+    of rows, a pair would not fit, or the padding is not the symmetric "same" one."""
+    kh, kw = conv.kernel_size
+    padding = _numeric_padding(conv)
+    if (kh % 2 == 0 or 2 * kw > XNNPACK_DEPTHWISE_TAPS or padding is None
+            or padding[0] != (kh - 1) // 2 * conv.dilation[0]):
+        return None
+    c, half = kh // 2, (XNNPACK_DEPTHWISE_TAPS // kw - 1) // 2
+    return [tuple(range(c - half, c + half + 1))] + [(c - j, c + j)
+                                                     for j in range(half + 1, c + 1)]
+
+
+def _row_bands(conv: Any, torch: Any, symmetric: bool = True) -> Any:
     """A module computing ``conv`` (a wide depthwise convolution) as a sum of depthwise
-    convolutions over bands of at most ``XNNPACK_DEPTHWISE_TAPS`` taps each: the input padded
-    once, each band reading the rows its kernel rows see. Its forward keeps the conv's module
-    path, so layer names (``keep_float``, ``layer_sensitivity``) do not change."""
+    convolutions of at most ``XNNPACK_DEPTHWISE_TAPS`` taps each: with ``symmetric``, over the
+    row sets of ``_row_sets`` where it applies (a 7×7 kernel: rows 2-4, 1 and 5, 0 and 6); else over
+    bands of consecutive rows (the input padded once, each band reading the rows its kernel rows
+    see). Its forward keeps the conv's module path, so layer names (``keep_float``,
+    ``layer_sensitivity``) do not change."""
     functional = torch.nn.functional
+    sets = _row_sets(conv) if symmetric else None
 
     class RowBandDepthwise(torch.nn.Module):
         def __init__(self) -> None:
             super().__init__()
             kh, kw = conv.kernel_size
             step = max(1, XNNPACK_DEPTHWISE_TAPS // kw)
-            self.starts = list(range(0, kh, step))
+            self.sets = sets or [tuple(range(r, min(kh, r + step))) for r in range(0, kh, step)]
             weight = conv.weight.detach()
             self.bands = torch.nn.ParameterList(
-                torch.nn.Parameter(weight[:, :, r:r + step].clone(), requires_grad=False)
-                for r in self.starts)
+                torch.nn.Parameter(weight[:, :, list(rows)].clone(), requires_grad=False)
+                for rows in self.sets)
             self.bias = (None if conv.bias is None
                          else torch.nn.Parameter(conv.bias.detach().clone(), requires_grad=False))
             self.stride, self.dilation, self.groups = conv.stride, conv.dilation, conv.groups
             self.padding, self.kernel_size = _numeric_padding(conv), conv.kernel_size
+            self.symmetric = sets is not None
 
         def forward(self, x: Any) -> Any:
             (ph, pw), (sh, sw), (dh, dw) = self.padding, self.stride, self.dilation
-            x = functional.pad(x, (pw, pw, ph, ph)) if ph or pw else x
-            rows = (x.shape[2] - dh * (self.kernel_size[0] - 1) - 1) // sh + 1
             out = None
-            for i, (r, w) in enumerate(zip(self.starts, self.bands, strict=True)):
-                top = r * dh
-                part = x[:, :, top:top + (rows - 1) * sh + dh * (w.shape[2] - 1) + 1]
+            if self.symmetric:  # each set centred on the kernel's centre row: same-padded
+                for i, (rows, w) in enumerate(zip(self.sets, self.bands, strict=True)):
+                    gap = (rows[1] - rows[0]) * dh if len(rows) > 1 else dh
+                    y = functional.conv2d(x, w, self.bias if i == 0 else None, (sh, sw),
+                                          ((len(rows) - 1) * gap // 2, pw), (gap, dw),
+                                          self.groups)
+                    out = y if out is None else out + y
+                return out
+            x = functional.pad(x, (pw, pw, ph, ph)) if ph or pw else x
+            rows_out = (x.shape[2] - dh * (self.kernel_size[0] - 1) - 1) // sh + 1
+            for i, (rows, w) in enumerate(zip(self.sets, self.bands, strict=True)):
+                top = rows[0] * dh
+                part = x[:, :, top:top + (rows_out - 1) * sh + dh * (w.shape[2] - 1) + 1]
                 y = functional.conv2d(part, w, self.bias if i == 0 else None, (sh, sw), 0,
                                       (dh, dw), self.groups)
                 out = y if out is None else out + y
@@ -426,9 +462,10 @@ def _row_bands(conv: Any, torch: Any) -> Any:
     return RowBandDepthwise()
 
 
-def xnnpack_fit(module: Any, torch: Any) -> tuple[Any, list[str]]:
+def xnnpack_fit(module: Any, torch: Any, *, symmetric: bool = False) -> tuple[Any, list[str]]:
     """``module`` with every depthwise convolution wider than XNNPACK's kernels replaced by its
-    row-band form (``_row_bands``), on a copy; the original when there is none. Also returns
+    row-band form (``_row_bands``; ``symmetric``: the centred row sets where they apply — the
+    float exports' form, see above), on a copy; the original when there is none. Also returns
     the replaced layers' names (module paths), for the artifact's notes."""
     wide = [name for name, sub in module.named_modules() if _is_wide_depthwise(sub, torch)]
     if not wide:
@@ -437,7 +474,7 @@ def xnnpack_fit(module: Any, torch: Any) -> tuple[Any, list[str]]:
     for name in wide:
         parent, _, leaf = name.rpartition(".")
         owner = fitted.get_submodule(parent) if parent else fitted
-        setattr(owner, leaf, _row_bands(getattr(owner, leaf), torch))
+        setattr(owner, leaf, _row_bands(getattr(owner, leaf), torch, symmetric))
     return fitted.eval(), wide
 
 
