@@ -89,9 +89,12 @@ def main() -> None:
                     choices=["performance", "mixed"],
                     help="NNCF presets for edgekit's openvino rows (mixed: asymmetric "
                          "activations)")
-    ap.add_argument("--no-peer", action="store_true", help="skip NNCF accuracy control")
+    ap.add_argument("--no-peer", action="store_true",
+                    help="skip NNCF accuracy control (which needs an .onnx MODEL)")
     ap.add_argument("--name", default="int8_calibration_draws", help="results file stem")
     args = ap.parse_args()
+    if not args.no_peer and args.model.suffix != ".onnx":
+        ap.error("the NNCF peer converts an .onnx MODEL with OpenVINO: pass --no-peer")
 
     source = load_model(args.model, preprocess=args.preprocess)
     train, held = scan(args.train), scan(args.heldout)
