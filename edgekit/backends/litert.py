@@ -243,7 +243,8 @@ class LiteRTBackend(QuietHooks):
             quant = {**quant, "quantized_ops": details["quantized_ops"]}
         if request.precision == "int8" and request.options.int8_io:
             quant = {**quant, "input": details["input_q"], "output": details["output_q"]}
-        notes = _notes(request, details) + _fit_note(wide, source_module) + notes
+        notes = (_notes(request, details)
+                 + _fit_note(wide, source_module, request.precision != "int8") + notes)
         return Artifact(
             backend=self.name, precision=request.precision, path=path, files=[path],
             input_name=details["input_name"], input_shape=list(shape),
@@ -478,13 +479,17 @@ def xnnpack_fit(module: Any, torch: Any, *, symmetric: bool = False) -> tuple[An
     return fitted.eval(), wide
 
 
-def _fit_note(wide: list[str], module: Any) -> list[str]:
+def _fit_note(wide: list[str], module: Any, symmetric: bool) -> list[str]:
     if not wide:
         return []
-    kernels = sorted({"×".join(map(str, module.get_submodule(n).kernel_size)) for n in wide})
+    convs = [module.get_submodule(n) for n in wide]
+    kernels = sorted({"×".join(map(str, c.kernel_size)) for c in convs})
+    sets = [symmetric and _row_sets(c) is not None for c in convs]
+    form = ("row sets centred on the kernel (no pad or slice ops)" if all(sets)
+            else "row bands" if not any(sets) else "centred row sets and row bands")
     return [f"{len(wide)} depthwise convolution(s) with {', '.join(kernels)} kernels converted as "
-            f"sums of row bands of ≤ {XNNPACK_DEPTHWISE_TAPS} taps: XNNPACK has no fast kernel "
-            "for larger depthwise kernels (same function; every band on XNNPACK's fast path)"]
+            f"sums of {form} of ≤ {XNNPACK_DEPTHWISE_TAPS} taps: XNNPACK has no fast kernel "
+            "for larger depthwise kernels (same function; every piece on XNNPACK's fast path)"]
 
 
 def _import_converter() -> tuple[Any, Any]:
