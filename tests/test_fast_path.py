@@ -2,9 +2,10 @@
 depthwise kernels wider than XNNPACK's (PruDensNet's 7×7), with real exports at 64 px.
 
 * LiteRT: a 7×7 depthwise convolution (what litert-torch makes of PruDensNet's) is found by
-  ``fast_path``; edgekit's export hands it to litert-torch as row bands of ≤ 25 taps, so the
-  ``.tflite`` has no wide depthwise kernel, computes the same function, and its INT8 GELU (an op
-  XNNPACK does not take) is found as not delegated; a plain conv net is clean.
+  ``fast_path``; edgekit's export hands it to litert-torch as pieces of ≤ 25 taps (INT8: row
+  bands; float: centred row sets), so the ``.tflite`` has no wide depthwise kernel, computes the
+  same function, and its INT8 GELU (an op XNNPACK does not take) is found as not delegated; a
+  plain conv net is clean.
 * OpenVINO: a depthwise layer NNCF was told to leave in float is found computing in f32 inside
   the INT8 IR; the same IR quantized throughout is clean.
 * The typed record round-trips through the strict manifest validator.
