@@ -11,6 +11,10 @@ from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 
+import numpy as np
+
+from edgekit.verify import paired_drop_ci
+
 RESULTS = Path(__file__).resolve().parent / "results"
 REPO = RESULTS.parents[1]
 
@@ -80,3 +84,15 @@ def symlink_folder(ds, dest: Path) -> Path:
         link.parent.mkdir(parents=True, exist_ok=True)
         link.symlink_to(s.path.resolve())
     return dest
+
+
+def paired(a_ok, b_ok) -> dict:
+    """b − a in points with its paired 95 % CI (Tango score interval on the discordant pairs):
+    ``a_ok``/``b_ok`` are boolean arrays, whether each model got each image right."""
+    worse = int(np.sum(a_ok & ~b_ok))
+    better = int(np.sum(~a_ok & b_ok))
+    n = len(a_ok)
+    _, lo, hi = paired_drop_ci(worse, better, n)  # CI of the DROP (a − b), fractions
+    return {"delta_points": 100 * (better - worse) / n, "ci95_points": [-100 * hi, -100 * lo],
+            "b_right_a_wrong": better, "a_right_b_wrong": worse, "n": n}
+

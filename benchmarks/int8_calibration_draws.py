@@ -34,13 +34,12 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from nncf_ac_peer import accuracy_control, f32_config, run  # noqa: E402
 
-from _common import environment, write_results  # noqa: E402
+from _common import environment, paired, write_results  # noqa: E402
 from edgekit.backends import ExportRequest, QuantOptions, get_backend  # noqa: E402
 from edgekit.calibrate import StreamedImages, stratified_sample  # noqa: E402
 from edgekit.data.folder import scan  # noqa: E402
 from edgekit.evaluate import load_arrays  # noqa: E402
 from edgekit.sources import load_model  # noqa: E402
-from edgekit.verify import paired_drop_ci  # noqa: E402
 
 PEER = "NNCF accuracy control → openvino (peer)"
 
@@ -51,17 +50,15 @@ def say(msg: str) -> None:
 
 def scored(pred: np.ndarray, ref: np.ndarray, y: np.ndarray, classes: list[str]) -> dict:
     """Top-1 change (points) with its paired CI, worst class drop, agreement."""
-    worse = int(np.sum((ref == y) & (pred != y)))
-    better = int(np.sum((ref != y) & (pred == y)))
-    drop, lo, hi = paired_drop_ci(worse, better, len(y))
+    top1 = paired(ref == y, pred == y)
     drops = {c: 100 * (np.mean(ref[y == k] == k) - np.mean(pred[y == k] == k))
              for k, c in enumerate(classes) if np.any(y == k)}
     worst = max(drops, key=drops.get)
-    return {"delta_points": round(-100 * drop, 2),
-            "ci95_points": [round(-100 * hi, 2), round(-100 * lo, 2)],
+    return {"delta_points": round(top1["delta_points"], 2),
+            "ci95_points": [round(v, 2) for v in top1["ci95_points"]],
             "worst_class": worst, "worst_class_drop_points": round(float(drops[worst]), 2),
             "agreement": round(float(np.mean(pred == ref)), 4),
-            "discordant": [worse, better]}
+            "discordant": [top1["a_right_b_wrong"], top1["b_right_a_wrong"]]}
 
 
 def summary(values: list[float]) -> str:

@@ -34,13 +34,19 @@ from typing import Any
 import numpy as np
 from auto_vs_nncf import time_rows
 
-from _common import environment, real_data_dir, release_work_folder, work_folder, write_results
+from _common import (
+    environment,
+    paired,
+    real_data_dir,
+    release_work_folder,
+    work_folder,
+    write_results,
+)
 from edgekit.bench.protocol import SPREAD_LIMIT, Protocol
 from edgekit.compress import compress
 from edgekit.errors import UnreachableTarget
 from edgekit.prune import pruning_recipe
 from edgekit.sources import load_model
-from edgekit.verify import paired_drop_ci
 
 
 def say(msg: str) -> None:
@@ -50,16 +56,6 @@ def say(msg: str) -> None:
 VARIANTS = {"fp32": {"recipe": "fp32"},
             "macs": {"recipe": "prune30"},
             "latency": {"recipe": "prune30", "cost": "latency", "target_time": 0.7}}
-
-
-def paired(a_ok: np.ndarray, b_ok: np.ndarray) -> dict[str, Any]:
-    """b − a in points with its paired 95 % CI (Tango score interval on the discordant pairs)."""
-    worse = int(np.sum(a_ok & ~b_ok))
-    better = int(np.sum(~a_ok & b_ok))
-    n = len(a_ok)
-    _, lo, hi = paired_drop_ci(worse, better, n)  # CI of the DROP (a − b), fractions
-    return {"delta_points": 100 * (better - worse) / n, "ci95_points": [-100 * hi, -100 * lo],
-            "b_right_a_wrong": better, "a_right_b_wrong": worse, "n": n}
 
 
 def compare_models(y: np.ndarray, outs: dict[str, np.ndarray], classes: list[str]
