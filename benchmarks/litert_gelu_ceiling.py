@@ -128,7 +128,8 @@ def main() -> None:
         r["p50_ms"] = statistics.median(r["round_p50_ms"])
         r["spread"] = round(max(r["round_p50_ms"]) / min(r["round_p50_ms"]), 3)
     base = rows["exact GELU (as is)"]["p50_ms"]
-    lines = [f"# LiteRT INT8 PruDensNet {args.size}²: what the GELUs and the 7×7 depthwise convs cost", "",
+    lines = [f"# LiteRT INT8 PruDensNet {args.size}²: what the GELUs and the 7×7 depthwise "
+             "convs cost", "",
              f"`benchmarks/litert_gelu_ceiling.py`: {environment().get('cpu', '?')}, "
              f"{args.threads} threads, batch 1, {args.rounds} interleaved rounds × {args.iters} "
              "runs, median of the rounds' medians. Seeded weights, 48 phantom calibration "

@@ -5,9 +5,9 @@ XNNPACK runs fast. Two forms compute the same function:
 
 * **bands**: consecutive rows (7×7: rows 0-2, 3-5, 6) read from the input padded once: one PAD
   and one SLICE per band in the graph;
-* **sets** (edgekit's form for fp32/fp16 where it applies): rows symmetric about the centre (7×7: rows 2-4,
-  rows 1 and 5 dilated 4, rows 0 and 6 dilated 6), each a same-padded conv: no PAD, no SLICE,
-  but 2-row pieces of 14 taps run in the 25-tap kernel.
+* **sets** (edgekit's form for fp32/fp16 where it applies): rows symmetric about the centre
+  (7×7: rows 2-4, rows 1 and 5 dilated 4, rows 0 and 6 dilated 6), each a same-padded conv: no
+  PAD, no SLICE, but 2-row pieces of 14 taps run in the 25-tap kernel.
 
 The same seeded PruDensNet (six 7×7 depthwise convs) is exported in both forms, fp32 and INT8
 (32 phantom calibration images) — each precision in both forms, whatever the export would
@@ -23,7 +23,6 @@ import argparse
 import statistics
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import numpy as np
@@ -36,6 +35,7 @@ from edgekit.backends import ExportRequest, QuantOptions, require_backend  # noq
 from edgekit.calibrate import StreamedImages, stratified_sample  # noqa: E402
 from edgekit.data.folder import scan  # noqa: E402
 from edgekit.data.phantoms import generate_mri_dataset  # noqa: E402
+from edgekit.quantize.rescue import p50_ms  # noqa: E402
 from edgekit.sources import load_model  # noqa: E402
 from edgekit.zoo import create_model  # noqa: E402
 
@@ -80,12 +80,7 @@ def main() -> None:
             s.run(x[:1])
     for _ in range(args.rounds):
         for key, s in sessions.items():
-            ts = []
-            for _ in range(10):
-                t0 = time.perf_counter()
-                s.run(x[:1])
-                ts.append(time.perf_counter() - t0)
-            times[key].append(1e3 * statistics.median(ts))
+            times[key].append(p50_ms(lambda s=s: s.run(x[:1]), warmup=0, runs=10))
     env = environment()
     md = [f"# LiteRT, PruDensNet {args.size}²: a 7×7 depthwise conv as row sets vs row bands",
           "", f"`benchmarks/litert_wide_depthwise.py`: {env['cpu']}, {args.threads} threads, "

@@ -413,7 +413,7 @@ def _row_sets(conv: Any) -> list[tuple[int, ...]] | None:
                                                      for j in range(half + 1, c + 1)]
 
 
-def _row_bands(conv: Any, torch: Any, symmetric: bool = True) -> Any:
+def _row_bands(conv: Any, torch: Any, symmetric: bool) -> Any:
     """A module computing ``conv`` (a wide depthwise convolution) as a sum of depthwise
     convolutions of at most ``XNNPACK_DEPTHWISE_TAPS`` taps each: with ``symmetric``, over the
     row sets of ``_row_sets`` where it applies (a 7×7 kernel: rows 2-4, 1 and 5, 0 and 6); else over

@@ -21,17 +21,17 @@ def parse_runtime_options(values: tuple[str, ...]) -> dict[str, dict[str, str]] 
     a malformed one or an unknown backend is a usage error."""
     out: dict[str, dict[str, str]] = {}
     for value in values:
-        backend, sep, setting = value.partition(":")
-        key, eq, val = setting.partition("=")
-        if not (sep and eq and backend.strip() and key.strip()):
+        backend, sep, setting = (part.strip() for part in value.partition(":"))
+        key, eq, val = (part.strip() for part in setting.partition("="))
+        if not (sep and eq and backend and key):
             raise click.BadParameter(f"{value!r} is not BACKEND:KEY=VALUE (e.g. "
                                      "onnxruntime:session.intra_op.allow_spinning=0)",
                                      param_hint="--runtime-option")
-        if backend.strip() not in backend_names():
-            raise click.BadParameter(f"unknown backend {backend.strip()!r} in {value!r}; "
+        if backend not in backend_names():
+            raise click.BadParameter(f"unknown backend {backend!r} in {value!r}; "
                                      f"use one of {', '.join(backend_names())}",
                                      param_hint="--runtime-option")
-        out.setdefault(backend.strip(), {})[key.strip()] = val.strip()
+        out.setdefault(backend, {})[key] = val
     return out or None
 
 

@@ -139,9 +139,9 @@ __all__ = ["BOARDS", "BOARD_PRIORS", "BYTES", "CALIBRATION_FORMAT", "CONV_KINDS"
            "detect_hardware", "fit", "fit_published", "fit_thread_scaling", "group_points",
            "kernel_times", "kernels", "last_level_cache_mb", "local_coeffs", "loo_errors",
            "machine_identity", "measure_bandwidth_gbs", "onnx_kernels", "predict", "predict_bundle",
-           "predict_module",
-           "predict_route", "published_points", "published_prior", "published_thread_scaling",
-           "read_calibration", "target_latency_model", "thread_prior", "write_calibration"]
+           "predict_module", "predict_route", "published_points", "published_prior",
+           "published_thread_scaling", "read_calibration", "target_latency_model", "thread_prior",
+           "write_calibration"]
 
 
 def __getattr__(name: str) -> Any:
