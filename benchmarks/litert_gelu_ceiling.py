@@ -28,6 +28,7 @@ from edgekit.backends import ExportRequest, QuantOptions, require_backend
 from edgekit.calibrate import StreamedImages, stratified_sample
 from edgekit.data.folder import scan
 from edgekit.data.phantoms import generate_mri_dataset
+from edgekit.quantize.rescue import p50_ms
 from edgekit.sources import load_model
 from edgekit.zoo import create_model
 
@@ -116,12 +117,8 @@ def main() -> None:
                 s.run(x)
         for _ in range(args.rounds):
             for name, s in sessions.items():
-                ts = []
-                for _ in range(args.iters):
-                    t0 = time.perf_counter()
-                    s.run(x)
-                    ts.append(time.perf_counter() - t0)
-                rows[name]["round_p50_ms"].append(round(statistics.median(ts) * 1e3, 3))
+                rows[name]["round_p50_ms"].append(
+                    round(p50_ms(lambda s=s: s.run(x), warmup=0, runs=args.iters), 3))
     finally:
         release_work_folder(work, args.workdir, args.keep, print)
     for r in rows.values():
