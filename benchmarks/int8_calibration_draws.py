@@ -82,10 +82,13 @@ def main() -> None:
                     help="the peer's labelled validation images")
     ap.add_argument("--max-drop", type=float, default=0.01, help="the peer's max_drop")
     ap.add_argument("--backends", nargs="+", default=["onnxruntime", "openvino", "litert"])
-    ap.add_argument("--openvino-presets", nargs="+", default=["performance"],
+    ap.add_argument("--openvino-presets", nargs="+", default=["mixed"],
                     choices=["performance", "mixed"],
-                    help="NNCF presets for edgekit's openvino rows (mixed: asymmetric "
-                         "activations)")
+                    help="NNCF presets for edgekit's openvino rows (mixed, edgekit's default: "
+                         "asymmetric activations; performance: symmetric)")
+    ap.add_argument("--openvino-full-bias-correction", action="store_true",
+                    help="add an OpenVINO row with NNCF's full bias correction "
+                         "(fast_bias_correction=False; a rescue remedy in edgekit)")
     ap.add_argument("--no-peer", action="store_true",
                     help="skip NNCF accuracy control (which needs an .onnx MODEL)")
     ap.add_argument("--name", default="int8_calibration_draws", help="results file stem")
@@ -108,20 +111,25 @@ def main() -> None:
     variants = []
     for name in args.backends:
         if name != "openvino":
-            variants.append((f"edgekit {name}", get_backend(name)))
+            variants.append((f"edgekit {name}", get_backend(name), {}))
             continue
         for preset in args.openvino_presets:
-            label = "edgekit openvino" + ("" if preset == "performance" else f" ({preset} preset)")
-            variants.append((label, dataclasses.replace(get_backend(name), preset=preset)))
+            label = f"edgekit openvino ({preset} preset)"
+            variants.append((label, dataclasses.replace(get_backend(name), preset=preset), {}))
+        if args.openvino_full_bias_correction:
+            backend = get_backend(name)
+            variants.append((f"edgekit openvino ({backend.preset} preset, full bias correction)",
+                             backend,
+                             {"fast_bias_correction": False}))
     rows: dict[str, list[dict]] = {}
     with tempfile.TemporaryDirectory(prefix="int8-draws-") as tmp:
         for seed in range(args.draws):
             calib = stratified_sample(train.samples, args.calibration_images, seed)
-            for label, backend in variants:
+            for label, backend, overrides in variants:
                 t0 = time.perf_counter()
                 art = backend.export(ExportRequest(
                     source, "int8", Path(tmp) / f"{len(rows)}-{seed}", "m",
-                    StreamedImages(calib, source.spec), QuantOptions(seed=seed)))
+                    StreamedImages(calib, source.spec), QuantOptions(seed=seed, **overrides)))
                 pred = backend.open(art.path).run(x_ho).argmax(1)
                 row = {"seed": seed, **scored(pred, ref, y_ho, classes),
                        "seconds": round(time.perf_counter() - t0, 1)}

@@ -15,7 +15,9 @@ Export
       of the per-image 0.01 % / 99.99 % quantiles). ``entropy`` (KL) has no NNCF counterpart and
       is rejected: NNCF's ``HISTOGRAM`` estimator minimises L2 quantization error, which is a
       different method. NNCF's PTQ has no random component, so ``options.seed`` has nothing to
-      seed; the result is byte-identical for identical inputs.
+      seed; the result is byte-identical for identical inputs. Preset: NNCF's ``MIXED``
+      (asymmetric activations, symmetric per-channel weights), the scheme the ONNX Runtime and
+      LiteRT exports use too; see ``OpenVINOBackend``.
 
 Determinism: OpenVINO names a model "Model<N>" and every unnamed node "<Type>_<N>" from
 process-wide counters, so two identical exports in one process gave different .xml files. The
@@ -203,10 +205,16 @@ class OpenVINOBackend(QuietHooks):
     """OpenVINO plugin. ``BACKEND`` is the default instance; variants via
     ``dataclasses.replace(BACKEND, preset="mixed")``.
 
-    ``preset="performance"`` (NNCF's default for CNNs): symmetric weights and activations;
-    ``"mixed"`` keeps activations asymmetric (better for non-ReLU activations such as
-    sigmoid/h-swish outputs). NNCF's default overflow fix (first layer quantized with half the
-    range on non-VNNI x86) is kept. ``ignored_types`` keeps whole op types (e.g. ``"Sigmoid"``)
+    ``preset="mixed"`` (edgekit's default): symmetric per-channel weights, asymmetric
+    activations, as ONNX Runtime's U8 QDQ and LiteRT's PT2E activations are; ``"performance"``
+    (NNCF's own default for CNNs) makes activations symmetric too. Measured on the Kaggle
+    MobileNetV2-0.35 over 12 calibration draws on 965 unseen images: top-1 change −0.38 ± 0.21
+    points with mixed vs −0.69 ± 0.29 with performance, better on 9 of 12 draws (paired t
+    p = 0.02; ``benchmarks/results/int8_draws_mnv2_presets12.md``); dsconv_cbam_gap 96 px:
+    −0.97 vs −1.15 over 8 draws. Latency, mixed ÷ performance: 0.94–1.01 on the seed models
+    and 1.11 on MobileNetV2 224 px (``benchmarks/results/openvino_preset_latency.md``).
+    NNCF's default overflow fix (first layer quantized with half the range on non-VNNI x86)
+    is kept. ``ignored_types`` keeps whole op types (e.g. ``"Sigmoid"``)
     in float via ``nncf.IgnoredScope``.
     """
 
@@ -215,7 +223,7 @@ class OpenVINOBackend(QuietHooks):
     suffix: str = ".xml"
     precisions: tuple[str, ...] = ("fp32", "fp16", "int8")
     sources: tuple[str, ...] = ("torch", "torchscript", "onnx", "keras")
-    preset: str = "performance"
+    preset: str = "mixed"
     ignored_types: tuple[str, ...] = ()
 
     # facts (class constants, not dataclass fields: a variant is the same runtime)
