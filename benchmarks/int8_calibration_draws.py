@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import itertools
 import statistics
 import sys
 import tempfile
@@ -36,6 +37,7 @@ from nncf_ac_peer import accuracy_control, f32_config, run  # noqa: E402
 
 from _common import environment, paired, write_results  # noqa: E402
 from edgekit.backends import ExportRequest, QuantOptions, get_backend  # noqa: E402
+from edgekit.backends.base import ACTIVATION_RANGES  # noqa: E402
 from edgekit.calibrate import StreamedImages, stratified_sample  # noqa: E402
 from edgekit.data.folder import scan  # noqa: E402
 from edgekit.evaluate import load_arrays  # noqa: E402
@@ -89,6 +91,10 @@ def main() -> None:
     ap.add_argument("--openvino-full-bias-correction", action="store_true",
                     help="add an OpenVINO row with NNCF's full bias correction "
                          "(fast_bias_correction=False; a rescue remedy in edgekit)")
+    ap.add_argument("--ranges", nargs="+", default=None, choices=list(ACTIVATION_RANGES),
+                    help="a row per backend and activation_ranges value (global: min/max over "
+                         "all calibration images; mean: mean of each image's min/max); "
+                         "default: one row with each backend's own default")
     ap.add_argument("--no-peer", action="store_true",
                     help="skip NNCF accuracy control (which needs an .onnx MODEL)")
     ap.add_argument("--name", default="int8_calibration_draws", help="results file stem")
@@ -109,18 +115,19 @@ def main() -> None:
         core = ov.Core()
         peer_fp32 = ov.convert_model(str(args.model))
     variants = []
+    ranges = args.ranges or [None]
     for name in args.backends:
-        if name != "openvino":
-            variants.append((f"edgekit {name}", get_backend(name), {}))
-            continue
-        for preset in args.openvino_presets:
-            label = f"edgekit openvino ({preset} preset)"
-            variants.append((label, dataclasses.replace(get_backend(name), preset=preset), {}))
-        if args.openvino_full_bias_correction:
-            backend = get_backend(name)
-            variants.append((f"edgekit openvino ({backend.preset} preset, full bias correction)",
-                             backend,
-                             {"fast_bias_correction": False}))
+        base = get_backend(name)
+        presets = args.openvino_presets if name == "openvino" else [None]
+        for preset, r in itertools.product(presets, ranges):
+            backend = base if preset is None else dataclasses.replace(base, preset=preset)
+            what = [f"{preset} preset"] if preset else []
+            what += [f"{r} ranges"] if r else []
+            label = f"edgekit {name}" + (f" ({', '.join(what)})" if what else "")
+            variants.append((label, backend, {"activation_ranges": r}))
+        if name == "openvino" and args.openvino_full_bias_correction:
+            variants.append((f"edgekit openvino ({base.preset} preset, full bias correction)",
+                             base, {"fast_bias_correction": False}))
     rows: dict[str, list[dict]] = {}
     with tempfile.TemporaryDirectory(prefix="int8-draws-") as tmp:
         for seed in range(args.draws):

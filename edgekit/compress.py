@@ -78,6 +78,7 @@ class CompressOptions:
     backends: list[str] | None = None
     calibration_images: int | None = None
     calibration_method: str | None = None
+    activation_ranges: str | None = None  # calibration.activation_ranges: global | mean
     verification_images: int | None = None
     int8_io: bool | None = None
     seed: int | None = None
@@ -236,6 +237,7 @@ def _recipe(opts: CompressOptions) -> Recipe:
                              **{"calibration.images": opts.calibration_images,
                                 "rescue.enabled": opts.rescue,
                                 "calibration.method": opts.calibration_method,
+                                "calibration.activation_ranges": opts.activation_ranges,
                                 "verification.images": opts.verification_images})
     given = [f for f, v in (("--target-macs", opts.target_macs),
                             ("--target-latency-ms", opts.target_latency_ms),
@@ -465,7 +467,8 @@ def _export_one(backend: Any, loaded: Source, rec: Recipe, plan: DataPlan,
             model=loaded, precision=rec.precision, out_dir=where, stem=f"model-{rec.precision}",
             calibration=calib, options=dataclasses.replace(QuantOptions(
                 method=rec.calibration.method, per_channel=rec.calibration.per_channel,
-                int8_io=rec.int8_io, seed=rec.seed, keep_float=keep_float), **(overrides or {})))
+                activation_ranges=rec.calibration.activation_ranges, int8_io=rec.int8_io,
+                seed=rec.seed, keep_float=keep_float), **(overrides or {})))
 
     def verify(artifact: Artifact) -> Verification:
         session = backend.open(artifact.path)

@@ -24,6 +24,10 @@ class Calibration(BaseModel):
     images: int = Field(300, ge=1, le=100_000, description="calibration images, stratified by class")
     method: Literal["minmax", "percentile", "entropy"] = "minmax"
     per_channel: bool = True
+    activation_ranges: Literal["global", "mean"] | None = Field(None, description=(
+        "method minmax: an activation's range is the min/max over all calibration images "
+        "(global) or the mean over images of each image's min/max (mean); null: each "
+        "backend's default (openvino mean, as NNCF; onnxruntime and litert global)"))
 
 
 class Verification(BaseModel):

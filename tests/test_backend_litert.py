@@ -38,6 +38,8 @@ from backend_support import (  # noqa: E402
 from edgekit.backends import get_backend  # noqa: E402
 from edgekit.backends.litert import (  # noqa: E402
     BACKEND,
+    _Calibration,
+    _mean_minmax_observer,
     _set_io_types,
     pt2e_quantize,
     xnnpack_fit,
@@ -258,3 +260,22 @@ def test_integer_io_runtime_never_imports_torch(exports: Store, tmp_path: Path) 
     assert report["available"] is None and report["heavy"] == []
     np.testing.assert_array_equal(report["outputs"][0],
                                   BACKEND.open(path, threads=1).run(held_out))
+
+
+def test_mean_minmax_observer_averages_each_images_extremes() -> None:
+    """The "mean" activation range: the mean over images of each image's min/max; an observer
+    shared by several edges (a concat's inputs) takes their joint extremes within one image."""
+    observer = _mean_minmax_observer()(dtype=torch.qint8, qscheme=torch.per_tensor_symmetric)
+    try:
+        _Calibration.image = 0
+        observer(torch.tensor([-1.0, 2.0]))
+        observer(torch.tensor([-3.0, 0.5]))  # same image, second edge: min -3, max 2
+        _Calibration.image = 1
+        observer(torch.tensor([-1.0, 10.0]))
+        assert float(observer.min_val) == pytest.approx((-3.0 - 1.0) / 2)
+        assert float(observer.max_val) == pytest.approx((2.0 + 10.0) / 2)
+        _Calibration.image = 2
+        observer(torch.tensor([0.0, 0.0]))
+        assert float(observer.max_val) == pytest.approx(12.0 / 3)
+    finally:
+        _Calibration.image = 0

@@ -33,7 +33,7 @@ from backend_support import (  # noqa: E402
     store,
 )
 
-from edgekit.backends import get_backend  # noqa: E402
+from edgekit.backends import QuantOptions, get_backend  # noqa: E402
 from edgekit.backends.onnxruntime import (  # noqa: E402
     BACKEND,
     StreamingCalibrationReader,
@@ -224,7 +224,17 @@ def test_streaming_reader_rewinds_and_ranges() -> None:
     assert int(reader.get_next()["input"].max()) == 0
     reader.set_range(2, 4)
     assert [int(d["input"].max()) for d in reader] == [2, 3]
-    assert Source.iterations == 3
+    assert Source.iterations == 2  # a range after the stream's position continues it
+    # ORT's strided calibration asks for consecutive chunks: the stream goes on, each item
+    # is read once; a range before the stream's position restarts it
+    reader.rewind()
+    chunks = []
+    for start in (0, 2, 4):
+        reader.set_range(start, start + 2)
+        chunks.append([int(d["input"].max()) for d in reader])
+    assert chunks == [[0, 1], [2, 3], [4]] and Source.iterations == 3
+    reader.set_range(1, 3)
+    assert [int(d["input"].max()) for d in reader] == [1, 2] and Source.iterations == 4
     assert [_chunk_stride(n, 16) for n in (8, 16, 20, 32, 97)] == [8, 16, 10, 16, 1]
 
 
@@ -245,3 +255,31 @@ def test_minmax_ranges_cover_every_calibration_image(exports: Store, count: int,
             if n.op_type == "QuantizeLinear" and n.input[0] == graph.input[0].name]
     scale = float(inits[q.input[1]])
     assert scale * 255 >= 0.9 * 100.0, f"input range {scale * 255:.2f} misses the first chunk"
+
+
+def test_mean_activation_ranges_average_each_images_extremes(exports: Store,
+                                                             tmp_path: Path) -> None:
+    """``activation_ranges="mean"``: a range is the mean over images of each image's min/max
+    (NNCF's default), over every image (one pass, no strided EMA): one wide image widens it by
+    its share, not to its own extremes."""
+    model = exports.model(FAST)
+    rng = np.random.default_rng(0)
+    shape = model.spec.input_shape(1)
+    calibration = [rng.uniform(-1, 1, shape).astype(np.float32) for _ in range(33)]
+    calibration[0] *= 50.0
+    art = export(BACKEND, model, "int8", tmp_path, "m", calibration, activation_ranges="mean")
+    graph = onnx.load(str(art.path)).graph
+    inits = {i.name: onnx.numpy_helper.to_array(i) for i in graph.initializer}
+    (q,) = [n for n in graph.node
+            if n.op_type == "QuantizeLinear" and n.input[0] == graph.input[0].name]
+    lo = min(float(np.mean([c.min() for c in calibration])), 0.0)
+    hi = max(float(np.mean([c.max() for c in calibration])), 0.0)
+    assert float(inits[q.input[1]]) * 255 == pytest.approx(hi - lo, rel=1e-3)
+    assert art.quantization["activation_ranges"] == "mean"
+
+
+def test_unknown_activation_ranges_is_config_error() -> None:
+    assert QuantOptions().ranges(BACKEND.activation_ranges) == "global"
+    assert QuantOptions(activation_ranges="mean").ranges("global") == "mean"
+    with pytest.raises(ConfigError, match="activation_ranges must be one of global, mean"):
+        QuantOptions(activation_ranges="median")

@@ -95,10 +95,12 @@ def test_trained_model_int8_bundle_manifest_and_cli(trained, mri_phantoms, tmp_p
     out = tmp_path / "bundle"
     res = _cli("compress", str(trained), "--recipe", "int8", "--data", str(mri_phantoms),
                "--out", str(out), "--calibration-images", "8", "--verification-images", "16",
-               "--allow-accuracy-drop")
+               "--activation-ranges", "mean", "--allow-accuracy-drop")
     assert "Verification on" in res.stdout and "litert-int8" in res.stdout
     m = read_manifest(out)
     assert m["schema_version"] == 1 and m["recipe"]["name"] == "int8"
+    assert m["recipe"]["calibration"]["activation_ranges"] == "mean"
+    assert {a["quantization"]["activation_ranges"] for a in m["artifacts"]} == {"mean"}
     assert m["class_names"] == ["glioma", "meningioma", "notumor", "pituitary"]
     assert m["source"]["sha256"] and m["preprocess"]["input_size"] == [64, 64]
     assert m["data"]["origin"].startswith("held-out split recorded in the checkpoint")

@@ -50,3 +50,6 @@ def test_overrides_are_validated():
     assert r.calibration.images == 8 and r.backends == ["litert"]
     with pytest.raises(ConfigError, match="calibration.method"):
         load_recipe("int8").with_overrides(**{"calibration.method": "kl"})
+    assert load_recipe("int8").calibration.activation_ranges is None  # each backend's default
+    with pytest.raises(ConfigError, match="activation_ranges"):
+        load_recipe("int8").with_overrides(**{"calibration.activation_ranges": "median"})

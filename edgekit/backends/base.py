@@ -28,6 +28,10 @@ from edgekit.manifest import UNKNOWN_FAST_PATH, FastPath
 
 PRECISIONS = ("fp32", "fp16", "int8")
 CALIBRATION_METHODS = ("minmax", "percentile", "entropy")
+# How method "minmax" turns the calibration images into one activation range: "global" = the
+# min/max over all images; "mean" = the mean over images of each image's min/max (NNCF's
+# default: one outlier image widens the range by its share only).
+ACTIVATION_RANGES = ("global", "mean")
 
 
 class CalibrationData(Protocol):
@@ -54,6 +58,18 @@ class QuantOptions:
     seed: int = 0
     fast_bias_correction: bool = True  # NNCF
     keep_float: tuple[str, ...] = ()  # mixed precision: these layers are not quantized
+    # method "minmax": one of ACTIVATION_RANGES; None: the backend's default
+    # (its ``activation_ranges`` fact)
+    activation_ranges: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.activation_ranges not in (None, *ACTIVATION_RANGES):
+            raise ConfigError(f"activation_ranges must be one of {', '.join(ACTIVATION_RANGES)}"
+                              f", not {self.activation_ranges!r}")
+
+    def ranges(self, default: str) -> str:
+        """The activation ranges a backend whose default is ``default`` uses."""
+        return self.activation_ranges or default
 
 
 @dataclass(frozen=True)
@@ -183,6 +199,7 @@ class Backend(Runtime, Protocol):
     converter_packages: tuple[str, ...]  # pip distributions whose versions shape its artifacts
     slow_export: bool  # exports take seconds per model: left out of quick calibrations
     int8_as_fp16_on_arm: bool  # runs INT8 artifacts in fp16 on ARM CPUs (no INT8 speed-up)
+    activation_ranges: str  # the default of QuantOptions.activation_ranges (ACTIVATION_RANGES)
 
     def source_hint(self, kind: str) -> str:
         """Why a ``kind`` source cannot reach this backend and what to do instead ("" if the

@@ -198,6 +198,7 @@ class LiteRTBackend(QuietHooks):
     converter_packages = ("litert-torch", "ai-edge-litert", "tensorflow")
     slow_export = True  # litert-torch conversions take 4-30 s per model
     int8_as_fp16_on_arm = False
+    activation_ranges = "global"  # torchao's MinMaxObserver (benchmarks: int8_draws_mnv2_ranges)
 
     def source_hint(self, kind: str) -> str:
         return _SOURCE_HINTS.get(kind, "")
@@ -313,6 +314,10 @@ def _check_request(request: ExportRequest) -> None:
         return
     if opts.method not in (_KERAS_METHODS if keras else _METHODS):
         raise ConfigError(_method_refusal(opts.method, keras))
+    if keras and opts.ranges(BACKEND.activation_ranges) != "global":
+        raise ConfigError("activation_ranges 'mean' is not supported by backend 'litert' for "
+                          "Keras sources: TensorFlow's TFLite converter takes the min/max over "
+                          "all calibration images ('global')")
     if request.calibration is None or len(request.calibration) == 0:
         what = ("the TFLite converter's representative dataset" if keras
                 else "static PT2E quantization")
@@ -518,13 +523,59 @@ def _convert(litert_torch: Any, torch: Any, module: Any, sample: tuple[Any, ...]
     return content, {}, []
 
 
-def _quant_config(method: str, per_channel: bool) -> Any:
-    """litert-torch's symmetric PT2E config with the activation observer for ``method``."""
+class _Calibration:
+    """The calibration image being run (``pt2e_quantize`` counts; observers read it)."""
+
+    image = 0
+
+
+def _mean_minmax_observer() -> Any:
+    """A torchao observer whose range is the mean over calibration images of each image's
+    min/max. An observer shared by several edges (a concat's inputs) sees several tensors per
+    image: their joint min/max is that image's."""
+    import torch
+    from torchao.quantization.pt2e.observer import MinMaxObserver
+
+    class MeanMinMaxObserver(MinMaxObserver):  # type: ignore[misc]
+        def __init__(self, *args: Any, **kwargs: Any) -> None:
+            super().__init__(*args, **kwargs)
+            self._image: int | None = None
+            self._images = 0  # images folded into the sums
+            self._sums = [0.0, 0.0]
+            self._now = [0.0, 0.0]  # this image's min and max so far
+
+        def forward(self, x_orig: Any) -> Any:
+            if x_orig.numel() == 0:
+                return x_orig
+            lo, hi = (float(v) for v in torch.aminmax(x_orig.detach().to(self.min_val.dtype)))
+            if self._image != _Calibration.image:
+                if self._image is not None:
+                    self._sums = [self._sums[0] + self._now[0], self._sums[1] + self._now[1]]
+                    self._images += 1
+                self._image, self._now = _Calibration.image, [lo, hi]
+            else:
+                self._now = [min(self._now[0], lo), max(self._now[1], hi)]
+            n = self._images + 1
+            self.min_val.fill_((self._sums[0] + self._now[0]) / n)
+            self.max_val.fill_((self._sums[1] + self._now[1]) / n)
+            return x_orig
+
+    return MeanMinMaxObserver
+
+
+def _quant_config(method: str, per_channel: bool, ranges: str) -> Any:
+    """litert-torch's symmetric PT2E config with the activation observer for ``method`` (and,
+    for "minmax", ``ranges``: QuantOptions.activation_ranges)."""
     from litert_torch.quantize import pt2e_quantizer
     from torchao.quantization.pt2e.observer import HistogramObserver, MinMaxObserver
 
     base = pt2e_quantizer.get_symmetric_quantization_config(is_per_channel=per_channel)
-    observer = MinMaxObserver if method == "minmax" else HistogramObserver
+    if method != "minmax":
+        observer = HistogramObserver
+    elif ranges == "mean":
+        observer = _mean_minmax_observer()
+    else:
+        observer = MinMaxObserver
     act = dataclasses.replace(base.input_activation,
                               observer_or_fake_quant_ctr=observer.with_args(eps=2 ** -12))
     return dataclasses.replace(base, input_activation=act, output_activation=act)
@@ -532,7 +583,8 @@ def _quant_config(method: str, per_channel: bool) -> Any:
 
 def pt2e_quantize(module: Any, sample: tuple[Any, ...], calibration: Any, *,
                   method: str = "minmax", per_channel: bool = True,
-                  keep_float: tuple[str, ...] = (), float_graph: list[Any] | None = None
+                  keep_float: tuple[str, ...] = (), float_graph: list[Any] | None = None,
+                  ranges: str = "global"
                   ) -> tuple[Any, Any, int]:
     """PT2E static quantization of ``module`` as the int8 export does it (torch needed).
 
@@ -550,7 +602,8 @@ def pt2e_quantize(module: Any, sample: tuple[Any, ...], calibration: Any, *,
     from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_pt2e
 
     shape = tuple(sample[0].shape)
-    quantizer = _quantizer(tuple(keep_float)).set_global(_quant_config(method, per_channel))
+    quantizer = _quantizer(tuple(keep_float)).set_global(
+        _quant_config(method, per_channel, ranges))
     graph = torch.export.export(module, sample, strict=False).module()
     move_exported_model_to_eval(graph)
     if keep_float:
@@ -573,6 +626,7 @@ def pt2e_quantize(module: Any, sample: tuple[Any, ...], calibration: Any, *,
             if tuple(item.shape) != shape:
                 raise DataError(f"calibration item {count} has shape {tuple(item.shape)}; "
                                 f"the model takes {shape}")
+            _Calibration.image = count
             prepared(torch.from_numpy(item))
             count += 1
     if count == 0:
@@ -813,7 +867,8 @@ def _sensitivity(request: ExportRequest, images: np.ndarray) -> list[LayerError]
             converted, _, _ = pt2e_quantize(module, sample, request.calibration,
                                             method=opts.method, per_channel=opts.per_channel,
                                             keep_float=tuple(opts.keep_float),
-                                            float_graph=floats)
+                                            float_graph=floats,
+                                            ranges=opts.ranges(BACKEND.activation_ranges))
         layers, pairs = _pt2e_view(converted, {n.name for n in floats[0].graph.nodes})
         keys = sorted(pairs)
         acc = ErrorAccumulator.over(images, keys,
@@ -836,16 +891,19 @@ def _export_int8(litert_torch: Any, module: Any, sample: tuple[Any, ...],
     from litert_torch.quantize import quant_config
 
     opts = request.options
+    ranges = opts.ranges(BACKEND.activation_ranges)
     converted, quantizer, count = pt2e_quantize(module, sample, request.calibration,
                                                 method=opts.method, per_channel=opts.per_channel,
-                                                keep_float=tuple(opts.keep_float))
+                                                keep_float=tuple(opts.keep_float), ranges=ranges)
     content = litert_torch.convert(
         converted, sample,
         quant_config=quant_config.QuantConfig(pt2e_quantizer=quantizer)).model_content()
     content = _set_io_types(content, integer=opts.int8_io)
     weights = "per-channel" if opts.per_channel else "per-tensor"
     quant = {"scheme": f"PT2E static: int8 weights ({weights} symmetric), int8 activations "
-             "(per-tensor affine)", "method": opts.method, "calibration_images": count,
+             "(per-tensor affine)", "method": opts.method,
+             "activation_ranges": ranges if opts.method == "minmax" else None,
+             "calibration_images": count,
              "keep_float": list(opts.keep_float),
              "excluded_nodes": sorted(getattr(quantizer, "excluded", ()))}
     notes = [f"int8: static PT2E quantization calibrated on {count} images "

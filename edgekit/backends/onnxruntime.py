@@ -69,7 +69,7 @@ NAME = "onnxruntime"
 INPUT_NAME = "input"
 OUTPUT_NAME = "logits"
 OPSET = 18  # the torch.export-based exporter implements 18 natively (17 silently becomes 18)
-CALIBRATION_CHUNK = 16  # images whose intermediate tensors ORT holds at once during calibration
+CALIBRATION_CHUNK = 16  # images whose tensors ORT's histogram calibrators hold at once
 _METHODS = {"minmax": "MinMax", "percentile": "Percentile", "entropy": "Entropy"}
 _ACTIVATION_TYPES = {"int8": "QInt8", "uint8": "QUInt8"}
 _INSTALL_HINT = "pip install 'edgekit[onnxruntime]'"
@@ -203,7 +203,9 @@ class StreamingCalibrationReader:
 
     Items are pulled one at a time from the stream (never collected into a list). ``rewind``
     restarts the stream; ``set_range`` (used by ORT's strided calibration) restricts the next
-    pass to items ``[start, end)``.
+    pass to items ``[start, end)``, continuing the stream when the range starts at or after
+    where the last pass stopped (ORT asks for consecutive chunks: each image is decoded once,
+    not once per chunk before it).
     """
 
     def __init__(self, data: CalibrationData, input_name: str) -> None:
@@ -211,16 +213,22 @@ class StreamingCalibrationReader:
         self._input_name = input_name
         self._start, self._end = 0, None
         self._iterator: Iterator[np.ndarray] | None = None
+        self._stream: Iterator[np.ndarray] | None = None  # the data, read up to _position
+        self._position = 0
         self.served = 0  # items handed to ORT so far (all passes)
 
     def __len__(self) -> int:
         return len(self._data)
 
     def _items(self) -> Iterator[np.ndarray]:
-        for index, item in enumerate(iter_calibration(self._data)):
-            if self._end is not None and index >= self._end:
+        if self._stream is None or self._position > self._start:
+            self._stream, self._position = iter(iter_calibration(self._data)), 0
+        while self._end is None or self._position < self._end:
+            item = next(self._stream, None)
+            if item is None:
                 return
-            if index >= self._start:
+            self._position += 1
+            if self._position > self._start:
                 yield item
 
     def get_next(self) -> dict[str, np.ndarray] | None:
@@ -243,7 +251,7 @@ class StreamingCalibrationReader:
         return item
 
     def rewind(self) -> None:
-        self._iterator = None
+        self._iterator = self._stream = None
 
     def set_range(self, start_index: int, end_index: int) -> None:
         self._start, self._end = int(start_index), int(end_index)
@@ -306,6 +314,7 @@ class OnnxRuntimeBackend(QuietHooks):
     converter_packages = ("onnx", "onnxruntime")
     slow_export = False
     int8_as_fp16_on_arm = False
+    activation_ranges = "global"  # ORT's MinMaxCalibrater (benchmarks: int8_draws_mnv2_ranges)
 
     # --------------------------------------------------------------------------- protocol
     def available(self) -> str | None:
@@ -479,12 +488,17 @@ class OnnxRuntimeBackend(QuietHooks):
         extra: dict[str, Any] = {}
         if ort_method != "MinMax":
             extra["CalibPercentile"] = float(self.percentile)
-        # Collect chunk by chunk (bounded RAM); ranges/histograms are merged after each chunk.
-        # Not CalibMaxIntermediateOutputs: ORT 1.31's MinMaxCalibrater drops every full chunk
-        # without computing its ranges (only the last count % chunk images counted, and
-        # "No data is collected" when count is a multiple of the chunk).
-        stride = _chunk_stride(count, CALIBRATION_CHUNK)
-        if stride < count:
+        # MinMax holds two scalars per tensor and image: one pass over every image. The
+        # histogram methods hold whole tensors: chunk by chunk (bounded RAM), histograms merged
+        # after each chunk. Not CalibMaxIntermediateOutputs: ORT 1.31's MinMaxCalibrater drops
+        # every full chunk without computing its ranges.
+        ranges = request.options.ranges(self.activation_ranges)
+        if ort_method == "MinMax":
+            # "mean": ORT's moving average is the mean over the images of one pass (and an EMA
+            # across strided chunks, which one pass avoids)
+            if ranges == "mean":
+                extra["CalibMovingAverage"] = True
+        elif (stride := _chunk_stride(count, CALIBRATION_CHUNK)) < count:
             extra["CalibStridedMinMax"] = stride
         graph = onnx.load(str(pre)).graph
         excluded = list(self.exclude_nodes)
@@ -539,6 +553,7 @@ class OnnxRuntimeBackend(QuietHooks):
             "op_types": "all ORT quantizes",
             "rewrites": rewrites,
             "calibration_method": request.options.method,
+            "activation_ranges": ranges if ort_method == "MinMax" else None,
             "calibration_images": count,
             "preprocess": preprocess,
             "excluded_nodes": sorted(excluded),

@@ -11,7 +11,8 @@ Export
     * int8: ``nncf.quantize`` on the converted fp32 model, calibration items streamed through
       ``nncf.Dataset`` (``subset_size`` = all of them). Calibration methods: ``minmax`` = NNCF's
       default range estimators (activations: mean over images of per-image min/max, weights:
-      min/max); ``percentile`` = ``RangeEstimatorParametersSet.MEAN_QUANTILE`` (mean over images
+      min/max), or with ``QuantOptions.activation_ranges="global"`` ``MINMAX`` for activations
+      (the min/max over all images, as ORT and LiteRT calibrate by default); ``percentile`` = ``RangeEstimatorParametersSet.MEAN_QUANTILE`` (mean over images
       of the per-image 0.01 % / 99.99 % quantiles). ``entropy`` (KL) has no NNCF counterpart and
       is rejected: NNCF's ``HISTOGRAM`` estimator minimises L2 quantization error, which is a
       different method. NNCF's PTQ has no random component, so ``options.seed`` has nothing to
@@ -83,6 +84,7 @@ INPUT_NAME = "input"
 OUTPUT_NAME = "logits"
 _PRECISION_KEY = ["edgekit", "precision"]  # rt_info path recording the artifact precision
 _SUPPORTED_METHODS = ("minmax", "percentile")
+_RANGE_ESTIMATORS = {"mean": "MEAN_MINMAX (NNCF's default)", "global": "MINMAX"}
 _PRESETS = ("performance", "mixed")
 _ARM_MACHINES = ("aarch64", "arm64", "armv7l", "armv8l")
 _INSTALL_HINT = "pip install 'edgekit[openvino]'"
@@ -236,6 +238,7 @@ class OpenVINOBackend(QuietHooks):
     slow_export = False
     # The ARM CPU plugin has little INT8 support: it computes INT8 models in fp16.
     int8_as_fp16_on_arm = True
+    activation_ranges = "mean"  # NNCF's MEAN_MINMAX (benchmarks: int8_draws_mnv2_ranges)
     # NNCF's full bias correction (per-layer statistics after quantization) repairs spread
     # damage that no single float layer does: a MobileNetV2's agreement 0.867 -> 0.908
     # (benchmarks/int8_remedies.py)
@@ -448,8 +451,11 @@ class OpenVINOBackend(QuietHooks):
         assert calibration is not None
         options = request.options
         advanced = AdvancedQuantizationParameters()
+        ranges = options.ranges(self.activation_ranges)
         if options.method == "percentile":
             advanced.activations_range_estimator_params = RangeEstimatorParametersSet.MEAN_QUANTILE
+        elif ranges == "global":
+            advanced.activations_range_estimator_params = RangeEstimatorParametersSet.MINMAX
         if not options.per_channel:
             advanced.weights_quantization_params = QuantizationParameters(per_channel=False)
         preset = (nncf.QuantizationPreset.PERFORMANCE if self.preset == "performance"
@@ -488,7 +494,8 @@ class OpenVINOBackend(QuietHooks):
             "preset": self.preset,
             "calibration_method": options.method,
             "range_estimator": ("MEAN_QUANTILE" if options.method == "percentile"
-                                else "NNCF default (activations MEAN_MINMAX, weights MINMAX)"),
+                                else f"activations {_RANGE_ESTIMATORS[ranges]}, weights MINMAX"),
+            "activation_ranges": ranges if options.method == "minmax" else None,
             "per_channel": bool(options.per_channel),
             "fast_bias_correction": bool(options.fast_bias_correction),
             "calibration_images": len(calibration),

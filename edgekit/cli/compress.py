@@ -53,6 +53,11 @@ from edgekit.ui import status
               help="Calibration images [default: the recipe's, 300 for int8].")
 @click.option("--calibration-method", type=click.Choice(["minmax", "percentile", "entropy"]),
               default=None, help="Range estimation [default: the recipe's].")
+@click.option("--activation-ranges", type=click.Choice(["global", "mean"]), default=None,
+              help="minmax calibration: an activation's range is the min/max over all "
+                   "calibration images (global) or the mean of each image's min/max (mean) "
+                   "[default: the recipe's, else each backend's: openvino mean, onnxruntime "
+                   "and litert global].")
 @click.option("--verification-images", type=click.IntRange(1, 1_000_000), default=None,
               help="Cap on held-out verification images [default: the recipe's: every image "
                    "calibration does not use; 500 for pruning recipes].")
