@@ -29,6 +29,13 @@ class Calibration(BaseModel):
         "(global) or the mean over images of each image's min/max (mean); null: each "
         "backend's default (openvino mean, as NNCF; onnxruntime and litert global)"))
 
+    @model_validator(mode="after")
+    def _ranges_of_minmax(self) -> Calibration:
+        if self.activation_ranges is not None and self.method != "minmax":
+            raise ValueError(f"activation_ranges applies to method minmax, not {self.method} "
+                             "(percentile and entropy pick their own ranges)")
+        return self
+
 
 class Verification(BaseModel):
     model_config = _STRICT

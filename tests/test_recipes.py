@@ -53,3 +53,6 @@ def test_overrides_are_validated():
     assert load_recipe("int8").calibration.activation_ranges is None  # each backend's default
     with pytest.raises(ConfigError, match="activation_ranges"):
         load_recipe("int8").with_overrides(**{"calibration.activation_ranges": "median"})
+    with pytest.raises(ConfigError, match="activation_ranges applies to method minmax"):
+        load_recipe("int8").with_overrides(**{"calibration.activation_ranges": "mean",
+                                              "calibration.method": "percentile"})

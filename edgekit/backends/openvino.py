@@ -12,8 +12,9 @@ Export
       ``nncf.Dataset`` (``subset_size`` = all of them). Calibration methods: ``minmax`` = NNCF's
       default range estimators (activations: mean over images of per-image min/max, weights:
       min/max), or with ``QuantOptions.activation_ranges="global"`` ``MINMAX`` for activations
-      (the min/max over all images, as ORT and LiteRT calibrate by default); ``percentile`` = ``RangeEstimatorParametersSet.MEAN_QUANTILE`` (mean over images
-      of the per-image 0.01 % / 99.99 % quantiles). ``entropy`` (KL) has no NNCF counterpart and
+      (the min/max over all images, as ORT and LiteRT calibrate by default); ``percentile`` =
+      ``RangeEstimatorParametersSet.MEAN_QUANTILE`` (mean over images of the per-image 0.01 % /
+      99.99 % quantiles). ``entropy`` (KL) has no NNCF counterpart and
       is rejected: NNCF's ``HISTOGRAM`` estimator minimises L2 quantization error, which is a
       different method. NNCF's PTQ has no random component, so ``options.seed`` has nothing to
       seed; the result is byte-identical for identical inputs. Preset: NNCF's ``MIXED``
