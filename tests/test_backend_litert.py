@@ -265,17 +265,34 @@ def test_integer_io_runtime_never_imports_torch(exports: Store, tmp_path: Path) 
 def test_mean_minmax_observer_averages_each_images_extremes() -> None:
     """The "mean" activation range: the mean over images of each image's min/max; an observer
     shared by several edges (a concat's inputs) takes their joint extremes within one image."""
-    observer = _mean_minmax_observer()(dtype=torch.qint8, qscheme=torch.per_tensor_symmetric)
-    try:
-        _Calibration.image = 0
-        observer(torch.tensor([-1.0, 2.0]))
-        observer(torch.tensor([-3.0, 0.5]))  # same image, second edge: min -3, max 2
-        _Calibration.image = 1
-        observer(torch.tensor([-1.0, 10.0]))
-        assert float(observer.min_val) == pytest.approx((-3.0 - 1.0) / 2)
-        assert float(observer.max_val) == pytest.approx((2.0 + 10.0) / 2)
-        _Calibration.image = 2
-        observer(torch.tensor([0.0, 0.0]))
-        assert float(observer.max_val) == pytest.approx(12.0 / 3)
-    finally:
-        _Calibration.image = 0
+    images = _Calibration()
+    observer = _mean_minmax_observer(images)(dtype=torch.qint8,
+                                             qscheme=torch.per_tensor_symmetric)
+    observer(torch.tensor([-1.0, 2.0]))
+    observer(torch.tensor([-3.0, 0.5]))  # same image, second edge: min -3, max 2
+    images.image = 1
+    observer(torch.tensor([-1.0, 10.0]))
+    assert float(observer.min_val) == pytest.approx((-3.0 - 1.0) / 2)
+    assert float(observer.max_val) == pytest.approx((2.0 + 10.0) / 2)
+    images.image = 2
+    observer(torch.tensor([0.0, 0.0]))
+    assert float(observer.max_val) == pytest.approx(12.0 / 3)
+
+
+@pytest.mark.parametrize("ranges", ["global", "mean"])
+def test_pt2e_input_range_follows_activation_ranges(ranges: str) -> None:
+    """pt2e_quantize counts the images for the observers: with one wide image among 12, the
+    input's symmetric range is its max |x| ("global") or the mean of each image's extremes."""
+    module = torch.nn.Sequential(torch.nn.Conv2d(1, 4, 3), torch.nn.ReLU()).eval()
+    rng = np.random.default_rng(0)
+    calibration = [rng.uniform(-1, 1, (1, 1, 8, 8)).astype(np.float32) for _ in range(12)]
+    calibration[0] *= 50.0
+    sample = (torch.from_numpy(calibration[1]),)
+    converted, _, count = pt2e_quantize(module, sample, calibration, ranges=ranges)
+    assert count == 12
+    (scale,) = [float(n.args[1]) for n in converted.graph.nodes
+                if "quantize_per_tensor" in str(n.target) and n.args[0].op == "placeholder"]
+    lo, hi = ((min(c.min() for c in calibration), max(c.max() for c in calibration))
+              if ranges == "global" else
+              (np.mean([c.min() for c in calibration]), np.mean([c.max() for c in calibration])))
+    assert scale * 255 / 2 == pytest.approx(max(-lo, hi), rel=1e-3)

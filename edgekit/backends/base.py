@@ -66,6 +66,9 @@ class QuantOptions:
         if self.activation_ranges not in (None, *ACTIVATION_RANGES):
             raise ConfigError(f"activation_ranges must be one of {', '.join(ACTIVATION_RANGES)}"
                               f", not {self.activation_ranges!r}")
+        if self.activation_ranges is not None and self.method != "minmax":
+            raise ConfigError(f"activation_ranges applies to method minmax, not {self.method} "
+                              "(percentile and entropy pick their own ranges)")
 
     def ranges(self, default: str) -> str:
         """The activation ranges a backend whose default is ``default`` uses."""

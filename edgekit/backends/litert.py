@@ -524,15 +524,17 @@ def _convert(litert_torch: Any, torch: Any, module: Any, sample: tuple[Any, ...]
 
 
 class _Calibration:
-    """The calibration image being run (``pt2e_quantize`` counts; observers read it)."""
+    """The calibration image being run: ``pt2e_quantize`` counts, its observers read it."""
 
-    image = 0
+    def __init__(self) -> None:
+        self.image = 0
 
 
-def _mean_minmax_observer() -> Any:
+def _mean_minmax_observer(calibration: _Calibration) -> Any:
     """A torchao observer whose range is the mean over calibration images of each image's
-    min/max. An observer shared by several edges (a concat's inputs) sees several tensors per
-    image: their joint min/max is that image's."""
+    min/max (``calibration.image`` tells the images apart). An observer shared by several
+    edges (a concat's inputs) sees several tensors per image: their joint min/max is that
+    image's."""
     import torch
     from torchao.quantization.pt2e.observer import MinMaxObserver
 
@@ -548,11 +550,11 @@ def _mean_minmax_observer() -> Any:
             if x_orig.numel() == 0:
                 return x_orig
             lo, hi = (float(v) for v in torch.aminmax(x_orig.detach().to(self.min_val.dtype)))
-            if self._image != _Calibration.image:
+            if self._image != calibration.image:
                 if self._image is not None:
                     self._sums = [self._sums[0] + self._now[0], self._sums[1] + self._now[1]]
                     self._images += 1
-                self._image, self._now = _Calibration.image, [lo, hi]
+                self._image, self._now = calibration.image, [lo, hi]
             else:
                 self._now = [min(self._now[0], lo), max(self._now[1], hi)]
             n = self._images + 1
@@ -563,9 +565,11 @@ def _mean_minmax_observer() -> Any:
     return MeanMinMaxObserver
 
 
-def _quant_config(method: str, per_channel: bool, ranges: str) -> Any:
+def _quant_config(method: str, per_channel: bool, ranges: str,
+                  calibration: _Calibration | None = None) -> Any:
     """litert-torch's symmetric PT2E config with the activation observer for ``method`` (and,
-    for "minmax", ``ranges``: QuantOptions.activation_ranges)."""
+    for "minmax", ``ranges``: QuantOptions.activation_ranges; "mean" reads the image counter
+    ``calibration``)."""
     from litert_torch.quantize import pt2e_quantizer
     from torchao.quantization.pt2e.observer import HistogramObserver, MinMaxObserver
 
@@ -573,7 +577,7 @@ def _quant_config(method: str, per_channel: bool, ranges: str) -> Any:
     if method != "minmax":
         observer = HistogramObserver
     elif ranges == "mean":
-        observer = _mean_minmax_observer()
+        observer = _mean_minmax_observer(calibration or _Calibration())
     else:
         observer = MinMaxObserver
     act = dataclasses.replace(base.input_activation,
@@ -602,8 +606,9 @@ def pt2e_quantize(module: Any, sample: tuple[Any, ...], calibration: Any, *,
     from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_pt2e
 
     shape = tuple(sample[0].shape)
+    counter = _Calibration()
     quantizer = _quantizer(tuple(keep_float)).set_global(
-        _quant_config(method, per_channel, ranges))
+        _quant_config(method, per_channel, ranges, counter))
     graph = torch.export.export(module, sample, strict=False).module()
     move_exported_model_to_eval(graph)
     if keep_float:
@@ -626,7 +631,7 @@ def pt2e_quantize(module: Any, sample: tuple[Any, ...], calibration: Any, *,
             if tuple(item.shape) != shape:
                 raise DataError(f"calibration item {count} has shape {tuple(item.shape)}; "
                                 f"the model takes {shape}")
-            _Calibration.image = count
+            counter.image = count
             prepared(torch.from_numpy(item))
             count += 1
     if count == 0:
@@ -1173,7 +1178,8 @@ def _export_keras(request: ExportRequest) -> Artifact:
         weights = "per-channel" if opts.per_channel else "per-tensor"
         quant.update(scheme=f"TFLite full-integer post-training quantization: int8 weights "
                             f"({weights} symmetric), int8 activations (per-tensor affine)",
-                     method="minmax", calibration_images=facts.get("calibration_images"))
+                     method="minmax", activation_ranges="global",
+                     calibration_images=facts.get("calibration_images"))
         if opts.int8_io:
             quant.update(input=details["input_q"], output=details["output_q"])
         notes.append(f"int8: TFLite post-training quantization calibrated on "
