@@ -14,6 +14,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 
 from edgekit import config
 from edgekit.backends import backend_names
+from edgekit.backends.base import activation_ranges_error
 from edgekit.errors import ConfigError
 
 _STRICT = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
@@ -31,9 +32,9 @@ class Calibration(BaseModel):
 
     @model_validator(mode="after")
     def _ranges_of_minmax(self) -> Calibration:
-        if self.activation_ranges is not None and self.method != "minmax":
-            raise ValueError(f"activation_ranges applies to method minmax, not {self.method} "
-                             "(percentile and entropy pick their own ranges)")
+        why = activation_ranges_error(self.method, self.activation_ranges)
+        if why:
+            raise ValueError(why)
         return self
 
 

@@ -285,6 +285,7 @@ def test_mean_activation_ranges_average_each_images_extremes(exports: Store,
 def test_unknown_activation_ranges_is_config_error() -> None:
     assert QuantOptions().ranges(BACKEND.activation_ranges) == "global"
     assert QuantOptions(activation_ranges="mean").ranges("global") == "mean"
+    assert QuantOptions(method="percentile").ranges("global") is None  # not minmax: no ranges
     with pytest.raises(ConfigError, match="activation_ranges must be one of global, mean"):
         QuantOptions(activation_ranges="median")
     with pytest.raises(ConfigError, match="applies to method minmax"):

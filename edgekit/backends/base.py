@@ -34,6 +34,17 @@ CALIBRATION_METHODS = ("minmax", "percentile", "entropy")
 ACTIVATION_RANGES = ("global", "mean")
 
 
+def activation_ranges_error(method: str, ranges: str | None) -> str | None:
+    """Why ``ranges`` (QuantOptions.activation_ranges) cannot go with ``method``; None if it
+    can. The recipe and QuantOptions both ask."""
+    if ranges not in (None, *ACTIVATION_RANGES):
+        return f"activation_ranges must be one of {', '.join(ACTIVATION_RANGES)}, not {ranges!r}"
+    if ranges is not None and method != "minmax":
+        return (f"activation_ranges applies to method minmax, not {method} (percentile and "
+                "entropy pick their own ranges)")
+    return None
+
+
 class CalibrationData(Protocol):
     """Re-iterable, sized stream of preprocessed inputs, one image per item.
 
@@ -63,16 +74,14 @@ class QuantOptions:
     activation_ranges: str | None = None
 
     def __post_init__(self) -> None:
-        if self.activation_ranges not in (None, *ACTIVATION_RANGES):
-            raise ConfigError(f"activation_ranges must be one of {', '.join(ACTIVATION_RANGES)}"
-                              f", not {self.activation_ranges!r}")
-        if self.activation_ranges is not None and self.method != "minmax":
-            raise ConfigError(f"activation_ranges applies to method minmax, not {self.method} "
-                              "(percentile and entropy pick their own ranges)")
+        why = activation_ranges_error(self.method, self.activation_ranges)
+        if why:
+            raise ConfigError(why)
 
-    def ranges(self, default: str) -> str:
-        """The activation ranges a backend whose default is ``default`` uses."""
-        return self.activation_ranges or default
+    def ranges(self, default: str) -> str | None:
+        """The activation ranges a backend whose default is ``default`` uses; None when the
+        method is not minmax (the quantization record's ``activation_ranges``)."""
+        return (self.activation_ranges or default) if self.method == "minmax" else None
 
 
 @dataclass(frozen=True)

@@ -314,7 +314,7 @@ def _check_request(request: ExportRequest) -> None:
         return
     if opts.method not in (_KERAS_METHODS if keras else _METHODS):
         raise ConfigError(_method_refusal(opts.method, keras))
-    if keras and opts.ranges(BACKEND.activation_ranges) != "global":
+    if keras and opts.ranges(BACKEND.activation_ranges) == "mean":
         raise ConfigError("activation_ranges 'mean' is not supported by backend 'litert' for "
                           "Keras sources: TensorFlow's TFLite converter takes the min/max over "
                           "all calibration images ('global')")
@@ -565,8 +565,8 @@ def _mean_minmax_observer(calibration: _Calibration) -> Any:
     return MeanMinMaxObserver
 
 
-def _quant_config(method: str, per_channel: bool, ranges: str,
-                  calibration: _Calibration | None = None) -> Any:
+def _quant_config(method: str, per_channel: bool, ranges: str | None,
+                  calibration: _Calibration) -> Any:
     """litert-torch's symmetric PT2E config with the activation observer for ``method`` (and,
     for "minmax", ``ranges``: QuantOptions.activation_ranges; "mean" reads the image counter
     ``calibration``)."""
@@ -577,7 +577,7 @@ def _quant_config(method: str, per_channel: bool, ranges: str,
     if method != "minmax":
         observer = HistogramObserver
     elif ranges == "mean":
-        observer = _mean_minmax_observer(calibration or _Calibration())
+        observer = _mean_minmax_observer(calibration)
     else:
         observer = MinMaxObserver
     act = dataclasses.replace(base.input_activation,
@@ -588,7 +588,7 @@ def _quant_config(method: str, per_channel: bool, ranges: str,
 def pt2e_quantize(module: Any, sample: tuple[Any, ...], calibration: Any, *,
                   method: str = "minmax", per_channel: bool = True,
                   keep_float: tuple[str, ...] = (), float_graph: list[Any] | None = None,
-                  ranges: str = "global"
+                  ranges: str | None = "global"
                   ) -> tuple[Any, Any, int]:
     """PT2E static quantization of ``module`` as the int8 export does it (torch needed).
 
@@ -907,7 +907,7 @@ def _export_int8(litert_torch: Any, module: Any, sample: tuple[Any, ...],
     weights = "per-channel" if opts.per_channel else "per-tensor"
     quant = {"scheme": f"PT2E static: int8 weights ({weights} symmetric), int8 activations "
              "(per-tensor affine)", "method": opts.method,
-             "activation_ranges": ranges if opts.method == "minmax" else None,
+             "activation_ranges": ranges,
              "calibration_images": count,
              "keep_float": list(opts.keep_float),
              "excluded_nodes": sorted(getattr(quantizer, "excluded", ()))}

@@ -496,7 +496,7 @@ class OnnxRuntimeBackend(QuietHooks):
         # the images, two scalars per tensor and image: ~60 KB per image on a MobileNetV2).
         ranges = request.options.ranges(self.activation_ranges)
         stride = _chunk_stride(count, CALIBRATION_CHUNK)
-        if ort_method == "MinMax" and ranges == "mean":
+        if ranges == "mean":
             extra["CalibMovingAverage"] = True
         elif stride < count:
             extra["CalibStridedMinMax"] = stride
@@ -553,7 +553,7 @@ class OnnxRuntimeBackend(QuietHooks):
             "op_types": "all ORT quantizes",
             "rewrites": rewrites,
             "calibration_method": request.options.method,
-            "activation_ranges": ranges if ort_method == "MinMax" else None,
+            "activation_ranges": ranges,
             "calibration_images": count,
             "preprocess": preprocess,
             "excluded_nodes": sorted(excluded),

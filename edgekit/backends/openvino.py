@@ -496,7 +496,7 @@ class OpenVINOBackend(QuietHooks):
             "calibration_method": options.method,
             "range_estimator": ("MEAN_QUANTILE" if options.method == "percentile"
                                 else f"activations {_RANGE_ESTIMATORS[ranges]}, weights MINMAX"),
-            "activation_ranges": ranges if options.method == "minmax" else None,
+            "activation_ranges": ranges,
             "per_channel": bool(options.per_channel),
             "fast_bias_correction": bool(options.fast_bias_correction),
             "calibration_images": len(calibration),

@@ -12,6 +12,7 @@ from rich.text import Text
 
 from edgekit.auto import AutoOptions, AutoResult, render_markdown, search
 from edgekit.backends import backend_names
+from edgekit.backends.base import ACTIVATION_RANGES
 from edgekit.cli.display import gate_lines, verification_table
 from edgekit.cli.options import (
     classes_option,
@@ -53,7 +54,7 @@ from edgekit.ui import status
               help="Calibration images [default: the recipe's, 300 for int8].")
 @click.option("--calibration-method", type=click.Choice(["minmax", "percentile", "entropy"]),
               default=None, help="Range estimation [default: the recipe's].")
-@click.option("--activation-ranges", type=click.Choice(["global", "mean"]), default=None,
+@click.option("--activation-ranges", type=click.Choice(ACTIVATION_RANGES), default=None,
               help="minmax calibration: an activation's range is the min/max over all "
                    "calibration images (global) or the mean of each image's min/max (mean) "
                    "[default: the recipe's, else each backend's: openvino mean, onnxruntime "
